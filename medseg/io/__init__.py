@@ -1,0 +1,1 @@
+"""Readers and writers: NIfTI, DICOM series, atomic file output."""
