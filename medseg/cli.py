@@ -9,7 +9,7 @@ import typer
 from medseg import __version__
 
 app = typer.Typer(
-    help="medseg: medical-image segmentation pipeline (ingest, preprocess, train, infer, evaluate).",
+    help="medseg: medical-image segmentation (ingest, preprocess, train, infer, evaluate).",
     no_args_is_help=True,
     add_completion=False,
 )

@@ -45,7 +45,9 @@ def validate_affine(affine: np.ndarray, *, source: str = "affine") -> np.ndarray
     if not np.all(np.isfinite(affine)):
         raise InvalidAffineError(f"{source}: affine contains NaN or infinite values")
     if not np.allclose(affine[3], [0.0, 0.0, 0.0, 1.0]):
-        raise InvalidAffineError(f"{source}: affine last row is {affine[3].tolist()}, not [0,0,0,1]")
+        raise InvalidAffineError(
+            f"{source}: affine last row is {affine[3].tolist()}, not [0,0,0,1]"
+        )
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(spacing <= 0) or abs(np.linalg.det(affine[:3, :3])) < 1e-12 * np.prod(spacing):
         raise InvalidAffineError(f"{source}: affine is singular (zero spacing or collinear axes)")
@@ -95,7 +97,9 @@ class Volume:
     def with_array(self, array: np.ndarray) -> Volume:
         """A new volume with the same geometry and metadata but other voxels of the same shape."""
         if array.shape[:3] != self.array.shape[:3]:
-            raise MedsegError(f"spatial shape {array.shape[:3]} differs from {self.array.shape[:3]}")
+            raise MedsegError(
+                f"spatial shape {array.shape[:3]} differs from {self.array.shape[:3]}"
+            )
         return Volume(array, self.affine_ras.copy(), dict(self.metadata))
 
     def to_closest_ras(self) -> Volume:
@@ -107,7 +111,7 @@ class Volume:
             return self
         array = nio.apply_orientation(self.array, transform)
         affine = self.affine_ras @ nio.inv_ornt_aff(transform, self.array.shape[:3])
-        return Volume(np.ascontiguousarray(array), affine, dict(self.metadata))
+        return Volume(array, affine, dict(self.metadata))
 
     def same_grid(self, other: Volume, *, atol_mm: float = 1e-3) -> bool:
         """True when both volumes have the same spatial shape and affines within ``atol_mm``."""
