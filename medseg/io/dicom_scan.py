@@ -80,20 +80,21 @@ class SkippedFile:
     series_uid: str = ""
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """Cheap content test: Part-10 preamble, or a raw data set starting with group 0002/0008."""
+def dicom_kind(path: Path) -> str | None:
+    """Cheap content test: "part10" (DICM marker), "raw" (data set starting with group
+    0002/0008, no preamble) or None (not DICOM)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
     except OSError:
-        return False
+        return None
     if len(head) >= 132 and head[128:132] == b"DICM":
-        return True
+        return "part10"
     if len(head) < 8:
-        return False
+        return None
     group_le = int.from_bytes(head[0:2], "little")
     group_be = int.from_bytes(head[0:2], "big")
-    return group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008)
+    return "raw" if group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008) else None
 
 
 def read_header(path: Path) -> DicomFileHeader | SkippedFile | None:
@@ -102,7 +103,8 @@ def read_header(path: Path) -> DicomFileHeader | SkippedFile | None:
     Raises:
         DicomFileError: the file is DICOM but malformed or lacks the geometry of an image.
     """
-    if not looks_like_dicom(path):
+    kind = dicom_kind(path)
+    if kind is None:
         return None
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
@@ -110,8 +112,14 @@ def read_header(path: Path) -> DicomFileHeader | SkippedFile | None:
         raise DicomFileError(path, f"unreadable DICOM header: {exc}") from exc
     if "DirectoryRecordSequence" in dataset:
         return SkippedFile(path, "DICOMDIR index file, not an image")
-    if len(dataset) == 0 or not any(elem.tag.group in (0x0008, 0x0020, 0x0028) for elem in dataset):
-        return None
+    if not any(elem.tag.group in (0x0008, 0x0020, 0x0028) for elem in dataset):
+        if kind == "raw":
+            return None
+        if _has_pixel_data(path):
+            raise DicomFileError(
+                path, "pixel data without SOP class, image size or geometry: cannot interpret it"
+            )
+        return SkippedFile(path, "DICOM file without image attributes or pixel data")
     try:
         return _classify(path, dataset)
     except DicomFileError:

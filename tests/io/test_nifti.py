@@ -43,8 +43,12 @@ def test_big_endian_nifti_reads_in_native_byte_order(shared_data: Path) -> None:
 
 def test_float64_affine_survives_within_float32_precision(tmp_path: Path) -> None:
     affine = np.array(
-        [[0.9765625, 0.01, 0, -249.51171875], [0, 0.96, 0.3, -12.3456789], [0, -0.2, 2.0, 1234.5678],
-         [0, 0, 0, 1]]
+        [
+            [0.9765625, 0.01, 0, -249.51171875],
+            [0, 0.96, 0.3, -12.3456789],
+            [0, -0.2, 2.0, 1234.5678],
+            [0, 0, 0, 1],
+        ]
     )
     volume = Volume(np.arange(60, dtype=np.int16).reshape(3, 4, 5), affine)
     again = read_nifti(write_nifti(volume, tmp_path / "v.nii"))
@@ -74,7 +78,8 @@ def test_missing_file_and_wrong_suffix_are_clear_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "stem"), [("a/hippocampus_007.nii.gz", "hippocampus_007"), ("b.NII", "b"), ("c.txt", "c.txt")]
+    ("name", "stem"),
+    [("a/hippocampus_007.nii.gz", "hippocampus_007"), ("b.NII", "b"), ("c.txt", "c.txt")],
 )
 def test_nifti_stem(name: str, stem: str) -> None:
     assert nifti_stem(name) == stem
