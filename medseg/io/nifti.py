@@ -66,6 +66,8 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
         raise NiftiError(path, "file not found") from exc
     except Exception as exc:  # nibabel raises many types for malformed files
         raise NiftiError(path, f"cannot read NIfTI: {exc}") from exc
+    while array.ndim > 3 and array.shape[-1] == 1:  # e.g. a 3D scan stored as X x Y x Z x 1
+        array = array[..., 0]
     if array.ndim not in (3, 4):
         raise NiftiError(path, f"expected a 3D or 4D image, got shape {array.shape}")
     try:

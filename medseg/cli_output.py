@@ -1,0 +1,76 @@
+"""Rich rendering for the CLI: progress bars and summary tables (only the CLI imports this)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from medseg.ingest import IngestReport, OutcomeKind
+
+console = Console(stderr=False)
+
+
+@contextmanager
+def phase_progress() -> Iterator:
+    """A progress bar per phase; yields a callback ``(phase, done, total)``."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        yield update
+
+
+def ingest_summary(report: IngestReport) -> None:
+    """Print converted, skipped and failed inputs as tables, then the totals."""
+    done = report.of_kind(OutcomeKind.CONVERTED, OutcomeKind.UNCHANGED)
+    if done:
+        table = Table(title="Converted", show_lines=False)
+        table.add_column("case_id", no_wrap=True)
+        table.add_column("source", overflow="fold")
+        for column in ("modality", "shape", "spacing (mm)"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("note", overflow="ellipsis", max_width=48)
+        for outcome in done:
+            record = outcome.record
+            assert record is not None
+            note = "unchanged (already ingested)" if outcome.kind is OutcomeKind.UNCHANGED else ""
+            table.add_row(
+                record.case_id,
+                outcome.source,
+                record.modality,
+                "x".join(str(n) for n in record.shape),
+                " x ".join(f"{v:.3g}" for v in record.spacing),
+                "; ".join(filter(None, [note, outcome.reason])),
+            )
+        console.print(table)
+    for kind, title in ((OutcomeKind.SKIPPED, "Skipped"), (OutcomeKind.FAILED, "Failed")):
+        rows = report.of_kind(kind)
+        if not rows:
+            continue
+        table = Table(title=title)
+        for column in ("source", "files", "reason"):
+            table.add_column(column, overflow="fold")
+        for outcome in rows:
+            table.add_row(outcome.source, str(outcome.files), outcome.reason)
+        console.print(table)
+    counts = {kind: len(report.of_kind(kind)) for kind in OutcomeKind}
+    totals = ", ".join(f"{counts[kind]} {kind.value}" for kind in OutcomeKind)
+    console.print(
+        f"[bold]{totals}[/bold]; {report.ignored_files} other files ignored. "
+        f"Manifest: {report.manifest_path}"
+    )

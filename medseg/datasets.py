@@ -1,0 +1,456 @@
+"""Import a folder of NIfTI images and labels into a data manifest (see ``medseg.manifest``).
+
+Layouts, detected from the folder:
+
+* ``msd`` and ``nnunet_v2``: ``imagesTr/``, ``labelsTr/`` and ``dataset.json``, optionally
+  ``imagesTs/``. The dialect is read from dataset.json (nnU-Net v2 has ``channel_names``,
+  ``file_ending`` or labels as ``{"background": 0}``; MSD has labels as ``{"0": "background"}``);
+  both ``labels`` forms are accepted either way. nnU-Net image names carry a channel suffix
+  (``case_0000``) which is stripped to pair them with labels; only single-channel cases are
+  supported, a case with ``_0001``... files is rejected.
+* ``flat``: ``images/`` and ``labels/`` paired by file stem; a ``dataset.json`` beside them is
+  used for label names and modality when present.
+
+Decisions:
+
+* Orphans (an image without label in a training folder, a label without image) are listed in
+  ``ImportReport.orphans`` and left out of the manifest. A missing label is a data error, not
+  a test case, so it must not land in any split. The only records without a label are images
+  from ``imagesTs/``, which always get split ``"test"``.
+* A pair is rejected (listed in ``ImportReport.rejected``, left out) when a file is unreadable,
+  the label is not 3D or not on the image's grid, holds non-integral values, or holds values
+  dataset.json does not name. Nothing about a single case stops the import.
+* Label names are dataset-wide: ``ImportReport.label_names`` and the sidecar
+  ``label_names_path(manifest_path)``. Each record's ``extra["label_values"]`` lists the values
+  present in that case. Without dataset.json, 0 is ``"background"`` and every other value
+  found is ``"label_<n>"``.
+* Modality: the ``modality`` argument, else dataset.json's channel "0" (``channel_names`` or
+  ``modality``) as a DICOM code (``"MRI"``, ``"T1"``... -> ``"MR"``), else ``"unknown"``.
+* Splits: labelled cases get train/val/test by ``assign_splits`` with fractions
+  ``(1 - val - test, val, test)``.
+* ``source`` is ``hash_identifier("<dataset folder name>/<image path inside it>")``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from medseg.errors import MedsegError, NiftiError
+from medseg.io.nifti import is_nifti_path, nifti_stem, read_nifti
+from medseg.manifest import (
+    CaseProblem,
+    ManifestRecord,
+    ProblemKind,
+    Split,
+    assign_splits,
+    grid_mismatch,
+    label_values,
+    manifest_relative_path,
+    manifest_spacing,
+    sha256_file,
+    split_counts,
+    write_label_names,
+    write_manifest,
+)
+from medseg.phi import hash_identifier
+from medseg.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_MR_NAMES = {"MR", "MRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAIR", "ADC", "DWI"}
+_MODALITY_CODES = {"CT": "CT", "PET": "PT", "PT": "PT", "US": "US", "XRAY": "DX", "DX": "DX"}
+# nnU-Net v2 channel names that choose a normalisation scheme rather than name a modality.
+_NORMALISATION_NAMES = {"ZSCORE", "NONORM", "RESCALETO01", "RGBTO01"}
+
+
+class DatasetLayoutError(MedsegError):
+    """A dataset folder has no recognised layout or an unusable dataset.json."""
+
+
+@dataclass(frozen=True)
+class Orphan:
+    """An image without label or a label without image; ``path`` is inside the dataset."""
+
+    case_id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    """What ``import_dataset`` wrote and what it left out, and why."""
+
+    layout: str
+    manifest_path: Path
+    records: list[ManifestRecord]
+    orphans: list[Orphan]
+    rejected: list[CaseProblem]
+    label_names: dict[int, str]
+    modality: str
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        """Number of records per split, e.g. ``{"train": 171, "val": 43}``."""
+        counts = Counter(record.split for record in self.records)
+        return {split.value: counts[split] for split in Split if counts[split]}
+
+
+@dataclass(frozen=True)
+class _Case:
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path | None
+
+
+@dataclass
+class _Layout:
+    name: str
+    cases: list[_Case]
+    orphans: list[Orphan]
+    rejected: list[CaseProblem]
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _ImportSettings:
+    dataset_dir: Path
+    manifest_path: Path
+    data_root: Path | None
+    modality: str
+    named_labels: dict[int, str] | None
+
+
+class _Rejected(Exception):
+    def __init__(self, kind: ProblemKind, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def normalise_modality(name: str) -> str:
+    """DICOM-style modality code for a dataset.json channel name (``"MRI"`` -> ``"MR"``)."""
+    key = re.sub(r"[\s_\-.]", "", name).upper()
+    if key in _MR_NAMES:
+        return "MR"
+    if key in _NORMALISATION_NAMES or not key:
+        return "unknown"
+    return _MODALITY_CODES.get(key, name.strip())
+
+
+def _read_dataset_json(path: Path) -> dict[str, Any]:
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DatasetLayoutError(f"{path}: cannot read dataset.json: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise DatasetLayoutError(f"{path}: dataset.json must hold a JSON object")
+    return metadata
+
+
+def _label_names_from_json(metadata: dict[str, Any], path: Path) -> dict[int, str] | None:
+    """Label value -> name from MSD (``{"0": "bg"}``) or nnU-Net v2 (``{"bg": 0}``) labels."""
+    labels = metadata.get("labels")
+    if labels is None:
+        return None
+    if not isinstance(labels, dict) or not labels:
+        raise DatasetLayoutError(f"{path}: 'labels' must be a non-empty object")
+    names: dict[int, str] = {}
+    for key, value in labels.items():
+        if isinstance(value, str) and re.fullmatch(r"\d+", key):
+            number, name = int(key), value
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            number, name = value, key
+        elif isinstance(value, list):
+            raise DatasetLayoutError(f"{path}: region-based label '{key}' is not supported")
+        else:
+            raise DatasetLayoutError(
+                f"{path}: label entry {key!r}: {value!r} is neither MSD style "
+                '("<value>": "<name>") nor nnU-Net v2 style ("<name>": <value>)'
+            )
+        if number in names:
+            raise DatasetLayoutError(f"{path}: label value {number} is named twice")
+        names[number] = name
+    return names
+
+
+def _modality_from_json(metadata: dict[str, Any]) -> str:
+    for key in ("channel_names", "modality"):
+        channels = metadata.get(key)
+        if isinstance(channels, dict) and isinstance(channels.get("0"), str):
+            return normalise_modality(channels["0"])
+    return "unknown"
+
+
+def _is_nnunet_v2(metadata: dict[str, Any]) -> bool:
+    labels = metadata.get("labels")
+    int_labels = isinstance(labels, dict) and any(isinstance(v, int) for v in labels.values())
+    return "channel_names" in metadata or "file_ending" in metadata or int_labels
+
+
+def _nifti_files(folder: Path) -> dict[str, Path]:
+    """File stem -> NIfTI file in ``folder``; hidden files (``._x.nii.gz``) are skipped."""
+    files: dict[str, Path] = {}
+    if not folder.is_dir():
+        return files
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file() or not is_nifti_path(path):
+            continue
+        stem = nifti_stem(path)
+        if stem in files:
+            raise DatasetLayoutError(f"{folder}: both {files[stem].name} and {path.name} exist")
+        files[stem] = path
+    return files
+
+
+def _uses_channel_suffix(
+    images: dict[str, Path], label_stems: set[str], metadata: dict[str, Any]
+) -> bool:
+    """True when image stems end in nnU-Net's ``_0000`` channel number."""
+    if not images or not all(_CHANNEL_SUFFIX.match(stem) for stem in images):
+        return False
+    if "channel_names" in metadata:
+        return True
+    # An MSD-style dataset.json says nothing about channels: strip only if that pairs more.
+    stripped = {_CHANNEL_SUFFIX.sub(r"\g<case>", stem) for stem in images}
+    return len(stripped & label_stems) > len(set(images) & label_stems)
+
+
+def _group_channels(images: dict[str, Path], *, strip: bool) -> dict[str, tuple[Path, ...]]:
+    """Case id -> its image files (one per channel, in channel order)."""
+    grouped: dict[str, list[Path]] = {}
+    for stem, path in sorted(images.items()):
+        match = _CHANNEL_SUFFIX.match(stem) if strip else None
+        grouped.setdefault(match["case"] if match else stem, []).append(path)
+    return {case_id: tuple(paths) for case_id, paths in grouped.items()}
+
+
+def _collect_cases(
+    dataset_dir: Path, *, folders: tuple[str, str, str | None], metadata: dict[str, Any]
+) -> tuple[list[_Case], list[Orphan], list[CaseProblem]]:
+    """Pair images with labels; ``folders`` are (training images, labels, test images)."""
+    image_folder, label_folder, test_folder = folders
+    images = _nifti_files(dataset_dir / image_folder)
+    labels = _nifti_files(dataset_dir / label_folder)
+    strip = _uses_channel_suffix(images, set(labels), metadata)
+    training = _group_channels(images, strip=strip)
+    cases, orphans, rejected = [], [], []
+    for case_id, files in training.items():
+        if case_id in labels:
+            cases.append(_Case(case_id, files, labels[case_id]))
+        else:
+            reason = f"image has no label named {case_id} in {label_folder}/"
+            orphans += [Orphan(case_id, _inside(p, dataset_dir), reason) for p in files]
+    for case_id in sorted(set(labels) - set(training)):
+        reason = f"label has no image named {case_id} in {image_folder}/"
+        orphans.append(Orphan(case_id, _inside(labels[case_id], dataset_dir), reason))
+    if test_folder is not None:
+        test_images = _nifti_files(dataset_dir / test_folder)
+        strip_test = strip and all(_CHANNEL_SUFFIX.match(stem) for stem in test_images)
+        for case_id, files in _group_channels(test_images, strip=strip_test).items():
+            if case_id in training or case_id in labels:
+                detail = (
+                    f"{test_folder}/ and {image_folder}/ or {label_folder}/ share case {case_id}"
+                )
+                rejected.append(CaseProblem(case_id, ProblemKind.DUPLICATE_CASE, detail))
+            else:
+                cases.append(_Case(case_id, files, None))
+    return cases, orphans, rejected
+
+
+def _inside(path: Path, dataset_dir: Path) -> str:
+    return path.relative_to(dataset_dir).as_posix()
+
+
+def _detect_layout(dataset_dir: Path) -> _Layout:
+    json_path = dataset_dir / "dataset.json"
+    if (dataset_dir / "imagesTr").is_dir():
+        if not (dataset_dir / "labelsTr").is_dir() or not json_path.is_file():
+            raise DatasetLayoutError(
+                f"{dataset_dir}: has imagesTr/ but an MSD/nnU-Net dataset also needs "
+                "labelsTr/ and dataset.json"
+            )
+        metadata = _read_dataset_json(json_path)
+        name = "nnunet_v2" if _is_nnunet_v2(metadata) else "msd"
+        folders = ("imagesTr", "labelsTr", "imagesTs")
+    elif (dataset_dir / "images").is_dir() and (dataset_dir / "labels").is_dir():
+        metadata = _read_dataset_json(json_path) if json_path.is_file() else {}
+        name, folders = "flat", ("images", "labels", None)
+    else:
+        raise DatasetLayoutError(
+            f"{dataset_dir}: unrecognised layout; expected imagesTr/ + labelsTr/ + dataset.json "
+            "(MSD, nnU-Net) or images/ + labels/"
+        )
+    cases, orphans, rejected = _collect_cases(dataset_dir, folders=folders, metadata=metadata)
+    return _Layout(name, cases=cases, orphans=orphans, rejected=rejected, metadata=metadata)
+
+
+def _checked_label_values(
+    image: Volume, label: Volume, *, label_name: str, named: dict[int, str] | None
+) -> list[int]:
+    """Values present in ``label`` after checking it fits ``image``; raises ``_Rejected``."""
+    if label.array.ndim != 3:
+        raise _Rejected(ProblemKind.UNSUPPORTED, f"{label_name}: label is not 3D: {label.shape}")
+    mismatch = grid_mismatch(image, label)
+    if mismatch:
+        raise _Rejected(ProblemKind.GRID_MISMATCH, f"{label_name}: {mismatch}")
+    try:
+        values = label_values(label.array)
+    except ValueError as exc:
+        raise _Rejected(ProblemKind.NON_INTEGRAL_LABEL, f"{label_name}: {exc}") from exc
+    unknown = sorted(set(values) - set(named)) if named is not None else []
+    if unknown:
+        detail = f"{label_name}: label values {unknown} are not named in dataset.json"
+        raise _Rejected(ProblemKind.UNKNOWN_LABEL_VALUE, detail)
+    return values
+
+
+def _read(path: Path, dataset_dir: Path) -> Volume:
+    try:
+        return read_nifti(path)
+    except NiftiError as exc:
+        detail = f"{_inside(path, dataset_dir)}: {exc.problem}"
+        raise _Rejected(ProblemKind.UNREADABLE, detail) from exc
+
+
+def _import_case(case: _Case, settings: _ImportSettings) -> ManifestRecord:
+    """Check one case and build its record (split not yet set); raises ``_Rejected``."""
+    dataset_dir = settings.dataset_dir
+    if len(case.images) != 1:
+        names = ", ".join(path.name for path in case.images)
+        raise _Rejected(ProblemKind.UNSUPPORTED, f"multi-channel case ({names}) is not supported")
+    image_path = case.images[0]
+    image = _read(image_path, dataset_dir)
+    label_file, label_sha256, extra = None, None, {}
+    if case.label is not None:
+        label = _read(case.label, dataset_dir)
+        extra["label_values"] = _checked_label_values(
+            image, label, label_name=_inside(case.label, dataset_dir), named=settings.named_labels
+        )
+        label_file, label_sha256 = _stored_path(case.label, settings), sha256_file(case.label)
+    return ManifestRecord(
+        case_id=case.case_id,
+        image=_stored_path(image_path, settings),
+        label=label_file,
+        sha256=sha256_file(image_path),
+        label_sha256=label_sha256,
+        modality=settings.modality,
+        shape=list(image.shape),
+        spacing=manifest_spacing(image),
+        source=hash_identifier(f"{dataset_dir.name}/{_inside(image_path, dataset_dir)}"),
+        split=None,
+        extra=extra,
+    )
+
+
+def _stored_path(path: Path, settings: _ImportSettings) -> str:
+    return manifest_relative_path(
+        path, manifest_path=settings.manifest_path, data_root=settings.data_root
+    )
+
+
+def _derived_label_names(records: list[ManifestRecord]) -> dict[int, str]:
+    values = {value for record in records for value in record.extra.get("label_values", [])}
+    return {value: "background" if value == 0 else f"label_{value}" for value in sorted(values)}
+
+
+def _fractions(val_fraction: float, test_fraction: float) -> tuple[float, float, float]:
+    """Train/val/test fractions; raises ``ValueError`` when they are not a valid split."""
+    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+    split_counts(0, fractions)  # validates
+    return fractions
+
+
+def _with_splits(
+    records: list[ManifestRecord], *, seed: int, val_fraction: float, test_fraction: float
+) -> list[ManifestRecord]:
+    labelled = [record.case_id for record in records if record.label is not None]
+    splits = assign_splits(labelled, seed=seed, fractions=_fractions(val_fraction, test_fraction))
+    return [
+        replace(record, split=splits.get(record.case_id, Split.TEST.value)) for record in records
+    ]
+
+
+def import_dataset(
+    dataset_dir: Path,
+    *,
+    manifest_path: Path,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.0,
+    data_root: Path | None = None,
+    modality: str | None = None,
+) -> ImportReport:
+    """Pair, check and checksum a dataset's images and labels; write manifest and label names.
+
+    Args:
+        dataset_dir: folder in one of the layouts described in the module docstring.
+        manifest_path: the ``*.jsonl`` to write; label names go to its ``.labels.json`` sidecar.
+        seed: seed of the train/val/test assignment.
+        val_fraction: share of labelled cases that go to "val".
+        test_fraction: share of labelled cases that go to "test" (``imagesTs/`` always does).
+        data_root: store paths relative to this folder instead of the manifest's folder.
+        modality: modality of every case, overriding dataset.json.
+
+    Returns:
+        The records written, orphans and rejected cases with reasons, and label names.
+
+    Raises:
+        DatasetLayoutError: the folder has no recognised layout or a bad dataset.json.
+        ManifestError: ``data_root`` is given and the dataset is not inside it.
+        ValueError: the fractions are negative or sum to more than 1.
+    """
+    # Absolute, so that ``dataset_dir.name`` (hashed into ``source``) is never "" or "..".
+    dataset_dir, manifest_path = Path(os.path.abspath(dataset_dir)), Path(manifest_path)
+    if not dataset_dir.is_dir():
+        raise DatasetLayoutError(f"{dataset_dir}: not a folder")
+    _fractions(val_fraction, test_fraction)
+    manifest_relative_path(dataset_dir, manifest_path=manifest_path, data_root=data_root)
+    layout = _detect_layout(dataset_dir)
+    named = _label_names_from_json(layout.metadata, dataset_dir / "dataset.json")
+    settings = _ImportSettings(
+        dataset_dir=dataset_dir,
+        manifest_path=manifest_path,
+        data_root=data_root,
+        modality=modality or _modality_from_json(layout.metadata),
+        named_labels=named,
+    )
+    records: list[ManifestRecord] = []
+    rejected = list(layout.rejected)
+    for case in layout.cases:
+        try:
+            records.append(_import_case(case, settings))
+        except _Rejected as exc:
+            rejected.append(CaseProblem(case.case_id, exc.kind, exc.detail))
+    records = _with_splits(
+        records, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
+    )
+    label_names = named if named is not None else _derived_label_names(records)
+    write_manifest(records, manifest_path)
+    write_label_names(label_names, manifest_path)
+    logger.info(
+        "imported %d case(s) from %s (%s layout); %d orphan(s), %d rejected",
+        len(records),
+        dataset_dir.name,
+        layout.name,
+        len(layout.orphans),
+        len(rejected),
+    )
+    if not records:
+        logger.warning("%s: no case was imported; the manifest is empty", dataset_dir.name)
+    return ImportReport(
+        layout=layout.name,
+        manifest_path=manifest_path,
+        records=sorted(records, key=lambda record: record.case_id),
+        orphans=sorted(layout.orphans, key=lambda orphan: (orphan.case_id, orphan.path)),
+        rejected=sorted(rejected, key=lambda problem: problem.case_id),
+        label_names=label_names,
+        modality=settings.modality,
+    )

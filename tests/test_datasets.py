@@ -1,0 +1,354 @@
+"""Dataset import: layouts, pairing, orphans, rejected cases, label names, real hippocampus data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.datasets import DatasetLayoutError, ImportReport, import_dataset, normalise_modality
+from medseg.errors import ManifestError
+from medseg.io.nifti import write_nifti
+from medseg.manifest import (
+    ProblemKind,
+    read_label_names,
+    read_manifest,
+    resolve,
+    sha256_file,
+)
+from medseg.phi import hash_identifier
+from medseg.volume import Volume
+
+AFFINE = np.diag([0.8, 0.8, 2.0, 1.0])
+SHAPE = (6, 5, 4)
+
+
+def _image(seed: int = 0) -> Volume:
+    rng = np.random.default_rng(seed)
+    return Volume(rng.integers(0, 1000, SHAPE).astype(np.int16), AFFINE)
+
+
+def _label(values: tuple[int, ...] = (0, 1, 2), dtype: type = np.uint8) -> Volume:
+    array = np.resize(np.array(values), SHAPE).astype(dtype)
+    return Volume(array, AFFINE)
+
+
+def _write(volume: Volume, path: Path) -> None:
+    write_nifti(volume, path)
+
+
+def _msd_dataset(root: Path, *, labels: dict, extra_json: dict | None = None) -> Path:
+    """imagesTr/labelsTr with cases a, b, c plus one imagesTs case t."""
+    for case_id in ("a", "b", "c"):
+        _write(_image(), root / "imagesTr" / f"{case_id}.nii.gz")
+        _write(_label(), root / "labelsTr" / f"{case_id}.nii.gz")
+    _write(_image(), root / "imagesTs" / "t.nii.gz")
+    payload = {"name": "Test", "labels": labels, **(extra_json or {})}
+    (root / "dataset.json").write_text(json.dumps(payload), encoding="utf-8")
+    return root
+
+
+def _flat_dataset(root: Path, case_ids: tuple[str, ...] = ("a", "b", "c")) -> Path:
+    for case_id in case_ids:
+        _write(_image(), root / "images" / f"{case_id}.nii.gz")
+        _write(_label(), root / "labels" / f"{case_id}.nii.gz")
+    return root
+
+
+# --- real data ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hippocampus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> ImportReport:
+    manifest = tmp_path_factory.mktemp("manifests") / "hippocampus.jsonl"
+    return import_dataset(shared_data / "msd_hippocampus", manifest_path=manifest)
+
+
+def test_hippocampus_imports_214_pairs_in_the_flat_layout(hippocampus: ImportReport) -> None:
+    assert hippocampus.layout == "flat"
+    assert len(hippocampus.records) == 214
+    assert all(record.label is not None for record in hippocampus.records)
+    assert hippocampus.rejected == []
+    assert len(read_manifest(hippocampus.manifest_path)) == 214
+
+
+def test_hippocampus_reports_the_three_orphans(hippocampus: ImportReport) -> None:
+    orphans = [(orphan.case_id, orphan.path) for orphan in hippocampus.orphans]
+    assert orphans == [
+        ("hippocampus_010", "labels/hippocampus_010.nii.gz"),
+        ("hippocampus_118", "images/hippocampus_118.nii.gz"),
+        ("hippocampus_281", "labels/hippocampus_281.nii.gz"),
+    ]
+    assert "has no label" in hippocampus.orphans[1].reason
+    assert "has no image" in hippocampus.orphans[0].reason
+    case_ids = {record.case_id for record in hippocampus.records}
+    assert case_ids.isdisjoint({"hippocampus_010", "hippocampus_118", "hippocampus_281"})
+
+
+def test_hippocampus_splits_171_train_43_val(hippocampus: ImportReport) -> None:
+    assert hippocampus.split_counts == {"train": 171, "val": 43}
+
+
+def test_hippocampus_record_holds_real_geometry_and_checksums(
+    hippocampus: ImportReport, shared_data: Path
+) -> None:
+    record = next(r for r in hippocampus.records if r.case_id == "hippocampus_001")
+    image, label = resolve(record, hippocampus.manifest_path)
+    folder = shared_data / "msd_hippocampus"
+    assert image.samefile(folder / "images" / "hippocampus_001.nii.gz")
+    assert label is not None and label.samefile(folder / "labels" / "hippocampus_001.nii.gz")
+    assert record.shape == [35, 51, 35]
+    assert record.spacing == [1.0, 1.0, 1.0]
+    assert record.sha256 == sha256_file(image)
+    assert record.label_sha256 == sha256_file(label)
+    assert record.modality == "unknown"
+    assert record.extra == {"label_values": [0, 1, 2]}
+    assert record.source == hash_identifier("msd_hippocampus/images/hippocampus_001.nii.gz")
+
+
+def test_hippocampus_float32_labels_with_integral_values_are_accepted(
+    hippocampus: ImportReport,
+) -> None:
+    by_id = {record.case_id: record for record in hippocampus.records}
+    for case_id in ("hippocampus_003", "hippocampus_243"):
+        assert by_id[case_id].extra["label_values"] == [0, 1, 2]
+
+
+def test_hippocampus_label_names_are_derived_without_dataset_json(
+    hippocampus: ImportReport,
+) -> None:
+    expected = {0: "background", 1: "label_1", 2: "label_2"}
+    assert hippocampus.label_names == expected
+    assert read_label_names(hippocampus.manifest_path) == expected
+
+
+def test_data_root_makes_paths_relative_to_it(shared_data: Path, tmp_path: Path) -> None:
+    manifest = tmp_path / "data_manifests" / "hippocampus.jsonl"
+    report = import_dataset(
+        shared_data / "msd_hippocampus", manifest_path=manifest, data_root=shared_data, seed=3
+    )
+    first = read_manifest(manifest)[0]
+    assert first.image == "msd_hippocampus/images/hippocampus_001.nii.gz"
+    assert first.label == "msd_hippocampus/labels/hippocampus_001.nii.gz"
+    assert report.split_counts == {"train": 171, "val": 43}
+
+
+# --- layouts -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"0": "background", "1": "anterior", "2": "posterior"},
+        {"background": 0, "anterior": 1, "posterior": 2},
+    ],
+    ids=["msd_labels", "nnunet_v2_labels"],
+)
+def test_msd_layout_reads_both_label_dict_styles(tmp_path: Path, labels: dict) -> None:
+    dataset = _msd_dataset(
+        tmp_path / "Task09", labels=labels, extra_json={"modality": {"0": "MRI"}}
+    )
+    report = import_dataset(dataset, manifest_path=tmp_path / "m.jsonl", val_fraction=1 / 3)
+    assert report.label_names == {0: "background", 1: "anterior", 2: "posterior"}
+    assert read_label_names(tmp_path / "m.jsonl") == report.label_names
+    assert report.modality == "MR"
+    assert [r.modality for r in report.records] == ["MR"] * 4
+
+
+def test_msd_layout_name_follows_dataset_json_dialect(tmp_path: Path) -> None:
+    msd = _msd_dataset(tmp_path / "msd", labels={"0": "background", "1": "x", "2": "y"})
+    v2 = _msd_dataset(tmp_path / "v2", labels={"background": 0, "x": 1, "y": 2})
+    assert import_dataset(msd, manifest_path=tmp_path / "a.jsonl").layout == "msd"
+    assert import_dataset(v2, manifest_path=tmp_path / "b.jsonl").layout == "nnunet_v2"
+
+
+def test_images_ts_become_unlabelled_test_cases(tmp_path: Path) -> None:
+    dataset = _msd_dataset(tmp_path / "Task", labels={"0": "bg", "1": "x", "2": "y"})
+    report = import_dataset(dataset, manifest_path=tmp_path / "m.jsonl", val_fraction=1 / 3)
+    splits = {r.case_id: (r.split, r.label) for r in report.records}
+    assert splits["t"] == ("test", None)
+    assert sorted(split for split, _ in splits.values()) == ["test", "train", "train", "val"]
+    assert report.orphans == []
+
+
+def test_nnunet_channel_suffix_is_stripped_to_pair_with_labels(tmp_path: Path) -> None:
+    root = tmp_path / "Dataset001_Liver"
+    for case_id in ("liver_000", "liver_001"):
+        _write(_image(), root / "imagesTr" / f"{case_id}_0000.nii.gz")
+        _write(_label((0, 1)), root / "labelsTr" / f"{case_id}.nii.gz")
+    _write(_image(), root / "imagesTs" / "liver_009_0000.nii.gz")
+    dataset_json = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "liver": 1},
+        "file_ending": ".nii.gz",
+    }
+    (root / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
+    report = import_dataset(root, manifest_path=tmp_path / "m.jsonl", val_fraction=0.5)
+    assert report.layout == "nnunet_v2"
+    assert [r.case_id for r in report.records] == ["liver_000", "liver_001", "liver_009"]
+    assert report.records[0].image == "Dataset001_Liver/imagesTr/liver_000_0000.nii.gz"
+    assert report.records[0].label == "Dataset001_Liver/labelsTr/liver_000.nii.gz"
+    assert report.modality == "CT"
+    assert report.label_names == {0: "background", 1: "liver"}
+    assert report.orphans == []
+
+
+def test_multi_channel_nnunet_case_is_rejected(tmp_path: Path) -> None:
+    root = tmp_path / "Dataset002"
+    for channel in ("0000", "0001"):
+        _write(_image(), root / "imagesTr" / f"brain_001_{channel}.nii.gz")
+    _write(_label(), root / "labelsTr" / "brain_001.nii.gz")
+    dataset_json = {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"bg": 0, "a": 1, "b": 2}}
+    (root / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
+    report = import_dataset(root, manifest_path=tmp_path / "m.jsonl")
+    assert report.records == []
+    (problem,) = report.rejected
+    assert (problem.case_id, problem.kind) == ("brain_001", ProblemKind.UNSUPPORTED)
+    assert "brain_001_0000.nii.gz, brain_001_0001.nii.gz" in problem.detail
+
+
+def test_case_ids_ending_in_four_digits_are_kept_without_channel_names(tmp_path: Path) -> None:
+    root = tmp_path / "Task"
+    for case_id in ("case_0001", "case_0002"):
+        _write(_image(), root / "imagesTr" / f"{case_id}.nii.gz")
+        _write(_label(), root / "labelsTr" / f"{case_id}.nii.gz")
+    labels = {"labels": {"0": "bg", "1": "x", "2": "y"}}
+    (root / "dataset.json").write_text(json.dumps(labels), encoding="utf-8")
+    report = import_dataset(root, manifest_path=tmp_path / "m.jsonl")
+    assert [r.case_id for r in report.records] == ["case_0001", "case_0002"]
+    assert (report.layout, report.orphans, report.rejected) == ("msd", [], [])
+
+
+def test_unrecognised_layout_raises(tmp_path: Path) -> None:
+    (tmp_path / "scans").mkdir()
+    with pytest.raises(DatasetLayoutError, match="unrecognised layout"):
+        import_dataset(tmp_path, manifest_path=tmp_path / "m.jsonl")
+
+
+def test_images_tr_without_dataset_json_raises(tmp_path: Path) -> None:
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "labelsTr").mkdir()
+    with pytest.raises(DatasetLayoutError, match=r"labelsTr/ and dataset\.json"):
+        import_dataset(tmp_path, manifest_path=tmp_path / "m.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"0": 1.5}, "neither MSD style"),
+        ({"whole tumour": [1, 2]}, "region-based label"),
+        ({"0": "bg", "zero": 0}, "label value 0 is named twice"),
+    ],
+)
+def test_unusable_dataset_json_labels_raise(tmp_path: Path, labels: dict, message: str) -> None:
+    dataset = _msd_dataset(tmp_path / "Task", labels=labels)
+    with pytest.raises(DatasetLayoutError, match=message):
+        import_dataset(dataset, manifest_path=tmp_path / "m.jsonl")
+
+
+def test_data_root_must_contain_the_dataset(tmp_path: Path) -> None:
+    dataset = _flat_dataset(tmp_path / "data")
+    with pytest.raises(ManifestError, match="not inside the data root"):
+        import_dataset(dataset, manifest_path=tmp_path / "m.jsonl", data_root=tmp_path / "other")
+
+
+def test_invalid_fractions_raise_before_reading_anything(tmp_path: Path) -> None:
+    dataset = _flat_dataset(tmp_path / "data")
+    with pytest.raises(ValueError, match="fractions"):
+        import_dataset(
+            dataset, manifest_path=tmp_path / "m.jsonl", val_fraction=0.7, test_fraction=0.5
+        )
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+# --- rejected cases and orphans ---------------------------------------------------------------
+
+
+def test_grid_mismatch_is_rejected_not_raised(tmp_path: Path) -> None:
+    dataset = _flat_dataset(tmp_path / "data")
+    shifted = Volume(_label().array, AFFINE @ np.array([[1, 0, 0, 2.0], *np.eye(4)[1:]]))
+    _write(shifted, dataset / "labels" / "b.nii.gz")
+    _write(Volume(np.zeros((6, 5, 3), np.uint8), AFFINE), dataset / "labels" / "c.nii.gz")
+    report = import_dataset(dataset, manifest_path=tmp_path / "m.jsonl")
+    assert [r.case_id for r in report.records] == ["a"]
+    details = {p.case_id: (p.kind, p.detail) for p in report.rejected}
+    assert details["b"] == (
+        ProblemKind.GRID_MISMATCH,
+        "labels/b.nii.gz: label affine differs from the image affine by up to 1.6 mm",
+    )
+    assert details["c"] == (
+        ProblemKind.GRID_MISMATCH,
+        "labels/c.nii.gz: label shape (6, 5, 3) differs from image shape (6, 5, 4)",
+    )
+
+
+def test_non_integral_label_is_rejected(tmp_path: Path) -> None:
+    dataset = _flat_dataset(tmp_path / "data")
+    _write(_label((0.0, 0.25, 1.0), dtype=np.float32), dataset / "labels" / "a.nii.gz")
+    report = import_dataset(dataset, manifest_path=tmp_path / "m.jsonl")
+    (problem,) = report.rejected
+    assert (problem.case_id, problem.kind) == ("a", ProblemKind.NON_INTEGRAL_LABEL)
+    assert problem.detail == "labels/a.nii.gz: label has 1 non-integral value(s), e.g. 0.25"
+    assert [r.case_id for r in report.records] == ["b", "c"]
+
+
+def test_label_value_missing_from_dataset_json_is_rejected(tmp_path: Path) -> None:
+    dataset = _msd_dataset(tmp_path / "Task", labels={"0": "background", "1": "anterior"})
+    report = import_dataset(dataset, manifest_path=tmp_path / "m.jsonl")
+    assert [p.kind for p in report.rejected] == [ProblemKind.UNKNOWN_LABEL_VALUE] * 3
+    assert "label values [2] are not named in dataset.json" in report.rejected[0].detail
+    assert [r.case_id for r in report.records] == ["t"]
+
+
+def test_unreadable_image_is_rejected(tmp_path: Path) -> None:
+    dataset = _flat_dataset(tmp_path / "data")
+    (dataset / "images" / "b.nii.gz").write_bytes(b"\x1f\x8b garbage")
+    report = import_dataset(dataset, manifest_path=tmp_path / "m.jsonl")
+    (problem,) = report.rejected
+    assert (problem.case_id, problem.kind) == ("b", ProblemKind.UNREADABLE)
+    assert problem.detail.startswith("images/b.nii.gz: cannot read NIfTI")
+
+
+def test_orphans_stay_out_of_the_manifest(tmp_path: Path) -> None:
+    dataset = _flat_dataset(tmp_path / "data")
+    _write(_image(), dataset / "images" / "lonely.nii.gz")
+    _write(_label(), dataset / "labels" / "widow.nii")
+    (dataset / "images" / "._a.nii.gz").write_bytes(b"AppleDouble")
+    (dataset / "images" / "notes.txt").write_text("ignored")
+    report = import_dataset(dataset, manifest_path=tmp_path / "m.jsonl")
+    assert [(o.case_id, o.path) for o in report.orphans] == [
+        ("lonely", "images/lonely.nii.gz"),
+        ("widow", "labels/widow.nii"),
+    ]
+    assert [r.case_id for r in read_manifest(tmp_path / "m.jsonl")] == ["a", "b", "c"]
+
+
+def test_flat_layout_modality_override_and_test_fraction(tmp_path: Path) -> None:
+    dataset = _flat_dataset(tmp_path / "data", case_ids=tuple(f"c{i}" for i in range(10)))
+    report = import_dataset(
+        dataset,
+        manifest_path=tmp_path / "m.jsonl",
+        modality="MR",
+        val_fraction=0.2,
+        test_fraction=0.1,
+    )
+    assert {r.modality for r in report.records} == {"MR"}
+    assert report.split_counts == {"train": 7, "val": 2, "test": 1}
+
+
+def test_import_is_deterministic(tmp_path: Path) -> None:
+    dataset = _flat_dataset(tmp_path / "data")
+    import_dataset(dataset, manifest_path=tmp_path / "one.jsonl", seed=5)
+    import_dataset(dataset, manifest_path=tmp_path / "two.jsonl", seed=5)
+    assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("MRI", "MR"), ("T1w", "MR"), ("t1gd", "MR"), ("CT", "CT"), ("zscore", "unknown"),
+     ("noNorm", "unknown"), ("PET", "PT"), ("Ultrasound", "Ultrasound")],
+)  # fmt: skip
+def test_normalise_modality(name: str, code: str) -> None:
+    assert normalise_modality(name) == code
