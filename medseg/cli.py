@@ -71,6 +71,73 @@ def ingest(
     raise typer.Exit(report.exit_code)
 
 
+@app.command("import-dataset")
+def import_dataset(
+    dataset_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Dataset folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Manifest to write (NAME.jsonl)."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Write paths relative to this folder instead of the manifest's."
+    ),
+    modality: str | None = typer.Option(None, help="Modality when dataset.json does not say."),
+    val_fraction: float = typer.Option(0.2, help="Fraction of labelled cases for validation."),
+    test_fraction: float = typer.Option(0.0, help="Fraction of labelled cases held out for test."),
+    seed: int = typer.Option(0, help="Seed of the reproducible split assignment."),
+    label_names: str | None = typer.Option(
+        None, "--label-names", help='Names when no dataset.json has them: "1=anterior,2=posterior".'
+    ),
+) -> None:
+    """Import an MSD/nnU-Net (imagesTr/labelsTr) or flat images/+labels/ dataset into a manifest.
+
+    Orphans and rejected pairs are reported, not fatal; exit code 1 when any pair was rejected.
+    """
+    from medseg.cli_output import import_summary
+    from medseg.datasets import import_dataset as run_import
+    from medseg.manifest import write_label_names
+
+    report = run_import(
+        dataset_dir,
+        manifest_path=out,
+        seed=seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        data_root=data_root,
+        modality=modality,
+    )
+    if label_names:
+        names = {0: "background", **_parse_label_names(label_names)}
+        write_label_names(names, out)
+        report.label_names = names
+    import_summary(report)
+    raise typer.Exit(1 if report.rejected else 0)
+
+
+def _parse_label_names(text: str) -> dict[int, str]:
+    try:
+        pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
+        return {int(value): name.strip() for value, name in pairs}
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected VALUE=NAME pairs, got {text!r}") from exc
+
+
+@app.command("validate-manifest")
+def validate_manifest(
+    manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Manifest (.jsonl)."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Folder the manifest's paths are relative to."
+    ),
+) -> None:
+    """Check a manifest: files exist, checksums, shapes/spacings, image/label grids, labels.
+
+    Exit code 0 when every case is valid, 1 otherwise.
+    """
+    from medseg.cli_output import validation_summary
+    from medseg.manifest import validate_manifest as run_validation
+
+    result = run_validation(manifest, data_root=data_root)
+    validation_summary(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
 def main() -> None:
     """Entry point of the ``medseg`` console script."""
     app()

@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from medseg.datasets import ImportReport
 from medseg.ingest import IngestReport, OutcomeKind
+from medseg.manifest import ManifestValidation
 
 console = Console(stderr=False)
 
@@ -74,3 +76,38 @@ def ingest_summary(report: IngestReport) -> None:
         f"[bold]{totals}[/bold]; {report.ignored_files} other files ignored. "
         f"Manifest: {report.manifest_path}"
     )
+
+
+def import_summary(report: ImportReport) -> None:
+    """Print what a dataset import wrote, its splits, orphans and rejected pairs."""
+    splits = ", ".join(f"{count} {split}" for split, count in report.split_counts.items())
+    console.print(
+        f"[bold]{len(report.records)} cases[/bold] ({report.layout} layout, modality "
+        f"{report.modality}): {splits or 'no splits'} -> {report.manifest_path}"
+    )
+    console.print(f"labels: {report.label_names}")
+    for title, rows in (
+        ("Orphans (left out)", [(o.case_id, o.path, o.reason) for o in report.orphans]),
+        ("Rejected pairs", [(p.case_id, p.kind.value, p.detail) for p in report.rejected]),
+    ):
+        if rows:
+            table = Table(title=title)
+            for column in ("case_id", "what", "why"):
+                table.add_column(column, overflow="fold")
+            for row in rows:
+                table.add_row(*(str(value) for value in row))
+            console.print(table)
+
+
+def validation_summary(result: ManifestValidation) -> None:
+    """Print a manifest check: OK, or a table of problems per case."""
+    if result.ok:
+        console.print(f"[green]{result.manifest_path}: {result.n_cases} cases, all valid[/green]")
+        return
+    table = Table(title=f"{result.manifest_path}: problems")
+    for column in ("case_id", "problem", "detail"):
+        table.add_column(column, overflow="fold")
+    for problem in result.problems:
+        table.add_row(problem.case_id, problem.kind.value, problem.detail)
+    console.print(table)
+    console.print(f"[red]{len(result.by_case())} of {result.n_cases} cases have problems[/red]")
