@@ -15,6 +15,9 @@ class InputFileError(MedsegError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple:  # picklable across worker processes
+        return (type(self), (self.path, self.problem))
+
 
 class NiftiError(InputFileError):
     """A NIfTI file is unreadable or has an invalid header/affine."""
@@ -31,6 +34,9 @@ class DicomSeriesError(MedsegError):
         self.source = str(source)
         self.problem = problem
         super().__init__(f"{self.source}: {problem}")
+
+    def __reduce__(self) -> tuple:  # picklable across worker processes
+        return (type(self), (self.source, self.problem))
 
 
 class MissingSlicesError(DicomSeriesError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 from medseg.errors import DicomFileError, DicomSeriesError
 from medseg.io.dicom_corrections import correct_tilt, equalize_slices
 from medseg.io.dicom_geometry import affine_lps_to_ras, measure_stack, plan_slice_layout
-from medseg.io.dicom_pixels import apply_modality_lut, decode_stored_values
+from medseg.io.dicom_pixels import apply_modality_lut, decode_stored_values, default_workers
 from medseg.io.dicom_scan import DicomFileHeader, FrameRecord, SkippedFile, read_header
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
@@ -37,6 +38,7 @@ class DicomSeries:
     part: int  # 0 unless the series was split; then 1, 2, ...
     frames: list[FrameRecord]
     headers: list[DicomFileHeader]
+    series_metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
     def series_id(self) -> str:
@@ -51,8 +53,8 @@ class DicomSeries:
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """Series metadata (non-PHI) taken from its first file."""
-        return dict(self.headers[0].metadata)
+        """Series metadata (non-PHI), read from the first file seen of the series."""
+        return dict(self.series_metadata)
 
     def describe(self, root: Path | None = None) -> str:
         """Where the series lives, for messages: its folder (relative to ``root``) and number."""
@@ -74,25 +76,53 @@ class DicomScan:
     not_dicom: list[Path] = field(default_factory=list)
 
 
-def scan_dicom_files(paths: Iterable[Path]) -> DicomScan:
-    """Read the headers of ``paths`` and group the image frames into series."""
+HeaderResult = DicomFileHeader | SkippedFile | DicomFileError | None
+PARALLEL_SCAN_MIN_FILES = 64
+
+
+def scan_dicom_files(paths: Iterable[Path], *, workers: int | None = None) -> DicomScan:
+    """Read the headers of ``paths`` and group the image frames into series.
+
+    Large sets of files are read by ``workers`` processes (default: all cores), each taking a
+    contiguous run of the (sorted) paths so a series' metadata is extracted once per run.
+    """
+    paths = list(paths)
+    workers = workers or default_workers()
+    if workers > 1 and len(paths) >= PARALLEL_SCAN_MIN_FILES:
+        size = -(-len(paths) // (workers * 2))
+        chunks = [paths[start : start + size] for start in range(0, len(paths), size)]
+        with ProcessPoolExecutor(max_workers=workers) as processes:
+            results = [result for chunk in processes.map(_read_headers, chunks) for result in chunk]
+    else:
+        results = _read_headers(paths)
     scan = DicomScan()
     headers_by_series: dict[str, list[DicomFileHeader]] = defaultdict(list)
-    for path in paths:
-        try:
-            header = read_header(path)
-        except DicomFileError as error:
-            scan.failed.append(error)
-            continue
-        if header is None:
+    for path, result in zip(paths, results, strict=True):
+        if isinstance(result, DicomFileError):
+            scan.failed.append(result)
+        elif result is None:
             scan.not_dicom.append(path)
-        elif isinstance(header, SkippedFile):
-            scan.skipped.append(header)
+        elif isinstance(result, SkippedFile):
+            scan.skipped.append(result)
         else:
-            headers_by_series[header.series_uid].append(header)
+            headers_by_series[result.series_uid].append(result)
     for series_uid in sorted(headers_by_series):
         scan.series.extend(_split_series(series_uid, headers_by_series[series_uid]))
     return scan
+
+
+def _read_headers(paths: list[Path]) -> list[HeaderResult]:
+    known_series: set[str] = set()
+    results: list[HeaderResult] = []
+    for path in paths:
+        try:
+            result = read_header(path, known_series=known_series)
+        except DicomFileError as error:
+            result = error
+        if isinstance(result, DicomFileHeader):
+            known_series.add(result.series_uid)
+        results.append(result)
+    return results
 
 
 def _split_series(series_uid: str, headers: list[DicomFileHeader]) -> list[DicomSeries]:
@@ -100,13 +130,15 @@ def _split_series(series_uid: str, headers: list[DicomFileHeader]) -> list[Dicom
     for header in headers:
         for frame in header.frames:
             frames_by_key[frame.split_key].append(frame)
+    metadata = next((header.metadata for header in headers if header.metadata), {})
     keys = sorted(frames_by_key, key=lambda key: min(str(f.path) for f in frames_by_key[key]))
     parts = []
     for number, key in enumerate(keys, start=1):
         frames = _unique_instances(frames_by_key[key])
         files = {frame.path for frame in frames}
         part_headers = [header for header in headers if header.path in files]
-        parts.append(DicomSeries(series_uid, number if len(keys) > 1 else 0, frames, part_headers))
+        part = number if len(keys) > 1 else 0
+        parts.append(DicomSeries(series_uid, part, frames, part_headers, metadata))
     return parts
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import pydicom.pixels
 from pydicom.uid import UID
 
 from medseg.errors import DicomFileError
+from medseg.io.dicom_native import NativeLayout, read_native_pixels
 from medseg.io.dicom_scan import FrameRecord
 
 PARALLEL_MIN_FILES = 8
@@ -32,8 +33,12 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _decode_file(path: Path) -> np.ndarray:
+def _decode_file(path: Path, native: NativeLayout | None = None) -> np.ndarray:
     try:
+        if native is not None:
+            pixels = read_native_pixels(path, native)
+            if pixels is not None:
+                return pixels
         return pydicom.pixels.pixel_array(path)
     except Exception as exc:  # decoders raise many types for truncated or corrupt data
         raise DicomFileError(path, f"cannot decode pixel data: {exc}") from exc
@@ -55,7 +60,8 @@ def decode_stored_values(
     for position, frame in enumerate(frames):
         by_file[frame.path].append(position)
     paths = list(by_file)
-    decoded = _map_decode(paths, workers=workers or default_workers())
+    layouts = [frames[by_file[path][0]].native for path in paths]
+    decoded = _map_decode(paths, layouts, workers=workers or default_workers())
     first = frames[0]
     stack: np.ndarray | None = None
     for path, pixels in zip(paths, decoded, strict=True):
@@ -89,19 +95,17 @@ def _frame_pixels(pixels: np.ndarray, frame: FrameRecord) -> np.ndarray:
     return pixels[index]
 
 
-def _map_decode(paths: list[Path], *, workers: int) -> list[np.ndarray]:
+def _map_decode(
+    paths: list[Path], layouts: list[NativeLayout | None], *, workers: int
+) -> list[np.ndarray]:
     if workers <= 1 or len(paths) < PARALLEL_MIN_FILES:
-        return [_decode_file(path) for path in paths]
-    executor: Executor
-    if _is_compressed(paths[0]):
-        executor = ProcessPoolExecutor(max_workers=workers)
-    else:
-        executor = ThreadPoolExecutor(max_workers=workers)
-    with executor:
+        return [_decode_file(path, layout) for path, layout in zip(paths, layouts, strict=True)]
+    if all(layout is not None for layout in layouts) or not _is_compressed(paths[0]):
+        with ThreadPoolExecutor(max_workers=workers) as threads:  # file reads release the GIL
+            return list(threads.map(_decode_file, paths, layouts))
+    with ProcessPoolExecutor(max_workers=workers) as processes:
         chunk = max(1, len(paths) // (workers * 4))
-        if isinstance(executor, ProcessPoolExecutor):
-            return list(executor.map(_decode_file, paths, chunksize=chunk))
-        return list(executor.map(_decode_file, paths))
+        return list(processes.map(_decode_file, paths, layouts, chunksize=chunk))
 
 
 def apply_modality_lut(stored: np.ndarray, frames: Sequence[FrameRecord]) -> np.ndarray:

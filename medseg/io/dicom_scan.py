@@ -9,7 +9,7 @@ not scans (DICOMDIR, SR, RT, secondary captures, localizers, colour images...) b
 
 from __future__ import annotations
 
-import os
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from medseg.errors import DicomFileError
 from medseg.io.dicom_geometry import orthonormal_orientation
 from medseg.io.dicom_metadata import series_metadata
 from medseg.io.dicom_mosaic import mosaic_records
+from medseg.io.dicom_native import NativeLayout, native_layout
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 VOLUME_SOP_CLASSES = {
@@ -39,6 +40,8 @@ VOLUME_SOP_CLASSES = {
 }
 NON_VOLUME_IMAGE_TYPES = {"LOCALIZER", "SCOUT", "SCREEN SAVE"}
 GROUPING_DECIMALS = 4
+SHARED_GROUPS_TAG = 0x52009229  # SharedFunctionalGroupsSequence
+DEFER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,7 @@ class FrameRecord:
     instance_uid: str
     split_key: tuple[Any, ...]  # frames of one series with different keys are split apart
     mosaic_grid: int = 0  # tiles per side of a Siemens mosaic image holding this frame; 0 if none
+    native: NativeLayout | None = None  # set when the file's pixels can be read without pydicom
 
 
 @dataclass
@@ -97,8 +101,13 @@ def dicom_kind(path: Path) -> str | None:
     return "raw" if group_le in (0x0002, 0x0008) or group_be in (0x0002, 0x0008) else None
 
 
-def read_header(path: Path) -> DicomFileHeader | SkippedFile | None:
+def read_header(
+    path: Path, *, known_series: Container[str] = ()
+) -> DicomFileHeader | SkippedFile | None:
     """Read one file's header; None if it is not DICOM at all.
+
+    Series-level metadata is only extracted for a series not in ``known_series`` (it is the
+    same for every file of a series, and extracting it dominates the cost of a header).
 
     Raises:
         DicomFileError: the file is DICOM but malformed or lacks the geometry of an image.
@@ -107,7 +116,8 @@ def read_header(path: Path) -> DicomFileHeader | SkippedFile | None:
     if kind is None:
         return None
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        # defer_size keeps big values (pixel data) on disk but still lists their elements
+        dataset = pydicom.dcmread(path, defer_size=DEFER_BYTES, force=True)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError) as exc:
         raise DicomFileError(path, f"unreadable DICOM header: {exc}") from exc
     if "DirectoryRecordSequence" in dataset:
@@ -115,20 +125,22 @@ def read_header(path: Path) -> DicomFileHeader | SkippedFile | None:
     if not any(elem.tag.group in (0x0008, 0x0020, 0x0028) for elem in dataset):
         if kind == "raw":
             return None
-        if _has_pixel_data(path):
+        if "PixelData" in dataset:
             raise DicomFileError(
                 path, "pixel data without SOP class, image size or geometry: cannot interpret it"
             )
         return SkippedFile(path, "DICOM file without image attributes or pixel data")
     try:
-        return _classify(path, dataset)
+        return _classify(path, dataset, known_series)
     except DicomFileError:
         raise
     except (AttributeError, ValueError, TypeError, IndexError, KeyError) as exc:
         raise DicomFileError(path, f"malformed DICOM attribute: {exc}") from exc
 
 
-def _classify(path: Path, dataset: Dataset) -> DicomFileHeader | SkippedFile:
+def _classify(
+    path: Path, dataset: Dataset, known_series: Container[str]
+) -> DicomFileHeader | SkippedFile:
     media_class = str(getattr(getattr(dataset, "file_meta", None), "MediaStorageSOPClassUID", ""))
     sop_class = str(dataset.get("SOPClassUID", "") or media_class)
     series_uid = str(dataset.get("SeriesInstanceUID", ""))
@@ -138,7 +150,7 @@ def _classify(path: Path, dataset: Dataset) -> DicomFileHeader | SkippedFile:
         name = UID(sop_class).name if UID(sop_class).is_valid else sop_class
         return SkippedFile(path, f"{name}: not a scan volume", series_uid)
     pixel_tags_seen = "PixelData" in dataset or "FloatPixelData" in dataset
-    if not pixel_tags_seen and not _has_pixel_data(path):
+    if not pixel_tags_seen:
         return SkippedFile(path, "no pixel data", series_uid)
     image_type = [str(value).upper() for value in dataset.get("ImageType", [])]
     flagged = NON_VOLUME_IMAGE_TYPES.intersection(image_type)
@@ -171,17 +183,8 @@ def _classify(path: Path, dataset: Dataset) -> DicomFileHeader | SkippedFile:
         spacing_between_slices_mm=_shared_float(
             dataset, "PixelMeasuresSequence", "SpacingBetweenSlices"
         ),
-        metadata=series_metadata(dataset),
+        metadata={} if series_uid in known_series else series_metadata(dataset),
     )
-
-
-def _has_pixel_data(path: Path) -> bool:
-    """stop_before_pixels hides PixelData; check for its tag in the last part of the file."""
-    size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        handle.seek(max(0, size - min(size, 64 * 1024 * 1024)))
-        tail = handle.read()
-    return any(marker in tail for marker in (b"\xe0\x7f\x10\x00", b"\x7f\xe0\x00\x10"))
 
 
 def _frame_records(path: Path, dataset: Dataset, image_type: list[str]) -> list[FrameRecord]:
@@ -207,6 +210,8 @@ def _functional_item(
     dataset: Dataset, frame_group: Dataset | None, sequence: str
 ) -> Dataset | None:
     """The item of a functional group macro for one frame: per-frame first, then shared."""
+    if frame_group is None and SHARED_GROUPS_TAG not in dataset:
+        return None  # a classic single-frame image: attributes sit at the top level
     for holder in (frame_group, _first(dataset.get("SharedFunctionalGroupsSequence"))):
         if holder is not None and sequence in holder:
             item = _first(holder.get(sequence))
@@ -288,6 +293,7 @@ def _record(
         rescale_intercept=float(intercept) if intercept not in (None, "") else 0.0,
         instance_uid=instance if frame_index is None else f"{instance}#{frame_index}",
         split_key=split_key,
+        native=native_layout(dataset),
     )
 
 
