@@ -66,7 +66,7 @@ def test_truncated_file_gives_an_error_naming_it(tmp_path: Path, shared_data: Pa
     source = (shared_data / "monai_testing_data/tests/testing_data/anatomical.nii").read_bytes()
     broken = tmp_path / "broken.nii"
     broken.write_bytes(source[: len(source) // 2])
-    with pytest.raises(NiftiError, match="broken.nii"):
+    with pytest.raises(NiftiError, match=r"broken\.nii"):
         read_nifti(broken)
 
 
