@@ -77,7 +77,12 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
     array = np.ascontiguousarray(array)
     if array.dtype.byteorder not in ("=", "|"):
         array = array.astype(array.dtype.newbyteorder("="))
-    metadata = {"source_format": "nifti"}
+    metadata: dict[str, object] = {"source_format": "nifti", "corrections": []}
+    if int(image.header["sform_code"]) == 0 and int(image.header["qform_code"]) == 0:
+        # Analyze-style header: only voxel sizes are known, not how the head lies.
+        metadata["corrections"] = [
+            "header has no orientation (sform and qform codes are 0): voxel axes taken as RAS"
+        ]
     return Volume(array, affine, metadata)
 
 

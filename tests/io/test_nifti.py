@@ -83,3 +83,14 @@ def test_missing_file_and_wrong_suffix_are_clear_errors(tmp_path: Path) -> None:
 )
 def test_nifti_stem(name: str, stem: str) -> None:
     assert nifti_stem(name) == stem
+
+
+def test_a_header_without_orientation_is_flagged(tmp_path: Path) -> None:
+    image = nib.Nifti1Image(np.zeros((3, 3, 3), np.int16), None)
+    image.header.set_zooms((2.0, 2.0, 2.0))
+    nib.save(image, str(tmp_path / "analyze_like.nii"))
+    volume = read_nifti(tmp_path / "analyze_like.nii")
+    assert "no orientation" in volume.metadata["corrections"][0]
+    assert volume.spacing_mm == pytest.approx((2.0, 2.0, 2.0))
+    oriented = read_nifti(write_nifti(volume, tmp_path / "oriented.nii"))
+    assert oriented.metadata["corrections"] == []
