@@ -77,7 +77,7 @@ class DicomScan:
 
 
 HeaderResult = DicomFileHeader | SkippedFile | DicomFileError | None
-PARALLEL_SCAN_MIN_FILES = 64
+PARALLEL_SCAN_MIN_FILES = 1000  # below this, process start-up costs more than it saves
 
 
 def scan_dicom_files(paths: Iterable[Path], *, workers: int | None = None) -> DicomScan:

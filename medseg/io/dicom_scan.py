@@ -61,6 +61,7 @@ class FrameRecord:
     split_key: tuple[Any, ...]  # frames of one series with different keys are split apart
     mosaic_grid: int = 0  # tiles per side of a Siemens mosaic image holding this frame; 0 if none
     native: NativeLayout | None = None  # set when the file's pixels can be read without pydicom
+    transfer_syntax: str = ""
 
 
 @dataclass
@@ -294,6 +295,7 @@ def _record(
         instance_uid=instance if frame_index is None else f"{instance}#{frame_index}",
         split_key=split_key,
         native=native_layout(dataset),
+        transfer_syntax=str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "")),
     )
 
 
