@@ -138,6 +138,24 @@ def validate_manifest(
     raise typer.Exit(0 if result.ok else 1)
 
 
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for everything."),
+    cases: int = typer.Option(6, min=1, help="Number of synthetic phantom cases."),
+    seed: int = typer.Option(0, help="Seed of the phantom generator."),
+) -> None:
+    """Run the end-to-end demo on synthetic CT phantoms written as real DICOM series."""
+    from medseg.cli_output import ingest_summary, phase_progress
+    from medseg.demo.run import run_demo
+
+    with phase_progress() as progress:
+        result = run_demo(out, n_cases=cases, seed=seed, on_progress=progress)
+    ingest_summary(result.ingest)
+    typer.echo(f"Phantom DICOM series and labels: {result.data_dir}")
+    typer.echo(f"Ingested volumes, labels and manifest: {result.ingested_dir}")
+    raise typer.Exit(result.ingest.exit_code)
+
+
 def main() -> None:
     """Entry point of the ``medseg`` console script."""
     app()

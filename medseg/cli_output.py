@@ -44,10 +44,10 @@ def ingest_summary(report: IngestReport) -> None:
         table = Table(title="Converted", show_lines=False)
         table.add_column("case_id", no_wrap=True)
         table.add_column("source", overflow="fold")
-        for column in ("modality", "shape", "spacing (mm)"):
+        for column in ("modality", "shape", "spacing (mm)", "label"):
             table.add_column(column, no_wrap=True)
         table.add_column("note", overflow="ellipsis", max_width=48)
-        for outcome in done:
+        for outcome in sorted(done, key=lambda o: o.case_id or ""):
             record = outcome.record
             assert record is not None
             note = "unchanged (already ingested)" if outcome.kind is OutcomeKind.UNCHANGED else ""
@@ -57,6 +57,7 @@ def ingest_summary(report: IngestReport) -> None:
                 record.modality,
                 "x".join(str(n) for n in record.shape),
                 " x ".join(f"{v:.3g}" for v in record.spacing),
+                "yes" if record.label else "",
                 "; ".join(filter(None, [note, outcome.reason])),
             )
         console.print(table)
