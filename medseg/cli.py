@@ -131,7 +131,7 @@ def validate_manifest(
     Exit code 0 when every case is valid, 1 otherwise.
     """
     from medseg.cli_output import validation_summary
-    from medseg.manifest import validate_manifest as run_validation
+    from medseg.manifest_validation import validate_manifest as run_validation
 
     result = run_validation(manifest, data_root=data_root)
     validation_summary(result)

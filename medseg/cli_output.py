@@ -11,7 +11,7 @@ from rich.table import Table
 
 from medseg.datasets import ImportReport
 from medseg.ingest import IngestReport, OutcomeKind
-from medseg.manifest import ManifestValidation
+from medseg.manifest_validation import ManifestValidation
 
 console = Console(stderr=False)
 

@@ -25,10 +25,10 @@ from medseg.manifest import (
     resolve,
     sha256_file,
     split_counts,
-    validate_manifest,
     write_label_names,
     write_manifest,
 )
+from medseg.manifest_validation import validate_manifest
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
 
