@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from medseg.errors import DicomFileError
-from medseg.io.dicom_native import NativeLayout, read_native_pixels
+from medseg.io.dicom_fastpath import PixelDataLayout, read_pixels
 from medseg.io.dicom_scan import FrameRecord
 
 PARALLEL_MIN_FILES = 8
@@ -45,11 +47,12 @@ _PLUGIN_PREFERENCE = {
 
 @dataclass(frozen=True)
 class DecodeJob:
-    """One file to decode: where it is and how it is encoded."""
+    """One file to decode, and which of its frames go where in the series' stack."""
 
     path: Path
     transfer_syntax: str
-    native: NativeLayout | None
+    layout: PixelDataLayout | None
+    targets: tuple[tuple[int, FrameRecord], ...]  # (position in the stack, frame)
 
     @property
     def compressed(self) -> bool:
@@ -66,8 +69,8 @@ def _plugin_for(transfer_syntax: str) -> str:
 
 def _decode_file(job: DecodeJob) -> np.ndarray:
     try:
-        if job.native is not None:
-            pixels = read_native_pixels(job.path, job.native)
+        if job.layout is not None:
+            pixels = read_pixels(job.path, job.layout)
             if pixels is not None:
                 return pixels
         return pydicom.pixels.pixel_array(
@@ -81,27 +84,75 @@ def decode_stored_values(
     frames: Sequence[FrameRecord], *, workers: int | None = None
 ) -> np.ndarray:
     """Stored pixel values of ``frames``, stacked as an array of shape (frames, rows, columns)."""
-    by_file: dict[Path, list[int]] = defaultdict(list)
+    targets: dict[Path, list[tuple[int, FrameRecord]]] = defaultdict(list)
     for position, frame in enumerate(frames):
-        by_file[frame.path].append(position)
-    paths = list(by_file)
+        targets[frame.path].append((position, frame))
     jobs = [
-        DecodeJob(path, frames[by_file[path][0]].transfer_syntax, frames[by_file[path][0]].native)
-        for path in paths
+        DecodeJob(path, items[0][1].transfer_syntax, items[0][1].pixel_layout, tuple(items))
+        for path, items in targets.items()
     ]
-    decoded = _map_decode(jobs, workers=workers or default_workers())
-    first = frames[0]
-    stack: np.ndarray | None = None
-    for path, pixels in zip(paths, decoded, strict=True):
-        if pixels.ndim == 2:
-            pixels = pixels[np.newaxis]
-        if stack is None:
-            stack = np.empty((len(frames), first.rows, first.columns), dtype=pixels.dtype)
-        for position in by_file[path]:
-            frame = frames[position]
-            stack[position] = _frame_pixels(pixels, frame)
-    assert stack is not None
+    workers = workers or default_workers()
+    shape = (len(frames), frames[0].rows, frames[0].columns)
+    dtype = _stored_dtype(jobs)
+    parallel = workers > 1 and len(jobs) >= PARALLEL_MIN_FILES
+    if parallel and dtype is not None and any(job.compressed for job in jobs):
+        return _decode_in_processes(jobs, shape=shape, dtype=dtype, workers=workers)
+    first = _decode_file(jobs[0])
+    stack = np.empty(shape, dtype=first.dtype)
+    _write_frames(stack, jobs[0], first)
+    rest = jobs[1:]
+    if parallel and not any(job.compressed for job in rest):
+        with ThreadPoolExecutor(max_workers=workers) as threads:  # file reads release the GIL
+            list(threads.map(lambda job: _write_frames(stack, job, _decode_file(job)), rest))
+    else:
+        for job in rest:
+            _write_frames(stack, job, _decode_file(job))
     return stack
+
+
+def _stored_dtype(jobs: list[DecodeJob]) -> np.dtype | None:
+    """The stored value type when every file's layout is known before decoding."""
+    dtypes = {job.layout.dtype for job in jobs if job.layout is not None}
+    if len(dtypes) != 1 or any(job.layout is None for job in jobs):
+        return None
+    return np.dtype(dtypes.pop()).newbyteorder("=")
+
+
+def _write_frames(stack: np.ndarray, job: DecodeJob, pixels: np.ndarray) -> None:
+    if pixels.ndim == 2:
+        pixels = pixels[np.newaxis]
+    if pixels.dtype != stack.dtype:
+        raise DicomFileError(
+            job.path, f"pixel type {pixels.dtype} differs from the series' {stack.dtype}"
+        )
+    for position, frame in job.targets:
+        stack[position] = _frame_pixels(pixels, frame)
+
+
+def _decode_in_processes(
+    jobs: list[DecodeJob], *, shape: tuple[int, int, int], dtype: np.dtype, workers: int
+) -> np.ndarray:
+    """Decode in worker processes that write straight into one shared-memory stack."""
+    nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+    memory = shared_memory.SharedMemory(create=True, size=nbytes)
+    try:
+        write = partial(_decode_into_shared, name=memory.name, shape=shape, dtype=dtype.str)
+        with ProcessPoolExecutor(max_workers=workers) as processes:
+            list(processes.map(write, jobs, chunksize=max(1, len(jobs) // (workers * 4))))
+        return np.ndarray(shape, dtype=dtype, buffer=memory.buf).copy()
+    finally:
+        memory.close()
+        memory.unlink()
+
+
+def _decode_into_shared(job: DecodeJob, *, name: str, shape: tuple, dtype: str) -> None:
+    memory = shared_memory.SharedMemory(name=name)  # the parent owns and unlinks the block
+    try:
+        stack = np.ndarray(shape, dtype=np.dtype(dtype), buffer=memory.buf)
+        _write_frames(stack, job, _decode_file(job))
+        del stack
+    finally:
+        memory.close()
 
 
 def _frame_pixels(pixels: np.ndarray, frame: FrameRecord) -> np.ndarray:
@@ -121,17 +172,6 @@ def _frame_pixels(pixels: np.ndarray, frame: FrameRecord) -> np.ndarray:
             f"of {frame.rows}x{frame.columns}",
         )
     return pixels[index]
-
-
-def _map_decode(jobs: list[DecodeJob], *, workers: int) -> list[np.ndarray]:
-    if workers <= 1 or len(jobs) < PARALLEL_MIN_FILES:
-        return [_decode_file(job) for job in jobs]
-    if not any(job.compressed for job in jobs):
-        with ThreadPoolExecutor(max_workers=workers) as threads:  # file reads release the GIL
-            return list(threads.map(_decode_file, jobs))
-    with ProcessPoolExecutor(max_workers=workers) as processes:
-        chunk = max(1, len(jobs) // (workers * 4))
-        return list(processes.map(_decode_file, jobs, chunksize=chunk))
 
 
 def apply_modality_lut(stored: np.ndarray, frames: Sequence[FrameRecord]) -> np.ndarray:

@@ -21,10 +21,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from medseg.errors import DicomFileError
+from medseg.io.dicom_fastpath import PixelDataLayout, pixel_data_layout
 from medseg.io.dicom_geometry import orthonormal_orientation
 from medseg.io.dicom_metadata import series_metadata
 from medseg.io.dicom_mosaic import mosaic_records
-from medseg.io.dicom_native import NativeLayout, native_layout
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 VOLUME_SOP_CLASSES = {
@@ -60,7 +60,7 @@ class FrameRecord:
     instance_uid: str
     split_key: tuple[Any, ...]  # frames of one series with different keys are split apart
     mosaic_grid: int = 0  # tiles per side of a Siemens mosaic image holding this frame; 0 if none
-    native: NativeLayout | None = None  # set when the file's pixels can be read without pydicom
+    pixel_layout: PixelDataLayout | None = None  # set when the fast path can read the pixels
     transfer_syntax: str = ""
 
 
@@ -294,7 +294,7 @@ def _record(
         rescale_intercept=float(intercept) if intercept not in (None, "") else 0.0,
         instance_uid=instance if frame_index is None else f"{instance}#{frame_index}",
         split_key=split_key,
-        native=native_layout(dataset),
+        pixel_layout=pixel_data_layout(dataset),
         transfer_syntax=str(getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", "")),
     )
 
