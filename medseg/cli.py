@@ -139,6 +139,63 @@ def validate_manifest(
 
 
 @app.command()
+def plan(
+    manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Data manifest."),
+    out: Path = typer.Option(..., "--out", "-o", help="Plan file to write (plan.json)."),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Plan options YAML (configs/plan/*.yaml); overrides."
+    ),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Root of the manifest's paths."
+    ),
+    workers: int = typer.Option(2, help="Worker processes."),
+) -> None:
+    """Fingerprint the training cases and write the preprocessing/network plan."""
+    from medseg.cli_output import plan_summary
+    from medseg.preprocess.config import load_plan_options
+    from medseg.preprocess.plan import plan_manifest
+
+    result = plan_manifest(
+        manifest, options=load_plan_options(config), data_root=data_root, workers=workers
+    )
+    result.save(out)
+    plan_summary(result, out)
+
+
+@app.command()
+def preprocess(
+    manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Data manifest."),
+    plan_file: Path = typer.Option(..., "--plan", exists=True, dir_okay=False, help="plan.json"),
+    out: Path = typer.Option(..., "--out", "-o", help="Cache folder."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Root of the manifest's paths."
+    ),
+    workers: int = typer.Option(2, help="Worker processes."),
+    force: bool = typer.Option(False, "--force", help="Redo cases even if unchanged."),
+) -> None:
+    """Resample, normalize and crop every case into a memory-mappable cache.
+
+    Exit code 0 when every case succeeded, 1 when some failed (the others are cached).
+    """
+    from medseg.cli_output import phase_progress, preprocess_summary
+    from medseg.preprocess.plan import Plan
+    from medseg.preprocess.stage import preprocess_manifest
+
+    with phase_progress() as progress:
+        report = preprocess_manifest(
+            manifest,
+            plan=Plan.load(plan_file),
+            cache_dir=out,
+            data_root=data_root,
+            workers=workers,
+            force=force,
+            on_progress=lambda done, total: progress("Preprocessing", done, total),
+        )
+    preprocess_summary(report)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for everything."),
     cases: int = typer.Option(6, min=1, help="Number of synthetic phantom cases."),

@@ -12,6 +12,8 @@ from rich.table import Table
 from medseg.datasets import ImportReport
 from medseg.ingest import IngestReport, OutcomeKind
 from medseg.manifest_validation import ManifestValidation
+from medseg.preprocess.plan import Plan
+from medseg.preprocess.stage import CaseStatus, PreprocessReport
 
 console = Console(stderr=False)
 
@@ -112,3 +114,43 @@ def validation_summary(result: ManifestValidation) -> None:
         table.add_row(problem.case_id, problem.kind.value, problem.detail)
     console.print(table)
     console.print(f"[red]{len(result.by_case())} of {result.n_cases} cases have problems[/red]")
+
+
+def plan_summary(plan: Plan, path: object) -> None:
+    """Print the plan's main choices."""
+    table = Table(title=f"Plan -> {path}")
+    table.add_column("choice")
+    table.add_column("value", overflow="fold")
+    table.add_row("cases fingerprinted", str(plan.fingerprint["n_cases"]))
+    table.add_row(
+        "modality / normalization", f"{plan.modality} / {plan.normalization.scheme.value}"
+    )
+    table.add_row("target spacing (mm)", " x ".join(f"{v:.3g}" for v in plan.target_spacing))
+    table.add_row("median shape", "x".join(str(v) for v in plan.median_shape))
+    for name, configuration in plan.configurations.items():
+        table.add_row(
+            f"{name} patch / batch",
+            f"{'x'.join(str(v) for v in configuration.patch_size)} / {configuration.batch_size}"
+            f" ({len(configuration.pool_strides)} poolings)",
+        )
+    table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in plan.label_names.items()))
+    console.print(table)
+
+
+def preprocess_summary(report: PreprocessReport) -> None:
+    """Print counts, mean time per case and failures."""
+    done = report.with_status(CaseStatus.DONE)
+    failed = report.with_status(CaseStatus.FAILED)
+    if failed:
+        table = Table(title="Failed cases")
+        table.add_column("case_id", no_wrap=True)
+        table.add_column("reason", overflow="fold")
+        for outcome in failed:
+            table.add_row(outcome.case_id, outcome.reason)
+        console.print(table)
+    mean = sum(o.seconds for o in done) / len(done) if done else 0.0
+    console.print(
+        f"[bold]{len(done)} preprocessed[/bold] ({mean:.2f} s/case), "
+        f"{len(report.with_status(CaseStatus.UNCHANGED))} unchanged, {len(failed)} failed -> "
+        f"{report.cache_dir}"
+    )

@@ -113,6 +113,18 @@ class Volume:
         affine = self.affine_ras @ nio.inv_ornt_aff(transform, self.array.shape[:3])
         return Volume(array, affine, dict(self.metadata))
 
+    def to_orientation_of(self, reference_affine: np.ndarray) -> Volume:
+        """Permute/flip axes (no resampling) so they run like ``reference_affine``'s axes.
+
+        Inverse of ``to_closest_ras`` when given the affine the volume had before it.
+        """
+        current = nio.io_orientation(self.affine_ras)
+        wanted = nio.io_orientation(np.asarray(reference_affine, float))
+        transform = nio.ornt_transform(current, wanted)
+        array = nio.apply_orientation(self.array, transform)
+        affine = self.affine_ras @ nio.inv_ornt_aff(transform, self.array.shape[:3])
+        return Volume(array, affine, dict(self.metadata))
+
     def same_grid(self, other: Volume, *, atol_mm: float = 1e-3) -> bool:
         """True when both volumes have the same spatial shape and affines within ``atol_mm``."""
         return self.shape[:3] == other.shape[:3] and bool(

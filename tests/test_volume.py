@@ -67,3 +67,11 @@ def test_with_array_keeps_geometry_and_refuses_other_shapes() -> None:
     assert labels.metadata == {"modality": "CT"}
     with pytest.raises(Exception, match="spatial shape"):
         volume.with_array(np.ones((3, 3, 4)))
+
+
+def test_to_orientation_of_undoes_to_closest_ras() -> None:
+    affine = np.array([[0, 0, -1.5, 10], [-0.8, 0, 0, 20], [0, 2.0, 0, -5], [0, 0, 0, 1.0]])
+    volume = Volume(np.arange(60).reshape(3, 4, 5), affine)
+    back = volume.to_closest_ras().to_orientation_of(affine)
+    assert np.array_equal(back.array, volume.array)
+    assert np.allclose(back.affine_ras, affine)

@@ -1,0 +1,1 @@
+"""Preprocess stage: fingerprint, plan, resample, normalize, crop, cache, sampling, weights."""

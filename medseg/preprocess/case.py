@@ -1,0 +1,143 @@
+"""One case through the plan, and back: reorient, crop, resample, normalize; then invert.
+
+``preprocess_case`` records in ``CaseProperties`` everything needed to map a prediction on the
+preprocessed grid back onto the original scan exactly (``restore_label_map``): the original
+affine and shape, the crop box in RAS voxel order, and the resampled grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from medseg.errors import GeometryMismatchError
+from medseg.phi import hash_identifier
+from medseg.preprocess.crop_normalize import Normalization, crop, nonzero_box, normalize, uncrop
+from medseg.preprocess.plan import Plan
+from medseg.preprocess.resample import (
+    resample_image,
+    resample_labels,
+    resample_nearest,
+    resampled_affine,
+    resampled_shape,
+)
+from medseg.volume import Volume
+
+CLASS_LOCATION_SAMPLES = 10_000
+
+
+@dataclass
+class CaseProperties:
+    """How a case was transformed; JSON-ready."""
+
+    case_id: str
+    original_shape: list[int]
+    original_affine: list[list[float]]
+    ras_shape: list[int]
+    ras_affine: list[list[float]]
+    crop_box: list[list[int]]
+    resampled_shape: list[int]
+    resampled_affine: list[list[float]]
+    spacing: list[float]
+    normalization: dict[str, float] = field(default_factory=dict)
+    label_values: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass
+class PreprocessedCase:
+    """Arrays ready for training/inference, plus properties and foreground locations."""
+
+    image: np.ndarray  # (C, X, Y, Z) float32
+    label: np.ndarray | None  # (X, Y, Z) uint8/uint16
+    properties: CaseProperties
+    class_locations: dict[int, np.ndarray]
+
+
+def preprocess_case(
+    image: Volume, label: Volume | None, plan: Plan, *, case_id: str
+) -> PreprocessedCase:
+    """Apply ``plan`` to one case.
+
+    Raises:
+        GeometryMismatchError: image and label are not on the same grid.
+    """
+    if label is not None and not label.same_grid(image):
+        raise GeometryMismatchError(f"{case_id}: label grid differs from the image grid")
+    ras_image = image.to_closest_ras()
+    ras_label = label.to_closest_ras() if label is not None else None
+    box = (
+        nonzero_box(ras_image.array)
+        if plan.crop_to_nonzero
+        else tuple((0, n) for n in ras_image.shape[:3])
+    )
+    cropped = crop(ras_image.array, box)
+    crop_affine = ras_image.affine_ras.copy()
+    crop_affine[:3, 3] = (
+        ras_image.affine_ras[:3, :3] @ [lo for lo, _ in box] + ras_image.affine_ras[:3, 3]
+    )
+    spacing = [float(s) for s in ras_image.spacing_mm]
+    new_shape = resampled_shape(cropped.shape[-3:], spacing, plan.target_spacing)
+    resampled = resample_image(cropped, new_shape, order=plan.image_resample_order)
+    normalized, parameters = normalize(resampled, Normalization(**plan.normalization.model_dump()))
+    labels = None
+    if ras_label is not None:
+        labels = resample_labels(crop(ras_label.array, box), new_shape, mode=plan.label_resampling)
+        labels = labels.astype(np.uint8 if labels.max(initial=0) < 256 else np.uint16)
+    affine = resampled_affine(crop_affine, cropped.shape[-3:], new_shape)
+    properties = CaseProperties(
+        case_id=case_id,
+        original_shape=list(image.shape[:3]),
+        original_affine=image.affine_ras.tolist(),
+        ras_shape=list(ras_image.shape[:3]),
+        ras_affine=ras_image.affine_ras.tolist(),
+        crop_box=[list(b) for b in box],
+        resampled_shape=list(new_shape),
+        resampled_affine=affine.tolist(),
+        spacing=[float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
+        normalization=parameters,
+        label_values=[int(v) for v in np.unique(labels)] if labels is not None else [],
+    )
+    channels = normalized if normalized.ndim == 4 else normalized[np.newaxis]
+    return PreprocessedCase(
+        image=np.ascontiguousarray(channels, dtype=np.float32),
+        label=labels,
+        properties=properties,
+        class_locations=class_locations(labels, seed=plan.seed, case_id=case_id)
+        if labels is not None
+        else {},
+    )
+
+
+def class_locations(labels: np.ndarray, *, seed: int, case_id: str) -> dict[int, np.ndarray]:
+    """Up to ``CLASS_LOCATION_SAMPLES`` voxel coordinates (N, 3) per foreground label value."""
+    rng = np.random.default_rng([seed, int(hash_identifier(case_id), 16) % (2**32)])
+    locations = {}
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        coordinates = np.argwhere(labels == value).astype(np.int32)
+        if len(coordinates) > CLASS_LOCATION_SAMPLES:
+            coordinates = coordinates[
+                rng.choice(len(coordinates), CLASS_LOCATION_SAMPLES, replace=False)
+            ]
+        locations[int(value)] = coordinates
+    return locations
+
+
+def restore_label_map(labels: np.ndarray, properties: CaseProperties) -> Volume:
+    """Map a label map on the preprocessed grid back onto the original scan (nearest neighbour).
+
+    Undoes resampling, cropping (outside the crop box is background) and reorientation, so the
+    result has the original scan's shape and affine.
+    """
+    box = tuple(tuple(b) for b in properties.crop_box)
+    cropped_shape = tuple(hi - lo for lo, hi in box)
+    on_crop = resample_nearest(labels, cropped_shape)
+    ras = uncrop(on_crop, box, tuple(properties.ras_shape))  # type: ignore[arg-type]
+    restored = Volume(ras, np.array(properties.ras_affine))
+    return restored.to_orientation_of(np.array(properties.original_affine))

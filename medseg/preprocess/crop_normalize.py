@@ -1,0 +1,75 @@
+"""Crop to the non-zero region and normalize intensities (CT vs MR)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medseg.preprocess.config import NormalizationScheme
+
+Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def nonzero_box(image: np.ndarray) -> Box:
+    """Bounding box ``((lo, hi), ...)`` (hi exclusive) of voxels that are non-zero in any channel.
+
+    Holes inside the region (zeros surrounded by signal) do not shrink it. An all-zero image
+    keeps its full extent.
+    """
+    channels = image if image.ndim == 4 else image[np.newaxis]
+    mask = np.any(channels != 0, axis=0)
+    if not mask.any():
+        return tuple((0, n) for n in mask.shape)  # type: ignore[return-value]
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        box.append((int(present[0]), int(present[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def crop(array: np.ndarray, box: Box) -> np.ndarray:
+    """The part of ``array``'s last three axes inside ``box``."""
+    slices = tuple(slice(lo, hi) for lo, hi in box)
+    return array[(..., *slices)]
+
+
+def uncrop(
+    array: np.ndarray, box: Box, full_shape: tuple[int, int, int], *, fill: float = 0
+) -> np.ndarray:
+    """Place a cropped array back into a ``full_shape`` array filled with ``fill``."""
+    full = np.full((*array.shape[:-3], *full_shape), fill, dtype=array.dtype)
+    full[(..., *(slice(lo, hi) for lo, hi in box))] = array
+    return full
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Resolved normalization of one dataset (CT) or rule (z-score per case)."""
+
+    scheme: NormalizationScheme
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+def normalize(
+    image: np.ndarray, normalization: Normalization
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Normalize ``image`` (float32 out) and return the parameters used for this case."""
+    image = image.astype(np.float32, copy=True)
+    if normalization.scheme is NormalizationScheme.CT:
+        assert normalization.mean is not None and normalization.std is not None
+        np.clip(image, normalization.clip_low, normalization.clip_high, out=image)
+        image -= np.float32(normalization.mean)
+        image /= np.float32(max(normalization.std, 1e-8))
+        return image, {"mean": normalization.mean, "std": normalization.std}
+    if normalization.scheme is NormalizationScheme.ZSCORE:
+        mean, std = float(image.mean()), float(image.std())
+        image -= np.float32(mean)
+        if std > 1e-8:
+            image /= np.float32(std)
+        return image, {"mean": mean, "std": std}
+    return image, {}

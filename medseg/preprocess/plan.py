@@ -1,0 +1,292 @@
+"""The plan: how every case is preprocessed, and what the networks are built from.
+
+Chosen automatically from the dataset fingerprint as nnU-Net does, every choice overridable
+through ``PlanOptions`` (``configs/plan/*.yaml``). The plan travels with the trained model so
+inference never guesses spacing or normalization.
+
+Rules:
+
+* target spacing: the median spacing per axis. When the coarsest median axis is more than
+  ``anisotropy_threshold`` times the finest, that axis gets the 10th percentile of its
+  spacings instead (but stays coarser than the other axes), so thick-slice cases are not
+  upsampled into blur.
+* one cache serves both configurations: 2D networks train on slices perpendicular to
+  ``slice_axis`` (the coarsest axis; the last axis when isotropic) of the same resampled
+  volumes. (nnU-Net leaves the through-plane axis unresampled for 2D; one cache is simpler
+  and the difference only matters for strongly anisotropic data.)
+* 3D patch: the median cropped shape at target spacing, shrunk (largest extent in mm first)
+  until it fits the memory budget (128^3 voxels per sample at 8 GB, scaling linearly), then
+  rounded up to a multiple of the network's total stride per axis. Batch: as many samples as
+  the budget allows for two 128^3 samples, at least 2, at most 5% of the dataset's voxels.
+* pooling: an axis is downsampled (stride 2) at a level while its feature map stays >= 4
+  voxels and its spacing is at most twice the finest current spacing; at most 5 levels.
+* normalization: CT clips to the foreground 0.5-99.5 percentiles and z-scores with the
+  foreground mean/std; every other modality is z-scored per case.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from medseg import __version__
+from medseg.errors import MedsegError
+from medseg.io.atomic import write_text_atomic
+from medseg.manifest import read_label_names, read_manifest, sha256_file
+from medseg.preprocess.config import (
+    BorderWeightOptions,
+    LabelResampling,
+    NormalizationScheme,
+    PlanOptions,
+)
+from medseg.preprocess.fingerprint import DatasetFingerprint, fingerprint_dataset
+
+REFERENCE_PATCH_VOXELS_3D = 128**3
+REFERENCE_PATCH_VOXELS_2D = 512**2
+REFERENCE_BATCH_2D = 12
+REFERENCE_MEMORY_GB = 8.0
+MIN_FEATURE_MAP = 4  # smallest feature map edge at the bottom of the network
+MIN_PATCH_EDGE = 8
+MAX_POOLING_LEVELS = 5
+MAX_DATASET_FRACTION_PER_BATCH = 0.05
+
+
+class NormalizationPlan(BaseModel):
+    """Intensity normalization resolved for the dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scheme: NormalizationScheme
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+class Configuration(BaseModel):
+    """A network configuration (3D patches or 2D slices) on the plan's voxel grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    patch_size: list[int]
+    batch_size: int
+    pool_strides: list[list[int]]
+    slice_axis: int | None = None  # for 2D: slices are perpendicular to this axis
+
+
+class Plan(BaseModel):
+    """Everything preprocessing, training and inference need to agree on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    medseg_version: str
+    manifest_sha256: str
+    modality: str
+    label_names: dict[int, str]
+    target_spacing: list[float]
+    median_shape: list[int]
+    normalization: NormalizationPlan
+    image_resample_order: int
+    label_resampling: LabelResampling
+    crop_to_nonzero: bool
+    foreground_fraction: float
+    border_weights: BorderWeightOptions
+    configurations: dict[str, Configuration]
+    fingerprint: dict
+    seed: int
+
+    def digest(self) -> str:
+        """SHA-256 of the plan's canonical JSON: a cache built with another plan is stale."""
+        return hashlib.sha256(self.model_dump_json().encode("utf-8")).hexdigest()
+
+    def save(self, path: Path) -> Path:
+        """Write the plan as indented JSON, atomically."""
+        write_text_atomic(path, json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: Path) -> Plan:
+        """Read a plan written by ``save``."""
+        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+def target_spacing(fingerprint: DatasetFingerprint, *, anisotropy_threshold: float) -> list[float]:
+    """Median spacing per axis, with nnU-Net's rule for a strongly anisotropic axis."""
+    spacings = np.array(fingerprint.spacings, float)
+    target = np.median(spacings, axis=0)
+    coarse = int(np.argmax(target))
+    others = [a for a in range(3) if a != coarse]
+    if target[coarse] > anisotropy_threshold * target.min():
+        low = np.percentile(spacings[:, coarse], 10)
+        target[coarse] = max(low, target[others].max() + 1e-5)
+    return [float(v) for v in target]
+
+
+def median_shape(fingerprint: DatasetFingerprint, spacing: list[float]) -> list[int]:
+    """Median cropped shape after resampling to ``spacing``."""
+    shapes = np.array(fingerprint.cropped_shapes, float) * np.array(fingerprint.spacings) / spacing
+    return [round(float(v)) for v in np.median(shapes, axis=0)]
+
+
+def pool_strides(patch_size: list[int], spacing: list[float]) -> list[list[int]]:
+    """Stride-2 downsampling per level and axis (see the module rules)."""
+    size, current = np.array(patch_size, float), np.array(spacing, float)
+    strides: list[list[int]] = []
+    for _ in range(MAX_POOLING_LEVELS):
+        finest = current.min()
+        level = [
+            2 if s / 2 >= MIN_FEATURE_MAP and c <= 2 * finest else 1
+            for s, c in zip(size, current, strict=True)
+        ]
+        if all(v == 1 for v in level):
+            break
+        strides.append(level)
+        size, current = size / np.array(level), current * np.array(level)
+    return strides
+
+
+def _divisible(patch: list[int], strides: list[list[int]]) -> list[int]:
+    total = np.prod(np.array(strides), axis=0) if strides else np.ones(len(patch), int)
+    return [int(np.ceil(p / t) * t) for p, t in zip(patch, total, strict=True)]
+
+
+def _fit_patch(shape: list[int], spacing: list[float], budget: float) -> list[int]:
+    """Shrink (largest extent in mm first) until the stride-rounded patch fits ``budget``."""
+    patch = [max(MIN_PATCH_EDGE, s) for s in shape]
+    while True:
+        rounded = _divisible(patch, pool_strides(patch, spacing))
+        if np.prod(rounded) <= budget or all(p <= MIN_PATCH_EDGE for p in patch):
+            return rounded
+        extents = [p * s for p, s in zip(patch, spacing, strict=True)]
+        axis = int(np.argmax(extents))
+        patch[axis] = max(MIN_PATCH_EDGE, int(patch[axis] * 0.9))
+
+
+def _batch_size(patch: list[int], *, budget_samples: float, dataset_voxels: float) -> int:
+    by_memory = int(budget_samples // np.prod(patch))
+    by_dataset = int(MAX_DATASET_FRACTION_PER_BATCH * dataset_voxels // np.prod(patch))
+    return max(2, min(by_memory, max(by_dataset, 2)))
+
+
+def make_plan(
+    fingerprint: DatasetFingerprint,
+    *,
+    options: PlanOptions,
+    label_names: dict[int, str],
+    manifest_sha256: str,
+) -> Plan:
+    """Derive the plan from the fingerprint, applying ``options``' overrides."""
+    spacing = list(
+        options.target_spacing
+        or target_spacing(fingerprint, anisotropy_threshold=options.anisotropy_threshold)
+    )
+    median = median_shape(fingerprint, spacing)
+    scale = options.memory_budget_gb / REFERENCE_MEMORY_GB
+    dataset_voxels = float(np.sum(np.prod(fingerprint.cropped_shapes, axis=1)))
+    patch_3d = list(
+        options.patch_size_3d or _fit_patch(median, spacing, REFERENCE_PATCH_VOXELS_3D * scale)
+    )
+    slice_axis = int(np.argmax(spacing)) if max(spacing) > min(spacing) * 1.01 else 2
+    in_plane = [a for a in range(3) if a != slice_axis]
+    patch_2d = list(
+        options.patch_size_2d
+        or _fit_patch(
+            [median[a] for a in in_plane],
+            [spacing[a] for a in in_plane],
+            REFERENCE_PATCH_VOXELS_2D * scale,
+        )
+    )
+    configurations = {
+        "3d": Configuration(
+            name="3d",
+            patch_size=patch_3d,
+            batch_size=options.batch_size_3d
+            or _batch_size(
+                patch_3d,
+                budget_samples=2 * REFERENCE_PATCH_VOXELS_3D * scale,
+                dataset_voxels=dataset_voxels,
+            ),
+            pool_strides=pool_strides(patch_3d, spacing),
+        ),
+        "2d": Configuration(
+            name="2d",
+            patch_size=patch_2d,
+            batch_size=options.batch_size_2d
+            or _batch_size(
+                patch_2d,
+                budget_samples=REFERENCE_BATCH_2D * REFERENCE_PATCH_VOXELS_2D * scale,
+                dataset_voxels=dataset_voxels / max(median[slice_axis], 1),
+            ),
+            pool_strides=pool_strides(patch_2d, [spacing[a] for a in in_plane]),
+            slice_axis=slice_axis,
+        ),
+    }
+    return Plan(
+        medseg_version=__version__,
+        manifest_sha256=manifest_sha256,
+        modality=fingerprint.modality,
+        label_names={int(k): v for k, v in label_names.items()},
+        target_spacing=spacing,
+        median_shape=median,
+        normalization=_normalization(fingerprint, options),
+        image_resample_order=options.image_resample_order,
+        label_resampling=options.label_resampling,
+        crop_to_nonzero=options.crop_to_nonzero,
+        foreground_fraction=options.foreground_fraction,
+        border_weights=options.border_weights,
+        configurations=configurations,
+        fingerprint=fingerprint.to_dict(),
+        seed=options.seed,
+    )
+
+
+def _normalization(fingerprint: DatasetFingerprint, options: PlanOptions) -> NormalizationPlan:
+    scheme = options.normalization or (
+        NormalizationScheme.CT if fingerprint.modality == "CT" else NormalizationScheme.ZSCORE
+    )
+    if scheme is not NormalizationScheme.CT:
+        return NormalizationPlan(scheme=scheme)
+    stats = fingerprint.intensity
+    return NormalizationPlan(
+        scheme=scheme,
+        clip_low=stats.percentile_00_5,
+        clip_high=stats.percentile_99_5,
+        mean=stats.mean,
+        std=stats.std,
+    )
+
+
+def plan_manifest(
+    manifest_path: Path,
+    *,
+    options: PlanOptions,
+    data_root: Path | None = None,
+    workers: int = 1,
+) -> Plan:
+    """Fingerprint a manifest's training cases and derive its plan."""
+    records = read_manifest(manifest_path)
+    fingerprint = fingerprint_dataset(
+        records,
+        manifest_path=manifest_path,
+        data_root=data_root,
+        samples=options.intensity_samples_per_case,
+        seed=options.seed,
+        workers=workers,
+    )
+    try:
+        label_names = read_label_names(manifest_path)
+    except MedsegError:
+        label_names = {
+            v: ("background" if v == 0 else f"label_{v}") for v in fingerprint.label_values
+        }
+    return make_plan(
+        fingerprint,
+        options=options,
+        label_names=label_names,
+        manifest_sha256=sha256_file(manifest_path),
+    )
