@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from medseg import __version__
+from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path, write_json_atomic
 from medseg.preprocess.case import CaseProperties, PreprocessedCase
+from medseg.preprocess.sampling import SampleSource
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,36 @@ class LoadedCase:
     weights: np.ndarray | None
     class_locations: dict[int, np.ndarray]
     properties: CaseProperties
+
+    def sample_source(self) -> SampleSource:
+        """The case as the training sampler reads it (needs a label)."""
+        if self.label is None:
+            raise MedsegError(f"{self.case_id}: an unlabelled case cannot be sampled for training")
+        return SampleSource(
+            case_id=self.case_id,
+            image=self.image,
+            label=self.label,
+            class_locations=self.class_locations,
+            weights=self.weights,
+        )
+
+
+def load_cache(cache_dir: Path, case_ids: list[str] | None = None) -> list[LoadedCase]:
+    """Memory-map the complete cases of a cache (all, or ``case_ids`` in that order).
+
+    Raises:
+        MedsegError: a requested case is missing or incomplete.
+    """
+    root = Path(cache_dir)
+    if case_ids is None:
+        case_ids = sorted(p.parent.name for p in (root / "cases").glob("*/done.json"))
+    cases = []
+    for case_id in case_ids:
+        cached = CachedCase(root, case_id)
+        if not cached.file("done.json").exists():
+            raise MedsegError(f"{cached.folder}: case missing or incomplete in the cache")
+        cases.append(cached.load())
+    return cases
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -63,13 +63,16 @@ def preprocess_case(
 ) -> PreprocessedCase:
     """Apply ``plan`` to one case.
 
+    Image and label may store their axes in different orders; they must cover the same voxel
+    grid in world space.
+
     Raises:
         GeometryMismatchError: image and label are not on the same grid.
     """
-    if label is not None and not label.same_grid(image):
-        raise GeometryMismatchError(f"{case_id}: label grid differs from the image grid")
     ras_image = image.to_closest_ras()
     ras_label = label.to_closest_ras() if label is not None else None
+    if ras_label is not None and not ras_label.same_grid(ras_image):
+        raise GeometryMismatchError(f"{case_id}: label grid differs from the image grid")
     box = (
         nonzero_box(ras_image.array)
         if plan.crop_to_nonzero

@@ -1,0 +1,97 @@
+"""``medseg plan`` + ``medseg preprocess``: bad cases reported, idempotent, resumable, usable."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.datasets import import_dataset
+from medseg.preprocess.cache import load_cache
+from medseg.preprocess.plan import Plan
+from medseg.preprocess.sampling import BatchSampler
+
+CASES = [
+    "hippocampus_001",
+    "hippocampus_003",
+    "hippocampus_004",
+    "hippocampus_006",
+    "hippocampus_008",
+]
+
+
+@pytest.fixture()
+def small_dataset(shared_data: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "hippo"
+    for folder in ("images", "labels"):
+        (root / folder).mkdir(parents=True)
+        for case in CASES:
+            shutil.copy(shared_data / "msd_hippocampus" / folder / f"{case}.nii.gz", root / folder)
+    manifest = tmp_path / "hippo.jsonl"
+    import_dataset(root, manifest_path=manifest, val_fraction=0.2, modality="MR")
+    return manifest
+
+
+def _run(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    return result
+
+
+def test_plan_and_preprocess_then_resume(small_dataset: Path, tmp_path: Path) -> None:
+    plan_file, cache = tmp_path / "plan.json", tmp_path / "cache"
+    planned = _run("plan", str(small_dataset), "--out", str(plan_file), "--workers", "1")
+    assert planned.exit_code == 0, planned.output
+    plan = Plan.load(plan_file)
+    assert plan.target_spacing == [1.0, 1.0, 1.0] and plan.fingerprint["n_cases"] == 4
+    first = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
+    assert first.exit_code == 0 and "5 preprocessed" in first.output, first.output
+    second = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
+    assert "0 preprocessed" in second.output and "5 unchanged" in second.output
+    (cache / "cases/hippocampus_004/done.json").unlink()  # as if killed while writing it
+    third = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
+    assert "1 preprocessed" in third.output and "4 unchanged" in third.output
+    assert not list(cache.rglob(".tmp-*"))
+
+
+def test_a_corrupt_case_is_reported_and_the_others_are_cached(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    plan_file, cache = tmp_path / "plan.json", tmp_path / "cache"
+    _run("plan", str(small_dataset), "--out", str(plan_file), "--workers", "1")
+    victim = small_dataset.parent / "hippo/images/hippocampus_006.nii.gz"
+    victim.write_bytes(victim.read_bytes()[:200])
+    result = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
+    assert result.exit_code == 1
+    assert "hippocampus_006" in result.output and "4 preprocessed" in result.output
+    report = json.loads((cache / "preprocess_report.json").read_text())
+    failed = [o for o in report["outcomes"] if o["status"] == "failed"]
+    assert [o["case_id"] for o in failed] == ["hippocampus_006"]
+    assert "hippocampus_006.nii.gz" in failed[0]["reason"]
+    assert sorted(c.case_id for c in load_cache(cache)) == sorted(set(CASES) - {"hippocampus_006"})
+
+
+def test_cache_is_memory_mapped_and_feeds_the_sampler(small_dataset: Path, tmp_path: Path) -> None:
+    plan_file, cache = tmp_path / "plan.json", tmp_path / "cache"
+    _run("plan", str(small_dataset), "--out", str(plan_file), "--workers", "1")
+    _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
+    cases = load_cache(cache)
+    assert all(isinstance(c.image, np.memmap) for c in cases)
+    assert all(c.weights is not None and float(c.weights.min()) >= 1.0 for c in cases)
+    plan = Plan.load(plan_file)
+    config = plan.configurations["3d"]
+    sampler = BatchSampler(
+        [c.sample_source() for c in cases],
+        patch_size=tuple(config.patch_size),
+        batch_size=config.batch_size,
+        foreground_fraction=plan.foreground_fraction,
+        seed=0,
+    )
+    batch = sampler.next_batch()
+    assert batch.image.shape == (config.batch_size, 1, *config.patch_size)
+    forced = batch.label[batch.foreground_forced]
+    assert forced.shape[0] >= 1 and all(patch.any() for patch in forced)
