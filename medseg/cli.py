@@ -202,15 +202,18 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the phantom generator."),
 ) -> None:
     """Run the end-to-end demo on synthetic CT phantoms written as real DICOM series."""
-    from medseg.cli_output import ingest_summary, phase_progress
+    from medseg.cli_output import ingest_summary, phase_progress, plan_summary, preprocess_summary
     from medseg.demo.run import run_demo
+    from medseg.preprocess.plan import Plan
 
     with phase_progress() as progress:
         result = run_demo(out, n_cases=cases, seed=seed, on_progress=progress)
     ingest_summary(result.ingest)
+    plan_summary(Plan.load(result.plan_path), result.plan_path)
+    preprocess_summary(result.preprocess)
     typer.echo(f"Phantom DICOM series and labels: {result.data_dir}")
     typer.echo(f"Ingested volumes, labels and manifest: {result.ingested_dir}")
-    raise typer.Exit(result.ingest.exit_code)
+    raise typer.Exit(max(result.ingest.exit_code, result.preprocess.exit_code))
 
 
 def main() -> None:

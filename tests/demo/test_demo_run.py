@@ -18,6 +18,8 @@ def test_demo_ingests_every_phantom_with_its_label(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--cases", "3"])
     assert result.exit_code == 0, result.output
     assert "3 converted" in result.output and "0 failed" in result.output
+    assert "3 preprocessed" in result.output
+    assert len(list((tmp_path / "cache/cases").glob("*/done.json"))) == 3
     manifest = tmp_path / "ingested/manifest.jsonl"
     records = read_manifest(manifest)
     assert [r.case_id for r in records] == ["phantom_000", "phantom_001", "phantom_002"]
@@ -49,3 +51,4 @@ def test_second_demo_run_does_no_work(tmp_path: Path) -> None:
     again = runner.invoke(app, ["demo", "--out", str(tmp_path), "--cases", "2"])
     assert again.exit_code == 0
     assert "0 converted, 2 unchanged" in again.output
+    assert "0 preprocessed" in again.output and "2 unchanged" in again.output

@@ -63,16 +63,21 @@ def test_a_corrupt_case_is_reported_and_the_others_are_cached(
 ) -> None:
     plan_file, cache = tmp_path / "plan.json", tmp_path / "cache"
     _run("plan", str(small_dataset), "--out", str(plan_file), "--workers", "1")
-    victim = small_dataset.parent / "hippo/images/hippocampus_006.nii.gz"
+    folder = small_dataset.parent / "hippo"
+    victim = folder / "images/hippocampus_006.nii.gz"
     victim.write_bytes(victim.read_bytes()[:200])
+    # a label from another case: a different grid
+    shutil.copy(folder / "labels/hippocampus_001.nii.gz", folder / "labels/hippocampus_008.nii.gz")
     result = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
     assert result.exit_code == 1
-    assert "hippocampus_006" in result.output and "4 preprocessed" in result.output
+    assert "hippocampus_006" in result.output and "3 preprocessed" in result.output
     report = json.loads((cache / "preprocess_report.json").read_text())
-    failed = [o for o in report["outcomes"] if o["status"] == "failed"]
-    assert [o["case_id"] for o in failed] == ["hippocampus_006"]
-    assert "hippocampus_006.nii.gz" in failed[0]["reason"]
-    assert sorted(c.case_id for c in load_cache(cache)) == sorted(set(CASES) - {"hippocampus_006"})
+    failed = {o["case_id"]: o["reason"] for o in report["outcomes"] if o["status"] == "failed"}
+    assert sorted(failed) == ["hippocampus_006", "hippocampus_008"]
+    assert "hippocampus_006.nii.gz" in failed["hippocampus_006"]
+    assert "label grid differs" in failed["hippocampus_008"]
+    done = sorted(set(CASES) - set(failed))
+    assert sorted(c.case_id for c in load_cache(cache)) == done
 
 
 def test_cache_is_memory_mapped_and_feeds_the_sampler(small_dataset: Path, tmp_path: Path) -> None:
