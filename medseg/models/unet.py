@@ -1,0 +1,61 @@
+"""2D and 3D U-Net (nnU-Net style) on MONAI's DynUNet building blocks.
+
+Depth and strides come from the plan (one stride-2 level per entry of ``pool_strides``), so a
+patch of any shape the planner chose fits exactly. Two 3x3(x3) convolutions per level with
+instance normalization and leaky ReLU; filters double per level from ``base_filters`` up to
+``max_filters`` (320 in 3D, 512 in 2D, as nnU-Net). With deep supervision (default) the network
+returns, in training mode, a list of logits: full resolution first, then the auxiliary heads
+(upsampled to full resolution by DynUNet); in eval mode only the full-resolution logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import DynUNet
+from torch import nn
+
+
+class UNet(nn.Module):
+    """DynUNet with list-valued deep-supervision output."""
+
+    def __init__(self, network: DynUNet) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        output = self.network(x)
+        if self.training and self.network.deep_supervision:
+            return list(torch.unbind(output, dim=1))
+        return output
+
+
+def build_unet(
+    *,
+    in_channels: int,
+    num_classes: int,
+    pool_strides: list[list[int]],
+    spatial_dims: int,
+    deep_supervision: bool = True,
+    base_filters: int = 32,
+    max_filters: int | None = None,
+) -> UNet:
+    """A U-Net whose levels follow ``pool_strides`` (from the plan configuration)."""
+    levels = len(pool_strides) + 1
+    ceiling = max_filters or (320 if spatial_dims == 3 else 512)
+    filters = [min(base_filters * 2**level, ceiling) for level in range(levels)]
+    strides = [[1] * spatial_dims, *pool_strides]
+    network = DynUNet(
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        out_channels=num_classes,
+        kernel_size=[[3] * spatial_dims] * levels,
+        strides=strides,
+        upsample_kernel_size=pool_strides,
+        filters=filters,
+        norm_name=("INSTANCE", {"affine": True}),
+        act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+        deep_supervision=deep_supervision and levels > 2,
+        deep_supr_num=max(1, levels - 3),
+        res_block=False,
+    )
+    return UNet(network)
