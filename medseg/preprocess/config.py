@@ -9,14 +9,9 @@ from __future__ import annotations
 from enum import StrEnum
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from medseg.errors import MedsegError
-
-
-class ConfigError(MedsegError):
-    """A configuration file is unreadable or holds unknown or invalid keys."""
+from medseg.config_io import load_yaml_model
 
 
 class NormalizationScheme(StrEnum):
@@ -73,18 +68,4 @@ def load_plan_options(path: Path | None) -> PlanOptions:
     Raises:
         ConfigError: the file is missing, not YAML, or has unknown/invalid keys.
     """
-    if path is None:
-        return PlanOptions()
-    try:
-        payload = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise ConfigError(f"{path}: expected a mapping of option names to values")
-    try:
-        return PlanOptions.model_validate(payload)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+    return load_yaml_model(path, PlanOptions)

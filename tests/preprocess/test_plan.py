@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medseg.config_io import ConfigError
 from medseg.preprocess.config import (
-    ConfigError,
     NormalizationScheme,
     PlanOptions,
     load_plan_options,

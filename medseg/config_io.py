@@ -1,0 +1,41 @@
+"""Reading YAML configuration files into typed models; unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from medseg.errors import MedsegError
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ConfigError(MedsegError):
+    """A configuration file is unreadable or holds unknown or invalid keys."""
+
+
+def load_yaml_model(path: Path | None, model: type[Model], **overrides: Any) -> Model:
+    """Validate YAML ``path`` (``None``: defaults) plus non-None ``overrides`` as ``model``.
+
+    Raises:
+        ConfigError: naming the file and every offending key.
+    """
+    payload: dict[str, Any] = {}
+    if path is not None:
+        try:
+            payload = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise ConfigError(f"{path}: expected a mapping of option names to values")
+    payload.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(f"{path or model.__name__}: {problems}") from exc

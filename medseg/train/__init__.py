@@ -1,0 +1,1 @@
+"""Training stage: data from the cache, the loop (AMP, DDP, checkpoints), validation."""

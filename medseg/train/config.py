@@ -1,0 +1,60 @@
+"""Training configuration (``configs/train/*.yaml``); unknown keys are errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from medseg.config_io import load_yaml_model
+
+
+class ValidationOptions(BaseModel):
+    """Sliding-window validation on the validation split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_epochs: int = Field(1, ge=1)
+    overlap: float = Field(0.5, ge=0, lt=1)
+    mirror: bool = False
+    max_cases: int | None = Field(None, ge=1)
+    overlay_pictures: int = Field(2, ge=0)
+
+
+class TrainConfig(BaseModel):
+    """Everything ``medseg train`` needs beyond the manifest and the plan."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    configuration: Literal["3d", "2d"] = "3d"
+    architecture: str = "unet"
+    network: dict[str, Any] = Field(default_factory=lambda: {"deep_supervision": True})
+    loss: dict[str, Any] | str = "dice_ce"
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    learning_rate: float = Field(0.01, gt=0)
+    weight_decay: float = Field(3e-5, ge=0)
+    momentum: float = Field(0.99, ge=0, lt=1)
+    epochs: int = Field(100, ge=1)
+    steps_per_epoch: int = Field(250, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    batch_size: int | None = Field(None, ge=1)
+    checkpoint_every_steps: int = Field(50, ge=1)
+    num_workers: int = Field(2, ge=0)
+    threads: int | None = Field(None, ge=1)
+    seed: int = 0
+    deterministic: bool = False
+    amp: bool = True
+    augmentation: dict[str, Any] = Field(default_factory=dict)
+    validation: ValidationOptions = ValidationOptions()
+    experiment: str = "medseg"
+    registered_model_name: str | None = None
+
+
+def load_train_config(path: Path | None, **overrides: Any) -> TrainConfig:
+    """Read a training config from YAML (``None``: defaults), then apply non-None ``overrides``.
+
+    Raises:
+        ConfigError: unreadable file, unknown keys or invalid values (names the file and keys).
+    """
+    return load_yaml_model(path, TrainConfig, **overrides)
