@@ -36,5 +36,25 @@ lint: $(VENV)/.installed-dev
 bench-ingest: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py
 
+# nnU-Net v2 lives in its own venv (bench/.venv, gitignored) so it never touches .venv. torch is
+# installed first and pinned again beside nnunetv2 so pip keeps the CPU build; constraints.txt
+# keeps medseg's pins. nnU-Net needs no network at run time (the script points nnUNet_raw,
+# nnUNet_preprocessed and nnUNet_results at a temp folder).
+BENCH_VENV := bench/.venv
+BENCH_BIN := $(BENCH_VENV)/bin
+
+$(BENCH_VENV)/.installed: pyproject.toml $(CONSTRAINTS) bench/requirements-nnunet.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/pip install --quiet --upgrade pip
+	$(BENCH_BIN)/pip install --quiet torch==2.13.0
+	$(BENCH_BIN)/pip install --quiet -c $(CONSTRAINTS) -e .
+	$(BENCH_BIN)/pip install --quiet -c $(CONSTRAINTS) -r bench/requirements-nnunet.txt
+	$(BENCH_BIN)/python -c "import torch; assert torch.__version__ == '2.13.0+cpu', torch.__version__"
+	touch $@
+
+.PHONY: bench-preprocess
+bench-preprocess: $(BENCH_VENV)/.installed
+	$(BENCH_BIN)/python bench/preprocess.py
+
 clean:
 	rm -rf $(VENV) demo_output

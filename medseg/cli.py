@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -193,6 +194,59 @@ def preprocess(
         )
     preprocess_summary(report)
     raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def train(
+    manifest: Path = typer.Option(..., "--manifest", "-m", exists=True, dir_okay=False),
+    plan_file: Path = typer.Option(..., "--plan", "-p", exists=True, dir_okay=False),
+    config: Path | None = typer.Option(None, "--config", "-c", help="configs/train/*.yaml"),
+    cache: Path | None = typer.Option(
+        None, help="Preprocessing cache (default: 'cache' beside the plan; built if missing)."
+    ),
+    run_dir: Path = typer.Option(Path("runs/train"), help="Checkpoints, pictures, curves."),
+    data_root: Path | None = typer.Option(
+        None, "--data-root", help="Root of the manifest's paths."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue from run-dir's last checkpoint."),
+    max_minutes: float | None = typer.Option(None, help="Time budget (overrides the config)."),
+    epochs: int | None = typer.Option(None, help="Epochs (overrides the config)."),
+    registered_model_name: str | None = typer.Option(
+        None, "--register", help="Register the model under this name (overrides the config)."
+    ),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns SQLite)."
+    ),
+) -> None:
+    """Train a 2D/3D network from the cache; everything is tracked in MLflow.
+
+    Runs on CUDA when present (with AMP), else CPU; under torchrun with DistributedDataParallel.
+    """
+    from medseg.cli_output import train_summary
+    from medseg.preprocess.plan import Plan
+    from medseg.train.config import load_train_config
+    from medseg.train.loop import train as run_training
+
+    plan_model = Plan.load(plan_file)
+    cache_dir = cache or plan_file.parent / "cache"
+    if "RANK" not in os.environ:  # under torchrun the cache must exist beforehand
+        from medseg.preprocess.stage import preprocess_manifest
+
+        preprocess_manifest(manifest, plan=plan_model, cache_dir=cache_dir, data_root=data_root)
+    settings = load_train_config(
+        config, max_minutes=max_minutes, epochs=epochs, registered_model_name=registered_model_name
+    )
+    result = run_training(
+        manifest_path=manifest,
+        plan=plan_model,
+        cache_dir=cache_dir,
+        config=settings,
+        run_dir=run_dir,
+        resume=resume,
+        tracking_uri=tracking_uri,
+    )
+    if os.environ.get("RANK", "0") == "0":
+        train_summary(result)
 
 
 @app.command()

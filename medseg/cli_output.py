@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from medseg.datasets import ImportReport
 from medseg.ingest import IngestReport, OutcomeKind
-from medseg.manifest_validation import ManifestValidation
-from medseg.preprocess.plan import Plan
-from medseg.preprocess.stage import CaseStatus, PreprocessReport
+
+if TYPE_CHECKING:  # heavy modules (torch) are imported only by the commands that need them
+    from medseg.datasets import ImportReport
+    from medseg.manifest_validation import ManifestValidation
+    from medseg.preprocess.plan import Plan
+    from medseg.preprocess.stage import PreprocessReport
+    from medseg.train.loop import TrainResult
 
 console = Console(stderr=False)
 
@@ -139,6 +143,8 @@ def plan_summary(plan: Plan, path: object) -> None:
 
 def preprocess_summary(report: PreprocessReport) -> None:
     """Print counts, mean time per case and failures."""
+    from medseg.preprocess.stage import CaseStatus
+
     done = report.with_status(CaseStatus.DONE)
     failed = report.with_status(CaseStatus.FAILED)
     if failed:
@@ -154,3 +160,16 @@ def preprocess_summary(report: PreprocessReport) -> None:
         f"{len(report.with_status(CaseStatus.UNCHANGED))} unchanged, {len(failed)} failed -> "
         f"{report.cache_dir}"
     )
+
+
+def train_summary(result: TrainResult) -> None:
+    """Print where training stopped, the best validation Dice and where the model is."""
+    state = result.state
+    console.print(
+        f"[bold]Training stopped by {result.stopped_by}[/bold] after {state.epoch} epochs, "
+        f"{state.step} steps, {state.elapsed_seconds / 60:.1f} min; "
+        f"best validation mean Dice {result.best_mean_dice:.4f}"
+    )
+    console.print(f"checkpoints: {result.best_checkpoint.parent}   MLflow run: {result.run_id}")
+    if result.model_version is not None:
+        console.print(f"registered model version {result.model_version}")

@@ -1,0 +1,177 @@
+"""What a training run tells MLflow: params, tags, per-epoch metrics, curves, pictures, model.
+
+All MLflow calls go through ``medseg.tracking``; on ranks other than 0 every method is a no-op.
+Nothing identifying is logged: params are the resolved config and plan (no file paths), tags
+are the medseg version, the git commit and the manifest's SHA-256.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from medseg.io.atomic import atomic_path, write_json_atomic
+from medseg.manifest import sha256_file
+from medseg.preprocess.plan import Plan
+from medseg.train.config import TrainConfig
+from medseg.train.validation import ValidationResult
+
+if TYPE_CHECKING:
+    from medseg.train.loop import _Job
+
+MODEL_FACTORY = "medseg.models:build_network"
+
+
+@dataclass
+class TrainingReporter:
+    """Logs one training run; a disabled reporter (non-main ranks) does nothing."""
+
+    tracker: Any | None
+    plan: Plan
+    config: TrainConfig
+    run_dir: Path
+
+    @classmethod
+    def start(
+        cls,
+        *,
+        enabled: bool,
+        tracking_uri: str | None,
+        config: TrainConfig,
+        plan: Plan,
+        manifest_path: Path,
+        run_dir: Path,
+        run_id: str | None,
+    ) -> TrainingReporter:
+        """Open (or, when resuming, reopen) the MLflow run and log params and tags."""
+        if not enabled:
+            return cls(None, plan, config, run_dir)
+        from medseg.tracking import RunTracker
+
+        tracker = RunTracker(tracking_uri=tracking_uri)
+        tracker.start(
+            experiment=config.experiment,
+            run_name=f"train-{config.configuration}-{config.architecture}",
+            tags={"medseg.stage": "train"},
+            manifest_sha256=sha256_file(manifest_path),
+            run_id=run_id,
+        )
+        if run_id is None:
+            tracker.log_params(
+                {"config": config.model_dump(mode="json"), "plan": _plan_params(plan)}
+            )
+            tracker.log_dict(config.model_dump(mode="json"), "config/train_config.json")
+            tracker.log_dict(plan.model_dump(mode="json"), "config/plan.json")
+        return cls(tracker, plan, config, run_dir)
+
+    @property
+    def run_id(self) -> str | None:
+        return self.tracker.run_id if self.tracker is not None else None
+
+    def validation_metrics(self, result: ValidationResult) -> dict[str, float]:
+        """Per-structure validation Dice named after the structures, plus the mean."""
+        metrics = {"val_mean_dice": result.mean_dice}
+        for label, dice in result.dice.items():
+            name = self.plan.label_names.get(label, f"label_{label}")
+            metrics[f"val_dice_{name}"] = dice
+        return metrics
+
+    def log_epoch(self, record: dict[str, float]) -> None:
+        """Metrics of one epoch, and the curves so far as a PNG."""
+        if self.tracker is None:
+            return
+        finite = {k: v for k, v in record.items() if k != "epoch" and not _nan(v)}
+        self.tracker.log_metrics(finite, step=int(record["epoch"]))
+
+    def log_pictures(self, paths: list[Path]) -> None:
+        """Validation overlay pictures."""
+        if self.tracker is None:
+            return
+        for path in paths:
+            self.tracker.log_artifact(path, artifact_path=f"validation/{path.parent.name}")
+
+    def finish(
+        self, *, job: _Job, best_checkpoint: Path, history: list[dict], stopped_by: str
+    ) -> str | None:
+        """Log curves, history and the best model; register it when a name is configured."""
+        if self.tracker is None:
+            return None
+        from medseg.tracking import log_segmentation_model, register_and_promote
+        from medseg.train.checkpoint import load_checkpoint
+
+        curves = save_curves(self.run_dir / "curves.png", history)
+        self.tracker.log_artifact(curves, artifact_path="curves")
+        write_json_atomic(self.run_dir / "history.json", history)
+        self.tracker.log_artifact(self.run_dir / "history.json")
+        self.tracker.set_tags({"stopped_by": stopped_by})
+        load_checkpoint(best_checkpoint, network=job.network)
+        job.network.eval()
+        patch = job.configuration.patch_size
+        example = np.zeros((1, job.network_arguments["in_channels"], *patch), np.float32)
+        info = log_segmentation_model(
+            job.network.cpu(),
+            factory=MODEL_FACTORY,
+            factory_kwargs=job.network_arguments,
+            plan=self.plan.model_dump(mode="json")
+            | {"train_configuration": self.config.configuration},
+            labels=self.plan.label_names,
+            input_example=example,
+            registered_model_name=self.config.registered_model_name,
+        )
+        version = getattr(info, "registered_model_version", None)
+        if self.config.registered_model_name and version is not None:
+            scores = [
+                r["val_mean_dice"] for r in history if not _nan(r.get("val_mean_dice", math.nan))
+            ]
+            register_and_promote(
+                version,
+                name=self.config.registered_model_name,
+                metric=max(scores, default=0.0),
+                tracking_uri=self.tracker.tracking_uri,
+            )
+        self.tracker.end()
+        return str(version) if version is not None else None
+
+    def close(self, *, failed: bool) -> None:
+        """End the run (e.g. after an error) if ``finish`` did not."""
+        if self.tracker is not None:
+            self.tracker.end(failed=failed)
+
+
+def _nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _plan_params(plan: Plan) -> dict[str, Any]:
+    return {
+        "target_spacing": plan.target_spacing,
+        "normalization": plan.normalization.scheme.value,
+        "configurations": {k: c.model_dump() for k, c in plan.configurations.items()},
+        "labels": plan.label_names,
+        "digest": plan.digest(),
+    }
+
+
+def save_curves(path: Path, history: list[dict]) -> Path:
+    """Training loss and validation Dice per epoch as a PNG."""
+    figure = Figure(figsize=(9, 3.5))
+    loss_axis, dice_axis = figure.subplots(1, 2)
+    epochs = [r["epoch"] for r in history]
+    loss_axis.plot(epochs, [r["train_loss"] for r in history], label="train loss")
+    loss_axis.set_xlabel("epoch")
+    loss_axis.legend()
+    for key in sorted({k for r in history for k in r if k.startswith("val_")}):
+        points = [(r["epoch"], r[key]) for r in history if key in r and not _nan(r[key])]
+        if points:
+            dice_axis.plot(*zip(*points, strict=True), marker="o", label=key.removeprefix("val_"))
+    dice_axis.set_xlabel("epoch")
+    dice_axis.set_ylim(0, 1)
+    dice_axis.legend(fontsize=7)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=80, bbox_inches="tight")
+    return path

@@ -1,0 +1,110 @@
+"""A real ``mlflow server`` for tests: SQLite backend, artifacts proxied over HTTP.
+
+Use the session fixture from a test module (conftest stays untouched)::
+
+    from tests.mlflow_server import mlflow_server  # noqa: F401
+
+The server runs with ``--serve-artifacts --artifacts-destination``, so clients read and write
+artifacts through the server (``mlflow-artifacts:/`` URIs) the way a team set-up does, rather
+than touching the artifact folder directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+MLFLOW_EXECUTABLE = Path(sys.executable).parent / "mlflow"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (uvicorn worker, job runner), SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def running_mlflow_server(tmp_path: Path, *, timeout_s: float = 60.0) -> Iterator[str]:
+    """Start ``mlflow server`` on a free port under ``tmp_path``; yield its URL; stop it.
+
+    Raises:
+        RuntimeError: the server exited or was not healthy within ``timeout_s``; the message
+            carries the end of its log.
+    """
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        str(MLFLOW_EXECUTABLE),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    # The job runner (a second process) serves MLflow's GenAI jobs, which tests do not use.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                state = "exited" if process.poll() is not None else f"not healthy in {timeout_s} s"
+                raise RuntimeError(f"mlflow server at {url} {state}; log ends:\n{tail}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        _stop(process)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one real MLflow tracking + registry + artifact server shared by the session."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url

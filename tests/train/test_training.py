@@ -1,0 +1,94 @@
+"""Training end to end on a real MLflow server: metrics, checkpoints, registry, aliases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from medseg.models import build_network
+from medseg.tracking import load_segmentation_model
+from medseg.train.checkpoint import load_checkpoint
+from medseg.train.loop import poly_learning_rate, train
+from tests.mlflow_server import mlflow_server  # noqa: F401
+from tests.train.conftest import TinyDataset, tiny_config
+
+
+def test_training_is_tracked_registered_and_loadable_by_alias(
+    tiny_dataset: TinyDataset,
+    tmp_path: Path,
+    mlflow_server: str,  # noqa: F811
+) -> None:
+    config = tiny_config(registered_model_name="hippocampus-tiny", experiment="test-training")
+    result = train(
+        manifest_path=tiny_dataset.manifest,
+        plan=tiny_dataset.plan,
+        cache_dir=tiny_dataset.cache,
+        config=config,
+        run_dir=tmp_path / "run",
+        tracking_uri=mlflow_server,
+    )
+    assert result.state.step == 6 and result.state.epoch == 2 and result.stopped_by == "epochs"
+    assert 0.0 <= result.best_mean_dice <= 1.0
+    client = MlflowClient(tracking_uri=mlflow_server)
+    run = client.get_run(result.run_id)
+    for metric in (
+        "train_loss",
+        "learning_rate",
+        "samples_per_second",
+        "val_mean_dice",
+        "val_dice_label_1",
+        "val_dice_label_2",
+    ):
+        history = client.get_metric_history(result.run_id, metric)
+        assert [m.step for m in history] == [1, 2], metric
+    assert run.data.params["config.epochs"] == "2"
+    assert run.data.tags["manifest.sha256"] and run.data.tags["git.commit"]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"curves", "validation", "config"} <= artifacts  # MLflow 3 stores models apart
+    version = client.get_model_version_by_alias("hippocampus-tiny", "champion")
+    assert version.version == result.model_version == "1"
+    assert client.get_model_version_by_alias("hippocampus-tiny", "candidate").version == "1"
+    # the model loaded back by alias predicts what the trained network predicts in memory
+    mlflow.set_tracking_uri(mlflow_server)
+    loaded = mlflow.pyfunc.load_model("models:/hippocampus-tiny@champion")
+    sample = np.random.default_rng(0).normal(size=(1, 1, 32, 32, 32)).astype(np.float32)
+    arguments = torch.load(result.best_checkpoint, weights_only=False)["extra"]["network_arguments"]
+    network = build_network(**arguments)
+    load_checkpoint(result.best_checkpoint, network=network)
+    network.eval()
+    with torch.no_grad():
+        expected = torch.softmax(network(torch.from_numpy(sample)), 1).numpy()
+    assert np.allclose(loaded.predict(sample), expected, atol=1e-5)
+    unwrapped = load_segmentation_model(
+        "models:/hippocampus-tiny@champion", tracking_uri=mlflow_server
+    )
+    assert unwrapped.plan["target_spacing"] == tiny_dataset.plan.target_spacing
+
+
+def test_time_budget_stops_training_early(tiny_dataset: TinyDataset, tmp_path: Path) -> None:
+    config = tiny_config(epochs=50, max_minutes=0.0005)
+    result = train(
+        manifest_path=tiny_dataset.manifest,
+        plan=tiny_dataset.plan,
+        cache_dir=tiny_dataset.cache,
+        config=config,
+        run_dir=tmp_path / "run",
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    )
+    assert result.stopped_by == "time budget"
+    assert result.state.epoch == 1 and result.state.step == 1
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert len(history) == 1 and "val_mean_dice" in history[0]
+
+
+@pytest.mark.parametrize(
+    ("step", "expected"), [(0, 0.01), (50, 0.01 * 0.5**0.9), (99, 0.01 * 0.01**0.9)]
+)
+def test_poly_learning_rate(step: int, expected: float) -> None:
+    assert poly_learning_rate(0.01, step, 100) == pytest.approx(expected)
