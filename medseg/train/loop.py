@@ -93,9 +93,23 @@ def _optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer
     )
 
 
-def poly_learning_rate(base: float, step: int, total_steps: int) -> float:
-    """nnU-Net's polynomial decay: base * (1 - step / total) ** 0.9."""
-    return base * (1.0 - min(step, total_steps - 1) / total_steps) ** POLY_EXPONENT
+def poly_learning_rate(base: float, progress: float) -> float:
+    """nnU-Net's polynomial decay: base * (1 - progress) ** 0.9, progress in [0, 1)."""
+    return base * (1.0 - min(max(progress, 0.0), 0.999)) ** POLY_EXPONENT
+
+
+def training_progress(
+    state: TrainingState, *, total_steps: int, budget_seconds: float | None
+) -> float:
+    """How far the run is: steps done, or time used of the budget, whichever is further.
+
+    With a time budget the learning rate therefore decays to ~0 by the end of the budget even
+    when the configured epochs would take longer.
+    """
+    progress = state.step / total_steps
+    if budget_seconds:
+        progress = max(progress, state.elapsed_seconds / budget_seconds)
+    return progress
 
 
 def parameter_checksum(network: nn.Module) -> str:
@@ -319,7 +333,10 @@ def _run_epochs(
     while state.epoch < config.epochs:
         epoch_start, losses = time.monotonic(), []
         while state.step < (state.epoch + 1) * config.steps_per_epoch:
-            lr = poly_learning_rate(config.learning_rate, state.step, job.total_steps)
+            lr = poly_learning_rate(
+                config.learning_rate,
+                training_progress(state, total_steps=job.total_steps, budget_seconds=budget),
+            )
             losses.append(_train_step(job, model, next(loader), augmenter, lr))
             state.step += 1
             state.elapsed_seconds = elapsed_before + time.monotonic() - session_start

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 
 from medseg.models import build_network
 from medseg.tracking import load_segmentation_model
-from medseg.train.checkpoint import load_checkpoint
-from medseg.train.loop import poly_learning_rate, train
+from medseg.train.checkpoint import TrainingState, load_checkpoint
+from medseg.train.loop import poly_learning_rate, train, training_progress
 from tests.mlflow_server import mlflow_server  # noqa: F401
 from tests.train.conftest import TinyDataset, tiny_config
 
@@ -88,7 +88,18 @@ def test_time_budget_stops_training_early(tiny_dataset: TinyDataset, tmp_path: P
 
 
 @pytest.mark.parametrize(
-    ("step", "expected"), [(0, 0.01), (50, 0.01 * 0.5**0.9), (99, 0.01 * 0.01**0.9)]
+    ("step", "elapsed", "budget", "expected"),
+    [
+        (0, 0.0, None, 0.01),
+        (50, 0.0, None, 0.01 * 0.5**0.9),
+        (99, 0.0, None, 0.01 * 0.01**0.9),
+        (10, 45.0, 60.0, 0.01 * 0.25**0.9),  # three quarters of the time budget used
+        (80, 6.0, 60.0, 0.01 * 0.2**0.9),  # steps are further along than time
+    ],
 )
-def test_poly_learning_rate(step: int, expected: float) -> None:
-    assert poly_learning_rate(0.01, step, 100) == pytest.approx(expected)
+def test_learning_rate_decays_with_steps_or_time_budget(
+    step: int, elapsed: float, budget: float | None, expected: float
+) -> None:
+    state = TrainingState(step=step, elapsed_seconds=elapsed)
+    progress = training_progress(state, total_steps=100, budget_seconds=budget)
+    assert poly_learning_rate(0.01, progress) == pytest.approx(expected)
