@@ -45,6 +45,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     deterministic: bool = False
     amp: bool = True
+    cpu_bf16: bool = False
     augmentation: dict[str, Any] = Field(default_factory=dict)
     validation: ValidationOptions = ValidationOptions()
     experiment: str = "medseg"

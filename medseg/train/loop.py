@@ -161,8 +161,12 @@ class _Job:
         deep = bool(self.network_arguments.get("deep_supervision", True))
         self.loss = DeepSupervisionLoss(loss) if deep else loss
         self.optimizer = _optimizer(self.network, config)
-        self.amp = config.amp and context.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp)
+        # CUDA: float16 autocast with gradient scaling. CPU: optional bfloat16 autocast (about
+        # 1.6x faster on CPUs with AVX512-BF16; bfloat16 keeps float32's range, so no scaler).
+        on_cuda = context.device.type == "cuda"
+        self.amp = (config.amp and on_cuda) or (config.cpu_bf16 and not on_cuda)
+        self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp and on_cuda)
         self.checkpoints = run_dir / "checkpoints"
         self.total_steps = config.epochs * config.steps_per_epoch
 
@@ -229,7 +233,7 @@ def _train_step(job: _Job, model: nn.Module, batch: dict, augmenter: Augmenter, 
         label=batch["label"].to(device, non_blocking=True),
         weights=weights.to(device, non_blocking=True) if weights is not None else None,
     )
-    with torch.autocast(device.type, enabled=job.amp):
+    with torch.autocast(device.type, dtype=job.amp_dtype, enabled=job.amp):
         outputs = model(image)
     value = job.loss(outputs, label, weights)
     job.optimizer.zero_grad(set_to_none=True)
