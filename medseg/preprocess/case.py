@@ -117,18 +117,24 @@ def preprocess_case(
 
 
 def class_locations(labels: np.ndarray, *, seed: int, case_id: str) -> dict[int, np.ndarray]:
-    """Up to ``CLASS_LOCATION_SAMPLES`` voxel coordinates (N, 3) per foreground label value."""
+    """Up to ``CLASS_LOCATION_SAMPLES`` voxel coordinates (N, 3) per foreground label value.
+
+    One pass over the volume: foreground voxel indices sorted (stably) by label value, then
+    split per value, so coordinates come in C order within each label.
+    """
     rng = np.random.default_rng([seed, int(hash_identifier(case_id), 16) % (2**32)])
+    flat = labels.ravel()
+    foreground = np.flatnonzero(flat)
+    order = np.argsort(flat[foreground], kind="stable")
+    indices = foreground[order]
+    starts = np.flatnonzero(np.diff(flat[indices])) + 1
     locations = {}
-    for value in np.unique(labels):
-        if value == 0:
-            continue
-        coordinates = np.argwhere(labels == value).astype(np.int32)
+    for group in np.split(indices, starts) if indices.size else []:
+        coordinates = np.column_stack(np.unravel_index(group, labels.shape)).astype(np.int32)
         if len(coordinates) > CLASS_LOCATION_SAMPLES:
-            coordinates = coordinates[
-                rng.choice(len(coordinates), CLASS_LOCATION_SAMPLES, replace=False)
-            ]
-        locations[int(value)] = coordinates
+            chosen = rng.choice(len(coordinates), CLASS_LOCATION_SAMPLES, replace=False)
+            coordinates = coordinates[chosen]
+        locations[int(flat[group[0]])] = coordinates
     return locations
 
 

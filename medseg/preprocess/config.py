@@ -30,11 +30,15 @@ class LabelResampling(StrEnum):
 
 
 class BorderWeightOptions(BaseModel):
-    """U-Net border-weight maps precomputed into the cache."""
+    """U-Net border-weight maps precomputed into the cache (for the ``border_ce`` loss).
+
+    Off by default: one distance transform per structure costs seconds per case on
+    many-structure CT, and only the border-weighted loss reads the maps.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool = True
+    enabled: bool = False
     w0: float = Field(10.0, ge=0)
     sigma_voxels: float = Field(5.0, gt=0)
     class_balance: bool = True
@@ -54,7 +58,7 @@ class PlanOptions(BaseModel):
     batch_size_2d: int | None = Field(None, ge=1)
     normalization: NormalizationScheme | None = None
     image_resample_order: int = Field(1, ge=0, le=5)
-    label_resampling: LabelResampling = LabelResampling.NEAREST
+    label_resampling: LabelResampling = LabelResampling.ONEHOT_LINEAR
     foreground_fraction: float = Field(1.0 / 3.0, ge=0, le=1)
     crop_to_nonzero: bool = True
     intensity_samples_per_case: int = Field(10_000, ge=100)

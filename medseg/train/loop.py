@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medseg.errors import MedsegError
 from medseg.io.atomic import write_json_atomic
 from medseg.losses import DeepSupervisionLoss, build_loss
 from medseg.manifest import read_manifest
@@ -158,6 +159,11 @@ class _Job:
         self.network = build_network(**self.network_arguments).to(context.device)
         loss = build_loss(config.loss)
         self.needs_weights = loss.needs_weights
+        if loss.needs_weights and not plan.border_weights.enabled:
+            raise MedsegError(
+                f"loss {config.loss!r} needs border-weight maps, but the plan has "
+                "border_weights.enabled: false; set it in the plan options and run preprocess again"
+            )
         deep = bool(self.network_arguments.get("deep_supervision", True))
         self.loss = DeepSupervisionLoss(loss) if deep else loss
         self.optimizer = _optimizer(self.network, config)

@@ -82,7 +82,18 @@ def test_a_corrupt_case_is_reported_and_the_others_are_cached(
 
 def test_cache_is_memory_mapped_and_feeds_the_sampler(small_dataset: Path, tmp_path: Path) -> None:
     plan_file, cache = tmp_path / "plan.json", tmp_path / "cache"
-    _run("plan", str(small_dataset), "--out", str(plan_file), "--workers", "1")
+    options = tmp_path / "plan.yaml"
+    options.write_text("border_weights: {enabled: true}\n")
+    _run(
+        "plan",
+        str(small_dataset),
+        "--out",
+        str(plan_file),
+        "--workers",
+        "1",
+        "--config",
+        str(options),
+    )
     _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
     cases = load_cache(cache)
     assert all(isinstance(c.image, np.memmap) for c in cases)

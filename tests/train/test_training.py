@@ -11,6 +11,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from medseg.errors import MedsegError
 from medseg.models import build_network
 from medseg.tracking import load_segmentation_model
 from medseg.train.checkpoint import TrainingState, load_checkpoint
@@ -103,3 +104,18 @@ def test_learning_rate_decays_with_steps_or_time_budget(
     state = TrainingState(step=step, elapsed_seconds=elapsed)
     progress = training_progress(state, total_steps=100, budget_seconds=budget)
     assert poly_learning_rate(0.01, progress) == pytest.approx(expected)
+
+
+def test_border_loss_without_cached_weights_is_a_clear_error(
+    tiny_dataset: TinyDataset, tmp_path: Path
+) -> None:
+    config = tiny_config(loss={"dice_ce": 1.0, "border_ce": 0.5})
+    with pytest.raises(MedsegError, match=r"border_weights\.enabled: false"):
+        train(
+            manifest_path=tiny_dataset.manifest,
+            plan=tiny_dataset.plan,
+            cache_dir=tiny_dataset.cache,
+            config=config,
+            run_dir=tmp_path / "run",
+            tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        )
