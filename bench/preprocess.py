@@ -6,7 +6,7 @@ foreground locations). Timed per case in one process, the tools alternating so t
 cache conditions and whatever else runs on the machine (the load average is printed):
 
 * medseg: ``read_nifti`` (image and label) + ``preprocess_case`` with the plan's label
-  resampling (``--label-resampling``, default nearest). The ``+bw s`` column adds the
+  resampling (``--label-resampling``, default: the plan default, one-hot linear). The ``+bw s`` column adds the
   border-weight map the preprocess stage also writes; nnU-Net has no such step, so the ratio uses
   the time without it.
 * nnU-Net v2: ``DefaultPreprocessor.run_case`` (SimpleITKIO reading, the default reader for
@@ -250,7 +250,7 @@ def run_medseg(case: BenchCase, plan: Plan, *, border_weights: bool) -> Preproce
 
 
 def point_nnunet_at(scratch: Path) -> None:
-    """Give nnU-Net's data folders (read at import) throw-away locations unless already set."""
+    """Point nnU-Net's data folders (environment variables) at throw-away folders if unset."""
     for variable in NNUNET_FOLDERS:
         os.environ.setdefault(variable, str(scratch / variable))
 
@@ -544,7 +544,7 @@ def main() -> None:
     parser.add_argument(
         "--label-resampling",
         choices=[m.value for m in LabelResampling],
-        default=LabelResampling.NEAREST.value,
+        default=PlanOptions().label_resampling.value,
         help="medseg's label resampling (plan option); nnU-Net always uses one-hot order 1",
     )
     parser.add_argument(
