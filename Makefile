@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-slow lint bench-ingest clean
+.PHONY: demo test test-slow lint bench-ingest bench-quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ lint: $(VENV)/.installed-dev
 
 bench-ingest: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py
+
+bench-quality: $(VENV)/.installed-dev
+	$(BIN)/python bench/quality_hippocampus.py --minutes 30
 
 # nnU-Net v2 lives in its own venv (bench/.venv, gitignored) so it never touches .venv. torch is
 # installed first and pinned again beside nnunetv2 so pip keeps the CPU build; constraints.txt

@@ -6,9 +6,9 @@ foreground locations). Timed per case in one process, the tools alternating so t
 cache conditions and whatever else runs on the machine (the load average is printed):
 
 * medseg: ``read_nifti`` (image and label) + ``preprocess_case`` with the plan's label
-  resampling (``--label-resampling``, default: the plan default, one-hot linear). The ``+bw s`` column adds the
-  border-weight map the preprocess stage also writes; nnU-Net has no such step, so the ratio uses
-  the time without it.
+  resampling (``--label-resampling``, default: the plan default, one-hot linear). The ``+bw s``
+  column adds the border-weight map the preprocess stage writes when enabled; nnU-Net has no
+  such step, so the ratio uses the time without it.
 * nnU-Net v2: ``DefaultPreprocessor.run_case`` (SimpleITKIO reading, the default reader for
   ``.nii.gz``) with plans built here as nnU-Net's default planner writes them: CTNormalization
   with the foreground statistics of medseg's fingerprint (ZScoreNormalization for MR), no mask
