@@ -1,0 +1,1 @@
+"""Evaluate stage: per-structure metrics, organ volumes, reports."""
