@@ -24,11 +24,12 @@ from pathlib import Path
 
 from medseg import __version__
 from medseg.errors import MedsegError
-from medseg.ingest.case_ids import CaseIdScheme, dicom_case_id, nifti_case_id
+from medseg.ingest.case_ids import CaseIdScheme
+from medseg.ingest.discovery import ScanTask, discover_scans, relative
 from medseg.ingest.sidecar import ConvertedCase, check_label, write_case
 from medseg.io.atomic import write_json_atomic
-from medseg.io.dicom import DicomScan, DicomSeries, load_series, scan_dicom_files
-from medseg.io.nifti import is_nifti_path, read_nifti
+from medseg.io.dicom import DicomScan
+from medseg.io.nifti import read_nifti
 from medseg.manifest import ManifestRecord, write_manifest
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
@@ -80,14 +81,6 @@ class IngestReport:
         return EXIT_SOME_FAILED if self.of_kind(OutcomeKind.FAILED) else 0
 
 
-@dataclass
-class _Task:
-    source: str
-    case_id: str
-    files: list[Path]
-    load: Callable[[], Volume]
-
-
 def ingest(
     input_dir: Path,
     out_dir: Path,
@@ -112,16 +105,14 @@ def ingest(
     input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir).resolve()
     case_ids = CaseIdScheme(case_ids)
     progress = on_progress or (lambda phase, done, total: None)
-    files = sorted(p for p in input_dir.rglob("*") if p.is_file() and not _inside(p, out_dir))
-    nifti_files = [p for p in files if is_nifti_path(p)]
-    scan = _scan_with_progress([p for p in files if not is_nifti_path(p)], progress)
+    found = discover_scans(
+        input_dir, case_ids=case_ids, workers=workers, exclude=out_dir, on_progress=progress
+    )
+    scan, tasks = found.scan, found.tasks
     report = IngestReport(
         manifest_path=out_dir / "manifest.jsonl", ignored_files=len(scan.not_dicom)
     )
     report.outcomes.extend(_skipped_and_unreadable(scan, input_dir))
-    tasks = _dicom_tasks(scan.series, input_dir, case_ids, workers)
-    tasks += [_nifti_task(path, input_dir, case_ids) for path in nifti_files]
-    _refuse_duplicate_ids(tasks)
     for done, task in enumerate(tasks):
         progress("Converting", done, len(tasks))
         report.outcomes.append(_run_task(task, out_dir=out_dir, labels_dir=labels_dir, force=force))
@@ -132,80 +123,20 @@ def ingest(
     return report
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    return path.is_relative_to(folder)
-
-
-def _scan_with_progress(paths: list[Path], progress: ProgressCallback) -> DicomScan:
-    def counted():
-        for done, path in enumerate(paths):
-            if done % 50 == 0:
-                progress("Reading headers", done, len(paths))
-            yield path
-        progress("Reading headers", len(paths), len(paths))
-
-    return scan_dicom_files(counted())
-
-
-def _relative(path: Path, root: Path) -> str:
-    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
-
-
 def _skipped_and_unreadable(scan: DicomScan, root: Path) -> list[IngestOutcome]:
     """One outcome per (folder, reason) of skipped files, one per unreadable file."""
-    groups = Counter((_relative(s.path.parent, root), s.reason) for s in scan.skipped)
+    groups = Counter((relative(s.path.parent, root), s.reason) for s in scan.skipped)
     outcomes = [
         IngestOutcome(OutcomeKind.SKIPPED, source=folder, reason=reason, files=count)
         for (folder, reason), count in sorted(groups.items())
     ]
     outcomes += [
         IngestOutcome(
-            OutcomeKind.FAILED, source=_relative(Path(error.path), root), reason=error.problem
+            OutcomeKind.FAILED, source=relative(Path(error.path), root), reason=error.problem
         )
         for error in scan.failed
     ]
     return outcomes
-
-
-def _dicom_tasks(
-    series_list: list[DicomSeries], root: Path, scheme: CaseIdScheme, workers: int | None
-) -> list[_Task]:
-    per_folder = Counter((series.files[0].parent, series.series_uid) for series in series_list)
-    folders = Counter(folder for folder, _ in per_folder)
-    tasks = []
-    for series in series_list:
-        source = series.describe(root)
-        case_id = dicom_case_id(
-            series, root=root, scheme=scheme, series_in_folder=folders[series.files[0].parent]
-        )
-        tasks.append(
-            _Task(
-                source=source,
-                case_id=case_id,
-                files=series.files,
-                load=lambda s=series, src=source: load_series(s, workers=workers, source=src),
-            )
-        )
-    return tasks
-
-
-def _nifti_task(path: Path, root: Path, scheme: CaseIdScheme) -> _Task:
-    def load() -> Volume:
-        volume = read_nifti(path).to_closest_ras()
-        volume.metadata.setdefault("modality", "unknown")
-        return volume
-
-    case_id = nifti_case_id(path, root=root, modality="nifti", scheme=scheme)
-    return _Task(source=_relative(path, root), case_id=case_id, files=[path], load=load)
-
-
-def _refuse_duplicate_ids(tasks: list[_Task]) -> None:
-    """Two inputs that would get the same case id get a numbered suffix instead of colliding."""
-    seen: Counter[str] = Counter()
-    for task in tasks:
-        seen[task.case_id] += 1
-        if seen[task.case_id] > 1:
-            task.case_id = f"{task.case_id}_{seen[task.case_id]}"
 
 
 def _fingerprint(files: list[Path], labels: Path | None) -> str:
@@ -216,7 +147,9 @@ def _fingerprint(files: list[Path], labels: Path | None) -> str:
     return hash_identifier("\n".join(parts))
 
 
-def _run_task(task: _Task, *, out_dir: Path, labels_dir: Path | None, force: bool) -> IngestOutcome:
+def _run_task(
+    task: ScanTask, *, out_dir: Path, labels_dir: Path | None, force: bool
+) -> IngestOutcome:
     label_path = labels_dir / f"{task.case_id}.nii.gz" if labels_dir is not None else None
     case = ConvertedCase(out_dir=out_dir, case_id=task.case_id)
     fingerprint = _fingerprint(task.files, label_path)
