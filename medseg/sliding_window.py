@@ -117,3 +117,44 @@ def sliding_window_predict(
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(padding, spatial, strict=True))
         result = result[(slice(None), *crop)]
     return result
+
+
+def predict_probabilities(
+    network: nn.Module,
+    image: torch.Tensor,
+    *,
+    patch_size: Sequence[int],
+    num_classes: int,
+    overlap: float = 0.5,
+    batch_size: int = 2,
+    mirror: bool = False,
+    slice_axis: int | None = None,
+) -> torch.Tensor:
+    """Softmax ``(K, X, Y, Z)`` of a 3D network, or of a 2D network slice by slice.
+
+    ``slice_axis`` (2D networks) is the spatial axis the slices are perpendicular to; mirroring
+    flips every spatial axis the network sees.
+    """
+    if slice_axis is None:
+        return sliding_window_predict(
+            network,
+            image,
+            patch_size=patch_size,
+            num_classes=num_classes,
+            overlap=overlap,
+            batch_size=batch_size,
+            mirror_axes=(0, 1, 2) if mirror else (),
+        )
+    planes = [
+        sliding_window_predict(
+            network,
+            image.select(slice_axis + 1, index),
+            patch_size=patch_size,
+            num_classes=num_classes,
+            overlap=overlap,
+            batch_size=batch_size,
+            mirror_axes=(0, 1) if mirror else (),
+        )
+        for index in range(image.shape[slice_axis + 1])
+    ]
+    return torch.stack(planes, dim=slice_axis + 1)

@@ -6,7 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from medseg.sliding_window import gaussian_importance, sliding_window_predict, window_starts
+from medseg.sliding_window import (
+    gaussian_importance,
+    predict_probabilities,
+    sliding_window_predict,
+    window_starts,
+)
 
 
 class ThresholdNet(nn.Module):
@@ -66,3 +71,15 @@ def test_mirroring_an_equivariant_network_changes_nothing() -> None:
         ThresholdNet(), image, patch_size=(8, 8, 8), num_classes=2, mirror_axes=(0, 1, 2)
     )
     assert torch.allclose(plain, mirrored, atol=1e-5)
+
+
+@pytest.mark.parametrize("slice_axis", [None, 0, 1, 2])
+def test_predict_probabilities_3d_or_slice_by_slice(slice_axis: int | None) -> None:
+    image = torch.randn(1, 12, 10, 9)
+    patch = (8, 8, 8) if slice_axis is None else (8, 8)
+    probabilities = predict_probabilities(
+        ThresholdNet(), image, patch_size=patch, num_classes=2, slice_axis=slice_axis, mirror=True
+    )
+    assert torch.allclose(
+        probabilities, torch.softmax(ThresholdNet()(image[None]), 1)[0], atol=1e-5
+    )

@@ -12,7 +12,7 @@ from torch import nn
 from medseg.metrics import confusion_matrix, dice_from_confusion, mean_foreground
 from medseg.overlays import save_overlay
 from medseg.preprocess.cache import LoadedCase
-from medseg.sliding_window import sliding_window_predict
+from medseg.sliding_window import predict_probabilities
 
 
 @dataclass
@@ -37,31 +37,17 @@ def predict_case(
     slice_axis: int | None,
 ) -> np.ndarray:
     """Label map of one preprocessed image ``(C, X, Y, Z)`` (3D, or 2D slice by slice)."""
-    tensor = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)  # memmaps are read-only
-    if slice_axis is None:
-        mirror_axes = (0, 1, 2) if mirror else ()
-        probabilities = sliding_window_predict(
-            network,
-            tensor,
-            patch_size=patch_size,
-            num_classes=num_classes,
-            overlap=overlap,
-            mirror_axes=mirror_axes,
-        )
-        return probabilities.argmax(0).cpu().numpy().astype(np.uint8)
-    slices = []
-    for index in range(tensor.shape[slice_axis + 1]):
-        plane = tensor.select(slice_axis + 1, index)
-        probabilities = sliding_window_predict(
-            network,
-            plane,
-            patch_size=patch_size,
-            num_classes=num_classes,
-            overlap=overlap,
-            mirror_axes=(0, 1) if mirror else (),
-        )
-        slices.append(probabilities.argmax(0))
-    return torch.stack(slices, dim=slice_axis).cpu().numpy().astype(np.uint8)
+    tensor = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)  # memmaps: read-only
+    probabilities = predict_probabilities(
+        network,
+        tensor,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        overlap=overlap,
+        mirror=mirror,
+        slice_axis=slice_axis,
+    )
+    return probabilities.argmax(0).cpu().numpy().astype(np.uint8)
 
 
 def validate(
