@@ -250,6 +250,110 @@ def train(
 
 
 @app.command()
+def predict(
+    input_path: Path = typer.Argument(..., exists=True, help="NIfTI file, DICOM folder or tree."),
+    model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    overlap: float = typer.Option(0.5, help="Sliding-window overlap."),
+    batch_size: int = typer.Option(2, help="Windows per forward pass."),
+    mirror: bool = typer.Option(False, "--mirror", help="Mirroring test-time augmentation."),
+    keep_largest: str | None = typer.Option(
+        None, help='Keep only the largest component of these structures: "all" or "1,3".'
+    ),
+    backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
+    dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI for models:/ URIs."),
+) -> None:
+    """Segment every scan under INPUT_PATH with a packaged model.
+
+    Exit code 0 when every scan was segmented, 1 when some failed (the others are written).
+    """
+    from medseg.cli_output import phase_progress, predict_summary
+    from medseg.infer.predictor import PredictionOptions, load_packaged_model
+    from medseg.infer.stage import predict_path
+
+    packaged = load_packaged_model(model, tracking_uri=tracking_uri)
+    structures = None
+    if keep_largest == "all":
+        structures = [v for v in packaged.label_names if v > 0]
+    elif keep_largest:
+        structures = [int(v) for v in keep_largest.split(",")]
+    options = PredictionOptions(
+        overlap=overlap,
+        batch_size=batch_size,
+        mirror=mirror,
+        keep_largest=structures,
+        backend=backend,
+    )
+    with phase_progress() as progress:
+        report = predict_path(
+            input_path,
+            packaged,
+            out_dir=out,
+            options=options,
+            dicom_seg=dicom_seg,
+            on_progress=progress,
+        )
+    predict_summary(report)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+def evaluate(
+    predictions: Path = typer.Argument(..., exists=True, help="Label map file or folder."),
+    references: Path = typer.Argument(..., exists=True, help="Reference file or folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Report folder."),
+    labels: Path | None = typer.Option(
+        None, help="Label names: JSON {value: name}, a dataset.json or a manifest .labels.json."
+    ),
+    tolerance_mm: float = typer.Option(1.0, help="Normalized surface Dice tolerance (mm)."),
+    images: Path | None = typer.Option(None, help="Folder of <case>.nii.gz scans for pictures."),
+    run_id: str | None = typer.Option(
+        None, envvar="MLFLOW_RUN_ID", help="Log the report into this MLflow run."
+    ),
+    tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI."),
+) -> None:
+    """Per-structure Dice, IoU, HD95, surface Dice and volumes; CSV, JSON and HTML reports.
+
+    Cases are paired by file name; a case missing on either side is reported. Exit code 1
+    when a case is missing or failed.
+    """
+    from medseg.cli_output import evaluation_summary
+    from medseg.evaluate.pairing import pair_label_maps
+    from medseg.evaluate.report import log_to_run, summary, write_reports
+    from medseg.evaluate.stage import evaluate_pairing
+
+    pairing = pair_label_maps(predictions, references)
+    names = _label_names(labels, pairing)
+    report = evaluate_pairing(pairing, label_names=names, tolerance_mm=tolerance_mm)
+    paths = write_reports(report, pairing, out_dir=out, images=images)
+    if run_id:
+        log_to_run(paths, summary(report), run_id=run_id, tracking_uri=tracking_uri)
+    evaluation_summary(report, paths)
+    incomplete = report.failed or report.missing_prediction or report.missing_reference
+    raise typer.Exit(1 if incomplete else 0)
+
+
+def _label_names(path: Path | None, pairing) -> dict[int, str]:
+    import json
+
+    import numpy as np
+
+    from medseg.io.nifti import read_nifti
+
+    if path is not None:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        mapping = payload.get("labels", payload)
+        if all(isinstance(v, int) for v in mapping.values()):  # nnU-Net v2: {"name": value}
+            mapping = {v: k for k, v in mapping.items()}
+        return {int(k): str(v) for k, v in mapping.items()}
+    values: set[int] = set()
+    for _, _, reference in pairing.pairs:
+        values |= {int(v) for v in np.unique(read_nifti(reference).array)}
+    return {v: "background" if v == 0 else f"label_{v}" for v in sorted(values | {0})}
+
+
+@app.command()
 def demo(
     out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for everything."),
     cases: int = typer.Option(6, min=1, help="Number of synthetic phantom cases."),

@@ -14,6 +14,8 @@ from medseg.ingest import IngestReport, OutcomeKind
 
 if TYPE_CHECKING:  # heavy modules (torch) are imported only by the commands that need them
     from medseg.datasets import ImportReport
+    from medseg.evaluate.stage import EvaluationReport
+    from medseg.infer.stage import PredictReport
     from medseg.manifest_validation import ManifestValidation
     from medseg.preprocess.plan import Plan
     from medseg.preprocess.stage import PreprocessReport
@@ -173,3 +175,48 @@ def train_summary(result: TrainResult) -> None:
     console.print(f"checkpoints: {result.best_checkpoint.parent}   MLflow run: {result.run_id}")
     if result.model_version is not None:
         console.print(f"registered model version {result.model_version}")
+
+
+def predict_summary(report: PredictReport) -> None:
+    """Print one row per scan: case, time, structure volumes (mL) or the failure reason."""
+    table = Table(title=f"Predictions -> {report.out_dir}")
+    for column in ("case", "source", "seconds", "volumes (mL) / reason"):
+        table.add_column(column, overflow="fold")
+    for outcome in report.outcomes:
+        if outcome.ok:
+            present = {k: v for k, v in outcome.volumes_ml.items() if v > 0}
+            detail = ", ".join(f"{name} {ml:.2f}" for name, ml in present.items())
+            table.add_row(outcome.case_id, outcome.source, f"{outcome.seconds:.1f}", detail)
+        else:
+            table.add_row(outcome.case_id, outcome.source, "-", f"[red]{outcome.reason}[/red]")
+    console.print(table)
+    failed = sum(not o.ok for o in report.outcomes)
+    console.print(f"[bold]{len(report.outcomes) - failed} segmented, {failed} failed[/bold]")
+
+
+def evaluation_summary(report: EvaluationReport, paths: dict) -> None:
+    """Per-structure means and where the reports are."""
+    table = Table(title=f"Evaluation of {len(report.cases)} cases")
+    for column in ("structure", "Dice", "IoU", "HD95 mm", "NSD", "volume ref mL", "volume pred mL"):
+        table.add_column(column)
+    show = lambda v: "-" if v != v else f"{v:.4f}"  # noqa: E731 (NaN: undefined)
+    for name, values in report.structure_means().items():
+        table.add_row(
+            name,
+            show(values["dice"]),
+            show(values["iou"]),
+            show(values["hd95_mm"]),
+            show(values["nsd"]),
+            show(values["volume_reference_ml"]),
+            show(values["volume_prediction_ml"]),
+        )
+    console.print(table)
+    for case, reason in report.failed.items():
+        console.print(f"[red]{case}: {reason}[/red]")
+    for case in report.missing_prediction:
+        console.print(f"[red]{case}: no prediction[/red]")
+    for case in report.missing_reference:
+        console.print(f"[red]{case}: no reference[/red]")
+    console.print(
+        f"[bold]mean Dice {show(report.overall_mean('dice'))}[/bold]; report: {paths['html']}"
+    )

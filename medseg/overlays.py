@@ -55,3 +55,52 @@ def save_overlay(
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=80, bbox_inches="tight")
     return Path(path)
+
+
+def save_structure_views(
+    path: Path,
+    *,
+    reference: np.ndarray,
+    prediction: np.ndarray,
+    value: int,
+    image: np.ndarray | None = None,
+    title: str = "",
+) -> Path:
+    """Axial, coronal and sagittal slices through one structure: reference (top), prediction.
+
+    Slices pass through the centre of the structure's reference voxels (or predicted ones when
+    the reference lacks it). Without ``image`` the label maps are drawn on a blank background.
+    """
+    mask = reference == value
+    if not mask.any():
+        mask = prediction == value
+    centre = (
+        [round(float(c)) for c in np.argwhere(mask).mean(axis=0)]
+        if mask.any()
+        else [s // 2 for s in reference.shape]
+    )
+    background = image if image is not None else np.zeros(reference.shape, np.float32)
+    low, high = np.percentile(background, [1, 99]) if image is not None else (0.0, 1.0)
+    figure = Figure(figsize=(9, 6))
+    axes = figure.subplots(2, 3, squeeze=False)
+    views = (("axial", 2), ("coronal", 1), ("sagittal", 0))
+    for row, (name, labels) in enumerate((("reference", reference), ("prediction", prediction))):
+        for column, (view, axis) in enumerate(views):
+            take = lambda volume, a=axis: np.take(volume, centre[a], axis=a).T  # noqa: E731
+            ax = axes[row][column]
+            ax.imshow(take(background), cmap="gray", vmin=low, vmax=high, origin="lower")
+            ax.imshow(
+                np.ma.masked_equal(take((labels == value).astype(np.uint8)), 0),
+                cmap="autumn",
+                alpha=0.5,
+                origin="lower",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+            )
+            ax.set_title(f"{name} {view}", fontsize=8)
+            ax.axis("off")
+    figure.suptitle(title)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=70, bbox_inches="tight")
+    return Path(path)

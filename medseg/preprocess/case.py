@@ -144,9 +144,35 @@ def restore_label_map(labels: np.ndarray, properties: CaseProperties) -> Volume:
     Undoes resampling, cropping (outside the crop box is background) and reorientation, so the
     result has the original scan's shape and affine.
     """
+    return _onto_original_scan(resample_nearest(labels, _cropped_shape(properties)), properties)
+
+
+def _cropped_shape(properties: CaseProperties) -> tuple[int, ...]:
+    return tuple(hi - lo for lo, hi in properties.crop_box)
+
+
+def _onto_original_scan(cropped: np.ndarray, properties: CaseProperties) -> Volume:
+    """Undo cropping (outside is background) and reorientation of a label map."""
     box = tuple(tuple(b) for b in properties.crop_box)
-    cropped_shape = tuple(hi - lo for lo, hi in box)
-    on_crop = resample_nearest(labels, cropped_shape)
-    ras = uncrop(on_crop, box, tuple(properties.ras_shape))  # type: ignore[arg-type]
+    ras = uncrop(cropped, box, tuple(properties.ras_shape))  # type: ignore[arg-type]
     restored = Volume(ras, np.array(properties.ras_affine))
     return restored.to_orientation_of(np.array(properties.original_affine))
+
+
+def restore_argmax(probabilities: np.ndarray, properties: CaseProperties) -> Volume:
+    """Label map on the original scan of per-class probabilities ``(K, *preprocessed grid)``.
+
+    Each class map is resampled back to the cropped original grid (linear) before the argmax,
+    so boundaries are decided at the scan's own resolution; one class at a time keeps memory
+    independent of the number of classes. Outside the crop box is background.
+    """
+    cropped_shape = _cropped_shape(properties)
+    dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
+    best = np.full(cropped_shape, -1.0, np.float32)
+    labels = np.zeros(cropped_shape, dtype)
+    for index in range(probabilities.shape[0]):
+        resampled = resample_image(np.asarray(probabilities[index]), cropped_shape, order=1)
+        better = resampled > best
+        best[better] = resampled[better]
+        labels[better] = index
+    return _onto_original_scan(labels, properties)

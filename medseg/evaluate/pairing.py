@@ -1,0 +1,41 @@
+"""Pair predicted and reference label maps by case name; report unpaired cases, never skip them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.errors import MedsegError
+from medseg.io.nifti import is_nifti_path, nifti_stem
+
+
+@dataclass
+class Pairing:
+    """Matched (case id, prediction, reference) triples and the cases missing on one side."""
+
+    pairs: list[tuple[str, Path, Path]] = field(default_factory=list)
+    missing_prediction: list[str] = field(default_factory=list)
+    missing_reference: list[str] = field(default_factory=list)
+
+
+def _by_case(path: Path) -> dict[str, Path]:
+    if path.is_file():
+        return {nifti_stem(path): path}
+    if not path.is_dir():
+        raise MedsegError(f"{path}: no such file or folder")
+    return {nifti_stem(p): p for p in sorted(path.iterdir()) if p.is_file() and is_nifti_path(p)}
+
+
+def pair_label_maps(predictions: Path, references: Path) -> Pairing:
+    """Pair by file name without ``.nii``/``.nii.gz``; two single files always pair."""
+    if predictions.is_file() and references.is_file():
+        return Pairing(pairs=[(nifti_stem(references), predictions, references)])
+    predicted, reference = _by_case(predictions), _by_case(references)
+    return Pairing(
+        pairs=[
+            (case, predicted[case], reference[case])
+            for case in sorted(set(predicted) & set(reference))
+        ],
+        missing_prediction=sorted(set(reference) - set(predicted)),
+        missing_reference=sorted(set(predicted) - set(reference)),
+    )

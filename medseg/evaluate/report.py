@@ -1,0 +1,174 @@
+"""Evaluation reports: CSV (one row per case and structure), JSON summary, HTML with pictures."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from medseg.evaluate.pairing import Pairing
+from medseg.evaluate.stage import METRICS, EvaluationReport
+from medseg.io.atomic import write_json_atomic, write_text_atomic
+from medseg.io.nifti import read_nifti
+from medseg.overlays import save_structure_views
+
+
+def _number(value: float) -> float | None:
+    return None if isinstance(value, float) and (math.isnan(value) or math.isinf(value)) else value
+
+
+def write_csv(report: EvaluationReport, path: Path) -> Path:
+    """One row per (case, structure) with every metric; undefined values are empty cells."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["case_id", "structure", *METRICS])
+    for case in report.cases:
+        for structure, metrics in case.metrics.items():
+            writer.writerow(
+                [
+                    case.case_id,
+                    structure,
+                    *("" if _number(metrics[m]) is None else f"{metrics[m]:.6g}" for m in METRICS),
+                ]
+            )
+    write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+def summary(report: EvaluationReport) -> dict:
+    """JSON-ready summary: means per structure, overall means, failures and unpaired cases."""
+    means = report.structure_means()
+    return {
+        "cases": len(report.cases),
+        "mean": {
+            metric: _number(report.overall_mean(metric))
+            for metric in ("dice", "iou", "hd95_mm", "nsd")
+        },
+        "structures": {
+            name: {m: _number(v) for m, v in values.items()} for name, values in means.items()
+        },
+        "failed": report.failed,
+        "missing_prediction": report.missing_prediction,
+        "missing_reference": report.missing_reference,
+        "empty_structure_rule": (
+            "absent from both maps: undefined (null); absent from one: Dice/IoU 0"
+        ),
+    }
+
+
+def write_reports(
+    report: EvaluationReport,
+    pairing: Pairing,
+    *,
+    out_dir: Path,
+    images: Path | None = None,
+    max_pictures_per_case: int = 8,
+) -> dict[str, Path]:
+    """Write ``metrics.csv``, ``summary.json``, ``pictures/*.png`` and ``report.html``."""
+    out_dir = Path(out_dir)
+    paths = {"csv": write_csv(report, out_dir / "metrics.csv")}
+    result = summary(report)
+    paths["json"] = out_dir / "summary.json"
+    write_json_atomic(paths["json"], result)
+    pictures = _pictures(
+        report, pairing, out_dir=out_dir, images=images, limit=max_pictures_per_case
+    )
+    paths["html"] = out_dir / "report.html"
+    write_text_atomic(paths["html"], _html(report, result, pictures))
+    return paths
+
+
+def _pictures(
+    report: EvaluationReport, pairing: Pairing, *, out_dir: Path, images: Path | None, limit: int
+) -> dict[str, list[Path]]:
+    files = {case: (pred, ref) for case, pred, ref in pairing.pairs}
+    names = {name: value for value, name in report.label_names.items()}
+    written: dict[str, list[Path]] = {}
+    for case in report.cases:
+        prediction, reference = (read_nifti(p).to_closest_ras() for p in files[case.case_id])
+        image = None
+        if images is not None and (images / f"{case.case_id}.nii.gz").exists():
+            scan = read_nifti(images / f"{case.case_id}.nii.gz").to_closest_ras()
+            image = np.asarray(scan.array) if scan.same_grid(reference) else None
+        present = [
+            s
+            for s in case.metrics
+            if case.metrics[s]["volume_reference_ml"] or case.metrics[s]["volume_prediction_ml"]
+        ]
+        written[case.case_id] = [
+            save_structure_views(
+                out_dir / "pictures" / f"{case.case_id}_{structure}.png",
+                reference=np.asarray(reference.array),
+                prediction=np.asarray(prediction.array),
+                value=names[structure],
+                image=image,
+                title=f"{case.case_id}: {structure} (Dice {case.metrics[structure]['dice']:.3f})",
+            )
+            for structure in present[:limit]
+        ]
+    return written
+
+
+def _html(report: EvaluationReport, result: dict, pictures: dict[str, list[Path]]) -> str:
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.4g}"
+
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(f"<td>{cell(values[m])}</td>" for m in METRICS)
+        + "</tr>"
+        for name, values in result["structures"].items()
+    )
+    header = "".join(f"<th>{m}</th>" for m in METRICS)
+    sections = "".join(
+        f"<h3>{html.escape(case)}</h3>"
+        + "".join(f'<img src="pictures/{p.name}" width="600">' for p in paths)
+        for case, paths in pictures.items()
+    )
+    problems = "".join(
+        f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in report.failed.items()
+    )
+    problems += "".join(
+        f"<li>{html.escape(c)}: no prediction</li>" for c in report.missing_prediction
+    )
+    problems += "".join(
+        f"<li>{html.escape(c)}: no reference</li>" for c in report.missing_reference
+    )
+    mean = result["mean"]
+    means = (
+        f"mean Dice {cell(mean['dice'])}, IoU {cell(mean['iou'])}, "
+        f"HD95 {cell(mean['hd95_mm'])} mm, NSD {cell(mean['nsd'])}"
+    )
+    style = "body{font-family:sans-serif} td,th{padding:2px 8px;text-align:right}"
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>medseg evaluation</title>"
+        f"<style>{style}</style></head><body>"
+        f"<h1>Evaluation of {result['cases']} cases</h1><p>{means}</p>"
+        f"<table><tr><th>structure</th>{header}</tr>{rows}</table>"
+        f"<h2>Problems</h2><ul>{problems or '<li>none</li>'}</ul>"
+        f"<h2>Pictures</h2>{sections}</body></html>"
+    )
+
+
+def log_to_run(
+    paths: dict[str, Path], result: dict, *, run_id: str, tracking_uri: str | None
+) -> None:
+    """Log the means (per structure and overall) and the report files into an MLflow run."""
+    from medseg.tracking import RunTracker
+
+    tracker = RunTracker(tracking_uri=tracking_uri)
+    tracker.start(experiment="", run_name="", tags={}, run_id=run_id)
+    metrics = {f"eval_mean_{k}": v for k, v in result["mean"].items() if v is not None}
+    for structure, values in result["structures"].items():
+        metrics.update({f"eval_{m}_{structure}": v for m, v in values.items() if v is not None})
+    tracker.log_metrics(metrics, step=0)
+    for path in paths.values():
+        tracker.log_artifact(path, artifact_path="evaluation")
+    pictures = paths["html"].parent / "pictures"
+    for picture in sorted(pictures.glob("*.png")):
+        tracker.log_artifact(picture, artifact_path="evaluation/pictures")
+    tracker.end()

@@ -1,0 +1,130 @@
+"""The evaluate stage: per-structure Dice, IoU, HD95, normalized surface Dice and volumes.
+
+Dice and IoU of every structure come from one confusion matrix per case; surface metrics use
+the voxel spacing (mm). Empty structures: absent from both maps -> every metric undefined
+(NaN, left out of means); absent from one side -> Dice/IoU 0 (surface rule: see
+``medseg.evaluate.surface``). Means are over cases per structure, then over structures.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medseg.errors import GeometryMismatchError, MedsegError
+from medseg.evaluate.pairing import Pairing
+from medseg.evaluate.volumes import structure_statistics
+from medseg.io.nifti import read_nifti
+from medseg.metrics import confusion_matrix, dice_from_confusion, iou_from_confusion
+from medseg.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+METRICS = ("dice", "iou", "hd95_mm", "nsd", "volume_prediction_ml", "volume_reference_ml")
+
+
+@dataclass
+class CaseResult:
+    """Metrics of one case per structure name."""
+
+    case_id: str
+    metrics: dict[str, dict[str, float]]
+
+
+@dataclass
+class EvaluationReport:
+    """Everything an evaluation found."""
+
+    label_names: dict[int, str]
+    cases: list[CaseResult] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    missing_prediction: list[str] = field(default_factory=list)
+    missing_reference: list[str] = field(default_factory=list)
+
+    def structure_means(self) -> dict[str, dict[str, float]]:
+        """Per structure and metric: mean over the cases where it is defined."""
+        means: dict[str, dict[str, float]] = {}
+        for name in (n for v, n in sorted(self.label_names.items()) if v > 0):
+            means[name] = {
+                metric: _nanmean([c.metrics[name][metric] for c in self.cases if name in c.metrics])
+                for metric in METRICS
+            }
+        return means
+
+    def overall_mean(self, metric: str = "dice") -> float:
+        """Mean over structures of the per-structure means."""
+        return _nanmean([m[metric] for m in self.structure_means().values()])
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def evaluate_case(
+    prediction: Volume, reference: Volume, *, label_names: dict[int, str], tolerance_mm: float
+) -> dict[str, dict[str, float]]:
+    """Metrics per structure name of one case (both maps on the same grid).
+
+    Raises:
+        GeometryMismatchError: the maps are not on the same voxel grid.
+    """
+    from medseg.evaluate.surface import surface_metrics
+
+    prediction, reference = prediction.to_closest_ras(), reference.to_closest_ras()
+    if not prediction.same_grid(reference):
+        raise GeometryMismatchError(
+            f"prediction grid {prediction.shape} differs from reference grid {reference.shape}"
+        )
+    size = max(max(label_names), int(prediction.array.max()), int(reference.array.max())) + 1
+    matrix = confusion_matrix(prediction.array, reference.array, size)
+    dice, iou = dice_from_confusion(matrix), iou_from_confusion(matrix)
+    structures = [v for v in sorted(label_names) if v > 0]
+    surfaces = surface_metrics(
+        prediction.array,
+        reference.array,
+        spacing_mm=prediction.spacing_mm,
+        labels=structures,
+        tolerance_mm=tolerance_mm,
+    )
+    predicted_volumes = structure_statistics(prediction, label_names=label_names)
+    reference_volumes = structure_statistics(reference, label_names=label_names)
+    return {
+        label_names[v]: {
+            "dice": float(dice[v]),
+            "iou": float(iou[v]),
+            "hd95_mm": float(surfaces[v].hd95),
+            "nsd": float(surfaces[v].nsd),
+            "volume_prediction_ml": predicted_volumes[label_names[v]]["volume_ml"],
+            "volume_reference_ml": reference_volumes[label_names[v]]["volume_ml"],
+        }
+        for v in structures
+    }
+
+
+def evaluate_pairing(
+    pairing: Pairing, *, label_names: dict[int, str], tolerance_mm: float = 1.0
+) -> EvaluationReport:
+    """Evaluate every pair; a pair that cannot be read or compared is reported, not fatal."""
+    report = EvaluationReport(
+        label_names=label_names,
+        missing_prediction=pairing.missing_prediction,
+        missing_reference=pairing.missing_reference,
+    )
+    for case_id, predicted_path, reference_path in pairing.pairs:
+        try:
+            metrics = evaluate_case(
+                read_nifti(predicted_path),
+                read_nifti(reference_path),
+                label_names=label_names,
+                tolerance_mm=tolerance_mm,
+            )
+        except MedsegError as error:
+            logger.warning("%s: %s", case_id, error)
+            report.failed[case_id] = str(error)
+            continue
+        report.cases.append(CaseResult(case_id, metrics))
+    return report

@@ -1,0 +1,100 @@
+"""Predict one scan with a packaged model: preprocess with the model's plan, sliding window,
+probabilities back onto the scan's grid, argmax, optional post-processing.
+
+The model always travels with its plan (spacing, normalization, patch) and label names, so
+nothing is guessed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from medseg.infer.postprocess import keep_largest_component
+from medseg.preprocess.case import preprocess_case, restore_argmax
+from medseg.preprocess.plan import Plan
+from medseg.sliding_window import predict_probabilities
+from medseg.volume import Volume
+
+
+class PredictionOptions(BaseModel):
+    """How to predict (defaults: nnU-Net's, without test-time mirroring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    overlap: float = Field(0.5, ge=0, lt=1)
+    batch_size: int = Field(2, ge=1)
+    mirror: bool = False
+    keep_largest: list[int] | None = None  # structures to reduce to their largest component
+    backend: str = "torch"
+
+
+@dataclass
+class PackagedModel:
+    """A trained network with everything needed to apply it."""
+
+    network: torch.nn.Module
+    plan: Plan
+    configuration: str
+    label_names: dict[int, str]
+    source: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.label_names) + 1
+
+
+def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> PackagedModel:
+    """Load ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a model folder."""
+    from medseg.tracking import load_segmentation_model
+
+    loaded = load_segmentation_model(uri, tracking_uri=tracking_uri)
+    plan_fields = dict(loaded.plan)
+    configuration = plan_fields.pop("train_configuration", "3d")
+    return PackagedModel(
+        network=loaded.network.eval(),
+        plan=Plan.model_validate(plan_fields),
+        configuration=configuration,
+        label_names={int(k): v for k, v in loaded.labels.items()},
+        source=uri,
+        info=dict(loaded.model_info),
+    )
+
+
+def predict_scan(
+    volume: Volume,
+    model: PackagedModel,
+    *,
+    options: PredictionOptions,
+    predictor: torch.nn.Module | None = None,
+    case_id: str = "scan",
+) -> Volume:
+    """Label map of ``volume`` on its own grid (same shape and affine)."""
+    case = preprocess_case(volume, None, model.plan, case_id=case_id)
+    configuration = model.plan.configurations[model.configuration]
+    image = torch.from_numpy(case.image)
+    with torch.inference_mode():
+        probabilities = predict_probabilities(
+            predictor or model.network,
+            image,
+            patch_size=configuration.patch_size,
+            num_classes=model.num_classes,
+            overlap=options.overlap,
+            batch_size=options.batch_size,
+            mirror=options.mirror,
+            slice_axis=configuration.slice_axis,
+        )
+    labels = restore_argmax(probabilities.numpy(), case.properties)
+    if options.keep_largest:
+        labels = labels.with_array(keep_largest_component(labels.array, options.keep_largest))
+    labels.metadata = {"case_id": case_id, "model": model.source}
+    return labels
+
+
+def model_cache_folder(out_dir: Path) -> Path:
+    """Where exported inference backends are cached between runs."""
+    return Path(out_dir) / ".model_cache"

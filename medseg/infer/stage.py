@@ -1,0 +1,176 @@
+"""The predict stage: every scan under an input path through a packaged model.
+
+Per scan (named after the input case, e.g. ``hippocampus_007.nii.gz``): the label map in the
+scan's geometry, ``<case_id>.volumes.json`` (per-structure volume in mL and mm^3, mean
+intensity; TotalSegmentator's statistics fields) and, for DICOM inputs, ``<case_id>_seg.dcm``
+(a DICOM SEG referencing the source series). A scan that fails is reported with the reason in
+``predict_report.json`` and the others go on. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg import __version__
+from medseg.errors import MedsegError
+from medseg.evaluate.volumes import structure_statistics
+from medseg.infer.predictor import (
+    PackagedModel,
+    PredictionOptions,
+    model_cache_folder,
+    predict_scan,
+)
+from medseg.ingest.case_ids import CaseIdScheme
+from medseg.ingest.discovery import ScanTask, discover_scans, relative
+from medseg.io.atomic import write_json_atomic
+from medseg.io.nifti import write_nifti
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanOutcome:
+    """What happened to one input scan."""
+
+    case_id: str
+    source: str
+    ok: bool
+    reason: str = ""
+    seconds: float = 0.0
+    outputs: list[str] = field(default_factory=list)
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PredictReport:
+    """All outcomes of a predict run."""
+
+    out_dir: Path
+    outcomes: list[ScanOutcome] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every scan was predicted, 1 otherwise."""
+        return 0 if all(o.ok for o in self.outcomes) else 1
+
+
+def predict_path(
+    input_path: Path,
+    model: PackagedModel,
+    *,
+    out_dir: Path,
+    options: PredictionOptions,
+    dicom_seg: bool = True,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> PredictReport:
+    """Predict every scan at or under ``input_path`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    found = discover_scans(
+        input_path, case_ids=CaseIdScheme.FOLDER, exclude=out_dir.resolve(), on_progress=on_progress
+    )
+    predictor = _predictor(model, options, out_dir)
+    report = PredictReport(out_dir=out_dir)
+    report.outcomes += [
+        ScanOutcome(
+            case_id="-", source=relative(Path(e.path), found.root), ok=False, reason=e.problem
+        )
+        for e in found.scan.failed
+    ]
+    for done, task in enumerate(found.tasks):
+        if on_progress:
+            on_progress("Predicting", done, len(found.tasks))
+        report.outcomes.append(
+            _predict_task(
+                task,
+                model,
+                options=options,
+                predictor=predictor,
+                out_dir=out_dir,
+                dicom_seg=dicom_seg,
+            )
+        )
+    if on_progress:
+        on_progress("Predicting", len(found.tasks), len(found.tasks))
+    write_json_atomic(
+        out_dir / "predict_report.json",
+        {
+            "medseg_version": __version__,
+            "model": model.source,
+            "outcomes": [vars(o) for o in report.outcomes],
+        },
+    )
+    return report
+
+
+def _predictor(model: PackagedModel, options: PredictionOptions, out_dir: Path):
+    if options.backend == "torch":
+        return model.network
+    from medseg.infer.backends import Backend, make_predictor
+
+    configuration = model.plan.configurations[model.configuration]
+    in_channels = int(model.info.get("factory_kwargs", {}).get("in_channels", 1))
+    return make_predictor(
+        model.network,
+        backend=Backend(options.backend),
+        patch_size=configuration.patch_size,
+        in_channels=in_channels,
+        batch_size=options.batch_size,
+        cache_dir=model_cache_folder(out_dir),
+    )
+
+
+def _predict_task(
+    task: ScanTask,
+    model: PackagedModel,
+    *,
+    options: PredictionOptions,
+    predictor,
+    out_dir: Path,
+    dicom_seg: bool,
+) -> ScanOutcome:
+    start = time.perf_counter()
+    try:
+        volume = task.load()
+        labels = predict_scan(
+            volume, model, options=options, predictor=predictor, case_id=task.case_id
+        )
+        outputs = [write_nifti(labels, out_dir / f"{task.case_id}.nii.gz")]
+        statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
+        volumes_path = out_dir / f"{task.case_id}.volumes.json"
+        write_json_atomic(volumes_path, statistics)
+        outputs.append(volumes_path)
+        if dicom_seg and task.series is not None:
+            from medseg.io.dicom_seg import write_dicom_seg
+
+            outputs.append(
+                write_dicom_seg(
+                    labels,
+                    source_files=task.series.files,
+                    label_names=model.label_names,
+                    out_path=out_dir / f"{task.case_id}_seg.dcm",
+                    algorithm_version=__version__,
+                )
+            )
+    except MedsegError as error:
+        logger.warning("%s: %s", task.source, error)
+        return ScanOutcome(task.case_id, task.source, ok=False, reason=str(error))
+    except Exception as error:  # one bad scan must never stop the others
+        logger.exception("unexpected error predicting %s", task.source)
+        return ScanOutcome(
+            task.case_id,
+            task.source,
+            ok=False,
+            reason=f"unexpected {type(error).__name__}: {error}",
+        )
+    return ScanOutcome(
+        task.case_id,
+        task.source,
+        ok=True,
+        seconds=time.perf_counter() - start,
+        outputs=[Path(p).name for p in outputs],
+        volumes_ml={name: s["volume_ml"] for name, s in statistics.items()},
+    )

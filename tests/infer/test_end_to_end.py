@@ -1,0 +1,102 @@
+"""Train, register on a real MLflow server, predict by alias, evaluate: validation reproduced."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.io.nifti import read_nifti
+from medseg.manifest import read_manifest
+from medseg.preprocess.cache import load_cache
+from medseg.train.loop import train
+from medseg.train.validation import validate
+from tests.mlflow_server import mlflow_server  # noqa: F401
+from tests.train.conftest import TinyDataset, tiny_config, tiny_dataset  # noqa: F401
+
+
+def test_registered_model_predicts_scans_and_evaluation_matches_validation(
+    tiny_dataset: TinyDataset,  # noqa: F811
+    mlflow_server: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = tiny_config(registered_model_name="hippocampus-e2e", experiment="e2e", epochs=1)
+    trained = train(
+        manifest_path=tiny_dataset.manifest,
+        plan=tiny_dataset.plan,
+        cache_dir=tiny_dataset.cache,
+        config=config,
+        run_dir=tmp_path / "run",
+        tracking_uri=mlflow_server,
+    )
+    val = [r for r in read_manifest(tiny_dataset.manifest) if r.split == "val"]
+    data = tiny_dataset.manifest.parent / "data"
+    scans, references = tmp_path / "scans", tmp_path / "references"
+    for folder in (scans, references):
+        folder.mkdir()
+    for record in val:
+        shutil.copy(data / "images" / f"{record.case_id}.nii.gz", scans)
+        shutil.copy(data / "labels" / f"{record.case_id}.nii.gz", references)
+    predicted = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(scans),
+            "--model",
+            "models:/hippocampus-e2e@champion",
+            "--out",
+            str(tmp_path / "pred"),
+            "--tracking-uri",
+            mlflow_server,
+        ],
+    )
+    assert predicted.exit_code == 0, predicted.output
+    for record in val:
+        output = read_nifti(tmp_path / "pred" / f"{record.case_id}.nii.gz")
+        scan = read_nifti(scans / f"{record.case_id}.nii.gz")
+        assert output.same_grid(scan) and output.array.dtype == np.uint8
+        volumes = json.loads((tmp_path / "pred" / f"{record.case_id}.volumes.json").read_text())
+        names = {n for v, n in tiny_dataset.plan.label_names.items() if v > 0}
+        assert set(volumes) == names
+    labels_file = tiny_dataset.manifest.with_suffix(".labels.json")
+    evaluated = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "pred"),
+            str(references),
+            "--out",
+            str(tmp_path / "report"),
+            "--labels",
+            str(labels_file),
+        ],
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    summary = json.loads((tmp_path / "report/summary.json").read_text())
+    assert (tmp_path / "report/report.html").exists() and (tmp_path / "report/metrics.csv").exists()
+    # the validation of the training loop, on the same network and cases, gives the same Dice
+    arguments = torch.load(trained.best_checkpoint, weights_only=False)["extra"][
+        "network_arguments"
+    ]
+    from medseg.models import build_network
+    from medseg.train.checkpoint import load_checkpoint
+
+    network = build_network(**arguments)
+    load_checkpoint(trained.best_checkpoint, network=network)
+    configuration = tiny_dataset.plan.configurations["3d"]
+    expected = validate(
+        network,
+        load_cache(tiny_dataset.cache, [r.case_id for r in val]),
+        patch_size=configuration.patch_size,
+        num_classes=3,
+        device=torch.device("cpu"),
+    )
+    structures = list(summary["structures"])
+    for label, name in zip((1, 2), structures, strict=True):
+        assert summary["structures"][name]["dice"] == pytest.approx(expected.dice[label], abs=1e-6)
