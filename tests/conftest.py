@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny_dataset import tiny_dataset  # noqa: F401  (a session fixture for every test)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -15,3 +17,4 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is not present")
     return SHARED_DATA
+

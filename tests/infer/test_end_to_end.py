@@ -18,11 +18,11 @@ from medseg.preprocess.cache import load_cache
 from medseg.train.loop import train
 from medseg.train.validation import validate
 from tests.mlflow_server import mlflow_server  # noqa: F401
-from tests.train.conftest import TinyDataset, tiny_config, tiny_dataset  # noqa: F401
+from tests.tiny_dataset import TinyDataset, tiny_config
 
 
 def test_registered_model_predicts_scans_and_evaluation_matches_validation(
-    tiny_dataset: TinyDataset,  # noqa: F811
+    tiny_dataset: TinyDataset,
     mlflow_server: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:

@@ -15,7 +15,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from tests.train.conftest import TinyDataset
+from tests.tiny_dataset import TinyDataset
 
 TINY = {
     "steps_per_epoch": 4,

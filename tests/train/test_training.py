@@ -17,7 +17,7 @@ from medseg.tracking import load_segmentation_model
 from medseg.train.checkpoint import TrainingState, load_checkpoint
 from medseg.train.loop import poly_learning_rate, train, training_progress
 from tests.mlflow_server import mlflow_server  # noqa: F401
-from tests.train.conftest import TinyDataset, tiny_config
+from tests.tiny_dataset import TinyDataset, tiny_config
 
 
 def test_training_is_tracked_registered_and_loadable_by_alias(

@@ -1,4 +1,4 @@
-"""A small hippocampus dataset, planned and preprocessed once for the training tests."""
+"""A small hippocampus dataset, planned and preprocessed once per session (training, inference)."""
 
 from __future__ import annotations
 

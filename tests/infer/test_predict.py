@@ -1,0 +1,87 @@
+"""``predict_path`` on a mixed folder: NIfTI, DICOM (with a DICOM SEG) and a broken scan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from medseg.demo.dicom_writer import write_dicom_series
+from medseg.infer.postprocess import keep_largest_component
+from medseg.infer.predictor import PredictionOptions, load_packaged_model
+from medseg.infer.stage import predict_path
+from medseg.io.nifti import read_nifti
+from medseg.models import build_network, network_arguments
+from medseg.tracking import RunTracker, log_segmentation_model
+from tests.tiny_dataset import TinyDataset
+
+
+@pytest.fixture(scope="module")
+def packaged_model_uri(
+    tiny_dataset: TinyDataset, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str]:
+    torch.manual_seed(0)
+    plan = tiny_dataset.plan
+    arguments = network_arguments(
+        architecture="unet",
+        in_channels=1,
+        num_classes=3,
+        configuration=plan.configurations["3d"].model_dump(),
+        base_filters=4,
+    )
+    network = build_network(**arguments).eval()
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    with RunTracker(tracking_uri=uri).start(experiment="predict-test", run_name="m", tags={}):
+        info = log_segmentation_model(
+            network,
+            factory="medseg.models:build_network",
+            factory_kwargs=arguments,
+            plan=plan.model_dump(mode="json") | {"train_configuration": "3d"},
+            labels=plan.label_names,
+            input_example=np.zeros((1, 1, 32, 32, 32), np.float32),
+        )
+    return info.model_uri, uri
+
+
+def test_mixed_folder_gives_outputs_per_scan_and_reports_the_broken_one(
+    shared_data: Path, tmp_path: Path, packaged_model_uri: tuple[str, str]
+) -> None:
+    model_uri, tracking = packaged_model_uri
+    scans = tmp_path / "scans"
+    mr = read_nifti(shared_data / "msd_hippocampus/images/hippocampus_001.nii.gz")
+    (scans / "nifti").mkdir(parents=True)
+    (scans / "nifti/case_a.nii.gz").write_bytes(
+        (shared_data / "msd_hippocampus/images/hippocampus_001.nii.gz").read_bytes()
+    )
+    write_dicom_series(
+        mr.with_array(mr.array.astype(np.int16)),
+        scans / "case_b",
+        series_description="t1",
+        patient_id="X",
+        rescale_intercept=0.0,
+    )
+    (scans / "broken.nii.gz").write_bytes(b"not a nifti at all")
+    model = load_packaged_model(model_uri, tracking_uri=tracking)
+    report = predict_path(scans, model, out_dir=tmp_path / "out", options=PredictionOptions())
+    outcomes = {o.case_id: o for o in report.outcomes}
+    assert report.exit_code == 1
+    assert not outcomes["broken"].ok and "broken.nii.gz" in outcomes["broken"].reason
+    assert outcomes["case_a"].ok and outcomes["case_b"].ok
+    labels_a = read_nifti(tmp_path / "out/case_a.nii.gz")
+    assert labels_a.same_grid(mr)
+    seg = pydicom.dcmread(tmp_path / "out/case_b_seg.dcm")
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
+    source = pydicom.dcmread(next((scans / "case_b").iterdir()), stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+
+
+def test_keep_largest_component_removes_the_smaller_islands() -> None:
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:8, 2:8, 2:8] = 1  # big island
+    labels[15:17, 15:17, 15:17] = 1  # small island
+    labels[10:12, 10:12, 10:12] = 2  # untouched structure
+    cleaned = keep_largest_component(labels, [1])
+    assert int((cleaned == 1).sum()) == 216 and int((cleaned == 2).sum()) == 8
