@@ -261,6 +261,7 @@ def predict(
         None, help='Keep only the largest component of these structures: "all" or "1,3".'
     ),
     backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
+    precision: str = typer.Option("fp32", help="fp32, or bf16 (OpenVINO on bf16 CPUs)."),
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI for models:/ URIs."),
 ) -> None:

@@ -29,7 +29,8 @@ class PredictionOptions(BaseModel):
     batch_size: int = Field(2, ge=1)
     mirror: bool = False
     keep_largest: list[int] | None = None  # structures to reduce to their largest component
-    backend: str = "torch"
+    backend: str = "torch"  # torch, onnxruntime or openvino (medseg.infer.backends)
+    precision: str = "fp32"  # fp32, or bf16 with OpenVINO on CPUs that support it
 
 
 @dataclass

@@ -109,17 +109,18 @@ def predict_path(
 def _predictor(model: PackagedModel, options: PredictionOptions, out_dir: Path):
     if options.backend == "torch":
         return model.network
-    from medseg.infer.backends import Backend, make_predictor
+    from medseg.infer.backends import make_predictor
 
     configuration = model.plan.configurations[model.configuration]
     in_channels = int(model.info.get("factory_kwargs", {}).get("in_channels", 1))
     return make_predictor(
         model.network,
-        backend=Backend(options.backend),
+        backend=options.backend,
         patch_size=configuration.patch_size,
         in_channels=in_channels,
         batch_size=options.batch_size,
         cache_dir=model_cache_folder(out_dir),
+        precision=options.precision,
     )
 
 
