@@ -32,7 +32,9 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 MANIFEST = REPOSITORY / "data_manifests/msd_hippocampus.jsonl"
 
 
-def evaluate(best: Path, *, cache: Path, val_ids: list[str], plan, configuration: str) -> dict:
+def evaluate(
+    best: Path, *, cache: Path, val_ids: list[str], plan, configuration: str, mirror: bool = False
+) -> dict:
     """Dice per structure of the best checkpoint on every validation case."""
     arguments = torch.load(best, weights_only=False)["extra"]["network_arguments"]
     network = build_network(**arguments)

@@ -263,6 +263,9 @@ def predict(
     backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 (OpenVINO on bf16 CPUs)."),
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
+    probabilities: bool = typer.Option(
+        False, "--probabilities", help="Also write <case>.probabilities.npz (float16)."
+    ),
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI for models:/ URIs."),
 ) -> None:
     """Segment every scan under INPUT_PATH with a packaged model.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,7 @@ def sliding_window_predict(
     batch_size: int = 2,
     mirror_axes: Sequence[int] = (),
     sigma_scale: float = 0.125,
+    on_windows: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities ``(K, *spatial)`` of ``network`` over ``image`` ``(C, *spatial)``.
 
@@ -73,6 +74,7 @@ def sliding_window_predict(
         batch_size: windows evaluated together.
         mirror_axes: spatial axes (0-based) to flip for test-time augmentation.
         sigma_scale: Gaussian sigma as a fraction of the window size.
+        on_windows: called with the number of windows just evaluated (progress bars).
     """
     spatial = tuple(image.shape[1:])
     padding = [max(0, p - s) for p, s in zip(patch_size, spatial, strict=True)]
@@ -112,6 +114,8 @@ def sliding_window_predict(
             for window, probability in zip(windows, probabilities, strict=True):
                 totals[(slice(None), *window)] += probability * importance
                 weight_sum[window] += importance
+            if on_windows:
+                on_windows(len(windows))
     result = totals / weight_sum
     if any(padding):
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(padding, spatial, strict=True))
@@ -129,6 +133,7 @@ def predict_probabilities(
     batch_size: int = 2,
     mirror: bool = False,
     slice_axis: int | None = None,
+    on_windows: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Softmax ``(K, X, Y, Z)`` of a 3D network, or of a 2D network slice by slice.
 
@@ -144,6 +149,7 @@ def predict_probabilities(
             overlap=overlap,
             batch_size=batch_size,
             mirror_axes=(0, 1, 2) if mirror else (),
+            on_windows=on_windows,
         )
     planes = [
         sliding_window_predict(
@@ -154,6 +160,7 @@ def predict_probabilities(
             overlap=overlap,
             batch_size=batch_size,
             mirror_axes=(0, 1) if mirror else (),
+            on_windows=on_windows,
         )
         for index in range(image.shape[slice_axis + 1])
     ]

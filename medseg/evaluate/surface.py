@@ -19,7 +19,13 @@ without sub-voxel areas), so the values are equal to MONAI's for the same masks 
 
 Speed: each structure is measured inside the bounding box of prediction and reference, padded
 by one voxel, so the cost per structure follows its size, not the image size; the bounding
-boxes of all labels come from one ``find_objects`` pass per label map.
+boxes of all labels come from one ``find_objects`` pass per label map. Nearest-surface distances
+are found by visiting the voxel offsets around each surface voxel in order of length until one
+lands on the other surface, which is exact and, because surfaces mostly lie within a voxel or
+two of each other, costs a few lookups per surface voxel. The rare voxels with no surface within
+``_SEARCH_RADIUS_VOXELS`` fall back to an exact k-d tree over the other surface. (A distance
+transform of the box gives the same values but costs O(box volume) per structure: about 8 times
+slower overall on the 120-structure map of ``bench/metrics.py``.)
 
 Empty structures, following ``medseg.metrics``: absent from both prediction and reference, all
 three values are NaN (undefined, left out of means); absent from one side only, HD95 and ASSD
@@ -35,10 +41,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import KDTree
 
 from medseg.errors import GeometryMismatchError
 
 HD_PERCENTILE = 95.0
+# The offset search covers distances up to this many times the largest voxel size, with at
+# most _MAX_SEARCH_REACH voxels per axis and _MAX_SEARCH_OFFSETS offsets (less when the spacing
+# is very anisotropic); farther nearest-surface distances come from the k-d tree.
+_SEARCH_RADIUS_VOXELS = 2.0
+_MAX_SEARCH_REACH = 8
+_MAX_SEARCH_OFFSETS = 700
 
 _BoundingBox = tuple[slice, ...]
 
@@ -89,11 +102,12 @@ def surface_metrics(
             tolerance is negative or not finite.
 
     Example:
-        >>> volume = read_nifti("case_001_seg.nii.gz")
+        >>> reference = read_nifti("case_001_seg.nii.gz")
+        >>> predicted = read_nifti("case_001_pred.nii.gz")
         >>> per_structure = surface_metrics(
-        ...     predicted.array, volume.array, spacing_mm=volume.spacing_mm, labels=[1, 2, 3]
+        ...     predicted.array, reference.array, spacing_mm=reference.spacing_mm, labels=[1, 2]
         ... )
-        >>> per_structure[1].hd95
+        >>> per_structure[1].hd95  # mm
     """
     prediction = np.asarray(prediction)
     reference = np.asarray(reference)
@@ -114,6 +128,7 @@ def surface_metrics(
     prediction_boxes = _bounding_boxes(prediction, labels)
     reference_boxes = _bounding_boxes(reference, labels)
     tolerance = np.float32(tolerance_mm)
+    neighbourhood = _Neighbourhood.around(spacing)
     results: dict[int, SurfaceMetrics] = {}
     for label in labels:
         in_prediction, in_reference = prediction_boxes[label], reference_boxes[label]
@@ -124,7 +139,7 @@ def surface_metrics(
         else:
             box = _padded_union(in_prediction, in_reference, prediction.shape)
             results[label] = _structure_metrics(
-                prediction[box] == label, reference[box] == label, spacing, tolerance
+                prediction[box] == label, reference[box] == label, neighbourhood, tolerance
             )
     return results
 
@@ -167,13 +182,16 @@ def _padded_union(
 
 
 def _structure_metrics(
-    prediction: np.ndarray, reference: np.ndarray, spacing: np.ndarray, tolerance: np.float32
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    neighbourhood: _Neighbourhood,
+    tolerance: np.float32,
 ) -> SurfaceMetrics:
     """Metrics of one structure present on both sides, from its masks cropped to its box."""
     prediction_surface = _surface(prediction)
     reference_surface = _surface(reference)
-    to_reference = _distances_to(reference_surface, prediction_surface, spacing)
-    to_prediction = _distances_to(prediction_surface, reference_surface, spacing)
+    to_reference = _distances_to(reference_surface, prediction_surface, neighbourhood)
+    to_prediction = _distances_to(prediction_surface, reference_surface, neighbourhood)
     hd95 = max(
         _percentile_as_torch(to_reference, HD_PERCENTILE),
         _percentile_as_torch(to_prediction, HD_PERCENTILE),
@@ -204,17 +222,92 @@ def _along(axis: int, start: int | None, stop: int | None) -> tuple[slice, ...]:
     return (slice(None),) * axis + (slice(start, stop),)
 
 
-def _distances_to(surface: np.ndarray, at: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance in mm from every True voxel of ``at`` to the nearest voxel of ``surface``.
+@dataclass(frozen=True)
+class _Neighbourhood:
+    """Voxel offsets of every length up to a radius, sorted by length in mm.
 
-    The distance transform runs on the cropped box only. That cannot change a value: every
-    voxel of ``surface`` lies inside the box (the box holds both whole structures), and the
-    Euclidean distance between two voxels is a straight line that does not depend on what
-    lies between them, so the nearest surface voxel of every voxel of ``at`` is found among
-    the same candidates as on the full image.
+    Attributes:
+        spacing: voxel size per axis, mm.
+        offsets: (n, ndim) integer offsets, shortest first; the first is the zero offset.
+        lengths_mm: length of each offset, computed like a distance transform does
+            (``sqrt(sum((offset * spacing) ** 2))`` in float64).
+        reach: largest ``|offset|`` per axis.
     """
-    field = ndimage.distance_transform_edt(~surface, sampling=spacing)
-    return field[at].astype(np.float32)
+
+    spacing: np.ndarray
+    offsets: np.ndarray
+    lengths_mm: np.ndarray
+    reach: np.ndarray
+
+    @classmethod
+    def around(cls, spacing: np.ndarray) -> _Neighbourhood:
+        """All offsets up to some length (at most the search radius) for this spacing."""
+        radius = _SEARCH_RADIUS_VOXELS * float(spacing.max())
+        reach = np.minimum(np.floor(radius / spacing), _MAX_SEARCH_REACH).astype(np.int64)
+        axes = np.meshgrid(*(np.arange(-k, k + 1) for k in reach), indexing="ij")
+        offsets = np.stack([axis.ravel() for axis in axes], axis=1)
+        scaled = offsets * spacing
+        lengths = np.sqrt(np.add.reduce(scaled * scaled, axis=1))
+        # An offset outside the box is at least one step beyond the reach on some axis, so the
+        # box holds every offset shorter than that (all of them up to the radius, unless the
+        # reach was capped) but only some longer ones: keep the complete part.
+        shortest_outside = float(((reach + 1) * spacing).min())
+        within = (lengths <= radius) & (lengths < shortest_outside)
+        offsets, lengths = offsets[within], lengths[within]
+        order = np.argsort(lengths, kind="stable")
+        offsets, lengths = offsets[order], lengths[order]
+        count = lengths.size
+        if count > _MAX_SEARCH_OFFSETS:
+            # Cut before a whole group of equal lengths, so the kept offsets are exactly those
+            # up to some length: a point with no hit has no surface voxel that close.
+            count = int(np.searchsorted(lengths, lengths[_MAX_SEARCH_OFFSETS], side="left"))
+        offsets, lengths = offsets[:count], lengths[:count]
+        reach = np.abs(offsets).max(axis=0)
+        return cls(spacing=spacing, offsets=offsets, lengths_mm=lengths, reach=reach)
+
+
+def _distances_to(
+    surface: np.ndarray, points: np.ndarray, neighbourhood: _Neighbourhood
+) -> np.ndarray:
+    """Distance in mm from every True voxel of ``points`` to the nearest voxel of ``surface``.
+
+    Working in the cropped box cannot change a value: every voxel of ``surface`` lies inside
+    the box (it holds both whole structures), and the Euclidean distance between two voxels is
+    a straight line that does not depend on what lies between them, so the nearest surface
+    voxel of every point is found among the same candidates as on the full image.
+
+    Offsets are tried shortest first, all points at once; a point's distance is the length of
+    the first offset that lands on ``surface``, which is the shortest such offset. Points with
+    no surface voxel within the neighbourhood get theirs from a k-d tree of the surface
+    voxels' positions in mm (MONAI's own method), also exact.
+    """
+    reach = neighbourhood.reach
+    # Zero padding by the reach keeps every probe inside the array; it holds no surface voxel.
+    padded = np.pad(surface, [(int(k), int(k)) for k in reach])
+    flat = padded.ravel()
+    strides = np.array(padded.strides, dtype=np.int64) // padded.itemsize
+    coordinates = _coordinates(points)
+    probes = (coordinates + reach) @ strides
+    unresolved = np.arange(len(coordinates))
+    distances = np.empty(len(coordinates), dtype=np.float64)
+    for step, length in zip(neighbourhood.offsets @ strides, neighbourhood.lengths_mm, strict=True):
+        found = flat[probes + step]
+        if found.any():
+            distances[unresolved[found]] = length
+            missing = ~found
+            unresolved, probes = unresolved[missing], probes[missing]
+            if unresolved.size == 0:
+                break
+    if unresolved.size:
+        spacing = neighbourhood.spacing
+        tree = KDTree(_coordinates(surface) * spacing)
+        distances[unresolved] = tree.query(coordinates[unresolved] * spacing)[0]
+    return distances.astype(np.float32)
+
+
+def _coordinates(mask: np.ndarray) -> np.ndarray:
+    """(n, ndim) indices of the True voxels, like ``np.argwhere`` but several times faster."""
+    return np.stack(np.unravel_index(np.flatnonzero(mask), mask.shape), axis=1)
 
 
 def _percentile_as_torch(values: np.ndarray, percentile: float) -> float:

@@ -7,9 +7,11 @@ nothing is guessed here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -73,8 +75,14 @@ def predict_scan(
     options: PredictionOptions,
     predictor: torch.nn.Module | None = None,
     case_id: str = "scan",
+    on_windows: Callable[[int], None] | None = None,
+    probabilities_out: list[np.ndarray] | None = None,
 ) -> Volume:
-    """Label map of ``volume`` on its own grid (same shape and affine)."""
+    """Label map of ``volume`` on its own grid (same shape and affine).
+
+    When ``probabilities_out`` is a list, the class probabilities resampled onto the scan's
+    (closest-RAS) grid are appended to it as float16 ``(K, X, Y, Z)``.
+    """
     case = preprocess_case(volume, None, model.plan, case_id=case_id)
     configuration = model.plan.configurations[model.configuration]
     image = torch.from_numpy(case.image)

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medseg import __version__
 from medseg.errors import MedsegError
 from medseg.evaluate.volumes import structure_statistics
@@ -26,8 +28,9 @@ from medseg.infer.predictor import (
 )
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.discovery import ScanTask, discover_scans, relative
-from medseg.io.atomic import write_json_atomic
+from medseg.io.atomic import atomic_path, write_json_atomic
 from medseg.io.nifti import write_nifti
+from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
 
@@ -65,9 +68,14 @@ def predict_path(
     out_dir: Path,
     options: PredictionOptions,
     dicom_seg: bool = True,
+    probabilities: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> PredictReport:
-    """Predict every scan at or under ``input_path`` into ``out_dir``."""
+    """Predict every scan at or under ``input_path`` into ``out_dir``.
+
+    ``probabilities`` also writes ``<case_id>.probabilities.npz``: float16 ``(K, X, Y, Z)`` on the
+    scan's closest-RAS grid with its affine (K x voxels x 2 bytes: large for many classes).
+    """
     out_dir = Path(out_dir)
     found = discover_scans(
         input_path, case_ids=CaseIdScheme.FOLDER, exclude=out_dir.resolve(), on_progress=on_progress
@@ -106,6 +114,25 @@ def predict_path(
     return report
 
 
+class _WindowCounter:
+    """Feeds a 'Windows' progress bar from the sliding window's per-batch callback."""
+
+    def __init__(self, on_progress: Callable[[str, int, int], None] | None) -> None:
+        self.on_progress, self.done = on_progress, 0
+
+    def __call__(self, count: int) -> None:
+        self.done += count
+        if self.on_progress:
+            self.on_progress("Windows", self.done, max(self.done, 1))
+
+
+def _write_probabilities(path: Path, probabilities: np.ndarray, scan: Volume) -> Path:
+    ras = scan.to_closest_ras()
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, probabilities=probabilities, affine_ras=ras.affine_ras)
+    return path
+
+
 def _predictor(model: PackagedModel, options: PredictionOptions, out_dir: Path):
     if options.backend == "torch":
         return model.network
@@ -132,6 +159,8 @@ def _predict_task(
     predictor,
     out_dir: Path,
     dicom_seg: bool,
+    probabilities: bool,
+    on_windows: Callable[[int], None] | None,
 ) -> ScanOutcome:
     start = time.perf_counter()
     try:

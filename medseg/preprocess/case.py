@@ -159,14 +159,21 @@ def _onto_original_scan(cropped: np.ndarray, properties: CaseProperties) -> Volu
     return restored.to_orientation_of(np.array(properties.original_affine))
 
 
-def restore_argmax(probabilities: np.ndarray, properties: CaseProperties) -> Volume:
+def restore_argmax(
+    probabilities: np.ndarray, properties: CaseProperties, *, keep: list[np.ndarray] | None = None
+) -> Volume:
     """Label map on the original scan of per-class probabilities ``(K, *preprocessed grid)``.
 
     Each class map is resampled back to the cropped original grid (linear) before the argmax,
     so boundaries are decided at the scan's own resolution; one class at a time keeps memory
-    independent of the number of classes. Outside the crop box is background.
+    independent of the number of classes. Outside the crop box is background. With ``keep``,
+    the restored probabilities (closest-RAS order, float16, background 1 outside the crop box)
+    are appended to it as one ``(K, *ras_shape)`` array.
     """
     cropped_shape = _cropped_shape(properties)
+    box = tuple(tuple(b) for b in properties.crop_box)
+    ras_shape = tuple(properties.ras_shape)
+    channels: list[np.ndarray] = []
     dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
     best = np.full(cropped_shape, -1.0, np.float32)
     labels = np.zeros(cropped_shape, dtype)
@@ -175,4 +182,12 @@ def restore_argmax(probabilities: np.ndarray, properties: CaseProperties) -> Vol
         better = resampled > best
         best[better] = resampled[better]
         labels[better] = index
+        if keep is not None:
+            channels.append(
+                uncrop(
+                    resampled.astype(np.float16), box, ras_shape, fill=1.0 if index == 0 else 0.0
+                )
+            )
+    if keep is not None:
+        keep.append(np.stack(channels))
     return _onto_original_scan(labels, properties)

@@ -65,13 +65,21 @@ def test_mixed_folder_gives_outputs_per_scan_and_reports_the_broken_one(
     )
     (scans / "broken.nii.gz").write_bytes(b"not a nifti at all")
     model = load_packaged_model(model_uri, tracking_uri=tracking)
-    report = predict_path(scans, model, out_dir=tmp_path / "out", options=PredictionOptions())
+    report = predict_path(
+        scans, model, out_dir=tmp_path / "out", options=PredictionOptions(), probabilities=True
+    )
     outcomes = {o.case_id: o for o in report.outcomes}
     assert report.exit_code == 1
     assert not outcomes["broken"].ok and "broken.nii.gz" in outcomes["broken"].reason
     assert outcomes["case_a"].ok and outcomes["case_b"].ok
     labels_a = read_nifti(tmp_path / "out/case_a.nii.gz")
     assert labels_a.same_grid(mr)
+    saved = np.load(tmp_path / "out/case_a.probabilities.npz")
+    probabilities = saved["probabilities"].astype(np.float32)
+    assert probabilities.shape == (3, *mr.shape)  # hippocampus files are stored in RAS order
+    assert np.allclose(probabilities.sum(0), 1.0, atol=1e-2)
+    agreement = (probabilities.argmax(0) == labels_a.array).mean()
+    assert agreement > 0.999  # float16 storage may flip exact near-ties
     seg = pydicom.dcmread(tmp_path / "out/case_b_seg.dcm")
     assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4"
     source = pydicom.dcmread(next((scans / "case_b").iterdir()), stop_before_pixels=True)
