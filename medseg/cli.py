@@ -288,6 +288,7 @@ def predict(
         mirror=mirror,
         keep_largest=structures,
         backend=backend,
+        precision=precision,
     )
     with phase_progress() as progress:
         report = predict_path(
@@ -296,6 +297,7 @@ def predict(
             out_dir=out,
             options=options,
             dicom_seg=dicom_seg,
+            probabilities=probabilities,
             on_progress=progress,
         )
     predict_summary(report)

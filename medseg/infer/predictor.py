@@ -96,8 +96,9 @@ def predict_scan(
             batch_size=options.batch_size,
             mirror=options.mirror,
             slice_axis=configuration.slice_axis,
+            on_windows=on_windows,
         )
-    labels = restore_argmax(probabilities.numpy(), case.properties)
+    labels = restore_argmax(probabilities.numpy(), case.properties, keep=probabilities_out)
     if options.keep_largest:
         labels = labels.with_array(keep_largest_component(labels.array, options.keep_largest))
     labels.metadata = {"case_id": case_id, "model": model.source}

@@ -99,6 +99,8 @@ def predict_path(
                 predictor=predictor,
                 out_dir=out_dir,
                 dicom_seg=dicom_seg,
+                probabilities=probabilities,
+                on_windows=_WindowCounter(on_progress),
             )
         )
     if on_progress:
@@ -165,10 +167,20 @@ def _predict_task(
     start = time.perf_counter()
     try:
         volume = task.load()
+        kept: list | None = [] if probabilities else None
         labels = predict_scan(
-            volume, model, options=options, predictor=predictor, case_id=task.case_id
+            volume,
+            model,
+            options=options,
+            predictor=predictor,
+            case_id=task.case_id,
+            on_windows=on_windows,
+            probabilities_out=kept,
         )
         outputs = [write_nifti(labels, out_dir / f"{task.case_id}.nii.gz")]
+        if kept:
+            path = out_dir / f"{task.case_id}.probabilities.npz"
+            outputs.append(_write_probabilities(path, kept[0], volume))
         statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
         volumes_path = out_dir / f"{task.case_id}.volumes.json"
         write_json_atomic(volumes_path, statistics)
