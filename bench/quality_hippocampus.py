@@ -48,6 +48,7 @@ def evaluate(
         num_classes=max(plan.label_names) + 1,
         device=torch.device("cpu"),
         slice_axis=config.slice_axis,
+        mirror=mirror,
     )
     names = {label: plan.label_names[label] for label in result.dice}
     return {
