@@ -49,6 +49,7 @@ def evaluate(
         device=torch.device("cpu"),
         slice_axis=config.slice_axis,
         mirror=mirror,
+        mirror_axes=[0],  # the hippocampus configs train with left-right mirroring only
     )
     names = {label: plan.label_names[label] for label in result.dice}
     return {

@@ -132,14 +132,17 @@ def predict_probabilities(
     overlap: float = 0.5,
     batch_size: int = 2,
     mirror: bool = False,
+    mirror_axes: Sequence[int] | None = None,
     slice_axis: int | None = None,
     on_windows: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Softmax ``(K, X, Y, Z)`` of a 3D network, or of a 2D network slice by slice.
 
-    ``slice_axis`` (2D networks) is the spatial axis the slices are perpendicular to; mirroring
-    flips every spatial axis the network sees.
+    ``slice_axis`` (2D networks) is the spatial axis the slices are perpendicular to. With
+    ``mirror``, the softmax is averaged over flips of ``mirror_axes`` (volume axes; default all):
+    only axes the network was trained to see mirrored should be flipped.
     """
+    allowed = (0, 1, 2) if mirror_axes is None else tuple(mirror_axes)
     if slice_axis is None:
         return sliding_window_predict(
             network,
@@ -148,9 +151,11 @@ def predict_probabilities(
             num_classes=num_classes,
             overlap=overlap,
             batch_size=batch_size,
-            mirror_axes=(0, 1, 2) if mirror else (),
+            mirror_axes=allowed if mirror else (),
             on_windows=on_windows,
         )
+    in_plane = [axis for axis in range(3) if axis != slice_axis]
+    plane_axes = tuple(in_plane.index(a) for a in allowed if a != slice_axis) if mirror else ()
     planes = [
         sliding_window_predict(
             network,
@@ -159,7 +164,7 @@ def predict_probabilities(
             num_classes=num_classes,
             overlap=overlap,
             batch_size=batch_size,
-            mirror_axes=(0, 1) if mirror else (),
+            mirror_axes=plane_axes,
             on_windows=on_windows,
         )
         for index in range(image.shape[slice_axis + 1])

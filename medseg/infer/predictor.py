@@ -43,6 +43,7 @@ class PackagedModel:
     plan: Plan
     configuration: str
     label_names: dict[int, str]
+    mirror_axes: list[int] | None = None  # axes training mirrored (None: all)
     source: str = ""
     info: dict = field(default_factory=dict)
 
@@ -58,11 +59,13 @@ def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> Package
     loaded = load_segmentation_model(uri, tracking_uri=tracking_uri)
     plan_fields = dict(loaded.plan)
     configuration = plan_fields.pop("train_configuration", "3d")
+    mirror_axes = plan_fields.pop("mirror_axes", None)
     return PackagedModel(
         network=loaded.network.eval(),
         plan=Plan.model_validate(plan_fields),
         configuration=configuration,
         label_names={int(k): v for k, v in loaded.labels.items()},
+        mirror_axes=list(mirror_axes) if mirror_axes is not None else None,
         source=uri,
         info=dict(loaded.model_info),
     )
@@ -95,6 +98,7 @@ def predict_scan(
             overlap=options.overlap,
             batch_size=options.batch_size,
             mirror=options.mirror,
+            mirror_axes=model.mirror_axes,
             slice_axis=configuration.slice_axis,
             on_windows=on_windows,
         )

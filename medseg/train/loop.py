@@ -174,6 +174,8 @@ class _Job:
         self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp and on_cuda)
         self.checkpoints = run_dir / "checkpoints"
+        # test-time mirroring may only flip the axes training mirrored
+        self.mirror_axes = AugmentationConfig(**config.augmentation).mirror_axes
         self.total_steps = config.epochs * config.steps_per_epoch
 
     def model(self) -> nn.Module:
@@ -223,6 +225,7 @@ class _Job:
             device=self.context.device,
             overlap=options.overlap,
             mirror=options.mirror,
+            mirror_axes=self.mirror_axes,
             slice_axis=self.configuration.slice_axis,
             pictures_dir=self.run_dir / "pictures" / f"epoch_{epoch:04d}",
             pictures=options.overlay_pictures,

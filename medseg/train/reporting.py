@@ -118,7 +118,10 @@ class TrainingReporter:
             factory=MODEL_FACTORY,
             factory_kwargs=job.network_arguments,
             plan=self.plan.model_dump(mode="json")
-            | {"train_configuration": self.config.configuration},
+            | {
+                "train_configuration": self.config.configuration,
+                "mirror_axes": job.mirror_axes,
+            },
             labels=self.plan.label_names,
             input_example=example,
             registered_model_name=self.config.registered_model_name,

@@ -35,6 +35,7 @@ def predict_case(
     overlap: float,
     mirror: bool,
     slice_axis: int | None,
+    mirror_axes: list[int] | None = None,
 ) -> np.ndarray:
     """Label map of one preprocessed image ``(C, X, Y, Z)`` (3D, or 2D slice by slice)."""
     tensor = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)  # memmaps: read-only
@@ -45,6 +46,7 @@ def predict_case(
         num_classes=num_classes,
         overlap=overlap,
         mirror=mirror,
+        mirror_axes=mirror_axes,
         slice_axis=slice_axis,
     )
     return probabilities.argmax(0).cpu().numpy().astype(np.uint8)
@@ -59,6 +61,7 @@ def validate(
     device: torch.device,
     overlap: float = 0.5,
     mirror: bool = False,
+    mirror_axes: list[int] | None = None,
     slice_axis: int | None = None,
     pictures_dir: Path | None = None,
     pictures: int = 0,
@@ -79,6 +82,7 @@ def validate(
             device=device,
             overlap=overlap,
             mirror=mirror,
+            mirror_axes=mirror_axes,
             slice_axis=slice_axis,
         )
         matrix = confusion_matrix(prediction, case.label, num_classes)
