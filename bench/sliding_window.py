@@ -91,6 +91,9 @@ def main() -> None:
         "--cases", nargs=8, default=[f"hippocampus_{n:03d}" for n in (1, 3, 4, 6, 8, 11, 14, 15)]
     )
     parser.add_argument("--random", action="store_true", help="random weights (no agreement goal)")
+    parser.add_argument(
+        "--placement", default="monai", choices=["monai", "even"], help="medseg window placement"
+    )
     args = parser.parse_args()
     network, patch, classes = network_and_patch(args.random)
     image = volume(args.cases)
@@ -127,6 +130,7 @@ def main() -> None:
             num_classes=classes,
             overlap=0.25,
             batch_size=args.batch_size,
+            placement=args.placement,
         )
         run()  # warm-up (export/compilation happens on first use)
         seconds, probabilities = timed(run, args.repeats)

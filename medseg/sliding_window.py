@@ -35,10 +35,19 @@ def gaussian_importance(
     return torch.clamp(weights, min=float(smallest))
 
 
-def window_starts(size: int, patch: int, *, overlap: float) -> list[int]:
-    """Start indices along one axis so windows cover ``size`` with at least ``overlap``."""
+def window_starts(size: int, patch: int, *, overlap: float, placement: str = "even") -> list[int]:
+    """Start indices along one axis so windows cover ``size`` with at least ``overlap``.
+
+    ``placement="even"`` (default, as nnU-Net) spreads the windows evenly over the axis;
+    ``"monai"`` steps ``int(patch * (1 - overlap))`` from the start and clamps the last window to
+    the end, as MONAI's ``sliding_window_inference`` does (for results comparable with MONAI).
+    """
     if size <= patch:
         return [0]
+    if placement == "monai":
+        interval = max(1, int(patch * (1.0 - overlap)))
+        count = math.ceil((size - patch) / interval) + 1
+        return sorted({min(i * interval, size - patch) for i in range(count)})
     step = max(1.0, patch * (1.0 - overlap))
     count = math.ceil((size - patch) / step) + 1
     return [round(i * (size - patch) / (count - 1)) for i in range(count)]
@@ -62,6 +71,7 @@ def sliding_window_predict(
     mirror_axes: Sequence[int] = (),
     sigma_scale: float = 0.125,
     on_windows: Callable[[int], None] | None = None,
+    placement: str = "even",
 ) -> torch.Tensor:
     """Softmax probabilities ``(K, *spatial)`` of ``network`` over ``image`` ``(C, *spatial)``.
 
@@ -75,6 +85,7 @@ def sliding_window_predict(
         mirror_axes: spatial axes (0-based) to flip for test-time augmentation.
         sigma_scale: Gaussian sigma as a fraction of the window size.
         on_windows: called with the number of windows just evaluated (progress bars).
+        placement: window placement, ``"even"`` or ``"monai"`` (see ``window_starts``).
     """
     spatial = tuple(image.shape[1:])
     padding = [max(0, p - s) for p, s in zip(patch_size, spatial, strict=True)]
@@ -87,7 +98,10 @@ def sliding_window_predict(
     weight_sum = torch.zeros(padded, device=image.device)
     starts = list(
         itertools.product(
-            *[window_starts(s, p, overlap=overlap) for s, p in zip(padded, patch_size, strict=True)]
+            *[
+                window_starts(s, p, overlap=overlap, placement=placement)
+                for s, p in zip(padded, patch_size, strict=True)
+            ]
         )
     )
     flips = [

@@ -83,3 +83,10 @@ def test_predict_probabilities_3d_or_slice_by_slice(slice_axis: int | None) -> N
     assert torch.allclose(
         probabilities, torch.softmax(ThresholdNet()(image[None]), 1)[0], atol=1e-5
     )
+
+
+@pytest.mark.parametrize(
+    ("size", "patch", "expected"), [(100, 40, [0, 30, 60]), (80, 40, [0, 30, 40]), (30, 40, [0])]
+)
+def test_monai_placement_steps_from_the_start(size: int, patch: int, expected: list[int]) -> None:
+    assert window_starts(size, patch, overlap=0.25, placement="monai") == expected
