@@ -45,3 +45,24 @@ def test_equal_to_monai_on_random_multi_label_maps(shape: tuple[int, ...]) -> No
     monai_iou = compute_iou(to_onehot(prediction), to_onehot(reference), include_background=True)
     assert np.allclose(dice_from_confusion(matrix), monai_dice.numpy()[0], atol=1e-6)
     assert np.allclose(iou_from_confusion(matrix), monai_iou.numpy()[0], atol=1e-6)
+
+
+def test_equal_to_monai_on_real_multi_label_data(shared_data) -> None:
+    from medseg.io.nifti import read_nifti
+
+    reference = read_nifti(
+        shared_data / "totalsegmentator_ref/tests/reference_files/example_seg_fast.nii.gz"
+    ).array.astype(np.int64)
+    prediction = np.roll(reference, 1, axis=0)  # every structure shifted by one voxel
+    classes = int(reference.max()) + 1
+    matrix = confusion_matrix(prediction, reference, classes)
+    to_onehot = lambda a: one_hot(torch.from_numpy(a)[None, None], num_classes=classes)  # noqa: E731
+    monai_dice = compute_dice(to_onehot(prediction), to_onehot(reference), include_background=True)
+    monai_iou = compute_iou(to_onehot(prediction), to_onehot(reference), include_background=True)
+    present = np.unique(reference)
+    assert np.allclose(
+        dice_from_confusion(matrix)[present], monai_dice.numpy()[0][present], atol=1e-6
+    )
+    assert np.allclose(
+        iou_from_confusion(matrix)[present], monai_iou.numpy()[0][present], atol=1e-6
+    )

@@ -93,3 +93,36 @@ def test_keep_largest_component_removes_the_smaller_islands() -> None:
     labels[10:12, 10:12, 10:12] = 2  # untouched structure
     cleaned = keep_largest_component(labels, [1])
     assert int((cleaned == 1).sum()) == 216 and int((cleaned == 2).sum()) == 8
+
+
+def test_evaluation_is_logged_into_an_mlflow_run(shared_data: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from medseg.cli import app
+
+    label = shared_data / "msd_hippocampus/labels/hippocampus_001.nii.gz"
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred/hippocampus_001.nii.gz").write_bytes(label.read_bytes())
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with RunTracker(tracking_uri=uri).start(experiment="eval", run_name="e", tags={}) as run:
+        run_id = run.run_id
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "pred"),
+            str(label.parent),
+            "--out",
+            str(tmp_path / "report"),
+            "--run-id",
+            run_id,
+            "--tracking-uri",
+            uri,
+        ],
+    )
+    assert result.exit_code == 1  # every other label file has no prediction: reported
+    metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+    assert metrics["eval_mean_dice"] == 1.0 and metrics["eval_dice_label_1"] == 1.0
+    summary = (tmp_path / "report/summary.json").read_text()
+    assert "hippocampus_003" in summary  # listed under missing_prediction
