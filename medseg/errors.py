@@ -7,16 +7,25 @@ class MedsegError(Exception):
     """Base class of every error medseg raises on purpose."""
 
 
-class InputFileError(MedsegError):
-    """A file could not be read or is not what it claims to be."""
+class LocatedError(MedsegError):
+    """An error about one place (a file, a series): the message is ``"<where>: <problem>"``."""
 
-    def __init__(self, path: object, problem: str) -> None:
-        self.path = str(path)
+    def __init__(self, where: object, problem: str) -> None:
+        self.where = str(where)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(f"{self.where}: {problem}")
 
     def __reduce__(self) -> tuple:  # picklable across worker processes
-        return (type(self), (self.path, self.problem))
+        return (type(self), (self.where, self.problem))
+
+
+class InputFileError(LocatedError):
+    """A file could not be read or is not what it claims to be."""
+
+    @property
+    def path(self) -> str:
+        """The offending file."""
+        return self.where
 
 
 class NiftiError(InputFileError):
@@ -27,16 +36,13 @@ class DicomFileError(InputFileError):
     """A single DICOM file is unreadable, malformed, or its pixels cannot be decoded."""
 
 
-class DicomSeriesError(MedsegError):
+class DicomSeriesError(LocatedError):
     """A DICOM series cannot become a correct volume (gaps, duplicates, mixed geometry...)."""
 
-    def __init__(self, source: object, problem: str) -> None:
-        self.source = str(source)
-        self.problem = problem
-        super().__init__(f"{self.source}: {problem}")
-
-    def __reduce__(self) -> tuple:  # picklable across worker processes
-        return (type(self), (self.source, self.problem))
+    @property
+    def source(self) -> str:
+        """The offending series (its folder and number)."""
+        return self.where
 
 
 class MissingSlicesError(DicomSeriesError):

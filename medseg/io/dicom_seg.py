@@ -56,7 +56,7 @@ from pydicom.uid import (
     PositronEmissionTomographyImageStorage,
 )
 
-from medseg.errors import DicomFileError, GeometryMismatchError, MedsegError
+from medseg.errors import DicomFileError, GeometryMismatchError, LocatedError, MedsegError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom_geometry import TILT_TOLERANCE_PX
 from medseg.volume import Volume
@@ -99,16 +99,8 @@ _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])  # and back: negate x and y
 _NOT_ON_GRID = "label map is not on the grid of the source series"
 
 
-class DicomSegSourceError(MedsegError):
+class DicomSegSourceError(LocatedError):
     """The source images cannot be referenced by a SEG (missing UIDs, mixed series...)."""
-
-    def __init__(self, source: object, problem: str) -> None:
-        self.source = str(source)
-        self.problem = problem
-        super().__init__(f"{self.source}: {problem}")
-
-    def __reduce__(self) -> tuple:  # picklable across worker processes
-        return (type(self), (self.source, self.problem))
 
 
 class UnsupportedDicomSourceError(DicomSegSourceError):
