@@ -35,7 +35,12 @@ def load_yaml_model(path: Path | None, model: type[Model], **overrides: Any) -> 
     try:
         return model.model_validate(payload)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
-        )
-        raise ConfigError(f"{path or model.__name__}: {problems}") from exc
+        raise ConfigError(f"{path or model.__name__}: {validation_problems(exc)}") from exc
+
+
+def validation_problems(error: ValidationError) -> str:
+    """``"key.sub: message; ..."`` for every problem pydantic found."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
+        for problem in error.errors()
+    )

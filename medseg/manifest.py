@@ -352,6 +352,23 @@ def read_label_names(manifest_path: str | os.PathLike[str]) -> dict[int, str]:
         raise ManifestError(f'{path}: expected {{"labels": {{"<value>": "<name>"}}}}') from exc
 
 
+def load_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
+    """Label value -> name from a JSON file: a manifest sidecar or a dataset.json (``"labels"``),
+    or a bare mapping; ``{"1": "liver"}`` and nnU-Net v2's ``{"liver": 1}`` are both understood.
+
+    Raises:
+        ManifestError: unreadable file or not such a mapping.
+    """
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        mapping = payload.get("labels", payload)
+        if all(isinstance(v, int) for v in mapping.values()):  # nnU-Net v2: {"name": value}
+            mapping = {v: k for k, v in mapping.items()}
+        return {int(value): str(name) for value, name in mapping.items()}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        raise ManifestError(f'{path}: expected label names {{"<value>": "<name>"}}: {exc}') from exc
+
+
 def manifest_spacing(volume: Volume) -> list[float]:
     """Voxel spacing as stored in a manifest: mm along i, j, k, rounded to 1e-6 mm."""
     return [round(s, SPACING_DECIMALS) for s in volume.spacing_mm]

@@ -552,6 +552,27 @@ def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) 
 # --- registry ----------------------------------------------------------------------------------
 
 
+def register_run_model(run_id: str, *, name: str, tracking_uri: str | None = None) -> str:
+    """Register the packaged model of run ``run_id`` under ``name``; return the new version.
+
+    Raises:
+        TrackingError: the run has no packaged medseg model.
+    """
+    client = MlflowClient(tracking_uri=_activate(tracking_uri))
+    try:
+        run = client.get_run(run_id)
+        models = client.search_logged_models(
+            experiment_ids=[run.info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{MODEL_NAME_IN_RUN}'",
+        )
+        if not models:
+            raise TrackingError(f"run {run_id}: no packaged {MODEL_NAME_IN_RUN!r} to register")
+        version = mlflow.register_model(f"models:/{models[0].model_id}", name)
+    except MlflowException as error:
+        raise TrackingError(f"run {run_id}: cannot register its model: {error.message}") from error
+    return str(version.version)
+
+
 @dataclass(frozen=True)
 class PromotionResult:
     """Outcome of ``register_and_promote`` for one model version."""

@@ -19,11 +19,21 @@ class Pairing:
 
 
 def _by_case(path: Path) -> dict[str, Path]:
+    """Label maps in ``path`` by case: ``<case>.nii.gz`` files, and ``<case>/<case>.nii.gz``
+    (the per-scan folders of ``medseg batch``)."""
     if path.is_file():
         return {nifti_stem(path): path}
     if not path.is_dir():
         raise MedsegError(f"{path}: no such file or folder")
-    return {nifti_stem(p): p for p in sorted(path.iterdir()) if p.is_file() and is_nifti_path(p)}
+    found = {}
+    for entry in sorted(path.iterdir()):
+        if entry.is_file() and is_nifti_path(entry):
+            found[nifti_stem(entry)] = entry
+        elif entry.is_dir() and not entry.name.startswith("."):
+            nested = entry / f"{entry.name}.nii.gz"
+            if nested.is_file():
+                found.setdefault(entry.name, nested)
+    return found
 
 
 def pair_label_maps(predictions: Path, references: Path) -> Pairing:

@@ -7,6 +7,7 @@ import html
 import io
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from medseg.evaluate.stage import METRICS, EvaluationReport
 from medseg.io.atomic import write_json_atomic, write_text_atomic
 from medseg.io.nifti import read_nifti
 from medseg.overlays import save_structure_views
+
+if TYPE_CHECKING:
+    from medseg.tracking import RunTracker
 
 
 def _number(value: float) -> float | None:
@@ -162,6 +166,12 @@ def log_to_run(
 
     tracker = RunTracker(tracking_uri=tracking_uri)
     tracker.start(experiment="", run_name="", tags={}, run_id=run_id)
+    log_evaluation(tracker, paths, result)
+    tracker.end()
+
+
+def log_evaluation(tracker: RunTracker, paths: dict[str, Path], result: dict) -> None:
+    """Log the means (per structure and overall) and the report files into a running tracker."""
     metrics = {f"eval_mean_{k}": v for k, v in result["mean"].items() if v is not None}
     for structure, values in result["structures"].items():
         metrics.update({f"eval_{m}_{structure}": v for m, v in values.items() if v is not None})
@@ -171,4 +181,3 @@ def log_to_run(
     pictures = paths["html"].parent / "pictures"
     for picture in sorted(pictures.glob("*.png")):
         tracker.log_artifact(picture, artifact_path="evaluation/pictures")
-    tracker.end()

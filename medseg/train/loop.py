@@ -263,9 +263,14 @@ def train(
     run_dir: Path,
     resume: bool = False,
     tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> TrainResult:
-    """Train one network as configured; see the module docstring for what is written where."""
+    """Train one network as configured; see the module docstring for what is written where.
+
+    ``parent_run_id`` nests the MLflow run under that run (a pipeline's parent run, active in
+    this thread).
+    """
     context = setup_distributed()
     try:
         if config.threads:
@@ -296,6 +301,7 @@ def train(
             manifest_path=manifest_path,
             run_dir=job.run_dir,
             run_id=state.run_id,
+            parent_run_id=parent_run_id,
         )
         state.run_id = reporter.run_id
         try:

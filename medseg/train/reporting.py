@@ -47,6 +47,7 @@ class TrainingReporter:
         manifest_path: Path,
         run_dir: Path,
         run_id: str | None,
+        parent_run_id: str | None = None,
     ) -> TrainingReporter:
         """Open (or, when resuming, reopen) the MLflow run and log params and tags."""
         if not enabled:
@@ -60,6 +61,8 @@ class TrainingReporter:
             tags={"medseg.stage": "train"},
             manifest_sha256=sha256_file(manifest_path),
             run_id=run_id,
+            parent_run_id=parent_run_id if run_id is None else None,
+            nested=run_id is not None and parent_run_id is not None,
         )
         if run_id is None:
             tracker.log_params(

@@ -1,0 +1,1 @@
+"""Pipelines: YAML files naming stages, run in order with skip-when-unchanged records."""

@@ -1,0 +1,113 @@
+"""Pipeline files (``pipelines/NAME.yaml``): which stages run, in which order, with which options.
+
+Format::
+
+    name: demo                       # names the MLflow parent run
+    experiment: medseg-demo          # MLflow experiment of the parent and stage runs
+    data_root: ../demo_output/data   # default for --data-root (relative to this file)
+    config_root: ..                  # 'config:' and 'manifest:' paths are relative to this
+                                     # (relative to this file; default: its parent folder)
+    stages:
+      - stage: ingest                # a stage kind (medseg.pipeline.stages.STAGES)
+        name: ingest                 # optional folder name under the work dir (default: kind)
+        input: dicom/train           # options of that kind; data paths are relative to the
+                                     # data root given at run time
+
+Unknown keys are errors that name the file, the stage and the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from medseg.config_io import ConfigError, validation_problems
+from medseg.pipeline.stages import STAGES, StageDefinition
+
+
+class StageSpec(BaseModel):
+    """One stage of a pipeline: its kind, folder name and validated options."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    kind: str
+    name: str
+    options: BaseModel
+
+    @property
+    def definition(self) -> StageDefinition:
+        return STAGES[self.kind]
+
+
+class PipelineSpec(BaseModel):
+    """A parsed pipeline file with its paths resolved."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    path: Path
+    name: str
+    experiment: str = "medseg-pipelines"
+    data_root: Path | None = None
+    config_root: Path
+    stages: list[StageSpec] = Field(default_factory=list)
+
+    def stage_names(self) -> list[str]:
+        return [stage.name for stage in self.stages]
+
+
+_TOP_LEVEL = {"name", "experiment", "data_root", "config_root", "stages", "description"}
+
+
+def load_pipeline(path: Path) -> PipelineSpec:
+    """Read and validate a pipeline file.
+
+    Raises:
+        ConfigError: unreadable YAML, unknown keys or stage kinds, invalid options, duplicate
+            stage names (the message names the file and the stage).
+    """
+    path = Path(path).resolve()
+    try:
+        payload = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the pipeline: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ConfigError(f"{path}: expected a mapping with 'name' and 'stages'")
+    if unknown := sorted(set(payload) - _TOP_LEVEL):
+        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TOP_LEVEL)}")
+    stages = payload.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError(f"{path}: 'stages' must be a non-empty list")
+    parsed = [_stage(path, index, raw) for index, raw in enumerate(stages)]
+    names = [stage.name for stage in parsed]
+    if duplicates := sorted({n for n in names if names.count(n) > 1}):
+        raise ConfigError(f"{path}: stage names must be unique; repeated: {duplicates}")
+    here = path.parent
+    return PipelineSpec(
+        path=path,
+        name=str(payload.get("name") or path.stem),
+        experiment=str(payload.get("experiment") or "medseg-pipelines"),
+        data_root=(here / payload["data_root"]).resolve() if payload.get("data_root") else None,
+        config_root=(here / payload.get("config_root", "..")).resolve(),
+        stages=parsed,
+    )
+
+
+def _stage(path: Path, index: int, raw: Any) -> StageSpec:
+    where = f"{path}: stage {index + 1}"
+    if not isinstance(raw, dict) or "stage" not in raw:
+        raise ConfigError(f"{where}: expected a mapping with 'stage: <kind>'")
+    options = dict(raw)
+    kind = str(options.pop("stage"))
+    name = str(options.pop("name", kind))
+    if kind not in STAGES:
+        raise ConfigError(f"{where}: unknown stage kind {kind!r}; known: {sorted(STAGES)}")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"{where}: stage name {name!r} must be letters, digits, - or _")
+    try:
+        validated = STAGES[kind].options.model_validate(options)
+    except ValidationError as exc:
+        raise ConfigError(f"{where} ({name}): {validation_problems(exc)}") from exc
+    return StageSpec(kind=kind, name=name, options=validated)

@@ -1,0 +1,205 @@
+"""Stages that apply a model: ``predict`` (provides ``predictions``, ``scans``) and
+``evaluate`` (provides ``report``).
+
+Both take their cases either from a folder under the data root (``input``/``references``) or
+from a split of the pipeline's manifest (``split: test``): the split's images (or labels) are
+linked into the stage folder as ``<case_id>.nii.gz``, so predictions pair with references
+by case id.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from medseg.ingest.case_ids import CaseIdScheme
+from medseg.pipeline.stages.base import (
+    PipelineError,
+    StageContext,
+    StageDefinition,
+    StageOptions,
+    StageResult,
+)
+
+Split = Literal["train", "val", "test"]
+
+
+class _FolderOrSplit(StageOptions):
+    """Exactly one of a data-root folder and a manifest split."""
+
+    split: Split | None = None
+
+    def _folder(self) -> str | None:
+        raise NotImplementedError
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self._folder() is None) == (self.split is None):
+            raise ValueError("give exactly one of a folder under the data root and 'split'")
+        return self
+
+
+def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) -> Path:
+    """Link the images (or labels) of ``split`` as ``folder/<case_id>.nii.gz``."""
+    from medseg.manifest import read_manifest, resolve
+
+    manifest = ctx.need("manifest")
+    records = [r for r in read_manifest(manifest) if r.split == split]
+    if not records:
+        raise PipelineError(f"stage {ctx.name!r}: the manifest has no {split!r} cases")
+    folder.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        image, label = resolve(
+            record, manifest_path=manifest, data_root=ctx.provided.get("manifest_data_root")
+        )
+        source = label if labels else image
+        if source is None:
+            continue
+        link = folder / f"{record.case_id}.nii.gz"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        os.symlink(source, link)
+    return folder
+
+
+# --- predict -----------------------------------------------------------------------------------
+
+
+class PredictStageOptions(_FolderOrSplit):
+    """Options of ``stage: predict``; ``model`` overrides the model of the register stage."""
+
+    input: str | None = None
+    model: str | None = None
+    case_ids: CaseIdScheme = CaseIdScheme.HASH
+    overlap: float = Field(0.5, ge=0, lt=1)
+    batch_size: int = Field(2, ge=1)
+    mirror: bool = False
+    backend: str = "torch"
+    dicom_seg: bool = True
+
+    def _folder(self) -> str | None:
+        return self.input
+
+
+def _predict_needs(options: PredictStageOptions) -> tuple[str, ...]:
+    return (() if options.model else ("model_uri",)) + (("manifest",) if options.split else ())
+
+
+def _predict_inputs(ctx: StageContext, options: PredictStageOptions) -> dict[str, Path]:
+    return {"input": ctx.data(options.input)} if options.input else {}
+
+
+def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> StageResult:
+    from medseg.infer.predictor import PredictionOptions, load_packaged_model
+    from medseg.infer.stage import predict_path
+
+    if options.split:
+        scans = _link_split(ctx, options.split, labels=False, folder=ctx.folder / "scans")
+    else:
+        scans = ctx.data(options.input)
+    model_uri = options.model or ctx.need("model_uri")
+    predictions = ctx.folder / "predictions"
+    if not ctx.resume and predictions.exists():  # inputs or model changed: start afresh
+        shutil.rmtree(predictions)
+    model = load_packaged_model(model_uri, tracking_uri=ctx.tracking_uri)
+    report = predict_path(
+        scans,
+        model,
+        out_dir=predictions,
+        options=PredictionOptions(
+            overlap=options.overlap,
+            batch_size=options.batch_size,
+            mirror=options.mirror,
+            backend=options.backend,
+        ),
+        dicom_seg=options.dicom_seg,
+        on_progress=ctx.on_progress,
+    )
+    failed = [o for o in report.outcomes if not o.ok]
+    return StageResult(
+        provides={"predictions": report.out_dir, "scans": scans},
+        params={"model_uri": model_uri},
+        metrics={"scans": len(report.outcomes) - len(failed), "scans_failed": len(failed)},
+        problems=[f"{o.source}: {o.reason}" for o in failed],
+        summary={"scans": len(report.outcomes), "failed": len(failed)},
+    )
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+
+
+class EvaluateStageOptions(_FolderOrSplit):
+    """Options of ``stage: evaluate``: references and (optional) scans for the pictures."""
+
+    references: str | None = None
+    images: str | None = None  # folder of <case_id>.nii.gz scans (default: predict's scans)
+    tolerance_mm: float = Field(1.0, gt=0)
+
+    def _folder(self) -> str | None:
+        return self.references
+
+
+def _evaluate_inputs(ctx: StageContext, options: EvaluateStageOptions) -> dict[str, Path]:
+    paths = {}
+    if options.references:
+        paths["references"] = ctx.data(options.references)
+    if options.images:
+        paths["images"] = ctx.data(options.images)
+    return paths
+
+
+def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> StageResult:
+    from medseg.evaluate.pairing import pair_label_maps
+    from medseg.evaluate.report import log_evaluation, summary, write_reports
+    from medseg.evaluate.stage import evaluate_pairing
+    from medseg.manifest import read_label_names
+
+    if options.split:
+        folder = ctx.folder / "references"
+        references = _link_split(ctx, options.split, labels=True, folder=folder)
+    else:
+        references = ctx.data(options.references)
+    pairing = pair_label_maps(ctx.need("predictions"), references)
+    names = read_label_names(ctx.need("manifest"))
+    report = evaluate_pairing(pairing, label_names=names, tolerance_mm=options.tolerance_mm)
+    images = ctx.data(options.images) if options.images else _nifti_scans(ctx)
+    paths = write_reports(report, pairing, out_dir=ctx.folder / "report", images=images)
+    result = summary(report)
+    if run is not None:
+        log_evaluation(run, paths, result)
+    problems = [f"{case}: {reason}" for case, reason in report.failed.items()]
+    problems += [f"{case}: no prediction" for case in report.missing_prediction]
+    mean = {k: v for k, v in result["mean"].items() if v is not None}
+    return StageResult(
+        provides={"report": paths["html"]},
+        metrics={f"mean_{k}": v for k, v in mean.items()},
+        problems=problems,
+        summary={
+            "cases": result["cases"],
+            "mean Dice": round(mean.get("dice", float("nan")), 4),
+            "report": str(paths["html"]),
+            "structures": result["structures"],
+        },
+    )
+
+
+def _nifti_scans(ctx: StageContext) -> Path | None:
+    """The scans predict read, when they are NIfTI files named after the cases."""
+    scans = ctx.provided.get("scans")
+    if scans is None or not any(Path(scans).glob("*.nii*")):
+        return None
+    return Path(scans)
+
+
+EVALUATE_NEEDS = ("predictions", "manifest")
+
+APPLY_STAGES = (
+    StageDefinition("predict", PredictStageOptions, _predict_needs, _predict_inputs, _predict),
+    StageDefinition(
+        "evaluate", EvaluateStageOptions, lambda o: EVALUATE_NEEDS, _evaluate_inputs, _evaluate
+    ),
+)

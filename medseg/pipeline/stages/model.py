@@ -1,0 +1,135 @@
+"""Model stages: ``train`` (provides ``train_run_id``, ``best_mean_dice``) and ``register``
+(provides ``model_uri`` = ``models:/NAME/VERSION`` of the version it registered)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from medseg.pipeline.stages.base import (
+    StageContext,
+    StageDefinition,
+    StageOptions,
+    StageResult,
+    no_inputs,
+)
+
+
+class TrainStageOptions(StageOptions):
+    """Options of ``stage: train``: a train config (under the config root) and overrides."""
+
+    config: str | None = None
+    max_minutes: float | None = Field(None, gt=0)
+    epochs: int | None = Field(None, ge=1)
+
+
+def _train_inputs(ctx: StageContext, options: TrainStageOptions) -> dict[str, Path]:
+    return {"config": ctx.config(options.config)} if options.config else {}
+
+
+def _train(ctx: StageContext, options: TrainStageOptions, run: Any) -> StageResult:
+    from medseg.preprocess.plan import Plan
+    from medseg.train.config import load_train_config
+    from medseg.train.loop import train
+
+    settings = load_train_config(
+        ctx.config(options.config) if options.config else None,
+        max_minutes=options.max_minutes,
+        epochs=options.epochs,
+    )
+    # The pipeline's experiment holds every stage; registration is the register stage's job.
+    settings = settings.model_copy(
+        update={"experiment": ctx.experiment, "registered_model_name": None}
+    )
+    checkpoints = ctx.folder / "checkpoints"
+    resume = ctx.resume and (checkpoints / "last.pt").exists()
+    if not resume and checkpoints.exists():  # a new training must not pick up an old best.pt
+        shutil.rmtree(checkpoints)
+    steps = settings.epochs * settings.steps_per_epoch
+    result = train(
+        manifest_path=ctx.need("manifest"),
+        plan=Plan.load(ctx.need("plan")),
+        cache_dir=ctx.need("cache"),
+        config=settings,
+        run_dir=ctx.folder,
+        resume=resume,
+        tracking_uri=ctx.tracking_uri,
+        parent_run_id=ctx.parent_run_id,
+        on_progress=(lambda step, total: ctx.on_progress("Training", step, total))
+        if ctx.on_progress
+        else None,
+    )
+    return StageResult(
+        provides={
+            "train_run_id": result.run_id,
+            "best_mean_dice": result.best_mean_dice,
+            "checkpoint": result.best_checkpoint,
+        },
+        metrics={"best_val_mean_dice": result.best_mean_dice, "steps": result.state.step},
+        run_id=result.run_id,
+        summary={
+            "steps": f"{result.state.step} of {steps}",
+            "stopped by": result.stopped_by,
+            "best validation Dice": round(result.best_mean_dice, 4),
+            "resumed": resume,
+        },
+    )
+
+
+class RegisterOptions(StageOptions):
+    """Options of ``stage: register``: the registered model's name.
+
+    Every registered version gets the alias ``candidate``; ``champion`` moves to it only when
+    its validation Dice beats the current champion's (``medseg.tracking.register_and_promote``).
+    """
+
+    model_name: str
+
+
+def _register(ctx: StageContext, options: RegisterOptions, run: Any) -> StageResult:
+    from medseg.tracking import register_and_promote, register_run_model
+
+    version = register_run_model(
+        ctx.need("train_run_id"), name=options.model_name, tracking_uri=ctx.tracking_uri
+    )
+    promotion = register_and_promote(
+        version,
+        name=options.model_name,
+        metric=ctx.need("best_mean_dice"),
+        tracking_uri=ctx.tracking_uri,
+    )
+    uri = f"models:/{options.model_name}/{version}"
+    return StageResult(
+        provides={"model_uri": uri, "model_name": options.model_name, "model_version": version},
+        params={"model_name": options.model_name, "model_version": version},
+        metrics={"promoted_to_champion": float(promotion.promoted)},
+        summary={
+            "model": uri,
+            "champion": f"models:/{options.model_name}@champion (version "
+            f"{promotion.champion_version})",
+        },
+    )
+
+
+MODEL_STAGES = (
+    StageDefinition(
+        "train",
+        TrainStageOptions,
+        lambda o: ("manifest", "plan", "cache"),
+        _train_inputs,
+        _train,
+        own_run=True,
+        deterministic=False,
+    ),
+    StageDefinition(
+        "register",
+        RegisterOptions,
+        lambda o: ("train_run_id", "best_mean_dice"),
+        no_inputs,
+        _register,
+        deterministic=False,
+    ),
+)
