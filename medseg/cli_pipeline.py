@@ -30,6 +30,9 @@ def run(
     ),
     to_stage: str | None = typer.Option(None, "--to", help="Stop after this stage."),
     force: bool = typer.Option(False, "--force", help="Run every stage even if up to date."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a stage option: STAGE.KEY=VALUE (repeatable)."
+    ),
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns SQLite)."
     ),
@@ -43,7 +46,7 @@ def run(
     from medseg.pipeline.runner import RunSelection, run_pipeline
     from medseg.pipeline.spec import load_pipeline
 
-    spec = load_pipeline(pipeline)
+    spec = load_pipeline(pipeline, overrides)
     with phase_progress() as progress:
         report = run_pipeline(
             spec,

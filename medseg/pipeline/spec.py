@@ -61,8 +61,8 @@ class PipelineSpec(BaseModel):
 _TOP_LEVEL = {"name", "experiment", "data_root", "config_root", "stages", "description"}
 
 
-def load_pipeline(path: Path) -> PipelineSpec:
-    """Read and validate a pipeline file.
+def load_pipeline(path: Path, overrides: list[str] | None = None) -> PipelineSpec:
+    """Read and validate a pipeline file; ``overrides`` are ``STAGE.KEY=VALUE`` (YAML value).
 
     Raises:
         ConfigError: unreadable YAML, unknown keys or stage kinds, invalid options, duplicate
@@ -80,6 +80,7 @@ def load_pipeline(path: Path) -> PipelineSpec:
     stages = payload.get("stages")
     if not isinstance(stages, list) or not stages:
         raise ConfigError(f"{path}: 'stages' must be a non-empty list")
+    _apply_overrides(path, stages, overrides or [])
     parsed = [_stage(path, index, raw) for index, raw in enumerate(stages)]
     names = [stage.name for stage in parsed]
     if duplicates := sorted({n for n in names if names.count(n) > 1}):
@@ -111,3 +112,18 @@ def _stage(path: Path, index: int, raw: Any) -> StageSpec:
     except ValidationError as exc:
         raise ConfigError(f"{where} ({name}): {validation_problems(exc)}") from exc
     return StageSpec(kind=kind, name=name, options=validated)
+
+
+def _apply_overrides(path: Path, stages: list[Any], overrides: list[str]) -> None:
+    """Set ``STAGE.KEY=VALUE`` options (e.g. ``train.max_minutes=5``) in the raw stage list."""
+    by_name = {
+        str(raw.get("name", raw.get("stage"))): raw for raw in stages if isinstance(raw, dict)
+    }
+    for override in overrides:
+        target, _, value = override.partition("=")
+        stage, _, key = target.partition(".")
+        if not (stage and key and _):
+            raise ConfigError(f"{override!r}: expected STAGE.KEY=VALUE, e.g. train.max_minutes=5")
+        if stage not in by_name:
+            raise ConfigError(f"{path}: {override!r}: no stage named {stage!r}")
+        by_name[stage][key] = yaml.safe_load(value)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -183,6 +184,19 @@ def test_invalid_pipeline_files_name_the_file_and_the_problem(
     with pytest.raises(ConfigError) as caught:
         load_pipeline(path)
     assert str(path) in str(caught.value) and message in str(caught.value)
+
+
+def test_overrides_set_stage_options_and_bad_ones_are_named(project: Path) -> None:
+    spec = load_pipeline(project / "tiny.yaml", ["train.max_minutes=2.5", "predict.mirror=true"])
+    options = {stage.name: stage.options for stage in spec.stages}
+    assert options["train"].max_minutes == 2.5 and options["predict"].mirror is True
+    for override, message in [
+        ("trian.epochs=1", "no stage named 'trian'"),
+        ("train=1", "expected STAGE.KEY=VALUE"),
+        ("train.colour=red", "train): colour"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_pipeline(project / "tiny.yaml", [override])
 
 
 def test_shipped_pipelines_parse() -> None:
