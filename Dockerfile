@@ -18,8 +18,9 @@ COPY configs ./configs
 COPY pipelines ./pipelines
 RUN pip install -c constraints.txt .
 
-RUN useradd --create-home medseg
-USER medseg
+# A fixed numeric uid so Kubernetes runAsNonRoot can verify it (deploy/k8s).
+RUN useradd --create-home --uid 1000 medseg
+USER 1000
 WORKDIR /work
 ENTRYPOINT ["medseg"]
 CMD ["--help"]

@@ -1,8 +1,11 @@
-"""A real ``mlflow server`` for tests: SQLite backend, artifacts proxied over HTTP.
+"""A real ``mlflow server`` for tests: SQLite (or any) backend, artifacts proxied over HTTP.
 
 Use the session fixture from a test module (conftest stays untouched)::
 
     from tests.mlflow_server import mlflow_server  # noqa: F401
+
+For another backend store (PostgreSQL, see ``tests/postgres_server.py``), call
+``running_mlflow_server(tmp_path, backend_store_uri="postgresql+psycopg2://...")``.
 
 The server runs with ``--serve-artifacts --artifacts-destination``, so clients read and write
 artifacts through the server (``mlflow-artifacts:/`` URIs) the way a team set-up does, rather
@@ -57,8 +60,13 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(tmp_path: Path, *, timeout_s: float = 60.0) -> Iterator[str]:
+def running_mlflow_server(
+    tmp_path: Path, *, backend_store_uri: str | None = None, timeout_s: float = 60.0
+) -> Iterator[str]:
     """Start ``mlflow server`` on a free port under ``tmp_path``; yield its URL; stop it.
+
+    ``backend_store_uri`` defaults to ``sqlite:///<tmp_path>/mlflow.db``. Artifacts always go
+    to ``<tmp_path>/artifacts`` through the server; the log is ``<tmp_path>/server.log``.
 
     Raises:
         RuntimeError: the server exited or was not healthy within ``timeout_s``; the message
@@ -71,7 +79,7 @@ def running_mlflow_server(tmp_path: Path, *, timeout_s: float = 60.0) -> Iterato
         str(MLFLOW_EXECUTABLE),
         "server",
         "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        backend_store_uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
         "--serve-artifacts",
         "--artifacts-destination",
         str(tmp_path / "artifacts"),

@@ -1,0 +1,114 @@
+"""A team-style MLflow server on a real PostgreSQL backend store: log, register, promote, load.
+
+PostgreSQL is started by the test (``tests/postgres_server.py``) and FAILS the test when it is
+not installed; ``.ci/run`` installs it. Artifacts are proxied by the server
+(``--serve-artifacts``), so the client only talks HTTP, as it does with a team server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.infer.predictor import load_packaged_model
+from medseg.io.nifti import read_nifti
+from medseg.models import build_network, network_arguments
+from medseg.preprocess.case import preprocess_case
+from medseg.sliding_window import predict_probabilities
+from medseg.tracking import Alias, RunTracker, log_segmentation_model, register_and_promote
+from tests.mlflow_server import running_mlflow_server
+from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401
+from tests.tiny_dataset import TinyDataset
+
+MODEL_NAME = "hippocampus-postgres"
+RUN_NAME = "postgres-backend"
+SCAN = "msd_hippocampus/images/hippocampus_011.nii.gz"  # not one of the tiny dataset's cases
+
+
+@dataclass
+class Tracked:
+    server_url: str
+    server_folder: Path
+    run_id: str
+    version: str
+    network: torch.nn.Module
+
+
+@pytest.fixture(scope="module")
+def tracked(
+    postgres_server: PostgresServer,  # noqa: F811
+    tiny_dataset: TinyDataset,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Tracked]:
+    """A small U-Net logged, registered and promoted to champion on the PostgreSQL server."""
+    folder = tmp_path_factory.mktemp("mlflow-postgres")
+    backend = postgres_server.uri()
+    with running_mlflow_server(folder, backend_store_uri=backend, timeout_s=120) as url:
+        torch.manual_seed(0)
+        plan = tiny_dataset.plan
+        arguments = network_arguments(
+            architecture="unet",
+            in_channels=1,
+            num_classes=3,
+            configuration=plan.configurations["3d"].model_dump(),
+            base_filters=4,
+        )
+        network = build_network(**arguments).eval()
+        with RunTracker(url).start(experiment="postgres", run_name=RUN_NAME, tags={}) as run:
+            info = log_segmentation_model(
+                network,
+                factory="medseg.models:build_network",
+                factory_kwargs=arguments,
+                plan=plan.model_dump(mode="json") | {"train_configuration": "3d"},
+                labels=plan.label_names,
+                input_example=np.zeros((1, 1, 32, 32, 32), np.float32),
+                registered_model_name=MODEL_NAME,
+            )
+        version = str(info.registered_model_version)
+        promotion = register_and_promote(version, name=MODEL_NAME, metric=0.8, tracking_uri=url)
+        assert promotion.promoted and promotion.champion_version == version
+        yield Tracked(url, folder, run.run_id, version, network)
+
+
+def test_champion_from_postgres_server_predicts_like_in_memory_network(
+    tracked: Tracked, shared_data: Path
+) -> None:
+    model = load_packaged_model(
+        f"models:/{MODEL_NAME}@{Alias.CHAMPION}", tracking_uri=tracked.server_url
+    )
+    configuration = model.plan.configurations[model.configuration]
+    case = preprocess_case(read_nifti(shared_data / SCAN), None, model.plan, case_id="scan")
+    image = torch.from_numpy(case.image)
+    options = {"patch_size": configuration.patch_size, "num_classes": model.num_classes}
+    with torch.inference_mode():
+        loaded = predict_probabilities(model.network.cpu(), image, **options).numpy()
+        expected = predict_probabilities(tracked.network, image, **options).numpy()
+    assert loaded.shape == (3, *image.shape[1:])
+    np.testing.assert_allclose(loaded, expected, atol=1e-5)
+
+
+def test_run_and_model_version_rows_are_in_postgres(
+    tracked: Tracked,
+    postgres_server: PostgresServer,  # noqa: F811
+) -> None:
+    with contextlib.closing(postgres_server.connect()) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT name, status FROM runs WHERE run_uuid = %s", (tracked.run_id,))
+        assert cursor.fetchall() == [(RUN_NAME, "FINISHED")]
+        cursor.execute("SELECT version, run_id FROM model_versions WHERE name = %s", (MODEL_NAME,))
+        assert cursor.fetchall() == [(int(tracked.version), tracked.run_id)]
+        cursor.execute(
+            "SELECT alias, version FROM registered_model_aliases WHERE name = %s", (MODEL_NAME,)
+        )
+        assert sorted(cursor.fetchall()) == [
+            (Alias.CANDIDATE.value, int(tracked.version)),
+            (Alias.CHAMPION.value, int(tracked.version)),
+        ]
+    # nothing went to a SQLite file; the weights went to the server's artifact destination
+    assert not (tracked.server_folder / "mlflow.db").exists()
+    assert list((tracked.server_folder / "artifacts").rglob("weights.pt"))
