@@ -305,6 +305,93 @@ def predict(
 
 
 @app.command()
+def batch(
+    scans_root: Path = typer.Argument(..., exists=True, help="Tree of DICOM series and NIfTI."),
+    model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (one folder per scan)."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model)."),
+    shard: str | None = typer.Option(
+        None,
+        help="This job's share I/N (0-based). Default: from SLURM_ARRAY_TASK_* or "
+        "JOB_COMPLETION_INDEX + MEDSEG_SHARD_COUNT, else 0/1.",
+    ),
+    case_ids: CaseIdScheme = typer.Option(
+        CaseIdScheme.HASH,
+        "--case-ids",
+        help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
+    ),
+    overlap: float = typer.Option(0.5, help="Sliding-window overlap."),
+    batch_size: int = typer.Option(2, help="Windows per forward pass."),
+    mirror: bool = typer.Option(False, "--mirror", help="Mirroring test-time augmentation."),
+    backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
+    dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
+    tracking_uri: str | None = typer.Option(
+        None, help="MLflow tracking URI (models:/ URIs and the batch run)."
+    ),
+    experiment: str = typer.Option("medseg-batch", help="MLflow experiment of the batch run."),
+    force: bool = typer.Option(False, "--force", help="Redo scans whose outputs are complete."),
+) -> None:
+    """Segment every scan under SCANS_ROOT in parallel workers, resumably and sharded.
+
+    A scan's outputs appear in OUT/<case_id>/ all at once; scans already complete are skipped,
+    so a killed batch is simply run again. Exit code 0 when every scan of the shard is done,
+    1 when any failed (see OUT/failures.jsonl).
+    """
+    from medseg.batch.sharding import ShardError, resolve_shard
+    from medseg.cli_output import batch_summary, phase_progress
+    from medseg.errors import MedsegError
+
+    try:
+        chosen = resolve_shard(shard, os.environ)
+    except ShardError as error:
+        raise typer.BadParameter(str(error), param_hint="--shard") from error
+    from medseg.batch.runner import run_batch
+    from medseg.infer.predictor import PredictionOptions
+
+    options = PredictionOptions(
+        overlap=overlap, batch_size=batch_size, mirror=mirror, backend=backend
+    )
+    try:
+        with phase_progress() as progress:
+            report = run_batch(
+                scans_root,
+                model,
+                out,
+                workers=workers,
+                shard=chosen,
+                options=options,
+                case_ids=case_ids,
+                dicom_seg=dicom_seg,
+                force=force,
+                tracking_uri=tracking_uri,
+                experiment=experiment,
+                on_progress=progress,
+            )
+    except MedsegError as error:  # the batch could not run at all (no model, no folder)
+        typer.secho(f"error: {error}", fg="red", err=True)
+        raise typer.Exit(2) from error
+    batch_summary(report)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("batch-summary")
+def batch_summary_command(
+    out: Path = typer.Argument(..., exists=True, file_okay=False, help="A batch's OUT folder."),
+) -> None:
+    """Rebuild OUT/summary.csv and OUT/failures.jsonl from the per-scan records.
+
+    For a final step after the shards of a job array wrote into one OUT folder. Exit code 1
+    when any scan has failed.
+    """
+    from medseg.batch.summary import write_summary
+    from medseg.cli_output import batch_files_summary
+
+    files = write_summary(out)
+    batch_files_summary(files)
+    raise typer.Exit(1 if files.failed else 0)
+
+
+@app.command()
 def evaluate(
     predictions: Path = typer.Argument(..., exists=True, help="Label map file or folder."),
     references: Path = typer.Argument(..., exists=True, help="Reference file or folder."),
@@ -341,18 +428,13 @@ def evaluate(
 
 
 def _label_names(path: Path | None, pairing) -> dict[int, str]:
-    import json
-
     import numpy as np
 
     from medseg.io.nifti import read_nifti
+    from medseg.manifest import load_label_names
 
     if path is not None:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        mapping = payload.get("labels", payload)
-        if all(isinstance(v, int) for v in mapping.values()):  # nnU-Net v2: {"name": value}
-            mapping = {v: k for k, v in mapping.items()}
-        return {int(k): str(v) for k, v in mapping.items()}
+        return load_label_names(path)
     values: set[int] = set()
     for _, _, reference in pairing.pairs:
         values |= {int(v) for v in np.unique(read_nifti(reference).array)}

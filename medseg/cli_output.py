@@ -13,6 +13,8 @@ from rich.table import Table
 from medseg.ingest import IngestReport, OutcomeKind
 
 if TYPE_CHECKING:  # heavy modules (torch) are imported only by the commands that need them
+    from medseg.batch.runner import BatchReport
+    from medseg.batch.summary import SummaryFiles
     from medseg.datasets import ImportReport
     from medseg.evaluate.stage import EvaluationReport
     from medseg.infer.stage import PredictReport
@@ -192,6 +194,40 @@ def predict_summary(report: PredictReport) -> None:
     console.print(table)
     failed = sum(not o.ok for o in report.outcomes)
     console.print(f"[bold]{len(report.outcomes) - failed} segmented, {failed} failed[/bold]")
+
+
+def batch_summary(report: BatchReport) -> None:
+    """Print the failed scans of the shard, then its totals and where the summary is."""
+    if report.failed:
+        table = Table(title=f"Failed scans (shard {report.shard})")
+        for column in ("case", "source", "error", "reason"):
+            table.add_column(column, overflow="fold")
+        for failure in report.failed:
+            table.add_row(failure.case_id, failure.source or "", failure.error_type, failure.reason)
+        console.print(table)
+    seconds = [result.seconds for result in report.done]
+    mean = f" ({sum(seconds) / len(seconds):.1f} s/scan)" if seconds else ""
+    colour = "red" if report.failed else "green"
+    console.print(
+        f"[bold {colour}]shard {report.shard}: {len(report.done)} done{mean}, "
+        f"{len(report.skipped)} already complete, {len(report.failed)} failed[/bold {colour}] "
+        f"of {report.scans_in_shard} scans in the shard ({report.scans_found} found, "
+        f"{report.ignored_files} other files ignored) in {report.seconds_total:.1f} s"
+    )
+    if report.summary is not None:
+        batch_files_summary(report.summary)
+    if report.tracking.run_id and not report.tracking.warning:
+        console.print(f"MLflow run: {report.tracking.run_id}")
+    if report.tracking.warning:
+        console.print(f"[yellow]{report.tracking.warning}[/yellow]")
+
+
+def batch_files_summary(files: SummaryFiles) -> None:
+    """Where a batch's summary and failure list are, with their counts."""
+    console.print(
+        f"summary ({files.done} done, {files.failed} failed in the folder): {files.csv}; "
+        f"failures: {files.failures}"
+    )
 
 
 def evaluation_summary(report: EvaluationReport, paths: dict) -> None:

@@ -5,6 +5,10 @@ scan's geometry, ``<case_id>.volumes.json`` (per-structure volume in mL and mm^3
 intensity; TotalSegmentator's statistics fields) and, for DICOM inputs, ``<case_id>_seg.dcm``
 (a DICOM SEG referencing the source series). A scan that fails is reported with the reason in
 ``predict_report.json`` and the others go on. All files are written atomically.
+
+``predict_task`` (one scan into one folder) and ``scan_predictor`` (the network or exported
+backend to run) are public: ``medseg batch`` (``medseg.batch``) runs the same per-scan work in
+worker processes.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class ScanOutcome:
     ok: bool
     reason: str = ""
     seconds: float = 0.0
+    error_type: str = ""  # class name of the error of a failed scan
     outputs: list[str] = field(default_factory=list)
     volumes_ml: dict[str, float] = field(default_factory=dict)
 
@@ -80,11 +85,15 @@ def predict_path(
     found = discover_scans(
         input_path, case_ids=CaseIdScheme.FOLDER, exclude=out_dir.resolve(), on_progress=on_progress
     )
-    predictor = _predictor(model, options, out_dir)
+    predictor = scan_predictor(model, options, cache_dir=model_cache_folder(out_dir))
     report = PredictReport(out_dir=out_dir)
     report.outcomes += [
         ScanOutcome(
-            case_id="-", source=relative(Path(e.path), found.root), ok=False, reason=e.problem
+            case_id="-",
+            source=relative(Path(e.path), found.root),
+            ok=False,
+            reason=e.problem,
+            error_type=type(e).__name__,
         )
         for e in found.scan.failed
     ]
@@ -92,7 +101,7 @@ def predict_path(
         if on_progress:
             on_progress("Predicting", done, len(found.tasks))
         report.outcomes.append(
-            _predict_task(
+            predict_task(
                 task,
                 model,
                 options=options,
@@ -135,7 +144,9 @@ def _write_probabilities(path: Path, probabilities: np.ndarray, scan: Volume) ->
     return path
 
 
-def _predictor(model: PackagedModel, options: PredictionOptions, out_dir: Path):
+def scan_predictor(model: PackagedModel, options: PredictionOptions, *, cache_dir: Path):
+    """What ``predict_scan`` runs: the torch network, or its export for ``options.backend``
+    (exports are cached in ``cache_dir``; build it once per process, not per scan)."""
     if options.backend == "torch":
         return model.network
     from medseg.infer.backends import make_predictor
@@ -148,22 +159,29 @@ def _predictor(model: PackagedModel, options: PredictionOptions, out_dir: Path):
         patch_size=configuration.patch_size,
         in_channels=in_channels,
         batch_size=options.batch_size,
-        cache_dir=model_cache_folder(out_dir),
+        cache_dir=cache_dir,
         precision=options.precision,
     )
 
 
-def _predict_task(
+def predict_task(
     task: ScanTask,
     model: PackagedModel,
     *,
     options: PredictionOptions,
     predictor,
     out_dir: Path,
-    dicom_seg: bool,
-    probabilities: bool,
-    on_windows: Callable[[int], None] | None,
+    dicom_seg: bool = True,
+    probabilities: bool = False,
+    on_windows: Callable[[int], None] | None = None,
 ) -> ScanOutcome:
+    """Load one scan, predict it and write its outputs into ``out_dir``; never raises.
+
+    Writes ``<case_id>.nii.gz``, ``<case_id>.volumes.json``, ``<case_id>_seg.dcm`` (DICOM
+    input with ``dicom_seg``) and ``<case_id>.probabilities.npz`` (``probabilities``). Any
+    error becomes a failed ``ScanOutcome`` with the reason and the error's type.
+    ``predictor`` comes from ``scan_predictor``.
+    """
     start = time.perf_counter()
     try:
         volume = task.load()
@@ -199,20 +217,24 @@ def _predict_task(
             )
     except MedsegError as error:
         logger.warning("%s: %s", task.source, error)
-        return ScanOutcome(task.case_id, task.source, ok=False, reason=str(error))
+        reason, error_type = str(error), type(error).__name__
     except Exception as error:  # one bad scan must never stop the others
         logger.exception("unexpected error predicting %s", task.source)
+        reason, error_type = f"unexpected {type(error).__name__}: {error}", type(error).__name__
+    else:
         return ScanOutcome(
             task.case_id,
             task.source,
-            ok=False,
-            reason=f"unexpected {type(error).__name__}: {error}",
+            ok=True,
+            seconds=time.perf_counter() - start,
+            outputs=[Path(p).name for p in outputs],
+            volumes_ml={name: s["volume_ml"] for name, s in statistics.items()},
         )
     return ScanOutcome(
         task.case_id,
         task.source,
-        ok=True,
+        ok=False,
+        reason=reason,
         seconds=time.perf_counter() - start,
-        outputs=[Path(p).name for p in outputs],
-        volumes_ml={name: s["volume_ml"] for name, s in statistics.items()},
+        error_type=error_type,
     )

@@ -7,15 +7,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 
 from medseg.demo.dicom_writer import write_dicom_series
 from medseg.infer.postprocess import keep_largest_component
 from medseg.infer.predictor import PredictionOptions, load_packaged_model
 from medseg.infer.stage import predict_path
 from medseg.io.nifti import read_nifti
-from medseg.models import build_network, network_arguments
-from medseg.tracking import RunTracker, log_segmentation_model
+from medseg.tracking import RunTracker
+from tests.packaged_model import build_packaged_model
 from tests.tiny_dataset import TinyDataset
 
 
@@ -23,27 +22,7 @@ from tests.tiny_dataset import TinyDataset
 def packaged_model_uri(
     tiny_dataset: TinyDataset, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, str]:
-    torch.manual_seed(0)
-    plan = tiny_dataset.plan
-    arguments = network_arguments(
-        architecture="unet",
-        in_channels=1,
-        num_classes=3,
-        configuration=plan.configurations["3d"].model_dump(),
-        base_filters=4,
-    )
-    network = build_network(**arguments).eval()
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    with RunTracker(tracking_uri=uri).start(experiment="predict-test", run_name="m", tags={}):
-        info = log_segmentation_model(
-            network,
-            factory="medseg.models:build_network",
-            factory_kwargs=arguments,
-            plan=plan.model_dump(mode="json") | {"train_configuration": "3d"},
-            labels=plan.label_names,
-            input_example=np.zeros((1, 1, 32, 32, 32), np.float32),
-        )
-    return info.model_uri, uri
+    return build_packaged_model(tiny_dataset.plan, tmp_path_factory.mktemp("mlflow"))
 
 
 def test_mixed_folder_gives_outputs_per_scan_and_reports_the_broken_one(

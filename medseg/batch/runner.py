@@ -1,0 +1,267 @@
+"""``run_batch``: every scan of this shard under SCANS_ROOT through a packaged model.
+
+1. Discover the scans (``medseg.batch.scans``) and keep this shard's (``medseg.batch.sharding``).
+2. Record the shard's corrupt files as failures; skip scans whose output is complete.
+3. Process the rest in ``workers`` processes (``medseg.batch.executor``: a worker that dies
+   costs only the scan that killed it), each loading the model once and publishing its scans
+   atomically (``medseg.batch.worker``). A model that does not load stops the batch with
+   ``ModelLoadError`` before any scan is recorded.
+4. Rebuild ``summary.csv`` and ``failures.jsonl`` (``medseg.batch.summary``) and log the run to
+   MLflow (``medseg.batch.mlflow_run``; never fatal).
+
+Resuming is the default: run the same command again after a kill and only the scans without a
+complete output are processed; ``force`` redoes complete ones too. A changed model is not
+detected: use ``force`` or a new OUT_DIR when the model changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medseg.batch import layout
+from medseg.batch.executor import WorkerDiedError, run_isolated
+from medseg.batch.mlflow_run import (
+    DEFAULT_EXPERIMENT,
+    TrackingOutcome,
+    log_batch_run,
+    loggable_model_uri,
+)
+from medseg.batch.records import ScanFailure, ScanResult, redact_scan
+from medseg.batch.scans import BatchScan, Inventory, take_inventory
+from medseg.batch.sharding import Shard
+from medseg.batch.summary import SummaryFiles, write_summary
+from medseg.batch.worker import (
+    PRELOAD_MODULES,
+    ModelLoadError,
+    WorkerSettings,
+    process_scan,
+    start_worker,
+)
+from medseg.errors import InputFileError
+from medseg.infer.predictor import PredictionOptions
+from medseg.ingest.case_ids import CaseIdScheme
+from medseg.io.dicom_pixels import default_workers
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass
+class BatchReport:
+    """What one ``run_batch`` call did in its shard."""
+
+    out_dir: Path
+    shard: Shard
+    scans_found: int = 0  # scans and corrupt files in the whole tree (every shard)
+    scans_in_shard: int = 0
+    done: list[ScanResult] = field(default_factory=list)  # processed by this call
+    skipped: list[str] = field(default_factory=list)  # case ids complete before this call
+    failed: list[ScanFailure] = field(default_factory=list)
+    ignored_files: int = 0  # files that are not scans (reports, localizers, text...)
+    seconds_total: float = 0.0
+    summary: SummaryFiles | None = None
+    tracking: TrackingOutcome = field(default_factory=TrackingOutcome)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every scan of the shard is done (now or before), 1 when any failed."""
+        return 1 if self.failed else 0
+
+
+def run_batch(
+    scans_root: Path,
+    model_uri: str,
+    out_dir: Path,
+    *,
+    workers: int = 1,
+    shard: Shard | None = None,
+    options: PredictionOptions | None = None,
+    case_ids: CaseIdScheme = CaseIdScheme.HASH,
+    dicom_seg: bool = True,
+    force: bool = False,
+    tracking_uri: str | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    on_progress: ProgressCallback | None = None,
+) -> BatchReport:
+    """Process this shard's scans under ``scans_root`` into ``out_dir`` (see the module doc).
+
+    Raises:
+        InputFileError: ``scans_root`` does not exist.
+        ModelLoadError: the model cannot be loaded (no scan is recorded as failed for it).
+    """
+    started = time.perf_counter()
+    shard = shard or Shard()
+    options = options or PredictionOptions()
+    case_ids = CaseIdScheme(case_ids)
+    scans_root = Path(scans_root).expanduser().resolve()
+    if not scans_root.exists():
+        raise InputFileError(scans_root, "no such file or folder")
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inventory = take_inventory(
+        scans_root, case_ids=case_ids, exclude=out_dir, on_progress=on_progress
+    )
+    mine = [scan for scan in inventory.scans if shard.owns(scan.key)]
+    report = BatchReport(
+        out_dir,
+        shard,
+        scans_found=len(inventory.scans) + len(inventory.unreadable),
+        ignored_files=inventory.ignored_files,
+    )
+    unreadable = _record_unreadable(inventory, shard, out_dir, case_ids)
+    report.failed += unreadable
+    report.scans_in_shard = len(mine) + len(unreadable)
+    todo: list[BatchScan] = []
+    for scan in mine:
+        if not force and layout.is_complete(out_dir, scan.case_id):
+            report.skipped.append(scan.case_id)
+        else:
+            todo.append(scan)
+    if todo:
+        pool_size = max(1, min(workers, len(todo)))
+        settings = WorkerSettings(
+            model_uri=model_uri,
+            tracking_uri=tracking_uri,
+            options=options,
+            scans_root=scans_root,
+            out_dir=out_dir,
+            dicom_seg=dicom_seg,
+            with_source=case_ids is CaseIdScheme.FOLDER,
+            replace=force,
+            threads=max(1, default_workers() // pool_size),
+            environment=dict(os.environ),
+            working_folder=os.getcwd(),
+        )
+        _process(todo, settings, pool_size, report, on_progress)
+    report.summary = write_summary(out_dir)
+    report.seconds_total = time.perf_counter() - started
+    params = {
+        "model_uri": loggable_model_uri(model_uri),
+        "shard": str(shard),
+        "workers": workers,
+        "case_ids": case_ids.value,
+        "dicom_seg": dicom_seg,
+        "force": force,
+        **options.model_dump(),
+    }
+    report.tracking = log_batch_run(
+        params=params,
+        metrics=batch_metrics(report),
+        artifacts=[report.summary.csv, report.summary.failures]
+        if case_ids is CaseIdScheme.HASH
+        else [],
+        run_name=f"batch {shard}",
+        experiment=experiment,
+        tracking_uri=tracking_uri,
+        tags={"medseg.command": "batch", "shard": str(shard)}
+        | ({} if case_ids is CaseIdScheme.HASH else {"artifacts_withheld": "folder case ids"}),
+    )
+    return report
+
+
+def _record_unreadable(
+    inventory: Inventory, shard: Shard, out_dir: Path, case_ids: CaseIdScheme
+) -> list[ScanFailure]:
+    """A failure record for each corrupt file of this shard."""
+    failures = []
+    for bad in inventory.unreadable:
+        if not shard.owns(bad.key):
+            continue
+        path = inventory.root / bad.source
+        reason = bad.reason
+        if case_ids is CaseIdScheme.HASH:
+            reason = redact_scan(reason, source=bad.source, files=[path], root=inventory.root)
+        failure = ScanFailure(
+            case_id=bad.case_id,
+            reason=reason,
+            error_type=bad.error_type,
+            source=bad.source if case_ids is CaseIdScheme.FOLDER else None,
+        )
+        layout.write_failure(out_dir, failure)
+        failures.append(failure)
+    return failures
+
+
+def _process(
+    todo: list[BatchScan],
+    settings: WorkerSettings,
+    pool_size: int,
+    report: BatchReport,
+    on_progress: ProgressCallback | None,
+) -> None:
+    """Run ``todo`` in worker processes, recording each outcome as it arrives."""
+    progress = on_progress or (lambda phase, done, total: None)
+    progress("Scans", 0, len(todo))
+    outcomes = run_isolated(
+        process_scan,
+        todo,
+        workers=pool_size,
+        initializer=start_worker,
+        initargs=(settings,),
+        preload=PRELOAD_MODULES,
+    )
+    for count, (scan, outcome) in enumerate(outcomes, start=1):
+        if isinstance(outcome, ModelLoadError):
+            outcomes.close()  # stops the workers
+            raise outcome
+        if isinstance(outcome, ScanResult):
+            layout.clear_failure(settings.out_dir, scan.case_id)
+            report.done.append(outcome)
+        else:
+            failure = (
+                outcome if isinstance(outcome, ScanFailure) else _failure(scan, outcome, settings)
+            )
+            if isinstance(outcome, BaseException):
+                logger.warning("%s: %s", scan.source, outcome)
+            layout.write_failure(settings.out_dir, failure)
+            report.failed.append(failure)
+        progress("Scans", count, len(todo))
+
+
+def _failure(scan: BatchScan, error: BaseException, settings: WorkerSettings) -> ScanFailure:
+    """The failure record of a scan whose worker raised or died."""
+    reason = str(error) if isinstance(error, WorkerDiedError) else f"unexpected {error!r}"
+    return ScanFailure(
+        case_id=scan.case_id,
+        reason=settings.reason_for_records(reason, scan),
+        error_type=type(error).__name__,
+        source=scan.source if settings.with_source else None,
+    )
+
+
+def _metric_name(structure: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", structure)
+
+
+def batch_metrics(report: BatchReport) -> dict[str, float]:
+    """The run's metrics: counts, timing and mean volume per structure (mL) over the shard's
+    complete scans."""
+    seconds = [result.seconds for result in report.done]
+    metrics = {
+        "scans_found": report.scans_found,
+        "scans_in_shard": report.scans_in_shard,
+        "done": len(report.done),
+        "skipped": len(report.skipped),
+        "failed": len(report.failed),
+        "seconds_total": round(report.seconds_total, 3),
+        "seconds_per_scan_mean": sum(seconds) / len(seconds) if seconds else 0.0,
+    }
+    complete = report.done + [
+        result
+        for case_id in report.skipped
+        if (result := layout.read_result(report.out_dir, case_id)) is not None
+    ]
+    volumes: dict[str, list[float]] = {}
+    for result in complete:
+        for name, ml in result.volumes_ml.items():
+            volumes.setdefault(name, []).append(ml)
+    for name, values in volumes.items():
+        metrics[f"volume_ml_mean.{_metric_name(name)}"] = sum(values) / len(values)
+    return metrics

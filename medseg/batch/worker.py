@@ -1,0 +1,140 @@
+"""What a batch worker process does: load the model once, then process one scan per call.
+
+``start_worker`` runs once per worker (it is the pool's initializer): it takes on the parent's
+environment and working folder (forkserver workers would otherwise keep the server's), limits
+torch to its share of the cores and loads the model.
+
+``process_scan`` predicts one scan with ``medseg.infer.stage.predict_task`` into a fresh
+staging folder, adds ``result.json`` and publishes the folder (``medseg.batch.layout``). It
+returns a ``ScanResult`` or ``ScanFailure`` and never raises for a bad scan. A model that
+cannot be loaded is not a scan's fault: ``process_scan`` then raises ``ModelLoadError`` and the
+runner stops the batch. (The parent does not load the model to check it first: that would
+cost seconds of imports per invocation.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medseg.batch import layout
+from medseg.batch.records import ScanFailure, ScanResult, model_reference, redact_scan
+from medseg.batch.scans import BatchScan
+from medseg.errors import MedsegError
+from medseg.infer.predictor import (
+    PackagedModel,
+    PredictionOptions,
+    load_packaged_model,
+    model_cache_folder,
+)
+from medseg.infer.stage import predict_task, scan_predictor
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker needs, sent to it once (picklable)."""
+
+    model_uri: str
+    tracking_uri: str | None
+    options: PredictionOptions
+    scans_root: Path  # absolute
+    out_dir: Path  # absolute
+    dicom_seg: bool
+    with_source: bool  # --case-ids folder: paths may be written out
+    replace: bool  # --force: replace complete outputs
+    threads: int
+    environment: dict[str, str]
+    working_folder: str
+
+    def reason_for_records(self, reason: str, scan: BatchScan) -> str:
+        """A failure reason as it may be written: without the scan's paths and folder names
+        unless the user chose ``--case-ids folder``."""
+        if self.with_source:
+            return reason
+        return redact_scan(reason, source=scan.source, files=scan.files, root=self.scans_root)
+
+
+class ModelLoadError(MedsegError):
+    """The model cannot be loaded in a worker process: no scan can be processed."""
+
+
+# What a forkserver imports once for all workers: the worker, mlflow's model loading and
+# medseg's own network factories (the import of a packaged model's factory is the slowest part).
+PRELOAD_MODULES = ["medseg.batch.worker", "medseg.tracking", "medseg.models"]
+
+
+@dataclass
+class _Worker:
+    settings: WorkerSettings
+    model: PackagedModel | None
+    predictor: object
+    load_error: str = ""
+
+
+_worker: _Worker | None = None
+
+
+def start_worker(settings: WorkerSettings) -> None:
+    """Pool initializer: the parent's environment, the thread budget, the model."""
+    global _worker
+    os.environ.clear()
+    os.environ.update(settings.environment)
+    os.chdir(settings.working_folder)
+    torch.set_num_threads(settings.threads)
+    try:
+        model = load_packaged_model(settings.model_uri, tracking_uri=settings.tracking_uri)
+        predictor = scan_predictor(
+            model, settings.options, cache_dir=model_cache_folder(settings.out_dir)
+        )
+    except Exception as error:  # reported by process_scan: an initializer must not raise
+        _worker = _Worker(settings, None, None, load_error=f"{type(error).__name__}: {error}")
+        return
+    _worker = _Worker(settings, model, predictor)
+
+
+def process_scan(scan: BatchScan) -> ScanResult | ScanFailure:
+    """Predict ``scan`` and publish its output folder; a failure is returned, not raised."""
+    if _worker is None:
+        raise RuntimeError("process_scan runs in a worker started by start_worker")
+    settings, out_dir, model = _worker.settings, _worker.settings.out_dir, _worker.model
+    if model is None:
+        raise ModelLoadError(f"{settings.model_uri}: cannot load the model: {_worker.load_error}")
+    layout.remove_staging_leftovers(out_dir, scan.case_id)
+    staging = layout.new_staging_folder(out_dir, scan.case_id)
+    try:
+        outcome = predict_task(
+            scan.task(),
+            model,
+            options=settings.options,
+            predictor=_worker.predictor,
+            out_dir=staging,
+            dicom_seg=settings.dicom_seg,
+        )
+        source = scan.source if settings.with_source else None
+        if not outcome.ok:
+            return ScanFailure(
+                case_id=scan.case_id,
+                reason=settings.reason_for_records(outcome.reason, scan),
+                error_type=outcome.error_type,
+                seconds=round(outcome.seconds, 3),
+                source=source,
+            )
+        result = ScanResult(
+            case_id=scan.case_id,
+            seconds=round(outcome.seconds, 3),
+            outputs=outcome.outputs,
+            structures=[name for value, name in sorted(model.label_names.items()) if value],
+            volumes_ml=outcome.volumes_ml,
+            model=settings.model_uri,
+            source=source,
+            **model_reference(settings.model_uri),
+        )
+        layout.write_result(staging, result)
+        layout.publish(staging, out_dir, scan.case_id, replace=settings.replace)
+        return result
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when published
