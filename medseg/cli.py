@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from medseg import __version__
+from medseg.cli_pipeline import run as run_pipeline_command
 from medseg.ingest.case_ids import CaseIdScheme
 
 app = typer.Typer(
@@ -460,6 +461,9 @@ def demo(
     typer.echo(f"Phantom DICOM series and labels: {result.data_dir}")
     typer.echo(f"Ingested volumes, labels and manifest: {result.ingested_dir}")
     raise typer.Exit(max(result.ingest.exit_code, result.preprocess.exit_code))
+
+
+app.command("run")(run_pipeline_command)
 
 
 def main() -> None:

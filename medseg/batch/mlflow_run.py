@@ -52,14 +52,21 @@ def log_batch_run(
     experiment: str = DEFAULT_EXPERIMENT,
     tracking_uri: str | None = None,
     tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> TrackingOutcome:
-    """Log one FINISHED run; returns its id, or a warning instead of raising."""
+    """Log one FINISHED run (nested under ``parent_run_id``, an active run of this thread,
+    when given); returns its id, or a warning instead of raising."""
     tracker = None
     try:
         from medseg.tracking import RunTracker
 
         tracker = RunTracker(tracking_uri=tracking_uri)
-        with tracker.start(experiment=experiment, run_name=run_name, tags=dict(tags or {})):
+        with tracker.start(
+            experiment=experiment,
+            run_name=run_name,
+            tags=dict(tags or {}),
+            parent_run_id=parent_run_id,
+        ):
             tracker.log_params(params)
             tracker.log_metrics(metrics, step=0)
             for path in artifacts:

@@ -88,9 +88,12 @@ def run_batch(
     force: bool = False,
     tracking_uri: str | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
+    parent_run_id: str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> BatchReport:
     """Process this shard's scans under ``scans_root`` into ``out_dir`` (see the module doc).
+
+    ``parent_run_id`` nests the batch's MLflow run under that run (a pipeline's).
 
     Raises:
         InputFileError: ``scans_root`` does not exist.
@@ -160,7 +163,8 @@ def run_batch(
         run_name=f"batch {shard}",
         experiment=experiment,
         tracking_uri=tracking_uri,
-        tags={"medseg.command": "batch", "shard": str(shard)}
+        parent_run_id=parent_run_id,
+        tags={"medseg.command": "batch", "medseg.stage": "predict", "shard": str(shard)}
         | ({} if case_ids is CaseIdScheme.HASH else {"artifacts_withheld": "folder case ids"}),
     )
     return report

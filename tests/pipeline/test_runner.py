@@ -83,7 +83,8 @@ def test_pipeline_runs_every_stage_then_skips_what_did_not_change(project: Path)
     val_cases = sorted(p.name for p in (project / "work" / "predict" / "scans").iterdir())
     assert val_cases == [f"{r.case_id}.nii.gz" for r in manifest if r.split == "val"]
     assert len(val_cases) == 1
-    prediction = read_nifti(project / "work" / "predict" / "predictions" / val_cases[0])
+    case = val_cases[0].removesuffix(".nii.gz")
+    prediction = read_nifti(project / "work" / "predict" / "predictions" / case / val_cases[0])
     assert prediction.same_grid(read_nifti(project / "data" / "hippo" / "images" / val_cases[0]))
     evaluation = json.loads((project / "work" / "evaluate" / "report" / "summary.json").read_text())
     assert evaluation["cases"] == 1 and 0.0 <= evaluation["mean"]["dice"] <= 1.0

@@ -80,6 +80,7 @@ class PredictStageOptions(_FolderOrSplit):
     mirror: bool = False
     backend: str = "torch"
     dicom_seg: bool = True
+    workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
     def _folder(self) -> str | None:
         return self.input
@@ -94,39 +95,52 @@ def _predict_inputs(ctx: StageContext, options: PredictStageOptions) -> dict[str
 
 
 def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> StageResult:
-    from medseg.infer.predictor import PredictionOptions, load_packaged_model
-    from medseg.infer.stage import predict_path
+    from medseg.batch.runner import run_batch
+    from medseg.infer.predictor import PredictionOptions
 
     if options.split:
         scans = _link_split(ctx, options.split, labels=False, folder=ctx.folder / "scans")
+        case_ids = CaseIdScheme.FOLDER  # the manifest's case ids, not patient data
     else:
-        scans = ctx.data(options.input)
+        scans, case_ids = ctx.data(options.input), options.case_ids
     model_uri = options.model or ctx.need("model_uri")
     predictions = ctx.folder / "predictions"
     if not ctx.resume and predictions.exists():  # inputs or model changed: start afresh
         shutil.rmtree(predictions)
-    model = load_packaged_model(model_uri, tracking_uri=ctx.tracking_uri)
-    report = predict_path(
+    report = run_batch(
         scans,
-        model,
-        out_dir=predictions,
+        model_uri,
+        predictions,
+        workers=options.workers,
         options=PredictionOptions(
             overlap=options.overlap,
             batch_size=options.batch_size,
             mirror=options.mirror,
             backend=options.backend,
         ),
+        case_ids=case_ids,
         dicom_seg=options.dicom_seg,
+        tracking_uri=ctx.tracking_uri,
+        experiment=ctx.experiment,
+        parent_run_id=ctx.parent_run_id,
         on_progress=ctx.on_progress,
     )
-    failed = [o for o in report.outcomes if not o.ok]
+    done = len(report.done) + len(report.skipped)
     return StageResult(
-        provides={"predictions": report.out_dir, "scans": scans},
-        params={"model_uri": model_uri},
-        metrics={"scans": len(report.outcomes) - len(failed), "scans_failed": len(failed)},
-        problems=[f"{o.source}: {o.reason}" for o in failed],
-        summary={"scans": len(report.outcomes), "failed": len(failed)},
+        provides={"predictions": predictions, "scans": scans, "summary_csv": report.summary.csv},
+        problems=[f"{f.case_id}: {f.reason}" for f in report.failed],
+        run_id=report.tracking.run_id,
+        summary={
+            "scans": done,
+            "failed": len(report.failed),
+            "seconds per scan": round(_mean([r.seconds for r in report.done]), 1),
+            "summary": str(report.summary.csv),
+        },
     )
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
 
 
 # --- evaluate ----------------------------------------------------------------------------------
@@ -198,7 +212,9 @@ def _nifti_scans(ctx: StageContext) -> Path | None:
 EVALUATE_NEEDS = ("predictions", "manifest")
 
 APPLY_STAGES = (
-    StageDefinition("predict", PredictStageOptions, _predict_needs, _predict_inputs, _predict),
+    StageDefinition(
+        "predict", PredictStageOptions, _predict_needs, _predict_inputs, _predict, own_run=True
+    ),
     StageDefinition(
         "evaluate", EvaluateStageOptions, lambda o: EVALUATE_NEEDS, _evaluate_inputs, _evaluate
     ),
