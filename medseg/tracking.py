@@ -552,6 +552,28 @@ def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) 
 # --- registry ----------------------------------------------------------------------------------
 
 
+_ALIAS_URI = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/@]+)$")
+
+
+def pin_model_uri(model_uri: str, *, tracking_uri: str | None = None) -> str:
+    """``models:/NAME@ALIAS`` as the version the alias points at now (``models:/NAME/7``);
+    any other URI unchanged. Jobs pin once so every worker and scan uses one model even if
+    the alias moves meanwhile.
+
+    Raises:
+        TrackingError: the registered model or the alias does not exist.
+    """
+    match = _ALIAS_URI.match(model_uri)
+    if match is None:
+        return model_uri
+    client = MlflowClient(tracking_uri=_activate(tracking_uri))
+    try:
+        version = client.get_model_version_by_alias(match["name"], match["alias"])
+    except MlflowException as error:
+        raise TrackingError(f"{model_uri}: {error.message}") from error
+    return f"models:/{match['name']}/{version.version}"
+
+
 def register_run_model(run_id: str, *, name: str, tracking_uri: str | None = None) -> str:
     """Register the packaged model of run ``run_id`` under ``name``; return the new version.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -31,8 +32,10 @@ from medseg.tracking import (
     flatten_params,
     load_segmentation_model,
     log_segmentation_model,
+    pin_model_uri,
     refuse_file_paths,
     register_and_promote,
+    register_run_model,
     tracking_uri,
 )
 from tests.mlflow_server import mlflow_server  # noqa: F401
@@ -416,3 +419,25 @@ def test_load_segmentation_model_returns_champion_network(registered) -> None:
     assert not loaded.network.training
     assert (loaded.labels, loaded.plan) == (LABELS, PLAN)
     assert loaded.model_info["factory"] == FACTORY
+
+
+def test_alias_uris_are_pinned_to_the_version_they_point_at(registered) -> None:
+    pin = functools.partial(pin_model_uri, tracking_uri=registered.uri)
+    assert pin(f"models:/{registered.name}@{Alias.CHAMPION}") == f"models:/{registered.name}/3"
+    assert pin(f"models:/{registered.name}@{Alias.CANDIDATE}") == f"models:/{registered.name}/4"
+    for unchanged in (f"models:/{registered.name}/2", "runs:/abc/model", "/models/folder"):
+        assert pin(unchanged) == unchanged
+    with pytest.raises(TrackingError, match=f"models:/{registered.name}@nope"):
+        pin(f"models:/{registered.name}@nope")
+
+
+def test_register_run_model_registers_the_runs_packaged_model(registered) -> None:
+    client = MlflowClient(registered.uri)
+    source = client.get_model_version(registered.name, "1").run_id
+    version = register_run_model(source, name="re-registered", tracking_uri=registered.uri)
+    assert version == "1"
+    assert client.get_model_version("re-registered", "1").run_id == source
+    with pytest.raises(TrackingError, match="no packaged 'model'"):
+        with RunTracker(registered.uri).start(experiment="empty", run_name="x", tags={}) as run:
+            pass
+        register_run_model(run.run_id, name="nothing", tracking_uri=registered.uri)

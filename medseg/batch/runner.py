@@ -100,6 +100,8 @@ def run_batch(
         ModelLoadError: the model cannot be loaded (no scan is recorded as failed for it).
     """
     started = time.perf_counter()
+    requested_model = model_uri
+    model_uri = _pinned(model_uri, tracking_uri)
     shard = shard or Shard()
     options = options or PredictionOptions()
     case_ids = CaseIdScheme(case_ids)
@@ -147,6 +149,7 @@ def run_batch(
     report.seconds_total = time.perf_counter() - started
     params = {
         "model_uri": loggable_model_uri(model_uri),
+        "model_uri_requested": loggable_model_uri(requested_model),
         "shard": str(shard),
         "workers": workers,
         "case_ids": case_ids.value,
@@ -168,6 +171,16 @@ def run_batch(
         | ({} if case_ids is CaseIdScheme.HASH else {"artifacts_withheld": "folder case ids"}),
     )
     return report
+
+
+def _pinned(model_uri: str, tracking_uri: str | None) -> str:
+    """The alias resolved to a version once, so all workers load the same model."""
+    from medseg.tracking import TrackingError, pin_model_uri
+
+    try:
+        return pin_model_uri(model_uri, tracking_uri=tracking_uri)
+    except TrackingError as error:
+        raise ModelLoadError(str(error)) from error
 
 
 def _record_unreadable(
