@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from medseg import __version__
+from medseg.cli_pipeline import demo as demo_command
 from medseg.cli_pipeline import run as run_pipeline_command
 from medseg.ingest.case_ids import CaseIdScheme
 
@@ -442,28 +443,8 @@ def _label_names(path: Path | None, pairing) -> dict[int, str]:
     return {v: "background" if v == 0 else f"label_{v}" for v in sorted(values | {0})}
 
 
-@app.command()
-def demo(
-    out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for everything."),
-    cases: int = typer.Option(6, min=1, help="Number of synthetic phantom cases."),
-    seed: int = typer.Option(0, help="Seed of the phantom generator."),
-) -> None:
-    """Run the end-to-end demo on synthetic CT phantoms written as real DICOM series."""
-    from medseg.cli_output import ingest_summary, phase_progress, plan_summary, preprocess_summary
-    from medseg.demo.run import run_demo
-    from medseg.preprocess.plan import Plan
-
-    with phase_progress() as progress:
-        result = run_demo(out, n_cases=cases, seed=seed, on_progress=progress)
-    ingest_summary(result.ingest)
-    plan_summary(Plan.load(result.plan_path), result.plan_path)
-    preprocess_summary(result.preprocess)
-    typer.echo(f"Phantom DICOM series and labels: {result.data_dir}")
-    typer.echo(f"Ingested volumes, labels and manifest: {result.ingested_dir}")
-    raise typer.Exit(max(result.ingest.exit_code, result.preprocess.exit_code))
-
-
 app.command("run")(run_pipeline_command)
+app.command("demo")(demo_command)
 
 
 def main() -> None:

@@ -38,7 +38,7 @@ import logging
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +49,12 @@ from medseg.manifest import (
     ManifestRecord,
     ProblemKind,
     Split,
-    assign_splits,
     grid_mismatch,
     label_values,
     manifest_relative_path,
     manifest_spacing,
     sha256_file,
-    split_counts,
+    with_splits,
     write_label_names,
     write_manifest,
 )
@@ -361,23 +360,6 @@ def _derived_label_names(records: list[ManifestRecord]) -> dict[int, str]:
     return {value: "background" if value == 0 else f"label_{value}" for value in sorted(values)}
 
 
-def _fractions(val_fraction: float, test_fraction: float) -> tuple[float, float, float]:
-    """Train/val/test fractions; raises ``ValueError`` when they are not a valid split."""
-    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
-    split_counts(0, fractions)  # validates
-    return fractions
-
-
-def _with_splits(
-    records: list[ManifestRecord], *, seed: int, val_fraction: float, test_fraction: float
-) -> list[ManifestRecord]:
-    labelled = [record.case_id for record in records if record.label is not None]
-    splits = assign_splits(labelled, seed=seed, fractions=_fractions(val_fraction, test_fraction))
-    return [
-        replace(record, split=splits.get(record.case_id, Split.TEST.value)) for record in records
-    ]
-
-
 def import_dataset(
     dataset_dir: Path,
     *,
@@ -411,7 +393,7 @@ def import_dataset(
     dataset_dir, manifest_path = Path(os.path.abspath(dataset_dir)), Path(manifest_path)
     if not dataset_dir.is_dir():
         raise DatasetLayoutError(f"{dataset_dir}: not a folder")
-    _fractions(val_fraction, test_fraction)
+    with_splits([], seed=seed, val_fraction=val_fraction, test_fraction=test_fraction)
     manifest_relative_path(dataset_dir, manifest_path=manifest_path, data_root=data_root)
     layout = _detect_layout(dataset_dir)
     named = _label_names_from_json(layout.metadata, dataset_dir / "dataset.json")
@@ -429,7 +411,7 @@ def import_dataset(
             records.append(_import_case(case, settings))
         except _Rejected as exc:
             rejected.append(CaseProblem(case.case_id, exc.kind, exc.detail))
-    records = _with_splits(
+    records = with_splits(
         records, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
     )
     label_names = named if named is not None else _derived_label_names(records)

@@ -43,7 +43,7 @@ import os
 import reprlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -321,6 +321,24 @@ def assign_splits(
         splits.update((case_id, split.value) for case_id in order[start : start + count])
         start += count
     return dict(sorted(splits.items()))
+
+
+def with_splits(
+    records: list[ManifestRecord], *, seed: int, val_fraction: float, test_fraction: float = 0.0
+) -> list[ManifestRecord]:
+    """``records`` with reproducible train/val/test splits of the labelled cases
+    (``assign_splits``); unlabelled cases go to test.
+
+    Raises:
+        ValueError: the fractions are not a valid split.
+    """
+    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+    split_counts(0, fractions)  # validates
+    labelled = [record.case_id for record in records if record.label is not None]
+    splits = assign_splits(labelled, seed=seed, fractions=fractions)
+    return [
+        replace(record, split=splits.get(record.case_id, Split.TEST.value)) for record in records
+    ]
 
 
 def label_names_path(manifest_path: str | os.PathLike[str]) -> Path:

@@ -21,7 +21,6 @@ folder it started with, so pass the worker everything it needs (absolute paths, 
 
 from __future__ import annotations
 
-import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -29,6 +28,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from medseg.errors import MedsegError
+from medseg.parallel import process_pool
 
 T = TypeVar("T")
 
@@ -43,12 +43,7 @@ def _pool(
     initargs: tuple[Any, ...],
     preload: Sequence[str],
 ) -> ProcessPoolExecutor:
-    context = multiprocessing.get_context("forkserver")
-    if preload:
-        context.set_forkserver_preload(list(preload))
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs
-    )
+    return process_pool(workers, preload=preload, initializer=initializer, initargs=initargs)
 
 
 def run_isolated(

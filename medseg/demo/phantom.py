@@ -333,8 +333,13 @@ class DemoDataset:
     summary_path: Path
 
 
-def generate_demo_dataset(out_dir: Path, *, n_cases: int = 6, seed: int = 0) -> DemoDataset:
+def generate_demo_dataset(
+    out_dir: Path, *, n_cases: int = 6, seed: int = 0, prefix: str = "phantom"
+) -> DemoDataset:
     """Write ``n_cases`` phantom cases as DICOM series, NIfTI images and NIfTI label maps.
+
+    Cases are named ``<prefix>_000``, ``<prefix>_001``...; a held-out set uses another seed
+    and prefix (the demo's ``heldout_*`` cases).
 
     Layout: ``dicom/<case_id>/`` (one series per case, see ``_CASE_LAYOUTS`` for the mix of
     file names and transfer syntaxes), ``nifti/<case_id>.nii.gz`` (image, HU) and
@@ -354,7 +359,7 @@ def generate_demo_dataset(out_dir: Path, *, n_cases: int = 6, seed: int = 0) -> 
     cases = []
     for index, case_seed in enumerate(case_seeds):
         layout = _CASE_LAYOUTS[index % len(_CASE_LAYOUTS)]
-        case_id = f"phantom_{index:03d}"
+        case_id = f"{prefix}_{index:03d}"
         cases.append(_write_case(out_dir, case_id=case_id, seed=int(case_seed), layout=layout))
         logger.info("demo case %s written (%s, %s)", case_id, layout.orientation, layout.spacing_mm)
     summary_path = out_dir / "dataset.json"

@@ -1,38 +1,25 @@
-"""The end-to-end demo: synthetic CT phantoms as real DICOM, then the pipeline stages.
+"""The end-to-end demo: synthetic CT phantoms as real DICOM series, then ``pipelines/demo.yaml``.
 
-Today it runs ingest, plan and preprocess (later stages extend it): the phantoms' DICOM
-series are ingested with their label maps exactly as a user's scans would be, planned and
-cached for training. Everything is created from the repository alone; nothing is downloaded.
+``<out>/data/train`` holds the phantoms the model learns from (DICOM series + NIfTI label
+maps), ``<out>/data/heldout`` phantoms it never sees (other seeds, other names). The pipeline
+ingests the training series, plans, preprocesses, trains a 3D U-Net, registers it,
+batch-predicts the held-out DICOM series and evaluates against their labels. MLflow runs on an
+embedded SQLite store in ``<out>/mlruns`` unless a tracking URI is given. Everything is
+created from the repository alone; nothing is downloaded. Re-running regenerates nothing and
+every pipeline stage is skipped.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
-from medseg.demo.phantom import PHANTOM_LABELS, generate_demo_dataset
-from medseg.ingest import IngestReport, ingest
-from medseg.ingest.case_ids import CaseIdScheme
-from medseg.ingest.stage import ProgressCallback
-from medseg.manifest import write_label_names
-from medseg.preprocess.config import PlanOptions
-from medseg.preprocess.plan import plan_manifest
-from medseg.preprocess.stage import PreprocessReport, preprocess_manifest
+from medseg.demo.phantom import generate_demo_dataset
+from medseg.pipeline.runner import PipelineReport, RunSelection, StageEvent, run_pipeline
+from medseg.pipeline.spec import load_pipeline
 
-# Phantoms come at mixed spacings; a 2 mm grid and a small memory budget train on CPU in minutes.
-DEMO_PLAN_OPTIONS = PlanOptions(target_spacing=(2.0, 2.0, 2.0), memory_budget_gb=1.0)
-
-
-@dataclass
-class DemoResult:
-    """Where the demo put things, and the ingest report."""
-
-    data_dir: Path
-    ingested_dir: Path
-    ingest: IngestReport
-    plan_path: Path
-    preprocess: PreprocessReport
+HELDOUT_SEED_OFFSET = 1000  # held-out phantoms come from seed + 1000: never a training anatomy
 
 
 def _dataset_is_current(data_dir: Path, *, n_cases: int, seed: int) -> bool:
@@ -43,39 +30,61 @@ def _dataset_is_current(data_dir: Path, *, n_cases: int, seed: int) -> bool:
     return summary.get("seed") == seed and len(summary.get("cases", [])) == n_cases
 
 
-def run_demo(
-    out_dir: Path, *, n_cases: int = 6, seed: int = 0, on_progress: ProgressCallback | None = None
-) -> DemoResult:
-    """Generate (once) the phantom dataset under ``out_dir/data`` and ingest it.
+def prepare_demo_data(
+    data_dir: Path,
+    *,
+    n_train: int,
+    n_heldout: int,
+    seed: int,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> None:
+    """Generate (once) the training and held-out phantoms under ``data_dir``."""
+    sets = (
+        ("train", "phantom", n_train, seed),
+        ("heldout", "heldout", n_heldout, seed + HELDOUT_SEED_OFFSET),
+    )
+    for folder, prefix, count, set_seed in sets:
+        target = Path(data_dir) / folder
+        if _dataset_is_current(target, n_cases=count, seed=set_seed):
+            continue
+        if on_progress:
+            on_progress(f"Phantoms ({folder})", 0, count)
+        generate_demo_dataset(target, n_cases=count, seed=set_seed, prefix=prefix)
+        if on_progress:
+            on_progress(f"Phantoms ({folder})", count, count)
 
-    Re-running with the same arguments regenerates nothing and converts nothing.
-    """
+
+def demo_tracking_uri(out_dir: Path) -> str:
+    """The demo's embedded MLflow store: ``sqlite:///<out>/mlruns/mlflow.db``."""
+    database = Path(out_dir).resolve() / "mlruns" / "mlflow.db"
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{database}"
+
+
+def run_demo(
+    out_dir: Path,
+    *,
+    pipeline: Path,
+    n_train: int = 12,
+    n_heldout: int = 4,
+    seed: int = 0,
+    tracking: str | None = None,
+    force: bool = False,
+    on_stage: StageEvent | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> PipelineReport:
+    """Generate the phantoms (once) and run ``pipeline`` on them into ``out_dir/work``."""
     out_dir = Path(out_dir)
-    data_dir, ingested_dir = out_dir / "data", out_dir / "ingested"
-    if not _dataset_is_current(data_dir, n_cases=n_cases, seed=seed):
-        if on_progress:
-            on_progress("Generating phantoms", 0, n_cases)
-        generate_demo_dataset(data_dir, n_cases=n_cases, seed=seed)
-        if on_progress:
-            on_progress("Generating phantoms", n_cases, n_cases)
-    report = ingest(
-        data_dir / "dicom",
-        ingested_dir,
-        case_ids=CaseIdScheme.FOLDER,
-        labels_dir=data_dir / "labels",
+    data_dir = out_dir / "data"
+    prepare_demo_data(
+        data_dir, n_train=n_train, n_heldout=n_heldout, seed=seed, on_progress=on_progress
+    )
+    return run_pipeline(
+        load_pipeline(pipeline),
+        work_dir=out_dir / "work",
+        data_root=data_dir,
+        selection=RunSelection(force=force),
+        tracking=tracking or demo_tracking_uri(out_dir),
+        on_stage=on_stage,
         on_progress=on_progress,
     )
-    write_label_names(PHANTOM_LABELS, report.manifest_path)
-    plan_path = out_dir / "plan.json"
-    plan = plan_manifest(report.manifest_path, options=DEMO_PLAN_OPTIONS)
-    plan.save(plan_path)
-    cached = preprocess_manifest(
-        report.manifest_path,
-        plan=plan,
-        cache_dir=out_dir / "cache",
-        workers=2,
-        on_progress=(lambda done, total: on_progress("Preprocessing", done, total))
-        if on_progress
-        else None,
-    )
-    return DemoResult(data_dir, ingested_dir, report, plan_path, cached)

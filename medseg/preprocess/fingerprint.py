@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 from medseg.errors import MedsegError
 from medseg.io.nifti import read_nifti
 from medseg.manifest import ManifestRecord, resolve
+from medseg.parallel import process_pool
 from medseg.phi import hash_identifier
 from medseg.preprocess.crop_normalize import crop, nonzero_box
 
@@ -122,7 +122,7 @@ def fingerprint_dataset(
         "seed": seed,
     }
     cases: list[CaseFingerprint] = []
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+    with process_pool(workers, preload=[__name__]) as pool:
         futures = [pool.submit(fingerprint_case, record, **args) for record in training]
         for done, future in enumerate(futures, start=1):
             cases.append(future.result())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -19,6 +19,7 @@ from medseg.errors import MedsegError
 from medseg.io.atomic import write_json_atomic
 from medseg.io.nifti import read_nifti
 from medseg.manifest import ManifestRecord, read_manifest, resolve
+from medseg.parallel import process_pool
 from medseg.preprocess.border_weights import border_weight_map
 from medseg.preprocess.cache import CachedCase
 from medseg.preprocess.case import preprocess_case
@@ -84,12 +85,18 @@ def preprocess_manifest(
         "cache_dir": cache_dir,
         "force": force,
     }
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(process_one, record, **jobs) for record in records]
-        for done, future in enumerate(as_completed(futures), start=1):
-            report.outcomes.append(future.result())
+    if workers <= 1:
+        for done, record in enumerate(records, start=1):
+            report.outcomes.append(process_one(record, **jobs))
             if on_progress:
-                on_progress(done, len(futures))
+                on_progress(done, len(records))
+    else:
+        with process_pool(workers, preload=[__name__]) as pool:
+            futures = [pool.submit(process_one, record, **jobs) for record in records]
+            for done, future in enumerate(as_completed(futures), start=1):
+                report.outcomes.append(future.result())
+                if on_progress:
+                    on_progress(done, len(futures))
     report.outcomes.sort(key=lambda o: o.case_id)
     write_json_atomic(
         cache_dir / "preprocess_report.json",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +113,34 @@ def test_cache_is_memory_mapped_and_feeds_the_sampler(small_dataset: Path, tmp_p
     assert batch.image.shape == (config.batch_size, 1, *config.patch_size)
     forced = batch.label[batch.foreground_forced]
     assert forced.shape[0] >= 1 and all(patch.any() for patch in forced)
+
+
+FORK_AFTER_TORCH = """
+import sys
+from pathlib import Path
+import torch
+from medseg.preprocess.config import PlanOptions
+from medseg.preprocess.plan import plan_manifest
+from medseg.preprocess.stage import preprocess_manifest
+
+torch.set_num_threads(2)
+torch.nn.functional.interpolate(torch.rand(1, 1, 40, 40, 40), scale_factor=1.3, mode="trilinear")
+manifest, cache = Path(sys.argv[1]), Path(sys.argv[2])
+plan = plan_manifest(manifest, options=PlanOptions(target_spacing=(0.8, 0.8, 0.8)), workers=2)
+report = preprocess_manifest(manifest, plan=plan, cache_dir=cache, workers=2)
+print(len(report.outcomes), report.exit_code)
+"""
+
+
+def test_parallel_preprocessing_after_torch_ran_in_the_parent(
+    small_dataset: Path, tmp_path: Path
+) -> None:
+    """Forked workers would inherit a dead OpenMP pool and hang in their first resampling."""
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_AFTER_TORCH, str(small_dataset), str(tmp_path / "cache")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5", "0"]

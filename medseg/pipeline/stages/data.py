@@ -39,6 +39,9 @@ class IngestOptions(StageOptions):
     label_names: str | None = None  # JSON {"1": "liver", ...} or a dataset.json with "labels"
     case_ids: CaseIdScheme = CaseIdScheme.HASH
     workers: int | None = Field(None, ge=1)
+    val_fraction: float = Field(0.0, ge=0, lt=1)  # of the labelled scans, for validation
+    test_fraction: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0  # of the reproducible split assignment
 
 
 def _ingest_inputs(ctx: StageContext, options: IngestOptions) -> dict[str, Path]:
@@ -53,7 +56,13 @@ def _ingest_inputs(ctx: StageContext, options: IngestOptions) -> dict[str, Path]
 def _ingest(ctx: StageContext, options: IngestOptions, run: Any) -> StageResult:
     from medseg.ingest import ingest
     from medseg.ingest.stage import OutcomeKind
-    from medseg.manifest import load_label_names, write_label_names
+    from medseg.manifest import (
+        load_label_names,
+        read_manifest,
+        with_splits,
+        write_label_names,
+        write_manifest,
+    )
 
     paths = _ingest_inputs(ctx, options)
     report = ingest(
@@ -66,6 +75,14 @@ def _ingest(ctx: StageContext, options: IngestOptions, run: Any) -> StageResult:
     )
     if "label_names" in paths:
         write_label_names(load_label_names(paths["label_names"]), report.manifest_path)
+    if options.val_fraction or options.test_fraction:
+        records = with_splits(
+            read_manifest(report.manifest_path),
+            seed=options.seed,
+            val_fraction=options.val_fraction,
+            test_fraction=options.test_fraction,
+        )
+        write_manifest(records, report.manifest_path)
     converted = report.of_kind(OutcomeKind.CONVERTED, OutcomeKind.UNCHANGED)
     failed = report.of_kind(OutcomeKind.FAILED)
     return StageResult(
