@@ -69,8 +69,8 @@ def demo(
         dir_okay=False,
         help="The demo pipeline (default: pipelines/demo.yaml here or in the source tree).",
     ),
-    train_cases: int = typer.Option(12, min=2, help="Training phantoms (some validate)."),
-    heldout_cases: int = typer.Option(4, min=1, help="Held-out phantoms to predict and score."),
+    train_cases: int = typer.Option(14, min=2, help="Training phantoms (some validate)."),
+    heldout_cases: int = typer.Option(6, min=1, help="Held-out phantoms to predict and score."),
     seed: int = typer.Option(0, help="Seed of the phantom generator."),
     force: bool = typer.Option(False, "--force", help="Run every stage again."),
     tracking_uri: str | None = typer.Option(
