@@ -3,6 +3,7 @@ MLflow store, for tests that predict: builds in about a second on a CPU."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,15 @@ from medseg.preprocess.plan import Plan
 from medseg.tracking import RunTracker, log_segmentation_model
 
 
+@dataclass(frozen=True)
+class TinyUnet:
+    """A logged tiny U-Net: the in-memory network, MLflow's model info and the run id."""
+
+    network: torch.nn.Module
+    info: ModelInfo
+    run_id: str
+
+
 def log_tiny_unet(
     plan: Plan,
     tracking_uri: str,
@@ -21,7 +31,7 @@ def log_tiny_unet(
     experiment: str = "predict-test",
     run_name: str = "m",
     registered_model_name: str | None = None,
-) -> ModelInfo:
+) -> TinyUnet:
     """Log a 3-class U-Net (4 base filters, seed 0) for ``plan`` in a new run; register it
     under ``registered_model_name`` when given."""
     torch.manual_seed(0)
@@ -33,8 +43,8 @@ def log_tiny_unet(
         base_filters=4,
     )
     network = build_network(**arguments).eval()
-    with RunTracker(tracking_uri).start(experiment=experiment, run_name=run_name, tags={}):
-        return log_segmentation_model(
+    with RunTracker(tracking_uri).start(experiment=experiment, run_name=run_name, tags={}) as run:
+        info = log_segmentation_model(
             network,
             factory="medseg.models:build_network",
             factory_kwargs=arguments,
@@ -43,6 +53,7 @@ def log_tiny_unet(
             input_example=np.zeros((1, 1, 32, 32, 32), np.float32),
             registered_model_name=registered_model_name,
         )
+    return TinyUnet(network, info, run.run_id)
 
 
 def build_packaged_model(plan: Plan, folder: Path) -> tuple[str, str]:
@@ -52,4 +63,4 @@ def build_packaged_model(plan: Plan, folder: Path) -> tuple[str, str]:
         ``(model_uri, tracking_uri)``; load with ``load_packaged_model(uri, tracking_uri=...)``.
     """
     tracking_uri = f"sqlite:///{folder}/mlflow.db"
-    return log_tiny_unet(plan, tracking_uri).model_uri, tracking_uri
+    return log_tiny_unet(plan, tracking_uri).info.model_uri, tracking_uri

@@ -18,11 +18,11 @@ import torch
 
 from medseg.infer.predictor import load_packaged_model
 from medseg.io.nifti import read_nifti
-from medseg.models import build_network, network_arguments
 from medseg.preprocess.case import preprocess_case
 from medseg.sliding_window import predict_probabilities
-from medseg.tracking import Alias, RunTracker, log_segmentation_model, register_and_promote
+from medseg.tracking import Alias, register_and_promote
 from tests.mlflow_server import running_mlflow_server
+from tests.packaged_model import log_tiny_unet
 from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401
 from tests.tiny_dataset import TinyDataset
 
@@ -50,30 +50,18 @@ def tracked(
     folder = tmp_path_factory.mktemp("mlflow-postgres")
     backend = postgres_server.uri()
     with running_mlflow_server(folder, backend_store_uri=backend, timeout_s=120) as url:
-        torch.manual_seed(0)
-        plan = tiny_dataset.plan
-        arguments = network_arguments(
-            architecture="unet",
-            in_channels=1,
-            num_classes=3,
-            configuration=plan.configurations["3d"].model_dump(),
-            base_filters=4,
+        logged = log_tiny_unet(
+            tiny_dataset.plan,
+            url,
+            experiment="postgres",
+            run_name=RUN_NAME,
+            registered_model_name=MODEL_NAME,
         )
-        network = build_network(**arguments).eval()
-        with RunTracker(url).start(experiment="postgres", run_name=RUN_NAME, tags={}) as run:
-            info = log_segmentation_model(
-                network,
-                factory="medseg.models:build_network",
-                factory_kwargs=arguments,
-                plan=plan.model_dump(mode="json") | {"train_configuration": "3d"},
-                labels=plan.label_names,
-                input_example=np.zeros((1, 1, 32, 32, 32), np.float32),
-                registered_model_name=MODEL_NAME,
-            )
+        info, network = logged.info, logged.network
         version = str(info.registered_model_version)
         promotion = register_and_promote(version, name=MODEL_NAME, metric=0.8, tracking_uri=url)
         assert promotion.promoted and promotion.champion_version == version
-        yield Tracked(url, folder, run.run_id, version, network)
+        yield Tracked(url, folder, logged.run_id, version, network)
 
 
 def test_champion_from_postgres_server_predicts_like_in_memory_network(
