@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from medseg import __version__
+from medseg.cli_pacs import pacs_app
 from medseg.cli_pipeline import demo as demo_command
 from medseg.cli_pipeline import run as run_pipeline_command
 from medseg.ingest.case_ids import CaseIdScheme
@@ -308,7 +309,9 @@ def predict(
 
 @app.command()
 def batch(
-    scans_root: Path = typer.Argument(..., exists=True, help="Tree of DICOM series and NIfTI."),
+    scans_root: Path | None = typer.Argument(
+        None, exists=True, help="Tree of DICOM series and NIfTI (not with --from-pacs)."
+    ),
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (one folder per scan)."),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model)."),
@@ -332,12 +335,24 @@ def batch(
     ),
     experiment: str = typer.Option("medseg-batch", help="MLflow experiment of the batch run."),
     force: bool = typer.Option(False, "--force", help="Redo scans whose outputs are complete."),
+    from_pacs: Path | None = typer.Option(
+        None, "--from-pacs", exists=True, dir_okay=False, help="Pull the scans: a PACS file."
+    ),
+    to_pacs: Path | None = typer.Option(
+        None, "--to-pacs", exists=True, dir_okay=False, help="Push the results: a PACS file."
+    ),
+    keep_pulled: bool = typer.Option(
+        False, "--keep-pulled", help="Keep pulled images of delivered series (default: delete)."
+    ),
 ) -> None:
     """Segment every scan under SCANS_ROOT in parallel workers, resumably and sharded.
 
     A scan's outputs appear in OUT/<case_id>/ all at once; scans already complete are skipped,
-    so a killed batch is simply run again. Exit code 0 when every scan of the shard is done,
-    1 when any failed (see OUT/failures.jsonl).
+    so a killed batch is simply run again. With --from-pacs the scans are pulled from a PACS
+    into OUT/.pacs/incoming; with --to-pacs each finished case's SEG, volume SR and overlay
+    are sent back once per series and model version. Exit code 0 when every scan (and
+    delivery) of the shard is done, 1 when any failed (see OUT/failures.jsonl and
+    OUT/.pacs/deliveries.jsonl).
     """
     from medseg.batch.sharding import ShardError, resolve_shard
     from medseg.cli_output import batch_summary, phase_progress
@@ -353,6 +368,27 @@ def batch(
     options = PredictionOptions(
         overlap=overlap, batch_size=batch_size, mirror=mirror, backend=backend
     )
+    if from_pacs is None and scans_root is None:
+        raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")
+    if from_pacs is not None or to_pacs is not None:
+        from medseg.cli_pacs import pacs_batch
+
+        pacs_batch(
+            from_pacs=from_pacs,
+            to_pacs=to_pacs,
+            scans_root=scans_root,
+            keep_pulled=keep_pulled,
+            model_uri=model,
+            out_dir=out,
+            tracking_uri=tracking_uri,
+            workers=workers,
+            shard=chosen,
+            options=options,
+            case_ids=case_ids,
+            dicom_seg=dicom_seg,
+            force=force,
+            experiment=experiment,
+        )
     try:
         with phase_progress() as progress:
             report = run_batch(
@@ -444,6 +480,7 @@ def _label_names(path: Path | None, pairing) -> dict[int, str]:
 
 
 app.command("run")(run_pipeline_command)
+app.add_typer(pacs_app, name="pacs")
 app.command("demo")(demo_command)
 
 

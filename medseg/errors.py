@@ -63,3 +63,15 @@ class GeometryMismatchError(MedsegError):
 
 class ManifestError(MedsegError):
     """A data manifest is malformed or refers to missing or changed files."""
+
+
+class PacsError(MedsegError):
+    """Talking to a PACS failed; the message names the PACS and what went wrong."""
+
+
+class PacsUnavailableError(PacsError):
+    """The PACS cannot be reached or answered with a server error: worth retrying later."""
+
+
+class PacsRefusedError(PacsError):
+    """The PACS answered but refused an object or a request (e.g. a STOW-RS failure)."""

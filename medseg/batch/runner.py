@@ -101,7 +101,7 @@ def run_batch(
     """
     started = time.perf_counter()
     requested_model = model_uri
-    model_uri = _pinned(model_uri, tracking_uri)
+    model_uri = pinned_model_uri(model_uri, tracking_uri)
     shard = shard or Shard()
     options = options or PredictionOptions()
     case_ids = CaseIdScheme(case_ids)
@@ -110,8 +110,13 @@ def run_batch(
         raise InputFileError(scans_root, "no such file or folder")
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Scans pulled from a PACS live inside OUT (OUT/.pacs/incoming): only then is OUT searched.
+    inside_out = scans_root != out_dir and scans_root.is_relative_to(out_dir)
     inventory = take_inventory(
-        scans_root, case_ids=case_ids, exclude=out_dir, on_progress=on_progress
+        scans_root,
+        case_ids=case_ids,
+        exclude=None if inside_out else out_dir,
+        on_progress=on_progress,
     )
     mine = [scan for scan in inventory.scans if shard.owns(scan.key)]
     report = BatchReport(
@@ -173,7 +178,7 @@ def run_batch(
     return report
 
 
-def _pinned(model_uri: str, tracking_uri: str | None) -> str:
+def pinned_model_uri(model_uri: str, tracking_uri: str | None) -> str:
     """The alias resolved to a version once, so all workers load the same model."""
     from medseg.tracking import TrackingError, pin_model_uri
 

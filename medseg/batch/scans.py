@@ -73,7 +73,7 @@ def scan_key(task: ScanTask, root: Path) -> str:
     """The stable identity of a discovered scan (see the module docstring)."""
     if task.series is not None:
         part = f"#{task.series.part}" if task.series.part else ""
-        return f"dicom:{task.series.series_uid}{part}"
+        return dicom_scan_key(task.series.series_uid) + part
     return f"nifti:{Path(relative(task.files[0], root)).as_posix()}"
 
 
@@ -124,3 +124,8 @@ def _unreadable(
         reason=reason,
         error_type=error_type,
     )
+
+
+def dicom_scan_key(series_uid: str) -> str:
+    """The shard key of a DICOM series (also used to split PACS pulls between shards)."""
+    return f"dicom:{series_uid}"

@@ -12,7 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import SegmentationStorage, generate_uid
+from pydicom.uid import SegmentationStorage
 
 from medseg.demo.dicom_writer import FAKE_PHI, write_dicom_series
 from medseg.errors import GeometryMismatchError
@@ -25,9 +25,8 @@ from medseg.io.dicom_seg import (
 )
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
+from tests.real_ct import EXAMPLE, REFERENCE, with_restored_uids
 
-REFERENCE = "totalsegmentator_ref"
-EXAMPLE = f"{REFERENCE}/tests/reference_files"
 # example_seg_dicom.nii.gz holds TotalSegmentator 'total' classes; dataset.json names the fast
 # model's classes, which use the same numbers, and lacks these four present in the example.
 TOTAL_NAMES_MISSING = {
@@ -51,30 +50,11 @@ class SegCase:
     names: dict[int, str]
 
 
-def _with_restored_uids(source: Path, target: Path) -> list[Path]:
-    """Copy a series whose anonymiser blanked its UIDs, giving it consistent UIDs back.
-
-    The SOP class and instance UIDs come from the file meta; study and series UIDs are new.
-    Pixel data stays as encoded.
-    """
-    target.mkdir()
-    study_uid, series_uid = generate_uid(entropy_srcs=["study"]), generate_uid(entropy_srcs=["s"])
-    paths = []
-    for path in sorted(source.iterdir()):
-        dataset = pydicom.dcmread(path)
-        dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
-        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
-        dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid, series_uid
-        dataset.save_as(target / path.name, enforce_file_format=True)
-        paths.append(target / path.name)
-    return paths
-
-
 @pytest.fixture(scope="module")
 def real_case(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> SegCase:
     """TotalSegmentator's 20-slice JPEG 2000 CT and its 31-structure segmentation."""
     tmp = tmp_path_factory.mktemp("real")
-    files = _with_restored_uids(shared_data / EXAMPLE / "example_ct_dicom", tmp / "ct")
+    files = with_restored_uids(shared_data / EXAMPLE / "example_ct_dicom", tmp / "ct")
     image = read_dicom_series(tmp / "ct", workers=1)
     labels = read_nifti(shared_data / EXAMPLE / "example_seg_dicom.nii.gz").to_closest_ras()
     assert labels.same_grid(image)

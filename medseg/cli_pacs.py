@@ -1,0 +1,207 @@
+"""``medseg pacs echo|query|pull|push``: talk to a PACS described by a YAML file.
+
+Nothing here takes a password: the PACS file names the environment variable or secrets file
+that holds it. Series are shown by their hashed keys unless ``--show-uids`` is given.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from medseg.cli_output import console
+
+if TYPE_CHECKING:
+    from medseg.pacs.config import PacsConfig
+    from medseg.pacs.pull import PullReport
+    from medseg.pacs.push import PushReport
+
+pacs_app = typer.Typer(
+    help="Pull studies from a PACS and push results back (DICOMweb or DIMSE).",
+    no_args_is_help=True,
+)
+
+CONFIG_OPTION = typer.Option(
+    ..., "--config", "-c", exists=True, dir_okay=False, help="PACS file (configs/pacs/*.yaml)."
+)
+
+
+def _load(path: Path) -> PacsConfig:
+    from medseg.config_io import ConfigError
+    from medseg.pacs.config import load_pacs_config
+
+    try:
+        return load_pacs_config(path)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error), param_hint="--config") from error
+
+
+def _fail(error: Exception) -> None:
+    typer.secho(f"error: {error}", fg="red", err=True)
+    raise typer.Exit(2) from error
+
+
+@pacs_app.command()
+def echo(config: Path = CONFIG_OPTION) -> None:
+    """Check that the PACS answers with these settings and credentials."""
+    from medseg.errors import PacsError
+    from medseg.pacs.connect import connected
+
+    settings = _load(config)
+    try:
+        with connected(settings.connection) as client:
+            client.echo()
+    except PacsError as error:
+        _fail(error)
+    console.print(f"[green]{settings.connection.name} answers[/green]")
+
+
+@pacs_app.command()
+def query(
+    config: Path = CONFIG_OPTION,
+    show_uids: bool = typer.Option(False, "--show-uids", help="Print UIDs, not hashed keys."),
+) -> None:
+    """List the series the filter rules take (and count those they leave out)."""
+    from medseg.errors import PacsError
+    from medseg.pacs.connect import connected
+    from medseg.pacs.filters import SeriesFilter
+    from medseg.pacs.retry import with_retry
+    from medseg.pacs.state import series_key
+
+    settings = _load(config)
+    rules = SeriesFilter(settings.filters)
+    try:
+        with connected(settings.connection) as client:
+            found = with_retry(
+                lambda: client.find_series(rules.query()), settings.retry, what="search"
+            )
+    except PacsError as error:
+        _fail(error)
+    taken, reasons = rules.select(found)
+    table = Table(title=f"{len(taken)} of {len(found)} series match")
+    for column in ("series", "modality", "body part", "description", "study date", "images"):
+        table.add_column(column, overflow="fold")
+    for series in taken:
+        name = series.series_uid if show_uids else series_key(series.series_uid)
+        day = series.study_date.isoformat() if series.study_date else ""
+        images = "" if series.instances is None else str(series.instances)
+        table.add_row(
+            name, series.modality, series.body_part, series.series_description, day, images
+        )
+    console.print(table)
+    _print_left_out(Counter(reasons))
+
+
+def _print_left_out(reasons: Counter[str]) -> None:
+    for reason, count in reasons.most_common():
+        console.print(f"left out {count}: {reason}")
+
+
+@pacs_app.command()
+def pull(
+    config: Path = CONFIG_OPTION,
+    out: Path = typer.Option(..., "--out", "-o", help="Folder of pulled series (one per key)."),
+) -> None:
+    """Retrieve every matching series into OUT/<series key>/ (complete series only).
+
+    Series already there are not retrieved again. Exit code 1 when any series failed.
+    """
+    from medseg.errors import PacsError
+    from medseg.pacs.connect import connected
+    from medseg.pacs.pull import pull as pull_series
+
+    settings = _load(config)
+    try:
+        with connected(settings.connection) as client:
+            report = pull_series(client, settings, out)
+    except PacsError as error:
+        _fail(error)
+    pull_summary(report)
+    raise typer.Exit(1 if report.failed else 0)
+
+
+@pacs_app.command()
+def push(
+    batch_out: Path = typer.Argument(..., exists=True, file_okay=False, help="A batch's OUT."),
+    config: Path = CONFIG_OPTION,
+    incoming: Path | None = typer.Option(
+        None, help="Folder the source series were pulled into (for the overlay picture)."
+    ),
+) -> None:
+    """Send the SEG, volume SR and overlay of every finished case not yet delivered.
+
+    Exit code 1 when any case could not be delivered (see BATCH_OUT/.pacs/deliveries.jsonl;
+    the next push retries it).
+    """
+    from medseg.errors import PacsError
+    from medseg.pacs.connect import connected
+    from medseg.pacs.push import push as push_results
+
+    settings = _load(config)
+    try:
+        with connected(settings.connection) as client:
+            report = push_results(client, settings, batch_out, incoming=incoming)
+    except PacsError as error:
+        _fail(error)
+    push_summary(report)
+    raise typer.Exit(report.exit_code)
+
+
+def pull_summary(report: PullReport) -> None:
+    """What a pull did."""
+    colour = "red" if report.failed else "green"
+    console.print(
+        f"[bold {colour}]pull: {report.matched} series match, {len(report.pulled)} pulled, "
+        f"{len(report.present)} already here, {len(report.delivered)} already delivered, "
+        f"{len(report.failed)} failed[/bold {colour}] in {report.seconds:.1f} s"
+    )
+    for failure in report.failed:
+        console.print(f"[red]series {failure.series_key}: {failure.reason}[/red]")
+    _print_left_out(report.left_out)
+
+
+def push_summary(report: PushReport) -> None:
+    """What a push did."""
+    colour = "red" if report.failed else "green"
+    console.print(
+        f"[bold {colour}]push: {len(report.sent)} delivered, {len(report.already_sent)} "
+        f"delivered before, {len(report.without_seg)} without a SEG (NIfTI input), "
+        f"{len(report.failed)} failed[/bold {colour}] in {report.seconds:.1f} s"
+    )
+    for failure in report.failed:
+        console.print(f"[red]case {failure.case_id}: {failure.reason}[/red]")
+
+
+def pacs_batch(
+    *, from_pacs: Path | None, to_pacs: Path | None, scans_root: Path | None, **options: Any
+) -> None:
+    """``medseg batch`` with --from-pacs and/or --to-pacs: pull, segment, push; exits."""
+    from medseg.cli_output import batch_summary, phase_progress
+    from medseg.errors import MedsegError
+    from medseg.pacs.batch import run_pacs_batch
+
+    source = _load(from_pacs) if from_pacs else None
+    target = _load(to_pacs) if to_pacs else None
+    try:
+        with phase_progress() as progress:
+            report = run_pacs_batch(
+                from_pacs=source,
+                to_pacs=target,
+                scans_root=scans_root,
+                on_progress=progress,
+                **options,
+            )
+    except MedsegError as error:  # no model, PACS cannot be searched
+        _fail(error)
+    if report.pull is not None:
+        pull_summary(report.pull)
+    batch_summary(report.batch)
+    if report.push is not None:
+        push_summary(report.push)
+    if report.removed_pulled:
+        console.print(f"deleted the pulled images of {report.removed_pulled} delivered series")
+    raise typer.Exit(report.exit_code)
