@@ -19,6 +19,7 @@ A failing pull of one series, a failing scan or a failing delivery never stops t
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from medseg.batch.runner import BatchReport, run_batch
 from medseg.batch.scans import dicom_scan_key
 from medseg.batch.sharding import Shard
+from medseg.pacs.client import SeriesInfo
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.connect import connected
 from medseg.pacs.pull import PullReport, pull, pulled_series_folder
@@ -71,7 +73,6 @@ def run_pacs_batch(
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     model_uri = pinned_model_uri(model_uri, tracking_uri)
-    ledger = DeliveryLedger(out_dir)
     shard = batch_options.get("shard") or Shard()
     owns = lambda series_uid: shard.owns(dicom_scan_key(series_uid))  # noqa: E731
     pulled = None
@@ -82,7 +83,7 @@ def run_pacs_batch(
                 client,
                 from_pacs,
                 scans_root,
-                skip=lambda series: ledger.is_sent(delivery_key(series.series_uid, model_uri)),
+                skip=_delivered_to(out_dir, model_uri, to_pacs),
                 owns=owns,
             )
     if scans_root is None:
@@ -96,6 +97,17 @@ def run_pacs_batch(
         if from_pacs is not None and not keep_pulled:
             report.removed_pulled = _remove_delivered(out_dir, scans_root, report.push)
     return report
+
+
+def _delivered_to(
+    out_dir: Path, model_uri: str, to_pacs: PacsConfig | None
+) -> Callable[[SeriesInfo], bool]:
+    """Whether a series' results from this model reached ``to_pacs`` already (not pulled again)."""
+    ledger = DeliveryLedger(out_dir)
+    if to_pacs is None:
+        return lambda series: False
+    destination = to_pacs.connection.name
+    return lambda series: ledger.is_sent(delivery_key(series.series_uid, model_uri, destination))
 
 
 def _remove_delivered(out_dir: Path, incoming: Path, pushed: PushReport) -> int:

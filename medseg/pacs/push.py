@@ -37,7 +37,13 @@ from medseg.pacs.client import PacsClient, SeriesInfo
 from medseg.pacs.config import PacsConfig, ResultKind
 from medseg.pacs.pull import is_pulled, pulled_series_folder
 from medseg.pacs.retry import with_retry
-from medseg.pacs.state import Delivery, DeliveryLedger, delivery_key, state_folder
+from medseg.pacs.state import (
+    INCOMING_FOLDER,
+    Delivery,
+    DeliveryLedger,
+    delivery_key,
+    state_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +106,15 @@ def push(
 ) -> PushReport:
     """Deliver the results of every finished case in ``out_dir`` (see the module doc).
 
-    ``incoming`` is where the source series were pulled (for the overlay picture); a series
-    not found there is retrieved from the PACS when a secondary capture is asked for.
+    ``incoming`` is where the source series were pulled (for the overlay picture; default
+    ``OUT/.pacs/incoming``); a series not found there is retrieved from the PACS when a
+    secondary capture is asked for.
     ``owns(series_uid)``: whether this shard of a job array delivers the series.
     """
     started = time.perf_counter()
     ledger = DeliveryLedger(out_dir)
+    if incoming is None:
+        incoming = state_folder(out_dir) / INCOMING_FOLDER
     report = PushReport()
     unreachable: str | None = None
     for result in read_results(out_dir):
@@ -120,7 +129,7 @@ def push(
             continue
         if owns is not None and not owns(seg.source_series_uid):
             continue
-        key = delivery_key(seg.source_series_uid, result.model)
+        key = delivery_key(seg.source_series_uid, result.model, config.connection.name)
         previous = ledger.get(key)
         if previous is not None and previous.status == "sent":
             report.already_sent.append(result.case_id)
@@ -128,6 +137,7 @@ def push(
         delivery = Delivery(
             case_id=result.case_id,
             model=result.model,
+            destination=config.connection.name,
             status="failed",
             attempts=(previous.attempts if previous else 0) + 1,
         )
@@ -171,6 +181,12 @@ def _deliver(
 ) -> dict[str, str]:
     """Write the report objects and send every object the PACS lacks; kind -> outcome."""
     objects = {ResultKind.SEG: seg.path} if ResultKind.SEG in config.results else {}
+    missing = [name for name in seg.segment_labels if name not in result.volumes_ml]
+    if missing:
+        raise MedsegError(
+            f"{seg.path}: segments {missing} have no volume in the case's result.json "
+            f"(it has {sorted(result.volumes_ml)}); was the SEG replaced by hand?"
+        )
     volumes = {name: result.volumes_ml[name] for name in seg.segment_labels}
     case_folder = seg.path.parent
     if ResultKind.SR in config.results:

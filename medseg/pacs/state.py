@@ -2,13 +2,14 @@
 
     OUT/.pacs/incoming/<series key>/*.dcm   pulled series (pull.json last: complete)
     OUT/.pacs/staging/                      series being pulled (a killed pull's leftovers)
-    OUT/.pacs/deliveries/<delivery key>.json   one record per series and model: sent or failed
+    OUT/.pacs/deliveries/<delivery key>.json   one record per series, model and destination
     OUT/.pacs/deliveries.jsonl              every delivery record, rebuilt after each push
 
 Keys are hashes (``medseg.phi.hash_identifier``) of the SeriesInstanceUID (series key) and of
-the SeriesInstanceUID with the model URI (delivery key): file names reveal no UID. A delivery
-record is what makes pushing idempotent: a series sent with a model version is not sent again
-with it, and a failed delivery is retried by the next push (its results stay in OUT).
+the SeriesInstanceUID with the model URI and the destination's name (delivery key): file names
+reveal no UID. A delivery record is what makes pushing idempotent: a series sent with a model
+version to a PACS is not sent there again with it, and a failed delivery is retried by the next
+push (its results stay in OUT). Another destination (a research archive) gets its own records.
 The incoming folder holds patient images: it is created with mode 0700.
 """
 
@@ -26,6 +27,7 @@ from medseg.io.atomic import write_json_atomic, write_text_atomic
 from medseg.phi import hash_identifier
 
 STATE_FOLDER = ".pacs"
+INCOMING_FOLDER = "incoming"
 PULL_RECORD = "pull.json"
 
 
@@ -36,7 +38,7 @@ def state_folder(out_dir: Path) -> Path:
 
 def incoming_folder(out_dir: Path) -> Path:
     """Where pulled series are kept (private to the user)."""
-    folder = state_folder(out_dir) / "incoming"
+    folder = state_folder(out_dir) / INCOMING_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
     return folder
@@ -47,9 +49,9 @@ def series_key(series_uid: str) -> str:
     return hash_identifier(f"series:{series_uid}")
 
 
-def delivery_key(series_uid: str, model: str) -> str:
-    """The record name of the results of ``model`` for a series."""
-    return hash_identifier(f"delivery:{series_uid}\n{model}")
+def delivery_key(series_uid: str, model: str, destination: str) -> str:
+    """The record name of the results of ``model`` for a series, sent to ``destination``."""
+    return hash_identifier(f"delivery:{series_uid}\n{model}\n{destination}")
 
 
 @dataclass
@@ -58,6 +60,7 @@ class Delivery:
 
     case_id: str
     model: str
+    destination: str  # the PACS file's connection name
     status: str  # "sent" or "failed"
     objects: dict[str, str] = field(default_factory=dict)  # kind -> "sent" / "already there"
     attempts: int = 0
@@ -77,12 +80,12 @@ class DeliveryLedger:
 
     def get(self, key: str) -> Delivery | None:
         """The record of ``key``, or None (also for an unreadable record: resend)."""
+        names = {f.name for f in dataclasses.fields(Delivery)}
         try:
             payload = json.loads((self.folder / f"{key}.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            return Delivery(**{k: v for k, v in payload.items() if k in names})
+        except (OSError, ValueError, TypeError, AttributeError):  # unreadable or incomplete
             return None
-        names = {f.name for f in dataclasses.fields(Delivery)}
-        return Delivery(**{k: v for k, v in payload.items() if k in names})
 
     def is_sent(self, key: str) -> bool:
         """Whether the results of ``key`` reached the PACS."""

@@ -11,7 +11,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
 from pydicom.uid import SegmentationStorage
 
 from medseg.demo.dicom_writer import FAKE_PHI, write_dicom_series
@@ -26,6 +25,7 @@ from medseg.io.dicom_seg import (
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
 from tests.real_ct import EXAMPLE, REFERENCE, with_restored_uids
+from tests.seg_readback import rebuild_label_map, seg_frames, value_of_segment
 
 # example_seg_dicom.nii.gz holds TotalSegmentator 'total' classes; dataset.json names the fast
 # model's classes, which use the same numbers, and lacks these four present in the example.
@@ -152,39 +152,6 @@ def _write(series: SyntheticSeries, out_path: Path, **overrides: object) -> Path
     return write_dicom_seg(labels, **arguments)  # type: ignore[arg-type]
 
 
-def _frames(seg: Dataset) -> list[tuple[str, int, np.ndarray]]:
-    """(referenced source SOP instance, segment number, boolean mask) of every SEG frame."""
-    pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns).astype(bool)
-    frames = []
-    for item, mask in zip(seg.PerFrameFunctionalGroupsSequence, pixels, strict=True):
-        source = item.DerivationImageSequence[0].SourceImageSequence[0]
-        number = item.SegmentIdentificationSequence[0].ReferencedSegmentNumber
-        frames.append((str(source.ReferencedSOPInstanceUID), int(number), mask))
-    return frames
-
-
-def _value_of_segment(seg: Dataset, names: dict[int, str]) -> dict[int, int]:
-    value_of_name = {name: value for value, name in names.items()}
-    return {int(s.SegmentNumber): value_of_name[s.SegmentLabel] for s in seg.SegmentSequence}
-
-
-def _pixel_voxels(source: Dataset, affine_ras: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Voxel indices (i, j, k), each (rows, columns), of every pixel of a source image."""
-    rows, columns = np.meshgrid(np.arange(source.Rows), np.arange(source.Columns), indexing="ij")
-    orientation = np.array(source.ImageOrientationPatient, float)
-    row_spacing, column_spacing = (float(v) for v in source.PixelSpacing)
-    lps = (
-        np.array(source.ImagePositionPatient, float)[:, None, None]
-        + orientation[:3, None, None] * column_spacing * columns
-        + orientation[3:, None, None] * row_spacing * rows
-    )
-    ras = lps * np.array([-1.0, -1.0, 1.0])[:, None, None]
-    voxel = np.einsum("ab,brc->arc", np.linalg.inv(affine_ras)[:3, :3], ras)
-    voxel += np.linalg.inv(affine_ras)[:3, 3, None, None]
-    assert np.abs(voxel - np.rint(voxel)).max() < 1e-3
-    return tuple(np.rint(voxel).astype(int))
-
-
 # --- the real CT -------------------------------------------------------------------------------
 
 
@@ -222,22 +189,13 @@ def test_real_seg_segments_are_the_structures_present_by_name(real_case: SegCase
 
 def test_real_seg_frames_rebuild_the_label_map_voxel_for_voxel(real_case: SegCase) -> None:
     seg = pydicom.dcmread(real_case.seg_path)
-    sources = {}
-    for path in real_case.source_files:
-        source = pydicom.dcmread(path, stop_before_pixels=True)
-        sources[source.SOPInstanceUID] = source
-    value_of = _value_of_segment(seg, real_case.names)
-    rebuilt = np.zeros(real_case.labels.shape, np.int64)
-    covered = np.zeros(real_case.labels.shape, np.int64)
-    voxels = {
-        uid: _pixel_voxels(source, real_case.labels.affine_ras) for uid, source in sources.items()
-    }
-    for uid, number, mask in _frames(seg):
-        i, j, k = voxels[uid]
-        rebuilt[i[mask], j[mask], k[mask]] = value_of[number]
-        covered[i[mask], j[mask], k[mask]] += 1
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in real_case.source_files]
+    labels = real_case.labels
+    rebuilt, covered = rebuild_label_map(
+        seg, sources, real_case.names, labels.shape, labels.affine_ras
+    )
     assert covered.max() == 1  # no voxel claimed by two segments or two frames
-    assert np.array_equal(rebuilt, real_case.labels.array)
+    assert np.array_equal(rebuilt, labels.array)
 
 
 def test_source_whose_uids_were_removed_is_refused(shared_data: Path, tmp_path: Path) -> None:
@@ -276,9 +234,9 @@ def test_frames_reference_the_source_slice_they_segment(
 ) -> None:
     seg = pydicom.dcmread(_write(synthetic, tmp_path / "seg.dcm"))
     slice_of = {pydicom.dcmread(p).SOPInstanceUID: k for k, p in enumerate(synthetic.files)}
-    value_of = _value_of_segment(seg, SYNTHETIC_NAMES)
+    value_of = value_of_segment(seg, SYNTHETIC_NAMES)
     rebuilt = np.zeros_like(synthetic.written_labels)
-    for uid, number, mask in _frames(seg):
+    for uid, number, mask in seg_frames(seg):
         # file k holds written slice k; its rows run along j and its columns along i
         rebuilt[:, :, slice_of[uid]][mask.T] = value_of[number]
     assert np.array_equal(rebuilt, synthetic.written_labels)
