@@ -73,5 +73,9 @@ class PacsUnavailableError(PacsError):
     """The PACS cannot be reached or answered with a server error: worth retrying later."""
 
 
+class PacsSetupError(PacsError):
+    """The PACS file does not work: TLS verification or credentials failed (not retried)."""
+
+
 class PacsRefusedError(PacsError):
     """The PACS answered but refused an object or a request (e.g. a STOW-RS failure)."""

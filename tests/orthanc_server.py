@@ -22,9 +22,8 @@ Refusing instances (``refuse_sop_classes``): a Lua ``ReceivedInstanceFilter`` ra
 for those SOP classes. Returning ``false`` instead is NOT a refusal a client can see in Orthanc
 1.10: the instance is dropped, yet C-STORE answers Success (0x0000), ``POST /instances`` answers
 200 with ``"Status": "FilteredOut"`` and STOW-RS lists it under ReferencedSOPSequence. Raising
-an error makes C-STORE answer 0xA700 (Refused: out of resources) and ``POST /instances`` answer
-500; STOW-RS still answers 200, with the instance in neither ReferencedSOPSequence nor
-FailedSOPSequence.
+an error makes C-STORE answer 0xA700 (Refused: out of resources), and ``POST /instances`` and
+STOW-RS of that instance answer HTTP 500 ("Cannot execute a Lua command").
 
 HTTPS (``tls=True``): a fresh CA and a server certificate for 127.0.0.1/localhost signed by
 it are made with ``cryptography``; clients verify against ``OrthancServer.ca_certificate``.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime
 from pathlib import Path
@@ -21,13 +22,16 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom.dataset import Dataset
 
-from medseg.errors import PacsRefusedError, PacsUnavailableError
+from medseg.errors import PacsRefusedError, PacsSetupError, PacsUnavailableError
 from medseg.io.atomic import atomic_path
 from medseg.pacs.client import SeriesInfo, SeriesQuery, instance_file_name
 from medseg.pacs.config import DicomwebSettings
 from medseg.pacs.secrets import read_secret
 
 logger = logging.getLogger(__name__)
+# dicomweb-client wraps each request in ``retrying``, which logs a warning per failed request
+# even with its retries off; medseg's own retry logs what matters.
+logging.getLogger("retrying").setLevel(logging.ERROR)
 
 # Ask for instances as stored (``transfer-syntax=*``): the PACS need not transcode (Orthanc's
 # Debian build cannot transcode JPEG 2000 at all), and lossless data stays bit for bit.
@@ -41,9 +45,23 @@ SERIES_FIELDS = (
 )
 
 
+class _Session(requests.Session):
+    """A session whose own ``verify`` (the PACS file's ca_bundle or verify_tls: false) wins.
+
+    Plain requests lets ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE`` replace ``Session.verify``
+    (psf/requests#3829), so on a machine with either set a private CA would be ignored.
+    """
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and self.verify is not True:
+            settings["verify"] = self.verify
+        return settings
+
+
 def dicomweb_session(settings: DicomwebSettings) -> requests.Session:
     """An HTTP session with the credentials and TLS settings of ``settings``."""
-    session = requests.Session()
+    session = _Session()
     username = settings.username or read_secret(
         env=settings.username_env, file=None, what="DICOMweb username"
     )
@@ -141,23 +159,45 @@ class DicomwebClient:
 
     @contextlib.contextmanager
     def _errors(self, what: str) -> Iterator[None]:
-        """HTTP and connection errors as PacsUnavailableError (retry) / PacsRefusedError."""
+        """HTTP and connection errors as PacsUnavailableError (retried), PacsRefusedError
+        (retried: a PACS may refuse while short of space) or PacsSetupError (TLS, login)."""
         try:
             yield
         except requests.HTTPError as error:
             status = error.response.status_code if error.response is not None else 0
-            problem = f"{self.name}: DICOMweb {what}: HTTP {status}"
+            problem = f"{self.name}: DICOMweb {what}: HTTP {status}{_server_says(error.response)}"
             if status in (401, 403):
-                raise PacsRefusedError(f"{problem} (check the credentials)") from error
+                raise PacsSetupError(f"{problem} (check the credentials)") from error
             if status >= 500 or status in (408, 429):
                 raise PacsUnavailableError(problem) from error
             raise PacsRefusedError(problem) from error
         except requests.exceptions.SSLError as error:
-            raise PacsRefusedError(f"{self.name}: DICOMweb {what}: TLS: {error}") from error
+            raise PacsSetupError(
+                f"{self.name}: DICOMweb {what}: TLS: {_ssl_reason(error)} (is ca_bundle the CA "
+                "that signed the server's certificate?)"
+            ) from error
         except (requests.ConnectionError, requests.Timeout) as error:
             raise PacsUnavailableError(
                 f"{self.name}: DICOMweb {what}: cannot reach the server ({type(error).__name__})"
             ) from error
+
+
+def _server_says(response: requests.Response | None) -> str:
+    """The server's own short explanation of an HTTP error (Orthanc: JSON ``Message``)."""
+    if response is None:
+        return ""
+    try:
+        message = response.json().get("Message", "")
+    except (ValueError, AttributeError):
+        message = response.text if "text/plain" in response.headers.get("Content-Type", "") else ""
+    message = " ".join(str(message).split())[:200]
+    return f" ({message})" if message else ""
+
+
+def _ssl_reason(error: requests.exceptions.SSLError) -> str:
+    """The OpenSSL reason of a TLS failure (e.g. "certificate verify failed: ..."), else all."""
+    found = re.search(r"\[SSL: [A-Z_]+\] ([^(]+?) \(_ssl", str(error))
+    return found.group(1) if found else str(error)
 
 
 def _date_range(start: date | None, end: date | None) -> str:

@@ -37,14 +37,20 @@ def with_retry(
     what: str,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Result:
-    """``action()``, retried after PACS errors with backoff; the last error is raised."""
+    """``action()``, retried after PACS errors with backoff.
+
+    Raises:
+        PacsUnavailableError | PacsRefusedError: the last attempt's error, of the same class,
+            its message ending with how many attempts were made.
+    """
     delays = backoff_delays(settings)
     for attempt in range(settings.attempts):
         try:
             return action()
         except RETRIED as error:
             if attempt == len(delays):
-                raise
+                tries = f"{settings.attempts} attempt{'s' if settings.attempts > 1 else ''}"
+                raise type(error)(f"{error} (gave up after {tries})") from error
             logger.warning(
                 "%s failed (attempt %d of %d): %s; retrying in %.1f s",
                 what,

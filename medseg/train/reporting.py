@@ -177,7 +177,10 @@ def save_curves(path: Path, history: list[dict]) -> Path:
             dice_axis.plot(*zip(*points, strict=True), marker="o", label=key.removeprefix("val_"))
     dice_axis.set_xlabel("epoch")
     dice_axis.set_ylim(0, 1)
-    dice_axis.legend(fontsize=7)
+    if dice_axis.lines:
+        dice_axis.legend(fontsize=7)
+    else:
+        dice_axis.text(0.5, 0.5, "no validation cases", ha="center", transform=dice_axis.transAxes)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=80, bbox_inches="tight")
     return path

@@ -178,7 +178,7 @@ def test_retry_recovers_after_transient_errors_and_gives_up_with_the_last() -> N
         raise PacsUnavailableError("pacs: down")
 
     waits.clear()
-    with pytest.raises(PacsUnavailableError, match="pacs: down"):
+    with pytest.raises(PacsUnavailableError, match=r"^pacs: down \(gave up after 3 attempts\)$"):
         with_retry(always_down, settings, what="t", sleep=waits.append)
     assert waits == [1, 2]
 
