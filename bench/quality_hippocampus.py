@@ -18,18 +18,14 @@ from pathlib import Path
 
 import torch
 
+from hippocampus import DEFAULT_DATA_ROOT, REPOSITORY, prepare_hippocampus
+
 from medseg.models import build_network
 from medseg.preprocess.cache import load_cache
-from medseg.preprocess.config import PlanOptions
-from medseg.preprocess.plan import plan_manifest
-from medseg.preprocess.stage import preprocess_manifest
 from medseg.train.checkpoint import load_checkpoint
 from medseg.train.config import load_train_config
-from medseg.train.loop import split_cases, train
+from medseg.train.loop import train
 from medseg.train.validation import validate
-
-REPOSITORY = Path(__file__).resolve().parents[1]
-MANIFEST = REPOSITORY / "data_manifests/msd_hippocampus.jsonl"
 
 
 def evaluate(
@@ -63,22 +59,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--configurations", nargs="+", default=["3d", "2d"])
-    parser.add_argument("--data-root", type=Path, default=REPOSITORY.parent / "shared" / "data")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--work", type=Path, default=REPOSITORY / "bench/_work/quality")
     args = parser.parse_args()
-    args.work.mkdir(parents=True, exist_ok=True)
-    plan = plan_manifest(MANIFEST, options=PlanOptions(), data_root=args.data_root, workers=2)
-    plan.save(args.work / "plan.json")
-    cache = args.work / "cache"
-    preprocess_manifest(MANIFEST, plan=plan, cache_dir=cache, data_root=args.data_root, workers=2)
-    split = split_cases(MANIFEST)
+    prepared = prepare_hippocampus(args.data_root, args.work)
+    plan, cache, split = prepared.plan, prepared.cache, prepared.split
     results = {}
     for configuration in args.configurations:
         config = load_train_config(
             REPOSITORY / f"configs/train/hippocampus_{configuration}.yaml", max_minutes=args.minutes
         )
         trained = train(
-            manifest_path=MANIFEST,
+            manifest_path=prepared.manifest,
             plan=plan,
             cache_dir=cache,
             config=config,

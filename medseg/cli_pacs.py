@@ -83,10 +83,12 @@ def query(
         _fail(error)
     taken, reasons = rules.select(found)
     table = Table(title=f"{len(taken)} of {len(found)} series match")
-    for column in ("series", "modality", "body part", "description", "study date", "images"):
+    names = [series.series_uid if show_uids else series_key(series.series_uid) for series in taken]
+    # UIDs and keys whole on one line (copied into other tools); the other columns fold.
+    table.add_column("series", no_wrap=True, min_width=max(map(len, names), default=6))
+    for column in ("modality", "body part", "description", "study date", "images"):
         table.add_column(column, overflow="fold")
-    for series in taken:
-        name = series.series_uid if show_uids else series_key(series.series_uid)
+    for series, name in zip(taken, names, strict=True):
         day = series.study_date.isoformat() if series.study_date else ""
         images = "" if series.instances is None else str(series.instances)
         table.add_row(

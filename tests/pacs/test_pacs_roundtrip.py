@@ -63,9 +63,7 @@ class FirstRun:
 
 
 def _invoke(*arguments: object) -> Result:
-    """Run the CLI on a wide terminal (rich folds long UIDs in narrow tables)."""
-    runner = CliRunner(env={"COLUMNS": "250"})
-    return runner.invoke(app, [str(a) for a in arguments], catch_exceptions=False)
+    return CliRunner().invoke(app, [str(a) for a in arguments], catch_exceptions=False)
 
 
 def _password_file(folder: Path) -> Path:
