@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from hippocampus import DEFAULT_DATA_ROOT, REPOSITORY, prepare_hippocampus
 
 from medseg.models import build_network
