@@ -2,32 +2,59 @@
 
 ``build_network`` is the one entry point: training builds networks through it and a packaged
 model records its name and arguments, so inference rebuilds exactly the trained network.
+
+Every builder takes ``in_channels``, ``num_classes``, ``pool_strides`` and ``spatial_dims`` plus
+its own options, and returns logits of the input's spatial size. Every network has
+``deep_supervision`` (whether training-mode output is a list of logits, full resolution first)
+and ``encoder_prefixes`` (state_dict key prefixes of its encoder's parameters). Encoder keys and
+shapes agree, for equal options, between ``fcn32s``/``fcn16s``/``fcn8s``/``pspnet``/``deeplabv3``
+(``medseg.models.encoders``) and between ``unet``/``unet_resize``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from torch import nn
 
 from medseg.errors import MedsegError
+from medseg.models.deeplab import DeepLabV3
+from medseg.models.fcn import FCN, FCN_SKIPS
+from medseg.models.pspnet import PSPNet
+from medseg.models.resize_unet import build_resize_unet
 from medseg.models.unet import build_unet
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"unet": build_unet}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "unet": build_unet,
+    "unet_resize": build_resize_unet,
+    **{variant: partial(FCN, variant=variant) for variant in FCN_SKIPS},
+    "pspnet": PSPNet,
+    "deeplabv3": DeepLabV3,
+}
 
 
 def build_network(*, architecture: str = "unet", **arguments: Any) -> nn.Module:
     """Build the registered ``architecture`` with its keyword arguments.
 
     Raises:
-        MedsegError: unknown architecture (the message lists the known ones).
+        MedsegError: unknown architecture (the message lists the known ones) or options the
+            architecture does not take (the message lists those it takes).
     """
     try:
         builder = ARCHITECTURES[architecture]
     except KeyError:
         known = ", ".join(sorted(ARCHITECTURES))
         raise MedsegError(f"unknown architecture {architecture!r}; known: {known}") from None
+    options = _options(builder)
+    unknown = sorted(set(arguments) - set(options))
+    if unknown:
+        raise MedsegError(
+            f"architecture {architecture!r} takes no option(s) {', '.join(unknown)}; "
+            f"it takes: {', '.join(options)}"
+        )
     return builder(**arguments)
 
 
@@ -43,3 +70,9 @@ def network_arguments(
         "spatial_dims": len(configuration["patch_size"]),
         **options,
     }
+
+
+def _options(builder: Callable[..., nn.Module]) -> list[str]:
+    """Keyword arguments of ``builder``, without those its registry entry fixes."""
+    fixed = builder.keywords if isinstance(builder, partial) else {}
+    return [name for name in inspect.signature(builder).parameters if name not in fixed]

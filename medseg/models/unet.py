@@ -14,17 +14,36 @@ import torch
 from monai.networks.nets import DynUNet
 from torch import nn
 
+from medseg.models.encoders import level_filters
+
 
 class UNet(nn.Module):
-    """DynUNet with list-valued deep-supervision output."""
+    """DynUNet with list-valued deep-supervision output.
+
+    ``encoder_prefixes`` name DynUNet's encoder (input block, strided downsampling blocks,
+    bottleneck). Its state_dict also lists the same tensors under ``network.skip_layers.*``
+    (DynUNet's recursive view of the same modules), so loading the encoder's entries with
+    ``strict=False`` reports those aliases as missing although they are loaded.
+    """
+
+    encoder_prefixes: tuple[str, ...] = (
+        "network.input_block.",
+        "network.downsamples.",
+        "network.bottleneck.",
+    )
 
     def __init__(self, network: DynUNet) -> None:
         super().__init__()
         self.network = network
 
+    @property
+    def deep_supervision(self) -> bool:
+        """Whether training-mode output is a list of logits (DynUNet's setting)."""
+        return bool(self.network.deep_supervision)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         output = self.network(x)
-        if self.training and self.network.deep_supervision:
+        if self.training and self.deep_supervision:
             return list(torch.unbind(output, dim=1))
         return output
 
@@ -41,8 +60,9 @@ def build_unet(
 ) -> UNet:
     """A U-Net whose levels follow ``pool_strides`` (from the plan configuration)."""
     levels = len(pool_strides) + 1
-    ceiling = max_filters or (320 if spatial_dims == 3 else 512)
-    filters = [min(base_filters * 2**level, ceiling) for level in range(levels)]
+    filters = level_filters(
+        levels, spatial_dims=spatial_dims, base_filters=base_filters, max_filters=max_filters
+    )
     strides = [[1] * spatial_dims, *pool_strides]
     network = DynUNet(
         spatial_dims=spatial_dims,

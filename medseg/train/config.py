@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.config_io import load_yaml_model
+from medseg.models.pretrained import PretrainedEncoder
 
 
 class ValidationOptions(BaseModel):
@@ -29,7 +30,10 @@ class TrainConfig(BaseModel):
 
     configuration: Literal["3d", "2d"] = "3d"
     architecture: str = "unet"
-    network: dict[str, Any] = Field(default_factory=lambda: {"deep_supervision": True})
+    # options of the architecture's builder (medseg/models); each builder has its own defaults
+    network: dict[str, Any] = Field(default_factory=dict)
+    # encoder weights from a local file or an MLflow model (medseg/models/pretrained.py)
+    pretrained_encoder: PretrainedEncoder | None = None
     loss: dict[str, Any] | str = "dice_ce"
     optimizer: Literal["sgd", "adamw"] = "sgd"
     learning_rate: float = Field(0.01, gt=0)

@@ -28,6 +28,7 @@ from medseg.io.atomic import write_json_atomic
 from medseg.losses import DeepSupervisionLoss, build_loss
 from medseg.manifest import read_manifest
 from medseg.models import build_network, network_arguments
+from medseg.models.pretrained import load_encoder_weights
 from medseg.preprocess.cache import load_cache
 from medseg.preprocess.plan import Plan
 from medseg.train.augment import AugmentationConfig, Augmenter
@@ -143,6 +144,7 @@ class _Job:
         run_dir: Path,
         split: CaseSplit,
         context: DistributedContext,
+        tracking_uri: str | None = None,
     ) -> None:
         self.plan, self.config, self.context = plan, config, context
         self.cache_dir, self.run_dir, self.split = cache_dir, run_dir, split
@@ -156,7 +158,13 @@ class _Job:
             configuration=self.configuration.model_dump(),
             **config.network,
         )
-        self.network = build_network(**self.network_arguments).to(context.device)
+        self.network = build_network(**self.network_arguments)
+        self.encoder_transfer = None
+        if config.pretrained_encoder is not None:
+            self.encoder_transfer = load_encoder_weights(
+                self.network, config.pretrained_encoder, tracking_uri=tracking_uri
+            )
+        self.network = self.network.to(context.device)
         loss = build_loss(config.loss)
         self.needs_weights = loss.needs_weights
         if loss.needs_weights and not plan.border_weights.enabled:
@@ -164,8 +172,9 @@ class _Job:
                 f"loss {config.loss!r} needs border-weight maps, but the plan has "
                 "border_weights.enabled: false; set it in the plan options and run preprocess again"
             )
-        deep = bool(self.network_arguments.get("deep_supervision", True))
-        self.loss = DeepSupervisionLoss(loss) if deep else loss
+        # the network knows whether it returns a list of logits (e.g. a U-Net too shallow for
+        # auxiliary heads does not, whatever its options say)
+        self.loss = DeepSupervisionLoss(loss) if self.network.deep_supervision else loss
         self.optimizer = _optimizer(self.network, config)
         # CUDA: float16 autocast with gradient scaling. CPU: optional bfloat16 autocast (about
         # 1.6x faster on CPUs with AVX512-BF16; bfloat16 keeps float32's range, so no scaler).
@@ -284,6 +293,7 @@ def train(
             run_dir=Path(run_dir),
             split=split,
             context=context,
+            tracking_uri=tracking_uri,
         )
         state, history = TrainingState(), []
         last = job.checkpoints / "last.pt"
@@ -304,6 +314,8 @@ def train(
             parent_run_id=parent_run_id,
         )
         state.run_id = reporter.run_id
+        if job.encoder_transfer is not None and not resume:
+            reporter.log_encoder_transfer(job.encoder_transfer)
         try:
             stopped_by = _run_epochs(job, state, history, reporter, on_progress)
             checksums = gather_objects(parameter_checksum(job.network), context)

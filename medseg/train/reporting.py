@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from medseg.io.atomic import atomic_path, write_json_atomic
 from medseg.manifest import sha256_file
+from medseg.models.pretrained import EncoderTransfer, describe_source
 from medseg.preprocess.plan import Plan
 from medseg.train.config import TrainConfig
 from medseg.train.validation import ValidationResult
@@ -65,12 +66,25 @@ class TrainingReporter:
             nested=run_id is not None and parent_run_id is not None,
         )
         if run_id is None:
-            tracker.log_params(
-                {"config": config.model_dump(mode="json"), "plan": _plan_params(plan)}
-            )
-            tracker.log_dict(config.model_dump(mode="json"), "config/train_config.json")
+            logged = config.model_dump(mode="json")
+            if config.pretrained_encoder is not None:  # no local paths in MLflow
+                source = describe_source(config.pretrained_encoder.source)
+                logged["pretrained_encoder"]["source"] = source
+            tracker.log_params({"config": logged, "plan": _plan_params(plan)})
+            tracker.log_dict(logged, "config/train_config.json")
             tracker.log_dict(plan.model_dump(mode="json"), "config/plan.json")
         return cls(tracker, plan, config, run_dir)
+
+    def log_encoder_transfer(self, transfer: EncoderTransfer) -> None:
+        """How many encoder tensors came from the pretrained source."""
+        if self.tracker is None:
+            return
+        self.tracker.log_params(
+            {
+                "pretrained_encoder.loaded_tensors": len(transfer.loaded),
+                "pretrained_encoder.skipped_tensors": len(transfer.skipped),
+            }
+        )
 
     @property
     def run_id(self) -> str | None:

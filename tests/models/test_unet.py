@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg.errors import MedsegError
 from medseg.models import build_network, network_arguments
 
 
@@ -46,8 +45,3 @@ def test_filters_double_and_are_capped() -> None:
         base_filters=32,
     )
     assert network.network.filters == [32, 64, 128, 256, 320, 320]
-
-
-def test_unknown_architecture_lists_the_known_ones() -> None:
-    with pytest.raises(MedsegError, match="unknown architecture 'vnet'; known: unet"):
-        build_network(architecture="vnet")
