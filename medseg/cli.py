@@ -263,6 +263,9 @@ def predict(
     keep_largest: str | None = typer.Option(
         None, help='Keep only the largest component of these structures: "all" or "1,3".'
     ),
+    crf: bool = typer.Option(
+        False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
+    ),
     backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 (OpenVINO on bf16 CPUs)."),
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
@@ -276,6 +279,7 @@ def predict(
     Exit code 0 when every scan was segmented, 1 when some failed (the others are written).
     """
     from medseg.cli_output import phase_progress, predict_summary
+    from medseg.infer.crf import CrfSettings
     from medseg.infer.predictor import PredictionOptions, load_packaged_model
     from medseg.infer.stage import predict_path
 
@@ -290,6 +294,7 @@ def predict(
         batch_size=batch_size,
         mirror=mirror,
         keep_largest=structures,
+        crf=CrfSettings() if crf else None,
         backend=backend,
         precision=precision,
     )
@@ -328,6 +333,9 @@ def batch(
     overlap: float = typer.Option(0.5, help="Sliding-window overlap."),
     batch_size: int = typer.Option(2, help="Windows per forward pass."),
     mirror: bool = typer.Option(False, "--mirror", help="Mirroring test-time augmentation."),
+    crf: bool = typer.Option(
+        False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
+    ),
     backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
     tracking_uri: str | None = typer.Option(
@@ -363,10 +371,15 @@ def batch(
     except ShardError as error:
         raise typer.BadParameter(str(error), param_hint="--shard") from error
     from medseg.batch.runner import run_batch
+    from medseg.infer.crf import CrfSettings
     from medseg.infer.predictor import PredictionOptions
 
     options = PredictionOptions(
-        overlap=overlap, batch_size=batch_size, mirror=mirror, backend=backend
+        overlap=overlap,
+        batch_size=batch_size,
+        mirror=mirror,
+        crf=CrfSettings() if crf else None,
+        backend=backend,
     )
     if from_pacs is None and scans_root is None:
         raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")

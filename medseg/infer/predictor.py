@@ -1,5 +1,6 @@
 """Predict one scan with a packaged model: preprocess with the model's plan, sliding window,
-probabilities back onto the scan's grid, argmax, optional post-processing.
+optional dense CRF on the preprocessed grid, probabilities back onto the scan's grid, argmax,
+optional post-processing.
 
 The model always travels with its plan (spacing, normalization, patch) and label names, so
 nothing is guessed here.
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from medseg.infer.crf import CrfSettings, dense_crf
 from medseg.infer.postprocess import keep_largest_component
 from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
@@ -31,6 +33,7 @@ class PredictionOptions(BaseModel):
     batch_size: int = Field(2, ge=1)
     mirror: bool = False
     keep_largest: list[int] | None = None  # structures to reduce to their largest component
+    crf: CrfSettings | None = None  # dense CRF on the probabilities before the argmax
     backend: str = "torch"  # torch, onnxruntime or openvino (medseg.infer.backends)
     precision: str = "fp32"  # fp32, or bf16 with OpenVINO on CPUs that support it
 
@@ -83,8 +86,12 @@ def predict_scan(
 ) -> Volume:
     """Label map of ``volume`` on its own grid (same shape and affine).
 
-    When ``probabilities_out`` is a list, the class probabilities resampled onto the scan's
-    (closest-RAS) grid are appended to it as float16 ``(K, X, Y, Z)``.
+    With ``options.crf``, the sliding-window probabilities are refined by a dense CRF on the
+    preprocessed grid (with the normalised image and the plan's target spacing) before they go
+    back onto the scan; a 2D configuration gets one 3D CRF over the volume, or a 2D CRF per
+    slice along its slice axis with ``crf.per_slice``. When ``probabilities_out`` is a list,
+    the class probabilities resampled onto the scan's (closest-RAS) grid are appended to it as
+    float16 ``(K, X, Y, Z)``.
     """
     case = preprocess_case(volume, None, model.plan, case_id=case_id)
     configuration = model.plan.configurations[model.configuration]
@@ -101,6 +108,14 @@ def predict_scan(
             mirror_axes=model.mirror_axes,
             slice_axis=configuration.slice_axis,
             on_windows=on_windows,
+        )
+    if options.crf is not None:
+        probabilities = dense_crf(
+            probabilities,
+            image,
+            spacing_mm=model.plan.target_spacing,
+            settings=options.crf,
+            slice_axis=configuration.slice_axis,
         )
     labels = restore_argmax(probabilities.numpy(), case.properties, keep=probabilities_out)
     if options.keep_largest:

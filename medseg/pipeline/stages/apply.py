@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.pipeline.stages.base import (
@@ -78,12 +78,24 @@ class PredictStageOptions(_FolderOrSplit):
     overlap: float = Field(0.5, ge=0, lt=1)
     batch_size: int = Field(2, ge=1)
     mirror: bool = False
+    crf: dict[str, Any] | None = None  # CrfSettings of a dense CRF; {} or true: the defaults
     backend: str = "torch"
     dicom_seg: bool = True
     workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
     def _folder(self) -> str | None:
         return self.input
+
+    @field_validator("crf", mode="before")
+    @classmethod
+    def _crf_settings(cls, value: Any) -> dict[str, Any] | None:
+        """Checked (and completed with the defaults) when the pipeline file is read; torch is
+        imported only when a pipeline asks for the CRF."""
+        if value is None or value is False:
+            return None
+        from medseg.infer.crf import CrfSettings
+
+        return CrfSettings.model_validate({} if value is True else value).model_dump()
 
 
 def _predict_needs(options: PredictStageOptions) -> tuple[str, ...]:
@@ -116,6 +128,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
             overlap=options.overlap,
             batch_size=options.batch_size,
             mirror=options.mirror,
+            crf=options.crf,
             backend=options.backend,
         ),
         case_ids=case_ids,

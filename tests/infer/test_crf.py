@@ -1,0 +1,448 @@
+"""Dense CRF (``medseg.infer.crf``): against a brute-force CRF, on synthetic images with sharp
+edges and "network" probabilities blurred across them with speckle errors, and wired into
+``predict_scan``, the CLI and the pipeline's predict stage."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from medseg.errors import MedsegError
+from medseg.infer.crf import CrfInputError, CrfSettings, dense_crf
+from medseg.infer.predictor import (
+    PackagedModel,
+    PredictionOptions,
+    load_packaged_model,
+    predict_scan,
+)
+from medseg.io.nifti import read_nifti
+from tests.infer.test_predict import packaged_model_uri  # noqa: F401  (module fixture)
+from tests.tiny_dataset import TinyDataset
+
+HIPPOCAMPUS = "msd_hippocampus/images/hippocampus_001.nii.gz"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The CRF is many small tensor operations: one thread keeps these tests fast even when
+    other processes load the machine (two threads then wait on each other at every op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _dice(labels: np.ndarray, truth: np.ndarray, structure: int) -> float:
+    predicted, reference = labels == structure, truth == structure
+    return 2.0 * float((predicted & reference).sum()) / float(predicted.sum() + reference.sum())
+
+
+def _image(truth: np.ndarray, levels: list[float], rng: np.random.Generator) -> np.ndarray:
+    """One channel: a constant intensity per region (sharp edges) plus noise."""
+    noisy = np.asarray(levels, np.float32)[truth] + rng.normal(0, 0.2, truth.shape)
+    return noisy.astype(np.float32)[np.newaxis]
+
+
+def _network_probabilities(
+    truth: np.ndarray, classes: int, *, blur: float, speckles: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """The one-hot truth blurred across its edges; at ``speckles`` a wrong class gets 0.75."""
+    one_hot = np.stack([(truth == k).astype(np.float32) for k in range(classes)])
+    soft = np.stack([ndimage.gaussian_filter(channel, blur) for channel in one_hot])
+    soft /= soft.sum(0, keepdims=True)
+    wrong = (truth + rng.integers(1, classes, truth.shape)) % classes
+    speckled = np.full_like(soft, 0.25 / (classes - 1))
+    np.put_along_axis(speckled, wrong[np.newaxis], 0.75, axis=0)
+    return np.where(speckles[np.newaxis], speckled, soft).astype(np.float32)
+
+
+def _scene_2d(rng: np.random.Generator) -> np.ndarray:
+    """Background, a rectangle (1) and a disc (2) on 64 x 64."""
+    truth = np.zeros((64, 64), np.int64)
+    truth[8:30, 10:54] = 1
+    rows, columns = np.mgrid[:64, :64]
+    truth[(rows - 44) ** 2 + (columns - 32) ** 2 < 12**2] = 2
+    return truth
+
+
+def _scene_3d(rng: np.random.Generator) -> np.ndarray:
+    """Background, a ball (1) and a box (2) on 40 x 40 x 32."""
+    x, y, z = np.mgrid[:40, :40, :32]
+    truth = np.zeros((40, 40, 32), np.int64)
+    truth[(x - 20) ** 2 + (y - 14) ** 2 + (z - 16) ** 2 < 9**2] = 1
+    truth[(abs(x - 20) < 12) & (abs(y - 31) < 5) & (abs(z - 16) < 10)] = 2
+    return truth
+
+
+# --- a brute-force CRF: every pair of voxels, the documented kernels and windows ------------
+
+
+def _brute_force_crf(
+    probabilities: np.ndarray, image: np.ndarray, spacing: list[float], settings: CrfSettings
+) -> np.ndarray:
+    spatial = probabilities.shape[1:]
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in spatial], indexing="ij"), -1)
+    voxels = grid.reshape(-1, len(spatial)).astype(np.float64)
+    offsets = voxels[:, None] - voxels[None]
+    distance2 = ((offsets * spacing) ** 2).sum(-1)
+    features = image.reshape(image.shape[0], -1).T.astype(np.float64)
+    intensity2 = ((features[:, None] - features[None]) ** 2).sum(-1)
+    # smoothness: every offset within 3 sigma per axis
+    taps = [max(1, math.ceil(3 * settings.spatial_sigma_mm / s)) for s in spacing]
+    smooth = np.exp(-distance2 / (2 * settings.spatial_sigma_mm**2))
+    smooth *= (np.abs(offsets) <= taps).all(-1)
+    # bilateral: the ellipsoid of 2 sigma (axis neighbours always), capped per axis
+    reach = 2 * settings.bilateral_sigma_mm
+    radii = [min(settings.max_window_radius, max(1, math.floor(reach / s))) for s in spacing]
+    window = (np.abs(offsets) <= radii).all(-1) & (
+        (distance2 <= reach**2 + 1e-6) | ((offsets != 0).sum(-1) <= 1)
+    )
+    bilateral = window * np.exp(
+        -distance2 / (2 * settings.bilateral_sigma_mm**2)
+        - intensity2 / (2 * settings.intensity_sigma**2)
+    )
+    log_p = np.log(np.clip(probabilities.reshape(probabilities.shape[0], -1).T, 1e-6, None))
+    kernels = []
+    for kernel, weight in (
+        (smooth, settings.spatial_weight),
+        (bilateral, settings.bilateral_weight),
+    ):
+        np.fill_diagonal(kernel, 0)
+        norm = 1 / np.sqrt(kernel.sum(1))
+        kernels.append(weight * norm[:, None] * kernel * norm[None])
+    q = np.exp(log_p) / np.exp(log_p).sum(1, keepdims=True)
+    for _ in range(settings.iterations):
+        energy = log_p + sum(kernel @ q for kernel in kernels)
+        q = np.exp(energy - energy.max(1, keepdims=True))
+        q /= q.sum(1, keepdims=True)
+    return q.T.reshape(probabilities.shape)
+
+
+@pytest.mark.parametrize(
+    ("spatial", "channels", "spacing", "settings"),
+    [
+        ((9, 8), 1, [1.0, 1.0], CrfSettings()),
+        ((7, 6, 5), 1, [1.0, 1.0, 1.0], CrfSettings(iterations=3)),
+        ((8, 7, 4), 2, [0.8, 1.0, 2.5], CrfSettings(bilateral_sigma_mm=1.5, intensity_sigma=0.7)),
+        ((10, 9, 6), 2, [0.5, 0.5, 1.0], CrfSettings(max_window_radius=2, spatial_weight=3.0)),
+    ],
+)
+def test_dense_crf_equals_a_brute_force_crf(
+    spatial: tuple[int, ...], channels: int, spacing: list[float], settings: CrfSettings
+) -> None:
+    rng = np.random.default_rng(len(spatial))
+    probabilities = torch.softmax(torch.from_numpy(rng.normal(0, 2, (3, *spatial))), 0).numpy()
+    image = rng.normal(0, 1, (channels, *spatial)).astype(np.float32)
+    refined = dense_crf(probabilities, image, spacing_mm=spacing, settings=settings)
+    expected = _brute_force_crf(probabilities, image, spacing, settings)
+    np.testing.assert_allclose(refined, expected, atol=2e-5)
+
+
+# --- behaviour on synthetic scenes -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scene", "spacing", "min_gain"),
+    [(_scene_2d, (1.0, 1.0), 0.03), (_scene_3d, (1.0, 1.0, 1.0), 0.08)],
+    ids=["2d", "3d"],
+)
+def test_crf_raises_dice_and_removes_speckles(scene, spacing: tuple, min_gain: float) -> None:
+    rng = np.random.default_rng(0)
+    truth = scene(rng)
+    image = _image(truth, [0.0, 1.5, -1.5], rng)
+    speckles = rng.random(truth.shape) < 0.03
+    probabilities = _network_probabilities(truth, 3, blur=2.0, speckles=speckles, rng=rng)
+    before = probabilities.argmax(0)
+    after = dense_crf(probabilities, image, spacing_mm=spacing).argmax(0)
+    for structure in (1, 2):
+        assert _dice(after, truth, structure) >= _dice(before, truth, structure) + min_gain
+    boundary = ndimage.morphological_gradient(truth, size=(3,) * truth.ndim) > 0
+    far = speckles & ~ndimage.binary_dilation(boundary, iterations=2)
+    assert (before[far] != truth[far]).all()  # every speckle was an error
+    assert (after[far] == truth[far]).mean() > 0.98
+    assert (after[speckles] == truth[speckles]).mean() > 0.9
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0), (0.7, 1.4)])
+def test_zero_iterations_is_the_identity(spacing: tuple) -> None:
+    rng = np.random.default_rng(1)
+    probabilities = rng.dirichlet([1, 1, 1], (12, 10)).transpose(2, 0, 1).astype(np.float32)
+    image = rng.normal(0, 1, (1, 12, 10)).astype(np.float32)
+    refined = dense_crf(
+        probabilities, image, spacing_mm=spacing, settings=CrfSettings(iterations=0)
+    )
+    np.testing.assert_array_equal(refined, probabilities)
+
+
+@pytest.mark.parametrize(
+    ("kind", "dtype"),
+    [
+        ("numpy", np.float32),
+        ("numpy", np.float16),
+        ("tensor", torch.float32),
+        ("tensor", torch.float64),
+    ],
+)
+def test_output_keeps_shape_and_kind_is_float32_and_sums_to_one(kind: str, dtype) -> None:
+    rng = np.random.default_rng(2)
+    probabilities = rng.dirichlet([1, 1, 1, 1], (9, 8, 7)).transpose(3, 0, 1, 2)
+    image = rng.normal(0, 1, (2, 9, 8, 7)).astype(np.float32)
+    if kind == "tensor":
+        probabilities = torch.from_numpy(probabilities).to(dtype)
+        image = torch.from_numpy(image)
+    else:
+        probabilities = probabilities.astype(dtype)
+    refined = dense_crf(probabilities, image, spacing_mm=(1.0, 1.0, 2.0))
+    assert isinstance(refined, np.ndarray if kind == "numpy" else torch.Tensor)
+    assert tuple(refined.shape) == (4, 9, 8, 7)
+    assert refined.dtype == (np.float32 if kind == "numpy" else torch.float32)
+    total = np.asarray(refined.sum(0))
+    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+
+
+def _physical_ball(spacing_z: float, rng: np.random.Generator):
+    """A ball of radius 9 mm whose intensity edge is sharp, in a 40 x 40 x 48 mm box sampled
+    at (1, 1, spacing_z) mm; the network's sphere is 2 mm too large and soft."""
+    z_centres = (np.arange(round(48 / spacing_z)) + 0.5) * spacing_z
+    x, y, z = np.meshgrid(np.arange(40) + 0.5, np.arange(40) + 0.5, z_centres, indexing="ij")
+    radius = np.sqrt((x - 20) ** 2 + (y - 20) ** 2 + (z - 24) ** 2)
+    truth = (radius < 9).astype(np.int64)
+    image = (np.where(truth == 1, 1.0, -1.0) + rng.normal(0, 0.1, truth.shape)).astype(np.float32)
+    inside = 1 / (1 + np.exp((radius - 11) / 2.5))
+    probabilities = np.stack([1 - inside, inside]).astype(np.float32)
+    return truth, image[np.newaxis], probabilities
+
+
+def test_anisotropic_spacing_gives_the_result_of_the_isotropic_problem() -> None:
+    rng = np.random.default_rng(3)
+    truth_fine, image_fine, probabilities_fine = _physical_ball(1.0, rng)
+    truth_coarse, image_coarse, probabilities_coarse = _physical_ball(3.0, rng)
+    fine = dense_crf(probabilities_fine, image_fine, spacing_mm=(1.0, 1.0, 1.0))
+    coarse = dense_crf(probabilities_coarse, image_coarse, spacing_mm=(1.0, 1.0, 3.0))
+    fine_on_coarse = fine.argmax(0)[:, :, 1::3]  # the fine slices at the coarse slice centres
+    assert (truth_fine[:, :, 1::3] == truth_coarse).all()
+    assert _dice(coarse.argmax(0), fine_on_coarse, 1) > 0.98
+    assert (
+        _dice(coarse.argmax(0), truth_coarse, 1)
+        > _dice(probabilities_coarse.argmax(0), truth_coarse, 1) + 0.05
+    )
+    # treating the thick slices as 1 mm ones is a different problem with another answer
+    wrong = dense_crf(probabilities_coarse, image_coarse, spacing_mm=(1.0, 1.0, 1.0))
+    assert _dice(wrong.argmax(0), fine_on_coarse, 1) < _dice(coarse.argmax(0), fine_on_coarse, 1)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected_boundary"),
+    [
+        (CrfSettings(), 24),  # bilateral (with smoothness): onto the intensity edge
+        (CrfSettings(bilateral_weight=0.0), 26),  # smoothness only: stays where it was
+        (CrfSettings(bilateral_weight=0.0, spatial_weight=3.0), 26),
+    ],
+    ids=["bilateral", "smoothness", "strong-smoothness"],
+)
+def test_intensity_edge_attracts_the_boundary(
+    settings: CrfSettings, expected_boundary: int
+) -> None:
+    rng = np.random.default_rng(4)
+    columns = np.mgrid[:48, :48][1]
+    image = np.where(columns >= 24, 1.0, -1.0) + rng.normal(0, 0.2, columns.shape)
+    # the network puts the boundary 2 voxels right of the edge, unsure in between
+    inside = np.where(columns >= 26, 0.95, np.where(columns >= 24, 0.4, 0.05))
+    probabilities = np.stack([1 - inside, inside]).astype(np.float32)
+    refined = dense_crf(
+        probabilities, image[np.newaxis].astype(np.float32), spacing_mm=(1, 1), settings=settings
+    )
+    first_inside = np.argmax(refined.argmax(0) == 1, axis=1)  # per row
+    assert np.median(first_inside) == expected_boundary
+    assert (np.abs(first_inside - expected_boundary) <= 1).mean() > 0.9
+
+
+def test_per_slice_runs_a_2d_crf_on_each_slice_without_mixing() -> None:
+    rng = np.random.default_rng(5)
+    probabilities = rng.dirichlet([1, 1, 1], (10, 6, 9)).transpose(3, 0, 1, 2).astype(np.float32)
+    image = rng.normal(0, 1, (1, 10, 6, 9)).astype(np.float32)
+    settings = CrfSettings(per_slice=True)
+    refined = dense_crf(probabilities, image, spacing_mm=(1, 1, 1), settings=settings, slice_axis=1)
+    for index in range(6):
+        alone = dense_crf(
+            probabilities[:, :, index], image[:, :, index], spacing_mm=(1, 1), settings=settings
+        )
+        np.testing.assert_allclose(refined[:, :, index], alone, atol=1e-6)
+    volume = dense_crf(probabilities, image, spacing_mm=(1, 1, 1))
+    assert np.abs(volume - refined).max() > 0.01  # the 3D CRF does mix slices
+
+
+def test_per_slice_defaults_to_the_coarsest_axis() -> None:
+    rng = np.random.default_rng(6)
+    probabilities = rng.dirichlet([1, 1], (8, 5, 7)).transpose(3, 0, 1, 2).astype(np.float32)
+    image = rng.normal(0, 1, (1, 8, 5, 7)).astype(np.float32)
+    settings = CrfSettings(per_slice=True)
+    default = dense_crf(probabilities, image, spacing_mm=(1, 3, 1), settings=settings)
+    along_1 = dense_crf(probabilities, image, spacing_mm=(1, 3, 1), settings=settings, slice_axis=1)
+    np.testing.assert_array_equal(default, along_1)
+
+
+def _valid_inputs() -> tuple[np.ndarray, np.ndarray]:
+    probabilities = np.full((2, 6, 5, 4), 0.5, np.float32)
+    return probabilities, np.zeros((1, 6, 5, 4), np.float32)
+
+
+def _with(array: np.ndarray, index: tuple, value: float) -> np.ndarray:
+    changed = array.copy()
+    changed[index] = value
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "image", "spacing", "message"),
+    [
+        (_valid_inputs()[0], np.zeros((1, 6, 5, 3), np.float32), (1, 1, 1), "does not match"),
+        (_valid_inputs()[0], np.zeros((6, 5, 4), np.float32), (1, 1, 1), "does not match"),
+        (*_valid_inputs(), (1, 1), "2 values for 3 spatial axes"),
+        (*_valid_inputs(), (1, 0, 1), "positive and finite"),
+        (*_valid_inputs(), (1, float("nan"), 1), "positive and finite"),
+        (np.full((2, 6), 0.5, np.float32), np.zeros((1, 6), np.float32), (1,), "(K, X, Y)"),
+        (_with(_valid_inputs()[0], (0, 1, 1, 1), np.nan), _valid_inputs()[1], (1, 1, 1), "NaN"),
+        (_valid_inputs()[0], _with(_valid_inputs()[1], (0, 0, 0, 0), np.inf), (1, 1, 1), "image"),
+        (np.full((2, 6, 5, 4), 2.0, np.float32), _valid_inputs()[1], (1, 1, 1), "sum to 1"),
+        (_with(_valid_inputs()[0], (0, 0, 0, 0), -0.5), _valid_inputs()[1], (1, 1, 1), "negative"),
+    ],
+)
+def test_invalid_inputs_raise_a_clear_error(probabilities, image, spacing, message: str) -> None:
+    with pytest.raises(CrfInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        dense_crf(probabilities, image, spacing_mm=spacing)
+    assert issubclass(CrfInputError, MedsegError) and issubclass(CrfInputError, ValueError)
+
+
+def test_settings_reject_unknown_and_invalid_values() -> None:
+    with pytest.raises(ValueError, match="extra"):
+        CrfSettings(iteration=3)
+    with pytest.raises(ValueError, match="greater than 0"):
+        CrfSettings(intensity_sigma=0)
+
+
+# --- wiring: predict_scan, CLI, pipeline stage -----------------------------------------------
+
+
+def test_predict_scan_with_crf_runs_end_to_end(
+    shared_data: Path,
+    packaged_model_uri: tuple[str, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import medseg.infer.predictor as predictor
+
+    model_uri, tracking = packaged_model_uri
+    model = load_packaged_model(model_uri, tracking_uri=tracking)
+    scan = read_nifti(shared_data / HIPPOCAMPUS)
+    calls = []
+
+    def recording_crf(probabilities, image, **kwargs):
+        calls.append((tuple(probabilities.shape), tuple(image.shape), kwargs))
+        return dense_crf(probabilities, image, **kwargs)
+
+    monkeypatch.setattr(predictor, "dense_crf", recording_crf)
+    kept: list[np.ndarray] = []
+    options = PredictionOptions(crf=CrfSettings(), keep_largest=[1, 2])
+    labels = predict_scan(scan, model, options=options, probabilities_out=kept)
+    plain = predict_scan(scan, model, options=PredictionOptions(keep_largest=[1, 2]))
+    assert labels.same_grid(scan) and set(np.unique(labels.array)) <= {0, 1, 2}
+    assert len(calls) == 1
+    probabilities_shape, image_shape, kwargs = calls[0]
+    assert probabilities_shape[0] == 3 and image_shape == (1, *probabilities_shape[1:])
+    assert kwargs["spacing_mm"] == model.plan.target_spacing
+    assert kwargs["slice_axis"] is None and kwargs["settings"] == CrfSettings()
+    np.testing.assert_allclose(kept[0].astype(np.float32).sum(0), 1.0, atol=1e-2)
+    assert (labels.array != plain.array).any()  # the CRF changed the (untrained) prediction
+
+
+def test_predict_scan_of_a_2d_configuration_runs_the_crf_per_slice_on_request(
+    shared_data: Path, tiny_dataset: TinyDataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medseg.infer.predictor as predictor
+
+    torch.manual_seed(0)
+    plan = tiny_dataset.plan
+    model = PackagedModel(
+        network=torch.nn.Conv2d(1, 3, 3, padding=1).eval(),
+        plan=plan,
+        configuration="2d",
+        label_names=plan.label_names,
+    )
+    calls = []
+
+    def recording_crf(probabilities, image, **kwargs):
+        calls.append(kwargs)
+        return dense_crf(probabilities, image, **kwargs)
+
+    monkeypatch.setattr(predictor, "dense_crf", recording_crf)
+    scan = read_nifti(shared_data / HIPPOCAMPUS)
+    options = PredictionOptions(crf=CrfSettings(per_slice=True, iterations=2))
+    labels = predict_scan(scan, model, options=options)
+    assert labels.same_grid(scan)
+    assert calls[0]["slice_axis"] == plan.configurations["2d"].slice_axis
+    assert calls[0]["settings"].per_slice
+
+
+@pytest.mark.parametrize("command", ["predict", "batch"])
+def test_cli_accepts_crf(
+    command: str,
+    shared_data: Path,
+    tmp_path: Path,
+    packaged_model_uri: tuple[str, str],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from typer.testing import CliRunner
+
+    import medseg.batch.runner
+    import medseg.infer.stage
+    from medseg.cli import app
+
+    model_uri, tracking = packaged_model_uri
+    seen: list[PredictionOptions] = []
+
+    def refuse(*args, options: PredictionOptions, **kwargs):
+        seen.append(options)
+        raise MedsegError("stopped by the test after parsing")
+
+    if command == "predict":  # the real model loads; the scans are not predicted
+        monkeypatch.setattr(medseg.infer.stage, "predict_path", refuse)
+    else:
+        monkeypatch.setattr(medseg.batch.runner, "run_batch", refuse)
+    scan = shared_data / HIPPOCAMPUS
+    arguments = [command, str(scan.parent), "--model", model_uri, "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, [*arguments, "--crf", "--tracking-uri", tracking])
+    assert seen and seen[0].crf == CrfSettings(), result.output
+    plain = CliRunner().invoke(app, [*arguments, "--tracking-uri", tracking])
+    assert plain.exit_code != 0 and seen[1].crf is None
+
+
+def test_pipeline_predict_stage_accepts_crf_settings() -> None:
+    from medseg.pipeline.stages.apply import PredictStageOptions
+
+    options = PredictStageOptions.model_validate({"input": "scans", "crf": {"iterations": 3}})
+    assert PredictionOptions(crf=options.crf).crf == CrfSettings(iterations=3)
+    assert PredictStageOptions.model_validate({"input": "scans", "crf": True}).crf == (
+        CrfSettings().model_dump()
+    )
+    assert PredictStageOptions.model_validate({"input": "scans"}).crf is None
+    with pytest.raises(ValueError, match=r"crf\.iteration"):
+        PredictStageOptions.model_validate({"input": "scans", "crf": {"iteration": 3}})
+
+
+@pytest.mark.parametrize(
+    ("spacing", "pairs"),
+    [((1.0, 1.0, 1.0), 128), ((1.0, 1.0, 3.0), 45), ((0.5, 0.5, 0.5), 364), ((1.0, 1.0), 24)],
+)
+def test_bilateral_window_is_bounded_by_the_radius_cap(spacing: tuple, pairs: int) -> None:
+    # the bilateral kernel costs one pass per pair of opposite offsets
+    from medseg.infer.crf import _window_offsets
+
+    offsets = [offset for offset, _ in _window_offsets(list(spacing), 2.0, 4)]
+    assert len(offsets) == pairs <= (9 ** len(spacing) - 1) // 2
+    assert all(max(abs(o) for o in offset) <= 4 for offset in offsets)
+    assert not {tuple(-o for o in offset) for offset in offsets} & set(offsets)
