@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-slow lint bench-ingest bench-quality clean
+.PHONY: demo test test-slow lint bench-ingest bench-quality bench-architectures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ bench-ingest: $(VENV)/.installed-dev
 
 bench-quality: $(VENV)/.installed-dev
 	$(BIN)/python bench/quality_hippocampus.py --minutes 30
+
+bench-architectures: $(VENV)/.installed-dev
+	$(BIN)/python bench/architectures.py --minutes 6
 
 # nnU-Net v2 lives in its own venv (bench/.venv, gitignored) so it never touches .venv. torch is
 # installed first and pinned again beside nnunetv2 so pip keeps the CPU build; constraints.txt
