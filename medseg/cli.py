@@ -383,6 +383,16 @@ def batch(
     )
     if from_pacs is None and scans_root is None:
         raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")
+    batch_options = {
+        "workers": workers,
+        "shard": chosen,
+        "options": options,
+        "case_ids": case_ids,
+        "dicom_seg": dicom_seg,
+        "force": force,
+        "tracking_uri": tracking_uri,
+        "experiment": experiment,
+    }
     if from_pacs is not None or to_pacs is not None:
         from medseg.cli_pacs import pacs_batch
 
@@ -393,31 +403,11 @@ def batch(
             keep_pulled=keep_pulled,
             model_uri=model,
             out_dir=out,
-            tracking_uri=tracking_uri,
-            workers=workers,
-            shard=chosen,
-            options=options,
-            case_ids=case_ids,
-            dicom_seg=dicom_seg,
-            force=force,
-            experiment=experiment,
+            **batch_options,
         )
     try:
         with phase_progress() as progress:
-            report = run_batch(
-                scans_root,
-                model,
-                out,
-                workers=workers,
-                shard=chosen,
-                options=options,
-                case_ids=case_ids,
-                dicom_seg=dicom_seg,
-                force=force,
-                tracking_uri=tracking_uri,
-                experiment=experiment,
-                on_progress=progress,
-            )
+            report = run_batch(scans_root, model, out, on_progress=progress, **batch_options)
     except MedsegError as error:  # the batch could not run at all (no model, no folder)
         typer.secho(f"error: {error}", fg="red", err=True)
         raise typer.Exit(2) from error

@@ -378,6 +378,17 @@ def _case_files(out: Path) -> dict[str, bytes]:
     }
 
 
+def _archive_file(folder: Path, pacs: OrthancServer, secrets_folder: Path) -> Path:
+    """The PACS file of the archive (DICOMweb over TLS, trusting the test CA)."""
+    return write_pacs_file(
+        folder / "archive.yaml",
+        pacs,
+        name="archive",
+        password_file=_password_file(secrets_folder),
+        ca_bundle=pacs.ca_certificate,
+    )
+
+
 def test_refused_seg_is_recorded_kept_and_delivered_once_the_pacs_accepts_it(
     dimse_run: Path, secrets_folder: Path, tmp_path: Path
 ) -> None:
@@ -385,13 +396,7 @@ def test_refused_seg_is_recorded_kept_and_delivered_once_the_pacs_accepts_it(
     archive_folder = tmp_path / "archive"
     refusing = {"tls": True, "refuse_sop_classes": [SegmentationStorage]}
     with running_orthanc(archive_folder, **refusing) as pacs:
-        pacs_file = write_pacs_file(
-            tmp_path / "archive.yaml",
-            pacs,
-            name="archive",
-            password_file=_password_file(secrets_folder),
-            ca_bundle=pacs.ca_certificate,
-        )
+        pacs_file = _archive_file(tmp_path, pacs, secrets_folder)
         refused = _invoke("pacs", "push", dimse_run, "--config", pacs_file)
         assert pacs.get_json("/statistics")["CountInstances"] == 0
     assert refused.exit_code == 1, refused.output
@@ -408,13 +413,7 @@ def test_refused_seg_is_recorded_kept_and_delivered_once_the_pacs_accepts_it(
 
     # The archive is fixed (same storage, the filter gone): the next push delivers.
     with running_orthanc(archive_folder, tls=True) as pacs:
-        pacs_file = write_pacs_file(
-            tmp_path / "archive.yaml",
-            pacs,
-            name="archive",
-            password_file=_password_file(secrets_folder),
-            ca_bundle=pacs.ca_certificate,
-        )
+        pacs_file = _archive_file(tmp_path, pacs, secrets_folder)
         delivered = _invoke("pacs", "push", dimse_run, "--config", pacs_file)
         modalities = sorted(s["MainDicomTags"]["Modality"] for s in pacs.get_json("/series?expand"))
     assert delivered.exit_code == 0, delivered.output
