@@ -103,9 +103,9 @@ def _delivered_to(
     out_dir: Path, model_uri: str, to_pacs: PacsConfig | None
 ) -> Callable[[SeriesInfo], bool]:
     """Whether a series' results from this model reached ``to_pacs`` already (not pulled again)."""
-    ledger = DeliveryLedger(out_dir)
     if to_pacs is None:
         return lambda series: False
+    ledger = DeliveryLedger(out_dir)
     destination = to_pacs.connection.name
     return lambda series: ledger.is_sent(delivery_key(series.series_uid, model_uri, destination))
 

@@ -87,7 +87,8 @@ def write_pacs_file(
 ) -> Path:
     """A PACS file for ``server``; retries are quick (2 attempts, no waiting)."""
     dicomweb: dict[str, Any] = {"url": server.dicomweb_url, "username": server.username}
-    dicomweb["password_file"] = str(password_file)
+    if password_file is not None:
+        dicomweb["password_file"] = str(password_file)
     if ca_bundle is not None:
         dicomweb["ca_bundle"] = str(ca_bundle)
     settings = {
