@@ -9,12 +9,15 @@ from pathlib import Path
 import typer
 
 from medseg import __version__
+from medseg.cli_errors import MedsegGroup
 from medseg.cli_pacs import pacs_app
 from medseg.cli_pipeline import demo as demo_command
 from medseg.cli_pipeline import run as run_pipeline_command
 from medseg.ingest.case_ids import CaseIdScheme
 
 app = typer.Typer(
+    cls=MedsegGroup,
+    pretty_exceptions_show_locals=False,  # locals may hold patient data; tracebacks are for bugs
     help="medseg: medical-image segmentation (ingest, preprocess, train, infer, evaluate).",
     no_args_is_help=True,
     add_completion=False,
@@ -364,7 +367,6 @@ def batch(
     """
     from medseg.batch.sharding import ShardError, resolve_shard
     from medseg.cli_output import batch_summary, phase_progress
-    from medseg.errors import MedsegError
 
     try:
         chosen = resolve_shard(shard, os.environ)
@@ -405,12 +407,8 @@ def batch(
             out_dir=out,
             **batch_options,
         )
-    try:
-        with phase_progress() as progress:
-            report = run_batch(scans_root, model, out, on_progress=progress, **batch_options)
-    except MedsegError as error:  # the batch could not run at all (no model, no folder)
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(2) from error
+    with phase_progress() as progress:
+        report = run_batch(scans_root, model, out, on_progress=progress, **batch_options)
     batch_summary(report)
     raise typer.Exit(report.exit_code)
 

@@ -1,0 +1,73 @@
+"""The command line's error policy, applied to every command in one place.
+
+- A user error (a ``MedsegError``: bad input, configuration, option, unreachable service,
+  unknown model; or a usage error found while parsing the arguments) prints one line
+  ``error: <where>: <what>`` on stderr and exits with ``EXIT_USER_ERROR`` (2). The traceback
+  is printed too only under ``medseg --verbose``.
+- Per-scan failures are not errors here: the commands report them and exit with
+  ``EXIT_SOME_FAILED`` (1).
+- Anything else is a bug and keeps its traceback.
+
+``MedsegGroup`` is the root command's class, so the policy also holds when the app is invoked
+directly (``typer.testing.CliRunner``), not only through ``medseg.cli.main``.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from typing import Any
+
+import typer
+from typer._click import Context  # typer 0.29 vendors click: its own exception classes
+from typer._click.exceptions import BadParameter, ClickException, MissingParameter
+from typer.core import TyperGroup
+
+from medseg.errors import MedsegError
+
+EXIT_SOME_FAILED = 1
+"""Some scans or cases failed; the others were done and written."""
+EXIT_USER_ERROR = 2
+"""The command could not do its work: bad input, configuration, option or service."""
+
+
+def print_error(where: str, problem: str) -> None:
+    """Print the one-line form of a user error on stderr."""
+    message = f"{where}: {problem}" if where else problem
+    typer.secho(f"error: {' '.join(message.split())}", fg="red", err=True)
+
+
+def _usage_error_parts(error: ClickException) -> tuple[str, str]:
+    """``(where, what)`` of a click usage error: the command and option, and the problem."""
+    context = getattr(error, "ctx", None)
+    command = context.command_path if context is not None else "medseg"
+    if isinstance(error, BadParameter) and not isinstance(error, MissingParameter):
+        hint = error.param_hint
+        if hint is None and error.param is not None:
+            hint = " / ".join(getattr(error.param, "opts", []) or [error.param.name or ""])
+        if isinstance(hint, list | tuple):
+            hint = " / ".join(hint)
+        where = f"{command} {hint}".strip() if hint else command
+        return where, error.message.rstrip(".")
+    return command, f"{error.format_message().rstrip('.')} (see '{command} --help')"
+
+
+class MedsegGroup(TyperGroup):
+    """The root command: runs a subcommand under the error policy of this module."""
+
+    def invoke(self, ctx: Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClickException as error:  # a subcommand's arguments did not parse
+            print_error(*_usage_error_parts(error))
+            raise typer.Exit(EXIT_USER_ERROR) from error
+        except MedsegError as error:
+            if _verbose(ctx):
+                traceback.print_exception(error, file=sys.stderr)
+            print_error("", str(error))
+            raise typer.Exit(EXIT_USER_ERROR) from error
+
+
+def _verbose(ctx: Context) -> bool:
+    root = ctx.find_root()
+    return bool(root.params.get("verbose"))
