@@ -4,15 +4,18 @@ edges and "network" probabilities blurred across them with speckle errors, and w
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
+from scipy import ndimage, special
+from scipy.spatial.distance import cdist
 
 from medseg.errors import MedsegError
+from medseg.infer import crf
 from medseg.infer.crf import CrfInputError, CrfSettings, dense_crf
 from medseg.infer.predictor import (
     PackagedModel,
@@ -79,68 +82,174 @@ def _scene_3d(rng: np.random.Generator) -> np.ndarray:
     return truth
 
 
-# --- a brute-force CRF: every pair of voxels, the documented kernels and windows ------------
+# --- an independent exact dense CRF: every pair of voxels, no window -------------------------
 
 
-def _brute_force_crf(
+def _exact_dense_crf(
     probabilities: np.ndarray, image: np.ndarray, spacing: list[float], settings: CrfSettings
 ) -> np.ndarray:
-    spatial = probabilities.shape[1:]
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in spatial], indexing="ij"), -1)
-    voxels = grid.reshape(-1, len(spatial)).astype(np.float64)
-    offsets = voxels[:, None] - voxels[None]
-    distance2 = ((offsets * spacing) ** 2).sum(-1)
-    features = image.reshape(image.shape[0], -1).T.astype(np.float64)
-    intensity2 = ((features[:, None] - features[None]) ** 2).sum(-1)
-    # smoothness: every offset within 3 sigma per axis
-    taps = [max(1, math.ceil(3 * settings.spatial_sigma_mm / s)) for s in spacing]
-    smooth = np.exp(-distance2 / (2 * settings.spatial_sigma_mm**2))
-    smooth *= (np.abs(offsets) <= taps).all(-1)
-    # bilateral: the ellipsoid of 2 sigma (axis neighbours always), capped per axis
-    reach = 2 * settings.bilateral_sigma_mm
-    radii = [min(settings.max_window_radius, max(1, math.floor(reach / s))) for s in spacing]
-    window = (np.abs(offsets) <= radii).all(-1) & (
-        (distance2 <= reach**2 + 1e-6) | ((offsets != 0).sum(-1) <= 1)
-    )
-    bilateral = window * np.exp(
+    """Mean field of the fully connected CRF of Krähenbühl & Koltun (2011) over every pair of
+    voxels: an appearance kernel (position in mm and intensity) and a smoothness kernel
+    (position), each normalised symmetrically as medseg documents, and the Potts compatibility
+    ``μ(l, l') = [l ≠ l']`` applied as a matrix, in float64."""
+    classes, spatial = probabilities.shape[0], probabilities.shape[1:]
+    positions_mm = np.indices(spatial).reshape(len(spatial), -1).T * np.asarray(spacing, float)
+    intensities = image.reshape(image.shape[0], -1).T.astype(np.float64)
+    distance2 = cdist(positions_mm, positions_mm, "sqeuclidean")
+    contrast2 = cdist(intensities, intensities, "sqeuclidean")
+    appearance = np.exp(
         -distance2 / (2 * settings.bilateral_sigma_mm**2)
-        - intensity2 / (2 * settings.intensity_sigma**2)
+        - contrast2 / (2 * settings.intensity_sigma**2)
     )
-    log_p = np.log(np.clip(probabilities.reshape(probabilities.shape[0], -1).T, 1e-6, None))
-    kernels = []
+    smoothness = np.exp(-distance2 / (2 * settings.spatial_sigma_mm**2))
+    weighted_kernels = []
     for kernel, weight in (
-        (smooth, settings.spatial_weight),
-        (bilateral, settings.bilateral_weight),
+        (appearance, settings.bilateral_weight),
+        (smoothness, settings.spatial_weight),
     ):
-        np.fill_diagonal(kernel, 0)
-        norm = 1 / np.sqrt(kernel.sum(1))
-        kernels.append(weight * norm[:, None] * kernel * norm[None])
-    q = np.exp(log_p) / np.exp(log_p).sum(1, keepdims=True)
+        np.fill_diagonal(kernel, 0.0)  # j ≠ i: a voxel does not vote for its own label
+        norm = kernel.sum(1) ** -0.5
+        weighted_kernels.append(weight * norm[:, None] * kernel * norm[None])
+    unary = -np.log(np.clip(probabilities.reshape(classes, -1).T.astype(np.float64), 1e-6, None))
+    potts = 1.0 - np.eye(classes)
+    q = special.softmax(-unary, axis=1)
     for _ in range(settings.iterations):
-        energy = log_p + sum(kernel @ q for kernel in kernels)
-        q = np.exp(energy - energy.max(1, keepdims=True))
-        q /= q.sum(1, keepdims=True)
+        pairwise = sum(kernel @ q for kernel in weighted_kernels) @ potts
+        q = special.softmax(-unary - pairwise, axis=1)
     return q.T.reshape(probabilities.shape)
 
 
-@pytest.mark.parametrize(
-    ("spatial", "channels", "spacing", "settings"),
-    [
-        ((9, 8), 1, [1.0, 1.0], CrfSettings()),
-        ((7, 6, 5), 1, [1.0, 1.0, 1.0], CrfSettings(iterations=3)),
-        ((8, 7, 4), 2, [0.8, 1.0, 2.5], CrfSettings(bilateral_sigma_mm=1.5, intensity_sigma=0.7)),
-        ((10, 9, 6), 2, [0.5, 0.5, 1.0], CrfSettings(max_window_radius=2, spatial_weight=3.0)),
-    ],
-)
-def test_dense_crf_equals_a_brute_force_crf(
+def _random_problem(
+    spatial: tuple[int, ...], channels: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unsure random probabilities over 3 classes and a noise image: every neighbour differs."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (3, *spatial))
+    probabilities = special.softmax(logits, axis=0).astype(np.float32)
+    return probabilities, rng.normal(0, 1, (channels, *spatial)).astype(np.float32)
+
+
+def _assert_no_pair_is_truncated(
+    spatial: tuple[int, ...], spacing: list[float], settings: CrfSettings
+) -> None:
+    """The documented windows of the kernels in use reach every pair: the smoothness kernel
+    3 sigma per axis, the appearance window the ellipsoid of 2 sigma, at most
+    ``max_window_radius`` voxels per axis."""
+    extent_mm = [(n - 1) * s for n, s in zip(spatial, spacing, strict=True)]
+    if settings.spatial_weight > 0:
+        assert max(extent_mm) <= 3 * settings.spatial_sigma_mm
+    if settings.bilateral_weight > 0:
+        assert math.hypot(*extent_mm) <= 2 * settings.bilateral_sigma_mm
+        assert max(spatial) - 1 <= settings.max_window_radius
+
+
+UNTRUNCATED = [
+    pytest.param(
+        (9, 8),
+        1,
+        [1.0, 1.0],
+        CrfSettings(spatial_sigma_mm=3.0, bilateral_sigma_mm=6.0, max_window_radius=10),
+        id="2d",
+    ),
+    pytest.param(
+        (6, 5, 4),
+        1,
+        [1.0, 1.0, 1.0],
+        CrfSettings(
+            iterations=3, spatial_sigma_mm=2.0, bilateral_sigma_mm=4.0, max_window_radius=8
+        ),
+        id="3d",
+    ),
+    pytest.param(
+        (6, 5, 4),
+        2,
+        [0.8, 1.0, 2.5],
+        CrfSettings(
+            spatial_sigma_mm=2.5, bilateral_sigma_mm=5.0, intensity_sigma=0.7, max_window_radius=5
+        ),
+        id="3d-anisotropic-2-channels",
+    ),
+    pytest.param(
+        (7, 6, 3),
+        1,
+        [0.5, 0.5, 1.0],
+        CrfSettings(
+            iterations=8,
+            spatial_sigma_mm=1.0,
+            spatial_weight=3.0,
+            bilateral_sigma_mm=2.5,
+            bilateral_weight=0.5,
+            intensity_sigma=0.3,
+            max_window_radius=6,
+        ),
+        id="3d-strong-smoothness",
+    ),
+    pytest.param(
+        (8, 7),
+        1,
+        [1.0, 1.2],
+        CrfSettings(spatial_weight=0.0, bilateral_sigma_mm=6.0, max_window_radius=7),
+        id="2d-appearance-only",
+    ),
+    pytest.param(
+        (8, 7),
+        1,
+        [1.0, 1.2],
+        CrfSettings(bilateral_weight=0.0, spatial_sigma_mm=3.0),
+        id="2d-smoothness-only",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spatial", "channels", "spacing", "settings"), UNTRUNCATED)
+def test_dense_crf_with_windows_that_reach_every_pair_equals_the_exact_dense_crf(
     spatial: tuple[int, ...], channels: int, spacing: list[float], settings: CrfSettings
 ) -> None:
-    rng = np.random.default_rng(len(spatial))
-    probabilities = torch.softmax(torch.from_numpy(rng.normal(0, 2, (3, *spatial))), 0).numpy()
-    image = rng.normal(0, 1, (channels, *spatial)).astype(np.float32)
+    _assert_no_pair_is_truncated(spatial, spacing, settings)
+    probabilities, image = _random_problem(spatial, channels, seed=len(spatial) + channels)
     refined = dense_crf(probabilities, image, spacing_mm=spacing, settings=settings)
-    expected = _brute_force_crf(probabilities, image, spacing, settings)
-    np.testing.assert_allclose(refined, expected, atol=2e-5)
+    expected = _exact_dense_crf(probabilities, image, spacing, settings)
+    np.testing.assert_allclose(refined, expected, atol=2e-6, rtol=0)  # float32 against float64
+    assert np.abs(expected - probabilities).max() > 0.02  # 10^4 times the tolerance
+
+
+def _difference(refined: np.ndarray, exact: np.ndarray) -> tuple[float, float, float]:
+    """Largest and mean absolute difference of the probabilities, share of labels changed."""
+    difference = np.abs(refined - exact)
+    labels_changed = float((refined.argmax(0) != exact.argmax(0)).mean())
+    return float(difference.max()), float(difference.mean()), labels_changed
+
+
+@pytest.mark.parametrize("spatial", [(16, 14), (12, 11, 10)], ids=["2d", "3d"])
+def test_default_window_truncation_is_bounded_and_vanishes_as_the_window_grows(
+    spatial: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # By design the appearance kernel stops at the ellipsoid of 2 sigma (4 mm by default:
+    # weights of exp(-2) = 0.14 and less are left out) and the smoothness kernel at 3 sigma.
+    # On 1 mm voxels and noise images (every neighbour different: the worst case) the defaults
+    # stay close to the exact CRF, and a wider window brings them closer.
+    probabilities, image = _random_problem(spatial, 1, seed=7)
+    spacing = [1.0] * len(spatial)
+    exact = _exact_dense_crf(probabilities, image, spacing, CrfSettings())
+    largest, mean, labels_changed = _difference(
+        dense_crf(probabilities, image, spacing_mm=spacing), exact
+    )
+    assert largest < 0.1 and mean < 0.01 and labels_changed < 0.02
+    # (appearance reach in sigmas, smoothness reach in sigmas, radius cap in voxels)
+    windows = [(2.0, 3.0, radius) for radius in (1, 2, 3, 4)]  # up to the default window
+    windows += [(reach, reach + 1, 10) for reach in (3.0, 4.0, 5.0)]  # wider than medseg's
+    errors = []
+    for appearance_reach, smoothness_reach, radius in windows:
+        monkeypatch.setattr(crf, "BILATERAL_TRUNCATE", appearance_reach)
+        monkeypatch.setattr(crf, "SPATIAL_TRUNCATE", smoothness_reach)
+        settings = CrfSettings(max_window_radius=radius)
+        refined = dense_crf(probabilities, image, spacing_mm=spacing, settings=settings)
+        errors.append(_difference(refined, exact))
+    assert errors[3] == (largest, mean, labels_changed)  # the default window
+    mean_errors = [error[1] for error in errors]
+    assert all(a > b for a, b in itertools.pairwise(mean_errors)), mean_errors
+    assert errors[0][2] > 0.05 and errors[5][2] == 0.0  # labels: radius 1 changes, 4 sigma none
+    assert errors[-1][0] < 1e-5
 
 
 # --- behaviour on synthetic scenes -----------------------------------------------------------
