@@ -68,7 +68,9 @@ class MirroredInside(nn.Module):
         return _flipped_back_mean(self.network, x, self.flip_sets).log()
 
 
-def _flipped_back_mean(network: nn.Module, batch: torch.Tensor, flip_sets: FlipSets):
+def _flipped_back_mean(
+    network: nn.Module, batch: torch.Tensor, flip_sets: FlipSets
+) -> torch.Tensor:
     """Mean over ``flip_sets`` (spatial axes) of ``softmax(network(flip(batch)))`` flipped
     back; ``batch`` is ``(B, C, *spatial)``."""
     predictions = []
