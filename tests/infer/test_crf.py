@@ -1,30 +1,30 @@
-"""Dense CRF (``medseg.infer.crf``): against a brute-force CRF, on synthetic images with sharp
-edges and "network" probabilities blurred across them with speckle errors, and wired into
-``predict_scan``, the CLI and the pipeline's predict stage."""
+"""Dense CRF (``medseg.infer.crf``): against an independent exact fully connected CRF (every
+pair of voxels, no window), on synthetic images with sharp edges and "network" probabilities
+blurred across them with speckle errors, and wired into ``predict_scan``, the CLI and the
+pipeline's predict stage (on phantoms: nothing downloaded)."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
+from scipy import ndimage, special
+from scipy.spatial.distance import cdist
 
 from medseg.errors import MedsegError
+from medseg.infer import crf
 from medseg.infer.crf import CrfInputError, CrfSettings, dense_crf
-from medseg.infer.predictor import (
-    PackagedModel,
-    PredictionOptions,
-    load_packaged_model,
-    predict_scan,
-)
-from medseg.io.nifti import read_nifti
-from tests.infer.test_predict import packaged_model_uri  # noqa: F401  (module fixture)
-from tests.tiny_dataset import TinyDataset
-
-HIPPOCAMPUS = "msd_hippocampus/images/hippocampus_001.nii.gz"
+from medseg.infer.predictor import PackagedModel, PredictionOptions, predict_scan
+from medseg.preprocess.case import preprocess_case
+from medseg.preprocess.plan import Plan
+from tests.packaged_model import build_packaged_model
+from tests.phantom_plan import plan_phantoms
+from tests.phantoms import small_phantom, write_phantom_nifti
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -79,68 +79,174 @@ def _scene_3d(rng: np.random.Generator) -> np.ndarray:
     return truth
 
 
-# --- a brute-force CRF: every pair of voxels, the documented kernels and windows ------------
+# --- an independent exact dense CRF: every pair of voxels, no window -------------------------
 
 
-def _brute_force_crf(
+def _exact_dense_crf(
     probabilities: np.ndarray, image: np.ndarray, spacing: list[float], settings: CrfSettings
 ) -> np.ndarray:
-    spatial = probabilities.shape[1:]
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in spatial], indexing="ij"), -1)
-    voxels = grid.reshape(-1, len(spatial)).astype(np.float64)
-    offsets = voxels[:, None] - voxels[None]
-    distance2 = ((offsets * spacing) ** 2).sum(-1)
-    features = image.reshape(image.shape[0], -1).T.astype(np.float64)
-    intensity2 = ((features[:, None] - features[None]) ** 2).sum(-1)
-    # smoothness: every offset within 3 sigma per axis
-    taps = [max(1, math.ceil(3 * settings.spatial_sigma_mm / s)) for s in spacing]
-    smooth = np.exp(-distance2 / (2 * settings.spatial_sigma_mm**2))
-    smooth *= (np.abs(offsets) <= taps).all(-1)
-    # bilateral: the ellipsoid of 2 sigma (axis neighbours always), capped per axis
-    reach = 2 * settings.bilateral_sigma_mm
-    radii = [min(settings.max_window_radius, max(1, math.floor(reach / s))) for s in spacing]
-    window = (np.abs(offsets) <= radii).all(-1) & (
-        (distance2 <= reach**2 + 1e-6) | ((offsets != 0).sum(-1) <= 1)
-    )
-    bilateral = window * np.exp(
+    """Mean field of the fully connected CRF of Krähenbühl & Koltun (2011) over every pair of
+    voxels: an appearance kernel (position in mm and intensity) and a smoothness kernel
+    (position), each normalised symmetrically as medseg documents, and the Potts compatibility
+    ``μ(l, l') = [l ≠ l']`` applied as a matrix, in float64."""
+    classes, spatial = probabilities.shape[0], probabilities.shape[1:]
+    positions_mm = np.indices(spatial).reshape(len(spatial), -1).T * np.asarray(spacing, float)
+    intensities = image.reshape(image.shape[0], -1).T.astype(np.float64)
+    distance2 = cdist(positions_mm, positions_mm, "sqeuclidean")
+    contrast2 = cdist(intensities, intensities, "sqeuclidean")
+    appearance = np.exp(
         -distance2 / (2 * settings.bilateral_sigma_mm**2)
-        - intensity2 / (2 * settings.intensity_sigma**2)
+        - contrast2 / (2 * settings.intensity_sigma**2)
     )
-    log_p = np.log(np.clip(probabilities.reshape(probabilities.shape[0], -1).T, 1e-6, None))
-    kernels = []
+    smoothness = np.exp(-distance2 / (2 * settings.spatial_sigma_mm**2))
+    weighted_kernels = []
     for kernel, weight in (
-        (smooth, settings.spatial_weight),
-        (bilateral, settings.bilateral_weight),
+        (appearance, settings.bilateral_weight),
+        (smoothness, settings.spatial_weight),
     ):
-        np.fill_diagonal(kernel, 0)
-        norm = 1 / np.sqrt(kernel.sum(1))
-        kernels.append(weight * norm[:, None] * kernel * norm[None])
-    q = np.exp(log_p) / np.exp(log_p).sum(1, keepdims=True)
+        np.fill_diagonal(kernel, 0.0)  # j ≠ i: a voxel does not vote for its own label
+        norm = kernel.sum(1) ** -0.5
+        weighted_kernels.append(weight * norm[:, None] * kernel * norm[None])
+    unary = -np.log(np.clip(probabilities.reshape(classes, -1).T.astype(np.float64), 1e-6, None))
+    potts = 1.0 - np.eye(classes)
+    q = special.softmax(-unary, axis=1)
     for _ in range(settings.iterations):
-        energy = log_p + sum(kernel @ q for kernel in kernels)
-        q = np.exp(energy - energy.max(1, keepdims=True))
-        q /= q.sum(1, keepdims=True)
+        pairwise = sum(kernel @ q for kernel in weighted_kernels) @ potts
+        q = special.softmax(-unary - pairwise, axis=1)
     return q.T.reshape(probabilities.shape)
 
 
-@pytest.mark.parametrize(
-    ("spatial", "channels", "spacing", "settings"),
-    [
-        ((9, 8), 1, [1.0, 1.0], CrfSettings()),
-        ((7, 6, 5), 1, [1.0, 1.0, 1.0], CrfSettings(iterations=3)),
-        ((8, 7, 4), 2, [0.8, 1.0, 2.5], CrfSettings(bilateral_sigma_mm=1.5, intensity_sigma=0.7)),
-        ((10, 9, 6), 2, [0.5, 0.5, 1.0], CrfSettings(max_window_radius=2, spatial_weight=3.0)),
-    ],
-)
-def test_dense_crf_equals_a_brute_force_crf(
+def _random_problem(
+    spatial: tuple[int, ...], channels: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unsure random probabilities over 3 classes and a noise image: every neighbour differs."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 2, (3, *spatial))
+    probabilities = special.softmax(logits, axis=0).astype(np.float32)
+    return probabilities, rng.normal(0, 1, (channels, *spatial)).astype(np.float32)
+
+
+def _assert_no_pair_is_truncated(
+    spatial: tuple[int, ...], spacing: list[float], settings: CrfSettings
+) -> None:
+    """The documented windows of the kernels in use reach every pair: the smoothness kernel
+    3 sigma per axis, the appearance window the ellipsoid of 2 sigma, at most
+    ``max_window_radius`` voxels per axis."""
+    extent_mm = [(n - 1) * s for n, s in zip(spatial, spacing, strict=True)]
+    if settings.spatial_weight > 0:
+        assert max(extent_mm) <= 3 * settings.spatial_sigma_mm
+    if settings.bilateral_weight > 0:
+        assert math.hypot(*extent_mm) <= 2 * settings.bilateral_sigma_mm
+        assert max(spatial) - 1 <= settings.max_window_radius
+
+
+UNTRUNCATED = [
+    pytest.param(
+        (9, 8),
+        1,
+        [1.0, 1.0],
+        CrfSettings(spatial_sigma_mm=3.0, bilateral_sigma_mm=6.0, max_window_radius=10),
+        id="2d",
+    ),
+    pytest.param(
+        (6, 5, 4),
+        1,
+        [1.0, 1.0, 1.0],
+        CrfSettings(
+            iterations=3, spatial_sigma_mm=2.0, bilateral_sigma_mm=4.0, max_window_radius=8
+        ),
+        id="3d",
+    ),
+    pytest.param(
+        (6, 5, 4),
+        2,
+        [0.8, 1.0, 2.5],
+        CrfSettings(
+            spatial_sigma_mm=2.5, bilateral_sigma_mm=5.0, intensity_sigma=0.7, max_window_radius=5
+        ),
+        id="3d-anisotropic-2-channels",
+    ),
+    pytest.param(
+        (7, 6, 3),
+        1,
+        [0.5, 0.5, 1.0],
+        CrfSettings(
+            iterations=8,
+            spatial_sigma_mm=1.0,
+            spatial_weight=3.0,
+            bilateral_sigma_mm=2.5,
+            bilateral_weight=0.5,
+            intensity_sigma=0.3,
+            max_window_radius=6,
+        ),
+        id="3d-strong-smoothness",
+    ),
+    pytest.param(
+        (8, 7),
+        1,
+        [1.0, 1.2],
+        CrfSettings(spatial_weight=0.0, bilateral_sigma_mm=6.0, max_window_radius=7),
+        id="2d-appearance-only",
+    ),
+    pytest.param(
+        (8, 7),
+        1,
+        [1.0, 1.2],
+        CrfSettings(bilateral_weight=0.0, spatial_sigma_mm=3.0),
+        id="2d-smoothness-only",
+    ),
+]
+
+
+@pytest.mark.parametrize(("spatial", "channels", "spacing", "settings"), UNTRUNCATED)
+def test_dense_crf_with_windows_that_reach_every_pair_equals_the_exact_dense_crf(
     spatial: tuple[int, ...], channels: int, spacing: list[float], settings: CrfSettings
 ) -> None:
-    rng = np.random.default_rng(len(spatial))
-    probabilities = torch.softmax(torch.from_numpy(rng.normal(0, 2, (3, *spatial))), 0).numpy()
-    image = rng.normal(0, 1, (channels, *spatial)).astype(np.float32)
+    _assert_no_pair_is_truncated(spatial, spacing, settings)
+    probabilities, image = _random_problem(spatial, channels, seed=len(spatial) + channels)
     refined = dense_crf(probabilities, image, spacing_mm=spacing, settings=settings)
-    expected = _brute_force_crf(probabilities, image, spacing, settings)
-    np.testing.assert_allclose(refined, expected, atol=2e-5)
+    expected = _exact_dense_crf(probabilities, image, spacing, settings)
+    np.testing.assert_allclose(refined, expected, atol=2e-6, rtol=0)  # float32 against float64
+    assert np.abs(expected - probabilities).max() > 0.02  # 10^4 times the tolerance
+
+
+def _difference(refined: np.ndarray, exact: np.ndarray) -> tuple[float, float, float]:
+    """Largest and mean absolute difference of the probabilities, share of labels changed."""
+    difference = np.abs(refined - exact)
+    labels_changed = float((refined.argmax(0) != exact.argmax(0)).mean())
+    return float(difference.max()), float(difference.mean()), labels_changed
+
+
+@pytest.mark.parametrize("spatial", [(16, 14), (12, 11, 10)], ids=["2d", "3d"])
+def test_default_window_truncation_is_bounded_and_vanishes_as_the_window_grows(
+    spatial: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # By design the appearance kernel stops at the ellipsoid of 2 sigma (4 mm by default:
+    # weights of exp(-2) = 0.14 and less are left out) and the smoothness kernel at 3 sigma.
+    # On 1 mm voxels and noise images (every neighbour different: the worst case) the defaults
+    # stay close to the exact CRF, and a wider window brings them closer.
+    probabilities, image = _random_problem(spatial, 1, seed=7)
+    spacing = [1.0] * len(spatial)
+    exact = _exact_dense_crf(probabilities, image, spacing, CrfSettings())
+    largest, mean, labels_changed = _difference(
+        dense_crf(probabilities, image, spacing_mm=spacing), exact
+    )
+    assert largest < 0.1 and mean < 0.01 and labels_changed < 0.02
+    # (appearance reach in sigmas, smoothness reach in sigmas, radius cap in voxels)
+    windows = [(2.0, 3.0, radius) for radius in (1, 2, 3, 4)]  # up to the default window
+    windows += [(reach, reach + 1, 10) for reach in (3.0, 4.0, 5.0)]  # wider than medseg's
+    errors = []
+    for appearance_reach, smoothness_reach, radius in windows:
+        monkeypatch.setattr(crf, "BILATERAL_TRUNCATE", appearance_reach)
+        monkeypatch.setattr(crf, "SPATIAL_TRUNCATE", smoothness_reach)
+        settings = CrfSettings(max_window_radius=radius)
+        refined = dense_crf(probabilities, image, spacing_mm=spacing, settings=settings)
+        errors.append(_difference(refined, exact))
+    assert errors[3] == (largest, mean, labels_changed)  # the default window
+    mean_errors = [error[1] for error in errors]
+    assert all(a > b for a, b in itertools.pairwise(mean_errors)), mean_errors
+    assert errors[0][2] > 0.05 and errors[5][2] == 0.0  # labels: radius 1 changes, 4 sigma none
+    assert errors[-1][0] < 1e-5
 
 
 # --- behaviour on synthetic scenes -----------------------------------------------------------
@@ -201,8 +307,12 @@ def test_output_keeps_shape_and_kind_is_float32_and_sums_to_one(kind: str, dtype
     assert isinstance(refined, np.ndarray if kind == "numpy" else torch.Tensor)
     assert tuple(refined.shape) == (4, 9, 8, 7)
     assert refined.dtype == (np.float32 if kind == "numpy" else torch.float32)
-    total = np.asarray(refined.sum(0))
-    np.testing.assert_allclose(total, 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(refined.sum(0)), 1.0, atol=1e-5)
+    # the same values as the float32 computation on the (possibly rounded) input
+    as_float32 = np.asarray(probabilities).astype(np.float32)
+    expected = dense_crf(as_float32, np.asarray(image), spacing_mm=(1.0, 1.0, 2.0))
+    np.testing.assert_allclose(np.asarray(refined), expected, atol=1e-6, rtol=0)
+    assert np.abs(expected - as_float32).max() > 0.1
 
 
 def _physical_ball(spacing_z: float, rng: np.random.Generator):
@@ -262,18 +372,27 @@ def test_intensity_edge_attracts_the_boundary(
     assert (np.abs(first_inside - expected_boundary) <= 1).mean() > 0.9
 
 
-def test_per_slice_runs_a_2d_crf_on_each_slice_without_mixing() -> None:
-    rng = np.random.default_rng(5)
-    probabilities = rng.dirichlet([1, 1, 1], (10, 6, 9)).transpose(3, 0, 1, 2).astype(np.float32)
-    image = rng.normal(0, 1, (1, 10, 6, 9)).astype(np.float32)
-    settings = CrfSettings(per_slice=True)
-    refined = dense_crf(probabilities, image, spacing_mm=(1, 1, 1), settings=settings, slice_axis=1)
-    for index in range(6):
-        alone = dense_crf(
-            probabilities[:, :, index], image[:, :, index], spacing_mm=(1, 1), settings=settings
+def test_per_slice_runs_the_exact_2d_crf_of_each_slice_without_mixing() -> None:
+    # slices perpendicular to axis 1 (not the coarsest axis: only the argument chooses it),
+    # in-plane spacing (1.0, 1.5) mm; windows wide enough for the exact CRF of each slice
+    probabilities, image = _random_problem((7, 5, 6), 1, seed=5)
+    settings = CrfSettings(
+        per_slice=True, spatial_sigma_mm=2.5, bilateral_sigma_mm=5.0, max_window_radius=10
+    )
+    _assert_no_pair_is_truncated((7, 6), [1.0, 1.5], settings)
+    spacing = (1.0, 1.2, 1.5)
+    refined = dense_crf(probabilities, image, spacing_mm=spacing, settings=settings, slice_axis=1)
+    for index in range(5):
+        expected = _exact_dense_crf(
+            probabilities[:, :, index], image[:, :, index], [1.0, 1.5], settings
         )
-        np.testing.assert_allclose(refined[:, :, index], alone, atol=1e-6)
-    volume = dense_crf(probabilities, image, spacing_mm=(1, 1, 1))
+        np.testing.assert_allclose(refined[:, :, index], expected, atol=2e-6, rtol=0)
+    volume = dense_crf(
+        probabilities,
+        image,
+        spacing_mm=spacing,
+        settings=settings.model_copy(update={"per_slice": False}),
+    )
     assert np.abs(volume - refined).max() > 0.01  # the 3D CRF does mix slices
 
 
@@ -284,7 +403,9 @@ def test_per_slice_defaults_to_the_coarsest_axis() -> None:
     settings = CrfSettings(per_slice=True)
     default = dense_crf(probabilities, image, spacing_mm=(1, 3, 1), settings=settings)
     along_1 = dense_crf(probabilities, image, spacing_mm=(1, 3, 1), settings=settings, slice_axis=1)
+    along_2 = dense_crf(probabilities, image, spacing_mm=(1, 3, 1), settings=settings, slice_axis=2)
     np.testing.assert_array_equal(default, along_1)
+    assert np.abs(default - along_2).max() > 0.01
 
 
 def _valid_inputs() -> tuple[np.ndarray, np.ndarray]:
@@ -329,71 +450,129 @@ def test_settings_reject_unknown_and_invalid_values() -> None:
 # --- wiring: predict_scan, CLI, pipeline stage -----------------------------------------------
 
 
-def test_predict_scan_with_crf_runs_end_to_end(
-    shared_data: Path,
-    packaged_model_uri: tuple[str, str],  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture(scope="module")
+def phantom_plan(tmp_path_factory: pytest.TempPathFactory) -> Plan:
+    return plan_phantoms(tmp_path_factory.mktemp("phantom_plan"))
+
+
+def _conv_model(plan: Plan, configuration: str) -> PackagedModel:
+    """A one-layer network with fixed random weights for the plan's six classes."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d if configuration == "3d" else torch.nn.Conv2d
+    return PackagedModel(
+        network=conv(1, len(plan.label_names), 3, padding=1).eval(),
+        plan=plan,
+        configuration=configuration,
+        label_names=plan.label_names,
+    )
+
+
+@dataclass
+class CrfCall:
+    probabilities: np.ndarray
+    image: np.ndarray
+    options: dict
+    refined: np.ndarray
+
+
+def _record_crf_calls(monkeypatch: pytest.MonkeyPatch) -> list[CrfCall]:
+    """Replace the predictor's ``dense_crf`` by itself plus a record of each call."""
     import medseg.infer.predictor as predictor
 
-    model_uri, tracking = packaged_model_uri
-    model = load_packaged_model(model_uri, tracking_uri=tracking)
-    scan = read_nifti(shared_data / HIPPOCAMPUS)
-    calls = []
+    calls: list[CrfCall] = []
 
-    def recording_crf(probabilities, image, **kwargs):
-        calls.append((tuple(probabilities.shape), tuple(image.shape), kwargs))
-        return dense_crf(probabilities, image, **kwargs)
+    def recording_crf(probabilities: torch.Tensor, image: torch.Tensor, **options):
+        refined = dense_crf(probabilities, image, **options)
+        calls.append(
+            CrfCall(
+                probabilities.numpy().copy(), image.numpy().copy(), options, refined.numpy().copy()
+            )
+        )
+        return refined
 
     monkeypatch.setattr(predictor, "dense_crf", recording_crf)
-    kept: list[np.ndarray] = []
-    options = PredictionOptions(crf=CrfSettings(), keep_largest=[1, 2])
-    labels = predict_scan(scan, model, options=options, probabilities_out=kept)
-    plain = predict_scan(scan, model, options=PredictionOptions(keep_largest=[1, 2]))
-    assert labels.same_grid(scan) and set(np.unique(labels.array)) <= {0, 1, 2}
+    return calls
+
+
+def test_predict_scan_refines_the_network_probabilities_and_labels_the_refined_ones(
+    phantom_plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _conv_model(phantom_plan, "3d")
+    scan, _ = small_phantom(0)
+    calls = _record_crf_calls(monkeypatch)
+    kept_crf: list[np.ndarray] = []
+    kept_plain: list[np.ndarray] = []
+    options = PredictionOptions(crf=CrfSettings())
+    labels = predict_scan(scan, model, options=options, probabilities_out=kept_crf)
+    plain = predict_scan(scan, model, options=PredictionOptions(), probabilities_out=kept_plain)
     assert len(calls) == 1
-    probabilities_shape, image_shape, kwargs = calls[0]
-    assert probabilities_shape[0] == 3 and image_shape == (1, *probabilities_shape[1:])
-    assert kwargs["spacing_mm"] == model.plan.target_spacing
-    assert kwargs["slice_axis"] is None and kwargs["settings"] == CrfSettings()
-    np.testing.assert_allclose(kept[0].astype(np.float32).sum(0), 1.0, atol=1e-2)
-    assert (labels.array != plain.array).any()  # the CRF changed the (untrained) prediction
+    call = calls[0]
+    # the phantom is on the plan's grid (3 x 3 x 4 mm, nothing cropped): preprocessing only
+    # normalises, so the CRF's grid is the scan's
+    assert call.options == {
+        "spacing_mm": [3.0, 3.0, 4.0],
+        "settings": CrfSettings(),
+        "slice_axis": None,
+    }
+    normalised = preprocess_case(scan, None, phantom_plan, case_id="scan").image
+    np.testing.assert_array_equal(call.image, normalised)
+    np.testing.assert_allclose(call.probabilities, kept_plain[0], atol=1e-3)  # float16 kept
+    np.testing.assert_allclose(kept_crf[0], call.refined, atol=1e-3)
+    np.testing.assert_array_equal(labels.array, call.refined.argmax(0))
+    assert labels.same_grid(scan)
+    assert (labels.array != plain.array).mean() > 0.001  # the CRF changed labels
+
+
+def test_predict_scan_runs_the_crf_on_the_plan_grid_with_the_plan_spacing(
+    phantom_plan: Plan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scan, _ = small_phantom(0, spacing_mm=(2.5, 3.5, 5.0))  # resampled to 3 x 3 x 4 mm
+    calls = _record_crf_calls(monkeypatch)
+    options = PredictionOptions(crf=CrfSettings(iterations=1))
+    labels = predict_scan(scan, _conv_model(phantom_plan, "3d"), options=options)
+    assert calls[0].options["spacing_mm"] == phantom_plan.target_spacing == [3.0, 3.0, 4.0]
+    preprocessed = preprocess_case(scan, None, phantom_plan, case_id="scan")
+    np.testing.assert_array_equal(calls[0].image, preprocessed.image)
+    assert calls[0].image.shape[1:] != scan.shape and labels.same_grid(scan)
 
 
 def test_predict_scan_of_a_2d_configuration_runs_the_crf_per_slice_on_request(
-    shared_data: Path, tiny_dataset: TinyDataset, monkeypatch: pytest.MonkeyPatch
+    phantom_plan: Plan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import medseg.infer.predictor as predictor
+    slice_axis = phantom_plan.configurations["2d"].slice_axis
+    assert slice_axis == 2  # the coarsest axis of the 3 x 3 x 4 mm phantoms
+    calls = _record_crf_calls(monkeypatch)
+    settings = CrfSettings(per_slice=True, iterations=2)
+    scan, _ = small_phantom(0)
+    predict_scan(scan, _conv_model(phantom_plan, "2d"), options=PredictionOptions(crf=settings))
+    call = calls[0]
+    assert call.options["slice_axis"] == slice_axis and call.options["settings"] == settings
+    for index in (0, 16, 32):  # a 2D CRF on each slice, with the in-plane spacing
+        alone = dense_crf(
+            call.probabilities[..., index],
+            call.image[..., index],
+            spacing_mm=(3.0, 3.0),
+            settings=settings,
+        )
+        np.testing.assert_allclose(call.refined[..., index], alone, atol=1e-6)
 
-    torch.manual_seed(0)
-    plan = tiny_dataset.plan
-    model = PackagedModel(
-        network=torch.nn.Conv2d(1, 3, 3, padding=1).eval(),
-        plan=plan,
-        configuration="2d",
-        label_names=plan.label_names,
+
+@pytest.fixture(scope="module")
+def phantom_model_uri(
+    phantom_plan: Plan, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str]:
+    # the logged network has three classes: the plan names three labels to match
+    three_labels = phantom_plan.model_copy(
+        update={"label_names": {0: "background", 1: "liver", 2: "spleen"}}
     )
-    calls = []
-
-    def recording_crf(probabilities, image, **kwargs):
-        calls.append(kwargs)
-        return dense_crf(probabilities, image, **kwargs)
-
-    monkeypatch.setattr(predictor, "dense_crf", recording_crf)
-    scan = read_nifti(shared_data / HIPPOCAMPUS)
-    options = PredictionOptions(crf=CrfSettings(per_slice=True, iterations=2))
-    labels = predict_scan(scan, model, options=options)
-    assert labels.same_grid(scan)
-    assert calls[0]["slice_axis"] == plan.configurations["2d"].slice_axis
-    assert calls[0]["settings"].per_slice
+    return build_packaged_model(three_labels, tmp_path_factory.mktemp("mlflow"))
 
 
 @pytest.mark.parametrize("command", ["predict", "batch"])
 def test_cli_accepts_crf(
     command: str,
-    shared_data: Path,
     tmp_path: Path,
-    packaged_model_uri: tuple[str, str],  # noqa: F811
+    phantom_model_uri: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from typer.testing import CliRunner
@@ -402,7 +581,7 @@ def test_cli_accepts_crf(
     import medseg.infer.stage
     from medseg.cli import app
 
-    model_uri, tracking = packaged_model_uri
+    model_uri, tracking = phantom_model_uri
     seen: list[PredictionOptions] = []
 
     def refuse(*args, options: PredictionOptions, **kwargs):
@@ -413,12 +592,14 @@ def test_cli_accepts_crf(
         monkeypatch.setattr(medseg.infer.stage, "predict_path", refuse)
     else:
         monkeypatch.setattr(medseg.batch.runner, "run_batch", refuse)
-    scan = shared_data / HIPPOCAMPUS
-    arguments = [command, str(scan.parent), "--model", model_uri, "--out", str(tmp_path)]
+    scans = tmp_path / "scans"
+    write_phantom_nifti(scans / "phantom.nii.gz")
+    arguments = [command, str(scans), "--model", model_uri, "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(app, [*arguments, "--crf", "--tracking-uri", tracking])
-    assert seen and seen[0].crf == CrfSettings(), result.output
+    assert len(seen) == 1 and seen[0].crf == CrfSettings(), result.output
     plain = CliRunner().invoke(app, [*arguments, "--tracking-uri", tracking])
-    assert plain.exit_code != 0 and seen[1].crf is None
+    assert len(seen) == 2 and seen[1].crf is None, plain.output
+    assert plain.exit_code == 2 and "stopped by the test" in plain.output
 
 
 def test_pipeline_predict_stage_accepts_crf_settings() -> None:
