@@ -22,7 +22,6 @@ import pytest
 
 from medseg.demo.phantom import make_phantom
 from medseg.io.nifti import write_nifti
-from medseg.tracking_store import TrackingUnavailableError, check_tracking_store
 from tests.phantoms import write_phantom_nifti
 from tests.tiny_dataset import TinyDataset
 
@@ -117,6 +116,8 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_the_store_check_names_the_problem_within_seconds(unreachable: tuple[str, str]) -> None:
+    from medseg.tracking_store import TrackingUnavailableError, check_tracking_store
+
     uri, problem = unreachable
     started = time.monotonic()
     with pytest.raises(TrackingUnavailableError) as caught:
