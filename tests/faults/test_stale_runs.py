@@ -25,7 +25,7 @@ from medseg.run_ownership import RUNS_FOLDER, ProcessIdentity
 from medseg.tracking import STALE_REASON, TAG_RESUMED, TAG_STALE
 from tests.mlflow_server import running_mlflow_server
 from tests.phantoms import write_phantom_nifti
-from tests.tiny_dataset import TinyDataset
+from tests.tiny_dataset import TinyDataset, tiny_config
 
 PIPELINE = """
 name: stale
@@ -39,16 +39,12 @@ stages:
   - {stage: train, config: train.yaml}
 """
 
-TRAIN = {
-    "epochs": 3,
-    "steps_per_epoch": 6,
-    "batch_size": 2,
-    "num_workers": 0,
-    "threads": 1,
-    "checkpoint_every_steps": 1,
-    "network": {"deep_supervision": True, "base_filters": 4},
-    "validation": {"max_cases": 1, "overlay_pictures": 0},
-}
+TRAIN = tiny_config(  # a checkpoint every step: a kill after step 2 lands mid-training
+    epochs=3,
+    steps_per_epoch=6,
+    checkpoint_every_steps=1,
+    validation={"max_cases": 1, "overlay_pictures": 0},
+).model_dump(mode="json")
 
 LIVE_RUN = """
 import sys, time

@@ -128,6 +128,15 @@ def test_the_store_check_names_the_problem_within_seconds(unreachable: tuple[str
     assert str(caught.value).startswith(f"{uri}: MLflow tracking server not reachable: ")
 
 
+def test_a_database_store_that_refuses_is_named() -> None:
+    from medseg.tracking_store import store_problem
+
+    port = _closed_port()
+    assert store_problem(f"postgresql+psycopg2://medseg:secret@127.0.0.1:{port}/mlflow") == (
+        f"MLflow database server not reachable: connection to port {port} refused"
+    )
+
+
 def test_predict_with_a_registry_model_stops_before_any_work(
     unreachable: tuple[str, str], tmp_path: Path
 ) -> None:
