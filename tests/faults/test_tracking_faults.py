@@ -153,6 +153,23 @@ def test_predict_with_a_registry_model_stops_before_any_work(
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["train", "run"])
+def test_train_and_run_stop_before_any_work(command: str, tmp_path: Path) -> None:
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    for name in ("manifest.jsonl", "pipeline.yaml", "plan.json"):
+        (tmp_path / name).write_text("not read before the tracking store is checked\n")
+    arguments = {
+        "train": ["--manifest", tmp_path / "manifest.jsonl", "--plan", tmp_path / "plan.json",
+                  "--run-dir", tmp_path / "work"],
+        "run": [tmp_path / "pipeline.yaml", "--work-dir", tmp_path / "work"],
+    }[command]  # fmt: skip
+    result = _medseg(command, *arguments, "--tracking-uri", uri)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert _one_error_line(result.stderr).startswith(f"error: {uri}: ")
+    inputs = ["manifest.jsonl", "pipeline.yaml", "plan.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == inputs  # no cache, no work dir
+
+
 def test_a_batch_with_a_model_folder_finishes_its_scans_and_warns(
     unreachable: tuple[str, str], model_folder: Path, tmp_path: Path
 ) -> None:
