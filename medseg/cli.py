@@ -228,6 +228,9 @@ def train(
 
     Runs on CUDA when present (with AMP), else CPU; under torchrun with DistributedDataParallel.
     """
+    from medseg.tracking_store import require_tracking_store
+
+    require_tracking_store(tracking_uri)  # seconds, before the imports and the preprocessing
     from medseg.cli_output import train_summary
     from medseg.preprocess.plan import Plan
     from medseg.train.config import load_train_config
@@ -281,6 +284,9 @@ def predict(
 
     Exit code 0 when every scan was segmented, 1 when some failed (the others are written).
     """
+    from medseg.tracking_store import require_store_for_model
+
+    require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
     from medseg.cli_output import phase_progress, predict_summary
     from medseg.infer.crf import CrfSettings
     from medseg.infer.predictor import PredictionOptions, load_packaged_model
@@ -365,6 +371,9 @@ def batch(
     delivery) of the shard is done, 1 when any failed (see OUT/failures.jsonl and
     OUT/.pacs/deliveries.jsonl).
     """
+    from medseg.tracking_store import require_store_for_model
+
+    require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
     from medseg.batch.sharding import ShardError, resolve_shard
     from medseg.cli_output import batch_summary, phase_progress
 
@@ -455,6 +464,13 @@ def evaluate(
     from medseg.evaluate.report import log_to_run, summary, write_reports
     from medseg.evaluate.stage import evaluate_pairing
 
+    if run_id:  # the report is logged after the work: the run must be there before it
+        from medseg.tracking_store import require_tracking_store
+
+        require_tracking_store(tracking_uri)  # seconds, before importing mlflow
+        from medseg.tracking import require_run
+
+        require_run(run_id, tracking_uri=tracking_uri)
     pairing = pair_label_maps(predictions, references)
     names = _label_names(labels, pairing)
     report = evaluate_pairing(pairing, label_names=names, tolerance_mm=tolerance_mm)

@@ -42,6 +42,9 @@ def run(
     Exit code 0 when every stage succeeded without problems, 1 when a stage failed (later
     stages do not run) or some scans/cases failed inside a stage.
     """
+    from medseg.tracking_store import require_tracking_store
+
+    require_tracking_store(tracking_uri)  # seconds, before the imports and the first stage
     from medseg.cli_output import phase_progress
     from medseg.pipeline.runner import RunSelection, run_pipeline
     from medseg.pipeline.spec import load_pipeline

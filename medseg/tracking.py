@@ -8,6 +8,12 @@ artifact location, because MLflow's own default (``./mlruns`` relative to whatev
 directory happens to be) separates artifacts from their database as soon as the cwd changes.
 Teams point ``MLFLOW_TRACKING_URI`` at a shared ``mlflow server`` instead.
 
+Every entry point checks the store before it talks to it (``medseg.tracking_store``: seconds,
+where MLflow's own retries take minutes). Every run is tagged with the process that owns it;
+a run opened with a ``home`` folder also leaves a run file there while it is open, so the
+next command in that folder can mark the runs of a killed process FAILED
+(``mark_stale_runs``; ``medseg.run_ownership``).
+
 Nothing here logs file system paths: parameter and tag values that look like absolute paths
 are refused (``TrackingError``), so callers log hashes (``medseg.phi.hash_identifier``) and
 manifest digests instead, and the ``mlflow.source.name`` tag keeps only the script's name.
@@ -40,6 +46,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from os import environ
 from pathlib import Path
 from types import TracebackType
@@ -49,11 +56,15 @@ from urllib.parse import unquote
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.models.model import ModelInfo
-from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
@@ -61,12 +72,28 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from medseg import __version__
 from medseg.errors import MedsegError
+from medseg.run_ownership import (
+    ProcessIdentity,
+    forget_run,
+    record_run,
+    recorded_runs,
+)
+from medseg.tracking_store import (
+    check_tracking_store,
+    require_store_for_model,
+    require_tracking_store,
+    tracking_uri,
+)
 
 logger = logging.getLogger(__name__)
 
 TAG_MEDSEG_VERSION = "medseg.version"
 TAG_GIT_COMMIT = "git.commit"
 TAG_MANIFEST_SHA256 = "manifest.sha256"
+TAG_STALE = "medseg.stale"
+TAG_STALE_MARKED = "medseg.stale.marked"
+TAG_RESUMED = "medseg.resumed"
+STALE_REASON = "process gone; marked by the next run"
 MODEL_NAME_IN_RUN = "model"
 _ABSOLUTE_PATH = re.compile(r"^(?:/[^/\s]|~[/\\]|[A-Za-z]:[\\/]|\\\\|file:)")
 
@@ -82,22 +109,22 @@ class Alias(enum.StrEnum):
     CHAMPION = "champion"
 
 
-def tracking_uri(explicit: str | None = None) -> str:
-    """Tracking URI: ``explicit`` > env ``MLFLOW_TRACKING_URI`` > the embedded SQLite default.
+_resolve = tracking_uri  # for functions whose ``tracking_uri`` parameter hides the function
 
-    The default is ``sqlite:///<base>/mlruns/mlflow.db`` with ``<base>`` = ``$MEDSEG_HOME`` or
-    the current working directory, made absolute so that a later ``chdir`` changes nothing.
 
-    Example:
-        >>> tracking_uri("http://127.0.0.1:5000")
-        'http://127.0.0.1:5000'
+def require_run(run_id: str, *, tracking_uri: str | None = None) -> str:
+    """Check that the store is usable and holds run ``run_id``; return the store's URI.
+
+    Raises:
+        TrackingUnavailableError: the store cannot be reached or written.
+        TrackingError: there is no such run.
     """
-    if explicit:
-        return explicit
-    if from_env := environ.get("MLFLOW_TRACKING_URI"):
-        return from_env
-    base = Path(environ.get("MEDSEG_HOME") or Path.cwd()).expanduser().resolve()
-    return f"sqlite:///{base / 'mlruns' / 'mlflow.db'}"
+    uri = require_tracking_store(tracking_uri)
+    try:
+        MlflowClient(tracking_uri=uri).get_run(run_id)
+    except MlflowException as error:
+        raise TrackingError(f"run {run_id}: {error.message}") from error
+    return uri
 
 
 def git_commit() -> str:
@@ -205,18 +232,28 @@ class RunTracker:
     Exiting the ``with`` block on an exception marks the run FAILED, otherwise FINISHED.
     ``run_id`` stays readable after the run ended. Log from one process (rank 0) only.
 
+    ``home`` is the folder the command works in (work dir, run dir, batch OUT): while the run
+    is open it holds the run file that lets the next command there mark the run FAILED if
+    this process is killed (``mark_stale_runs``). Every run is tagged with its owner process
+    (``medseg.run_ownership``).
+
     Example:
         >>> with RunTracker().start(experiment="hippocampus", run_name="fold0", tags={}) as run:
         ...     run.log_params({"optim": {"lr": 1e-3}})
         ...     run.log_metrics({"loss": 0.7}, step=1)
     """
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, *, home: Path | None = None, role: str = "run"
+    ) -> None:
         self._explicit_uri = tracking_uri
         self.tracking_uri: str | None = None
         self.run_id: str | None = None  # kept after the run ends, for reports
         self._running = False
+        self._attached = False
         self._client: MlflowClient | None = None
+        self._home = Path(home) if home is not None else None
+        self._role = role
 
     def start(
         self,
@@ -234,19 +271,26 @@ class RunTracker:
         ``parent_run_id`` nests the run under that ACTIVE run (a run of another process, or
         the innermost run of this thread: MLflow refuses any other); ``nested=True`` nests it
         under the run active in this thread. ``run_id`` reopens an existing run instead (a
-        resumed training job keeps logging into the run it started). Returns ``self`` so
-        ``with tracker.start(...)`` works.
+        resumed training job keeps logging into the run it started): it becomes RUNNING
+        again, owned by this process, tagged ``medseg.resumed`` and no longer ``medseg.stale``.
+        Returns ``self`` so ``with tracker.start(...)`` works.
+
+        Raises:
+            TrackingUnavailableError: the store cannot be reached or written (checked first).
         """
         if self.run_id is not None:
             raise TrackingError(f"this tracker already started run {self.run_id}")
-        all_tags = {**standard_tags(manifest_sha256=manifest_sha256), **tags}
+        owner = ProcessIdentity.current().tags()
+        all_tags = {**standard_tags(manifest_sha256=manifest_sha256), **tags, **owner}
         all_tags = {key: str(value) for key, value in all_tags.items()}
         refuse_file_paths(all_tags, kind="tag")
         # MLflow records the entry script's absolute path, which may name a person's home.
         all_tags.setdefault("mlflow.source.name", Path(sys.argv[0]).name or "<console>")
+        check_tracking_store(tracking_uri(self._explicit_uri))
         self.tracking_uri = _activate(self._explicit_uri)
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
         if run_id is not None:
+            self._claim(run_id, owner)
             active = mlflow.start_run(run_id=run_id, nested=nested)
         else:
             active = mlflow.start_run(
@@ -258,6 +302,31 @@ class RunTracker:
             )
         self.run_id = active.info.run_id
         self._running = True
+        if self._home is not None:
+            record_run(self._home, self.run_id, tracking_uri=self.tracking_uri, role=self._role)
+        return self
+
+    def _claim(self, run_id: str, owner: Mapping[str, str]) -> None:
+        """Make this process the owner of ``run_id`` before it becomes RUNNING again, so that
+        a concurrent ``mark_stale_runs`` never sees it RUNNING under its dead old owner."""
+        client = self._require_client(running=False)
+        for tag in (TAG_STALE, TAG_STALE_MARKED):
+            if tag in client.get_run(run_id).data.tags:
+                client.delete_tag(run_id, tag)
+        resumed = {**owner, TAG_RESUMED: _now_iso()}
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in resumed.items()])
+
+    def attach(self, run_id: str) -> RunTracker:
+        """Log into the existing run ``run_id`` without changing its status (``end`` then
+        only lets go of it): for reports added to a run another command owns.
+
+        Raises:
+            TrackingUnavailableError: the store cannot be reached or written.
+            TrackingError: there is no such run.
+        """
+        self.tracking_uri = require_run(run_id, tracking_uri=self._explicit_uri)
+        self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.run_id, self._running, self._attached = run_id, True, True
         return self
 
     def __enter__(self) -> RunTracker:
@@ -275,6 +344,9 @@ class RunTracker:
         """End the run as FINISHED (or FAILED); does nothing if it is not running."""
         if not self._running:
             return
+        if self._attached:
+            self._running = False
+            return
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
@@ -282,9 +354,11 @@ class RunTracker:
         else:
             self._require_client().set_terminated(self.run_id, status=status)
         self._running = False
+        if self._home is not None:
+            forget_run(self._home, self.run_id)
 
-    def _require_client(self) -> MlflowClient:
-        if self._client is None or not self._running:
+    def _require_client(self, *, running: bool = True) -> MlflowClient:
+        if self._client is None or (running and not self._running):
             raise TrackingError("this tracker has no running run: call start() first")
         return self._client
 
@@ -342,6 +416,84 @@ class RunTracker:
     def log_figure(self, figure: Any, name: str) -> None:
         """Save a matplotlib figure as the artifact ``name`` (e.g. ``"figures/loss.png"``)."""
         self._require_client().log_figure(self.run_id, figure, name)
+
+
+# --- runs left RUNNING by a killed process ----------------------------------------------------
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def mark_stale_runs(home: Path, tracking_uri: str | None = None) -> list[str]:
+    """Mark FAILED the runs whose run files are under ``home`` and whose process is gone,
+    with their RUNNING descendants of gone processes; return the ids marked.
+
+    Each gets an end time and the tags ``medseg.stale`` (why) and ``medseg.stale.marked``
+    (when). A run whose owner lives, or cannot be checked from this host, is left alone (with
+    a warning in the second case). Call it before opening or reopening runs in ``home``: a
+    resumed run is then marked first and reopened after, and ends FINISHED.
+
+    Raises:
+        TrackingUnavailableError: there are run files and the store cannot be reached.
+    """
+    uri = _resolve(tracking_uri)
+    entries = recorded_runs(home, uri)
+    if not entries:
+        return []
+    check_tracking_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    marked: list[str] = []
+    for entry in entries:
+        try:
+            run = client.get_run(entry.run_id)
+        except MlflowException as error:
+            if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+                raise
+            forget_run(home, entry.run_id)
+            continue
+        if run.info.status != "RUNNING":
+            forget_run(home, entry.run_id)
+        elif _gone(entry.run_id, ProcessIdentity.from_tags(run.data.tags) or entry.owner):
+            marked += _mark_failed(client, run)
+            forget_run(home, entry.run_id)
+    return marked
+
+
+def _gone(run_id: str, owner: ProcessIdentity) -> bool:
+    alive = owner.alive()
+    if alive is None:
+        logger.warning(
+            "MLflow run %s is RUNNING for %s, which cannot be checked from here; left as is",
+            run_id,
+            owner.describe(),
+        )
+    return alive is False
+
+
+def _mark_failed(client: MlflowClient, run: Run) -> list[str]:
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id, tags=[RunTag(TAG_STALE, STALE_REASON), RunTag(TAG_STALE_MARKED, _now_iso())]
+    )
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+    owner = ProcessIdentity.from_tags(run.data.tags)
+    logger.warning(
+        "MLflow run %s (%s) marked FAILED: %s is gone",
+        run_id,
+        run.info.run_name,
+        owner.describe() if owner else "its process",
+    )
+    marked = [run_id]
+    children = client.search_runs(
+        [run.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'",
+    )
+    for child in children:
+        child_owner = ProcessIdentity.from_tags(child.data.tags)
+        if child_owner is not None and _gone(child.info.run_id, child_owner):
+            marked += _mark_failed(client, child)
+    return marked
 
 
 # --- model packaging -------------------------------------------------------------------------
@@ -541,7 +693,11 @@ def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) 
     """Load a packaged model (``models:/NAME@champion``, ``runs:/ID/model``) as torch + metadata.
 
     The network is in eval mode, on CUDA when available, else CPU.
+
+    Raises:
+        TrackingUnavailableError: a registry or run URI and a store that cannot be reached.
     """
+    require_store_for_model(model_uri, tracking_uri)
     _activate(tracking_uri)
     python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     if not isinstance(python_model, SegmentationPyfuncModel):
@@ -561,8 +717,10 @@ def pin_model_uri(model_uri: str, *, tracking_uri: str | None = None) -> str:
     the alias moves meanwhile.
 
     Raises:
+        TrackingUnavailableError: a registry or run URI and a store that cannot be reached.
         TrackingError: the registered model or the alias does not exist.
     """
+    require_store_for_model(model_uri, tracking_uri)
     match = _ALIAS_URI.match(model_uri)
     if match is None:
         return model_uri

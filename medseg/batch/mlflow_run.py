@@ -8,8 +8,11 @@ hash of its path), no UIDs, no case ids; with ``--case-ids folder`` the two arti
 folders, so they are not uploaded then (tag ``artifacts_withheld``).
 
 Logging never fails a batch: any error (an unreachable server, a refused value) becomes a
-warning in the report. MLflow retries an unreachable HTTP server for minutes by default; set
-``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` and ``MLFLOW_HTTP_REQUEST_TIMEOUT`` to fail faster.
+warning in the report, and it comes in seconds: the store is probed first (a refused, unknown
+or silent server is given up after ``medseg.tracking_store.probe_seconds()``), and the
+logging itself runs with MLflow's retries bounded (``bounded_http_retries``) instead of
+MLflow's minutes of backoff. A batch killed while it logs leaves a run file in OUT; the next
+batch there marks that run FAILED before it logs its own (``medseg.tracking.mark_stale_runs``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from medseg.phi import hash_identifier
+from medseg.tracking_store import (
+    TrackingUnavailableError,
+    bounded_http_retries,
+    require_tracking_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,27 +61,37 @@ def log_batch_run(
     tracking_uri: str | None = None,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
+    home: Path | None = None,
 ) -> TrackingOutcome:
     """Log one FINISHED run (nested under ``parent_run_id``, an active run of this thread,
-    when given); returns its id, or a warning instead of raising."""
+    when given); returns its id, or a warning instead of raising.
+
+    ``home`` (the batch's OUT) holds the run file while the run is open; stale runs of
+    killed batches there are marked FAILED first.
+    """
     tracker = None
     try:
-        from medseg.tracking import RunTracker
+        require_tracking_store(tracking_uri)  # seconds, and before mlflow is imported
+        from medseg.tracking import RunTracker, mark_stale_runs
 
-        tracker = RunTracker(tracking_uri=tracking_uri)
-        with tracker.start(
-            experiment=experiment,
-            run_name=run_name,
-            tags=dict(tags or {}),
-            parent_run_id=parent_run_id,
-        ):
-            tracker.log_params(params)
-            tracker.log_metrics(metrics, step=0)
-            for path in artifacts:
-                tracker.log_artifact(path)
+        with bounded_http_retries():
+            if home is not None:
+                mark_stale_runs(home, tracking_uri)
+            tracker = RunTracker(tracking_uri=tracking_uri, home=home, role="batch")
+            with tracker.start(
+                experiment=experiment,
+                run_name=run_name,
+                tags=dict(tags or {}),
+                parent_run_id=parent_run_id,
+            ):
+                tracker.log_params(params)
+                tracker.log_metrics(metrics, step=0)
+                for path in artifacts:
+                    tracker.log_artifact(path)
         return TrackingOutcome(run_id=tracker.run_id)
     except Exception as error:  # logging must never make a batch fail
-        detail = str(error).splitlines()[0][:300] if str(error) else ""
-        warning = f"batch not logged to MLflow ({type(error).__name__}): {detail}"
+        detail = (str(error).splitlines() or [""])[0][:300]
+        kind = "" if isinstance(error, TrackingUnavailableError) else f" ({type(error).__name__})"
+        warning = f"batch not logged to MLflow{kind}: {detail}"
         logger.warning("%s", warning)
         return TrackingOutcome(run_id=getattr(tracker, "run_id", None), warning=warning)

@@ -98,6 +98,7 @@ def run_batch(
     Raises:
         InputFileError: ``scans_root`` does not exist.
         ModelLoadError: the model cannot be loaded (no scan is recorded as failed for it).
+        TrackingUnavailableError: a registry or run model URI and an unreachable store.
     """
     started = time.perf_counter()
     requested_model = model_uri
@@ -172,6 +173,7 @@ def run_batch(
         experiment=experiment,
         tracking_uri=tracking_uri,
         parent_run_id=parent_run_id,
+        home=out_dir,
         tags={"medseg.command": "batch", "medseg.stage": "predict", "shard": str(shard)}
         | ({} if case_ids is CaseIdScheme.HASH else {"artifacts_withheld": "folder case ids"}),
     )

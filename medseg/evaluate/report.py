@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,8 @@ from medseg.overlays import save_structure_views
 
 if TYPE_CHECKING:
     from medseg.tracking import RunTracker
+
+logger = logging.getLogger(__name__)
 
 
 def _number(value: float) -> float | None:
@@ -160,14 +163,31 @@ def _html(report: EvaluationReport, result: dict, pictures: dict[str, list[Path]
 
 def log_to_run(
     paths: dict[str, Path], result: dict, *, run_id: str, tracking_uri: str | None
-) -> None:
-    """Log the means (per structure and overall) and the report files into an MLflow run."""
-    from medseg.tracking import RunTracker
+) -> str | None:
+    """Log the means (per structure and overall) and the report files into an MLflow run.
 
-    tracker = RunTracker(tracking_uri=tracking_uri)
-    tracker.start(experiment="", run_name="", tags={}, run_id=run_id)
-    log_evaluation(tracker, paths, result)
-    tracker.end()
+    The run keeps its status (a FINISHED training run stays FINISHED). The reports are
+    already written, so a failure is a warning, not an error: it is logged and returned
+    (None when everything was logged). A server that went away costs seconds, not minutes
+    (``medseg.tracking_store.bounded_http_retries``); check the run before the work with
+    ``medseg.tracking.require_run``.
+    """
+    from medseg.tracking_store import bounded_http_retries, require_tracking_store
+
+    try:
+        require_tracking_store(tracking_uri)  # seconds, and before mlflow is imported
+        from medseg.tracking import RunTracker
+
+        with bounded_http_retries():
+            tracker = RunTracker(tracking_uri=tracking_uri).attach(run_id)
+            log_evaluation(tracker, paths, result)
+            tracker.end()
+    except Exception as error:  # the report files stand whatever MLflow says
+        detail = (str(error).splitlines() or [type(error).__name__])[0][:300]
+        warning = f"evaluation not logged to MLflow run {run_id}: {detail}"
+        logger.warning("%s", warning)
+        return warning
+    return None
 
 
 def log_evaluation(tracker: RunTracker, paths: dict[str, Path], result: dict) -> None:

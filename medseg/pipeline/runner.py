@@ -3,6 +3,10 @@
 MLflow: the pipeline is one parent run (experiment from the pipeline file, run name = pipeline
 name) with one child run per stage, including skipped stages (tagged ``skipped`` with the run
 that produced the reused outputs). Stages that train or batch-predict open their own child run.
+The tracking store is checked before the first stage (``TrackingUnavailableError``). A
+pipeline killed mid-run leaves its runs RUNNING and a run file in the work dir; the next
+pipeline run in that work dir first marks them FAILED (``medseg.tracking.mark_stale_runs``),
+then an interrupted training stage resumes, reopening its run, which then ends FINISHED.
 
 A stage that fails stops the pipeline (later stages need its outputs); what earlier stages
 produced stays, so re-running continues from the failed stage. Partial failures inside a
@@ -29,7 +33,7 @@ from medseg.pipeline.records import (
 )
 from medseg.pipeline.spec import PipelineSpec, StageSpec
 from medseg.pipeline.stages import PipelineError, StageContext, StageResult
-from medseg.tracking import RunTracker, tracking_uri
+from medseg.tracking import RunTracker, mark_stale_runs, tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ def run_pipeline(
 
     Raises:
         PipelineError: no data root, or ``--from``/``--to`` name no stage.
+        TrackingUnavailableError: the tracking store cannot be reached or written.
     """
     selection.check(spec)
     root = Path(data_root).resolve() if data_root else spec.data_root
@@ -103,7 +108,8 @@ def run_pipeline(
     work_dir = Path(work_dir).resolve()
     uri = tracking_uri(tracking)
     report = PipelineReport(spec.name, work_dir, None, uri)
-    parent = RunTracker(tracking_uri=uri).start(
+    mark_stale_runs(work_dir, uri)  # before any run opens: a resumed training reopens its own
+    parent = RunTracker(tracking_uri=uri, home=work_dir, role="pipeline").start(
         experiment=spec.experiment,
         run_name=spec.name,
         tags={"medseg.pipeline": spec.name, "medseg.stage": "pipeline"},

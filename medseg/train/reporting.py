@@ -50,12 +50,17 @@ class TrainingReporter:
         run_id: str | None,
         parent_run_id: str | None = None,
     ) -> TrainingReporter:
-        """Open (or, when resuming, reopen) the MLflow run and log params and tags."""
+        """Open (or, when resuming, reopen) the MLflow run and log params and tags.
+
+        Runs that a killed training in ``run_dir`` left RUNNING are marked FAILED first, so
+        a resumed run is marked, then reopened, and ends FINISHED.
+        """
         if not enabled:
             return cls(None, plan, config, run_dir)
-        from medseg.tracking import RunTracker
+        from medseg.tracking import RunTracker, mark_stale_runs
 
-        tracker = RunTracker(tracking_uri=tracking_uri)
+        mark_stale_runs(run_dir, tracking_uri)
+        tracker = RunTracker(tracking_uri=tracking_uri, home=run_dir, role="train")
         tracker.start(
             experiment=config.experiment,
             run_name=f"train-{config.configuration}-{config.architecture}",
