@@ -10,9 +10,20 @@ import typer
 
 from medseg import __version__
 from medseg.cli_errors import MedsegGroup
+from medseg.cli_options import (
+    BACKEND,
+    BATCH_SIZE,
+    OVERLAP,
+    PRECISION,
+    interval,
+    output_file,
+    output_folder,
+    structure_list,
+)
 from medseg.cli_pacs import pacs_app
 from medseg.cli_pipeline import demo as demo_command
 from medseg.cli_pipeline import run as run_pipeline_command
+from medseg.infer.choices import Backend, Precision
 from medseg.ingest.case_ids import CaseIdScheme
 
 app = typer.Typer(
@@ -46,14 +57,20 @@ def _root(
 @app.command()
 def ingest(
     input_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder to search."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (volumes + manifest)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_folder, help="Output folder (volumes + manifest)."
+    ),
     labels: Path | None = typer.Option(
-        None, "--labels", help="Folder of <case_id>.nii.gz label maps to pair with the scans."
+        None,
+        "--labels",
+        exists=True,
+        file_okay=False,
+        help="Folder of <case_id>.nii.gz label maps to pair with the scans.",
     ),
     case_ids: CaseIdScheme = typer.Option(
         CaseIdScheme.HASH, "--case-ids", help="hash: anonymous ids; folder: series folder names."
     ),
-    workers: int | None = typer.Option(None, help="Decoder processes (default: all cores)."),
+    workers: int | None = typer.Option(None, min=1, help="Decoder processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Convert again even if unchanged."),
 ) -> None:
     """Convert every DICOM series and NIfTI file under INPUT_DIR into canonical volumes.
@@ -78,19 +95,49 @@ def ingest(
     raise typer.Exit(report.exit_code)
 
 
+def _parse_label_names(text: str) -> dict[int, str]:
+    """``{1: "anterior", 2: "posterior"}`` from ``"1=anterior,2=posterior"``.
+
+    Raises:
+        ValueError: not VALUE=NAME pairs with whole values >= 1 and names.
+    """
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        names = {int(value): name.strip() for value, name in pairs}
+    except ValueError:
+        names = {}
+    if not names or any(value <= 0 or not name for value, name in names.items()):
+        raise ValueError(f"expected VALUE=NAME pairs with values >= 1, got {text!r}")
+    return names
+
+
 @app.command("import-dataset")
 def import_dataset(
     dataset_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Dataset folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Manifest to write (NAME.jsonl)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_file, help="Manifest to write (NAME.jsonl)."
+    ),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="Write paths relative to this folder instead of the manifest's."
+        None,
+        "--data-root",
+        exists=True,
+        file_okay=False,
+        help="Write paths relative to this folder instead of the manifest's.",
     ),
     modality: str | None = typer.Option(None, help="Modality when dataset.json does not say."),
-    val_fraction: float = typer.Option(0.2, help="Fraction of labelled cases for validation."),
-    test_fraction: float = typer.Option(0.0, help="Fraction of labelled cases held out for test."),
+    val_fraction: float = typer.Option(
+        0.2, callback=interval("[0, 1)"), help="Fraction of labelled cases for validation."
+    ),
+    test_fraction: float = typer.Option(
+        0.0, callback=interval("[0, 1)"), help="Fraction of labelled cases held out for test."
+    ),
     seed: int = typer.Option(0, help="Seed of the reproducible split assignment."),
-    label_names: str | None = typer.Option(
-        None, "--label-names", help='Names when no dataset.json has them: "1=anterior,2=posterior".'
+    label_names: dict[int, str] | None = typer.Option(
+        None,
+        "--label-names",
+        parser=_parse_label_names,
+        metavar="VALUE=NAME,...",
+        help='Names when no dataset.json has them: "1=anterior,2=posterior".',
     ),
 ) -> None:
     """Import an MSD/nnU-Net (imagesTr/labelsTr) or flat images/+labels/ dataset into a manifest.
@@ -101,6 +148,11 @@ def import_dataset(
     from medseg.datasets import import_dataset as run_import
     from medseg.manifest import write_label_names
 
+    if val_fraction + test_fraction > 1:
+        raise typer.BadParameter(
+            f"{val_fraction:g} + {test_fraction:g} leaves no share for training",
+            param_hint="--val-fraction + --test-fraction",
+        )
     report = run_import(
         dataset_dir,
         manifest_path=out,
@@ -111,26 +163,22 @@ def import_dataset(
         modality=modality,
     )
     if label_names:
-        names = {0: "background", **_parse_label_names(label_names)}
+        names = {0: "background", **label_names}
         write_label_names(names, out)
         report.label_names = names
     import_summary(report)
     raise typer.Exit(1 if report.rejected else 0)
 
 
-def _parse_label_names(text: str) -> dict[int, str]:
-    try:
-        pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
-        return {int(value): name.strip() for value, name in pairs}
-    except ValueError as exc:
-        raise typer.BadParameter(f"expected VALUE=NAME pairs, got {text!r}") from exc
-
-
 @app.command("validate-manifest")
 def validate_manifest(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Manifest (.jsonl)."),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="Folder the manifest's paths are relative to."
+        None,
+        "--data-root",
+        exists=True,
+        file_okay=False,
+        help="Folder the manifest's paths are relative to.",
     ),
 ) -> None:
     """Check a manifest: files exist, checksums, shapes/spacings, image/label grids, labels.
@@ -148,14 +196,21 @@ def validate_manifest(
 @app.command()
 def plan(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Data manifest."),
-    out: Path = typer.Option(..., "--out", "-o", help="Plan file to write (plan.json)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_file, help="Plan file to write (plan.json)."
+    ),
     config: Path | None = typer.Option(
-        None, "--config", "-c", help="Plan options YAML (configs/plan/*.yaml); overrides."
+        None,
+        "--config",
+        "-c",
+        exists=True,
+        dir_okay=False,
+        help="Plan options YAML (configs/plan/*.yaml); overrides.",
     ),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="Root of the manifest's paths."
+        None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
     ),
-    workers: int = typer.Option(2, help="Worker processes."),
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
 ) -> None:
     """Fingerprint the training cases and write the preprocessing/network plan."""
     from medseg.cli_output import plan_summary
@@ -173,11 +228,11 @@ def plan(
 def preprocess(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Data manifest."),
     plan_file: Path = typer.Option(..., "--plan", exists=True, dir_okay=False, help="plan.json"),
-    out: Path = typer.Option(..., "--out", "-o", help="Cache folder."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Cache folder."),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="Root of the manifest's paths."
+        None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
     ),
-    workers: int = typer.Option(2, help="Worker processes."),
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
     force: bool = typer.Option(False, "--force", help="Redo cases even if unchanged."),
 ) -> None:
     """Resample, normalize and crop every case into a memory-mappable cache.
@@ -206,17 +261,25 @@ def preprocess(
 def train(
     manifest: Path = typer.Option(..., "--manifest", "-m", exists=True, dir_okay=False),
     plan_file: Path = typer.Option(..., "--plan", "-p", exists=True, dir_okay=False),
-    config: Path | None = typer.Option(None, "--config", "-c", help="configs/train/*.yaml"),
-    cache: Path | None = typer.Option(
-        None, help="Preprocessing cache (default: 'cache' beside the plan; built if missing)."
+    config: Path | None = typer.Option(
+        None, "--config", "-c", exists=True, dir_okay=False, help="configs/train/*.yaml"
     ),
-    run_dir: Path = typer.Option(Path("runs/train"), help="Checkpoints, pictures, curves."),
+    cache: Path | None = typer.Option(
+        None,
+        callback=output_folder,
+        help="Preprocessing cache (default: 'cache' beside the plan; built if missing).",
+    ),
+    run_dir: Path = typer.Option(
+        Path("runs/train"), callback=output_folder, help="Checkpoints, pictures, curves."
+    ),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="Root of the manifest's paths."
+        None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from run-dir's last checkpoint."),
-    max_minutes: float | None = typer.Option(None, help="Time budget (overrides the config)."),
-    epochs: int | None = typer.Option(None, help="Epochs (overrides the config)."),
+    max_minutes: float | None = typer.Option(
+        None, callback=interval("(0, inf)"), help="Time budget (overrides the config)."
+    ),
+    epochs: int | None = typer.Option(None, min=1, help="Epochs (overrides the config)."),
     registered_model_name: str | None = typer.Option(
         None, "--register", help="Register the model under this name (overrides the config)."
     ),
@@ -229,19 +292,23 @@ def train(
     Runs on CUDA when present (with AMP), else CPU; under torchrun with DistributedDataParallel.
     """
     from medseg.cli_output import train_summary
+    from medseg.manifest import read_manifest
     from medseg.preprocess.plan import Plan
-    from medseg.train.config import load_train_config
+    from medseg.train.config import check_against_plan, load_train_config
     from medseg.train.loop import train as run_training
 
+    # Everything is checked before the (long) preprocessing starts.
+    settings = load_train_config(
+        config, max_minutes=max_minutes, epochs=epochs, registered_model_name=registered_model_name
+    )
     plan_model = Plan.load(plan_file)
+    check_against_plan(settings, plan_model, source=config)
+    read_manifest(manifest)
     cache_dir = cache or plan_file.parent / "cache"
     if "RANK" not in os.environ:  # under torchrun the cache must exist beforehand
         from medseg.preprocess.stage import preprocess_manifest
 
         preprocess_manifest(manifest, plan=plan_model, cache_dir=cache_dir, data_root=data_root)
-    settings = load_train_config(
-        config, max_minutes=max_minutes, epochs=epochs, registered_model_name=registered_model_name
-    )
     result = run_training(
         manifest_path=manifest,
         plan=plan_model,
@@ -259,18 +326,20 @@ def train(
 def predict(
     input_path: Path = typer.Argument(..., exists=True, help="NIfTI file, DICOM folder or tree."),
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    overlap: float = typer.Option(0.5, help="Sliding-window overlap."),
-    batch_size: int = typer.Option(2, help="Windows per forward pass."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Output folder."),
+    overlap: float = OVERLAP,
+    batch_size: int = BATCH_SIZE,
     mirror: bool = typer.Option(False, "--mirror", help="Mirroring test-time augmentation."),
     keep_largest: str | None = typer.Option(
-        None, help='Keep only the largest component of these structures: "all" or "1,3".'
+        None,
+        callback=structure_list,
+        help='Keep only the largest component of these structures: "all" or "1,3".',
     ),
     crf: bool = typer.Option(
         False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
     ),
-    backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
-    precision: str = typer.Option("fp32", help="fp32, or bf16 (OpenVINO on bf16 CPUs)."),
+    backend: Backend = BACKEND,
+    precision: Precision = PRECISION,
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
     probabilities: bool = typer.Option(
         False, "--probabilities", help="Also write <case>.probabilities.npz (float16)."
@@ -286,12 +355,9 @@ def predict(
     from medseg.infer.predictor import PredictionOptions, load_packaged_model
     from medseg.infer.stage import predict_path
 
+    _check_precision(precision, backend)
     packaged = load_packaged_model(model, tracking_uri=tracking_uri)
-    structures = None
-    if keep_largest == "all":
-        structures = [v for v in packaged.label_names if v > 0]
-    elif keep_largest:
-        structures = [int(v) for v in keep_largest.split(",")]
+    structures = _structures(keep_largest, packaged.label_names)
     options = PredictionOptions(
         overlap=overlap,
         batch_size=batch_size,
@@ -315,13 +381,38 @@ def predict(
     raise typer.Exit(report.exit_code)
 
 
+def _check_precision(precision: Precision, backend: Backend) -> None:
+    if precision is not Precision.FP32 and backend is not Backend.OPENVINO:
+        raise typer.BadParameter(
+            f"{precision.value} needs --backend openvino (not {backend.value})",
+            param_hint="--precision",
+        )
+
+
+def _structures(keep_largest: str | None, label_names: dict[int, str]) -> list[int] | None:
+    """The structure values ``--keep-largest`` names, each one the model's."""
+    if not keep_largest:
+        return None
+    known = sorted(v for v in label_names if v > 0)
+    if keep_largest == "all":
+        return known
+    values = [int(v) for v in keep_largest.split(",")]
+    if unknown := sorted(set(values) - set(known)):
+        raise typer.BadParameter(
+            f"the model has no structure {unknown}; it has {known}", param_hint="--keep-largest"
+        )
+    return values
+
+
 @app.command()
 def batch(
     scans_root: Path | None = typer.Argument(
         None, exists=True, help="Tree of DICOM series and NIfTI (not with --from-pacs)."
     ),
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (one folder per scan)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_folder, help="Output folder (one folder per scan)."
+    ),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model)."),
     shard: str | None = typer.Option(
         None,
@@ -333,13 +424,13 @@ def batch(
         "--case-ids",
         help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
     ),
-    overlap: float = typer.Option(0.5, help="Sliding-window overlap."),
-    batch_size: int = typer.Option(2, help="Windows per forward pass."),
+    overlap: float = OVERLAP,
+    batch_size: int = BATCH_SIZE,
     mirror: bool = typer.Option(False, "--mirror", help="Mirroring test-time augmentation."),
     crf: bool = typer.Option(
         False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
     ),
-    backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
+    backend: Backend = BACKEND,
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (models:/ URIs and the batch run)."
@@ -415,16 +506,29 @@ def batch(
 
 @app.command("batch-summary")
 def batch_summary_command(
-    out: Path = typer.Argument(..., exists=True, file_okay=False, help="A batch's OUT folder."),
+    out: Path = typer.Argument(
+        ...,
+        exists=True,
+        file_okay=False,
+        callback=output_folder,
+        help="A batch's OUT folder.",
+    ),
 ) -> None:
     """Rebuild OUT/summary.csv and OUT/failures.jsonl from the per-scan records.
 
     For a final step after the shards of a job array wrote into one OUT folder. Exit code 1
     when any scan has failed.
     """
+    from medseg.batch.layout import read_failures, read_results
     from medseg.batch.summary import write_summary
     from medseg.cli_output import batch_files_summary
 
+    if not (read_results(out) or read_failures(out)):
+        raise typer.BadParameter(
+            f"{out}: no per-scan records (<case>/result.json, .failures/): not the OUT folder "
+            "of a batch, or no scan of it has finished",
+            param_hint="OUT",
+        )
     files = write_summary(out)
     batch_files_summary(files)
     raise typer.Exit(1 if files.failed else 0)
@@ -434,12 +538,19 @@ def batch_summary_command(
 def evaluate(
     predictions: Path = typer.Argument(..., exists=True, help="Label map file or folder."),
     references: Path = typer.Argument(..., exists=True, help="Reference file or folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Report folder."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Report folder."),
     labels: Path | None = typer.Option(
-        None, help="Label names: JSON {value: name}, a dataset.json or a manifest .labels.json."
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Label names: JSON {value: name}, a dataset.json or a manifest .labels.json.",
     ),
-    tolerance_mm: float = typer.Option(1.0, help="Normalized surface Dice tolerance (mm)."),
-    images: Path | None = typer.Option(None, help="Folder of <case>.nii.gz scans for pictures."),
+    tolerance_mm: float = typer.Option(
+        1.0, callback=interval("(0, inf)"), help="Normalized surface Dice tolerance (mm)."
+    ),
+    images: Path | None = typer.Option(
+        None, exists=True, file_okay=False, help="Folder of <case>.nii.gz scans for pictures."
+    ),
     run_id: str | None = typer.Option(
         None, envvar="MLFLOW_RUN_ID", help="Log the report into this MLflow run."
     ),
@@ -469,6 +580,7 @@ def evaluate(
 def _label_names(path: Path | None, pairing) -> dict[int, str]:
     import numpy as np
 
+    from medseg.errors import MedsegError
     from medseg.io.nifti import read_nifti
     from medseg.manifest import load_label_names
 
@@ -476,7 +588,10 @@ def _label_names(path: Path | None, pairing) -> dict[int, str]:
         return load_label_names(path)
     values: set[int] = set()
     for _, _, reference in pairing.pairs:
-        values |= {int(v) for v in np.unique(read_nifti(reference).array)}
+        try:
+            values |= {int(v) for v in np.unique(read_nifti(reference).array)}
+        except MedsegError:  # that case fails in the evaluation, and is reported there
+            continue
     return {v: "background" if v == 0 else f"label_{v}" for v in sorted(values | {0})}
 
 

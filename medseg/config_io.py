@@ -1,4 +1,4 @@
-"""Reading YAML configuration files into typed models; unknown keys are errors."""
+"""Reading YAML and JSON configuration files into typed models; unknown keys are errors."""
 
 from __future__ import annotations
 
@@ -38,9 +38,25 @@ def load_yaml_model(path: Path | None, model: type[Model], **overrides: Any) -> 
         raise ConfigError(f"{path or model.__name__}: {validation_problems(exc)}") from exc
 
 
+def load_json_model(path: Path, model: type[Model]) -> Model:
+    """Validate the JSON file ``path`` (a plan, a model's settings) as ``model``.
+
+    Raises:
+        ConfigError: naming the file, and the offending keys or why it cannot be read.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_problems(exc)}") from exc
+
+
 def validation_problems(error: ValidationError) -> str:
     """``"key.sub: message; ..."`` for every problem pydantic found."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
+        ": ".join(filter(None, [".".join(str(p) for p in problem["loc"]), problem["msg"]]))
         for problem in error.errors()
     )

@@ -32,6 +32,7 @@ import importlib
 import json
 import logging
 import math
+import pickle
 import re
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from urllib.parse import unquote
 import mlflow
 import numpy as np
 import torch
+import yaml
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -537,13 +539,37 @@ def log_segmentation_model(
             )
 
 
+# What loading a missing, incomplete or corrupt model package raises (MLmodel YAML, JSON
+# files, weights, factory); anything else is a bug and keeps its traceback.
+_UNLOADABLE_MODEL = (
+    MlflowException,
+    OSError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+    pickle.UnpicklingError,
+    yaml.YAMLError,
+)
+
+
 def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) -> LoadedModel:
     """Load a packaged model (``models:/NAME@champion``, ``runs:/ID/model``) as torch + metadata.
 
     The network is in eval mode, on CUDA when available, else CPU.
+
+    Raises:
+        TrackingError: no such model, or its package is incomplete or corrupt (names the URI).
     """
     _activate(tracking_uri)
-    python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    try:
+        python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    except _UNLOADABLE_MODEL as error:
+        problem = (
+            error.message
+            if isinstance(error, MlflowException)
+            else f"{type(error).__name__}: {' '.join(str(error).split())}"
+        )
+        raise TrackingError(f"{model_uri}: cannot load the model: {problem}") from error
     if not isinstance(python_model, SegmentationPyfuncModel):
         raise TrackingError(f"{model_uri}: not a medseg segmentation model")
     return python_model.unwrap()

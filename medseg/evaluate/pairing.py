@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import MedsegError
+from medseg.errors import InputFileError
 from medseg.io.nifti import is_nifti_path, nifti_stem
 
 
@@ -24,7 +24,7 @@ def _by_case(path: Path) -> dict[str, Path]:
     if path.is_file():
         return {nifti_stem(path): path}
     if not path.is_dir():
-        raise MedsegError(f"{path}: no such file or folder")
+        raise InputFileError(path, "no such file or folder")
     found = {}
     for entry in sorted(path.iterdir()):
         if entry.is_file() and is_nifti_path(entry):
@@ -37,10 +37,17 @@ def _by_case(path: Path) -> dict[str, Path]:
 
 
 def pair_label_maps(predictions: Path, references: Path) -> Pairing:
-    """Pair by file name without ``.nii``/``.nii.gz``; two single files always pair."""
+    """Pair by file name without ``.nii``/``.nii.gz``; two single files always pair.
+
+    Raises:
+        InputFileError: a path does not exist, or the references are a folder without label
+            maps (predictions without any are reported as missing, case by case).
+    """
     if predictions.is_file() and references.is_file():
         return Pairing(pairs=[(nifti_stem(references), predictions, references)])
     predicted, reference = _by_case(predictions), _by_case(references)
+    if not reference:
+        raise InputFileError(references, "no label maps (<case>.nii.gz or <case>/<case>.nii.gz)")
     return Pairing(
         pairs=[
             (case, predicted[case], reference[case])

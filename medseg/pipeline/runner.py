@@ -27,7 +27,7 @@ from medseg.pipeline.records import (
     output_digest,
     stage_fingerprint,
 )
-from medseg.pipeline.spec import PipelineSpec, StageSpec
+from medseg.pipeline.spec import PipelineSpec, StageSpec, check_stage_inputs
 from medseg.pipeline.stages import PipelineError, StageContext, StageResult
 from medseg.tracking import RunTracker, tracking_uri
 
@@ -94,13 +94,15 @@ def run_pipeline(
     """Run ``spec``'s stages into ``work_dir`` (see the module docstring).
 
     Raises:
-        PipelineError: no data root, or ``--from``/``--to`` name no stage.
+        PipelineError: no data root, ``--from``/``--to`` name no stage, or a stage names a
+            file or folder that does not exist (checked before the first stage runs).
     """
     selection.check(spec)
     root = Path(data_root).resolve() if data_root else spec.data_root
     if root is None:
         raise PipelineError(f"{spec.path}: give --data-root (the pipeline names none)")
     work_dir = Path(work_dir).resolve()
+    check_stage_inputs(spec, data_root=root, work_dir=work_dir, until=selection.to_stage)
     uri = tracking_uri(tracking)
     report = PipelineReport(spec.name, work_dir, None, uri)
     parent = RunTracker(tracking_uri=uri).start(
