@@ -43,13 +43,16 @@ def grid_difference(first: Volume, second: Volume, *, names: tuple[str, str]) ->
         volume.affine_ras[:3, :3] / spacing
         for volume, spacing in zip((first, second), spacings, strict=True)
     ]
-    cosine = float(np.min(np.sum(directions[0] * directions[1], axis=0)))
-    if cosine < 1 - 1e-6:
+    # Axes differ when turning them moves a voxel step by more than the tolerance.
+    if not np.allclose(
+        directions[0] * spacings[0], directions[1] * spacings[0], atol=_TOLERANCE_MM
+    ):
+        cosine = float(np.min(np.sum(directions[0] * directions[1], axis=0)))
         angle = float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
-        differences.append(
-            f"axes {first.orientation} vs {second.orientation}, up to {angle:.3g} degrees apart"
-        )
-    if not differences:  # only below-tolerance parts add up
+        codes = [volume.orientation for volume in (first, second)]
+        axes = f"axes {codes[0]} vs {codes[1]}" if codes[0] != codes[1] else "axes"
+        differences.append(f"{axes} turned up to {angle:.3g} degrees apart")
+    if not differences:  # every part within the tolerance (the grids may even be the same)
         worst = float(np.max(np.abs(first.affine_ras - second.affine_ras)))
         differences.append(f"affines differ by up to {worst:.3g} mm")
     context = f" (same {', '.join(same)})" if same else ""
