@@ -563,15 +563,20 @@ def evaluate(
     """
     from medseg.cli_output import evaluation_summary
     from medseg.evaluate.pairing import pair_label_maps
-    from medseg.evaluate.report import log_to_run, summary, write_reports
+    from medseg.evaluate.report import log_evaluation, reopen_run, summary, write_reports
     from medseg.evaluate.stage import evaluate_pairing
 
-    pairing = pair_label_maps(predictions, references)
-    names = _label_names(labels, pairing)
-    report = evaluate_pairing(pairing, label_names=names, tolerance_mm=tolerance_mm)
-    paths = write_reports(report, pairing, out_dir=out, images=images)
-    if run_id:
-        log_to_run(paths, summary(report), run_id=run_id, tracking_uri=tracking_uri)
+    run = reopen_run(run_id, tracking_uri=tracking_uri) if run_id else None  # before any work
+    try:
+        pairing = pair_label_maps(predictions, references)
+        names = _label_names(labels, pairing)
+        report = evaluate_pairing(pairing, label_names=names, tolerance_mm=tolerance_mm)
+        paths = write_reports(report, pairing, out_dir=out, images=images)
+        if run is not None:
+            log_evaluation(run, paths, summary(report))
+    finally:
+        if run is not None:
+            run.end()
     evaluation_summary(report, paths)
     incomplete = report.failed or report.missing_prediction or report.missing_reference
     raise typer.Exit(1 if incomplete else 0)

@@ -249,7 +249,10 @@ class RunTracker:
         self.tracking_uri = _activate(self._explicit_uri)
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
         if run_id is not None:
-            active = mlflow.start_run(run_id=run_id, nested=nested)
+            try:
+                active = mlflow.start_run(run_id=run_id, nested=nested)
+            except MlflowException as error:  # no such run (or it is deleted)
+                raise TrackingError(f"run {run_id}: {error.message}") from error
         else:
             active = mlflow.start_run(
                 experiment_id=_experiment_id(self._client, self.tracking_uri, experiment),

@@ -170,16 +170,17 @@ def _html(report: EvaluationReport, result: dict, pictures: dict[str, list[Path]
     )
 
 
-def log_to_run(
-    paths: dict[str, Path], result: dict, *, run_id: str, tracking_uri: str | None
-) -> None:
-    """Log the means (per structure and overall) and the report files into an MLflow run."""
+def reopen_run(run_id: str, *, tracking_uri: str | None) -> RunTracker:
+    """The MLflow run ``run_id``, reopened to log an evaluation into it (``end()`` it after).
+
+    Raises:
+        TrackingError: there is no such run.
+    """
     from medseg.tracking import RunTracker
 
-    tracker = RunTracker(tracking_uri=tracking_uri)
-    tracker.start(experiment="", run_name="", tags={}, run_id=run_id)
-    log_evaluation(tracker, paths, result)
-    tracker.end()
+    return RunTracker(tracking_uri=tracking_uri).start(
+        experiment="", run_name="", tags={}, run_id=run_id
+    )
 
 
 def log_evaluation(tracker: RunTracker, paths: dict[str, Path], result: dict) -> None:

@@ -147,3 +147,16 @@ def test_batch_summary_refuses_a_folder_that_no_batch_wrote(tmp_path: Path) -> N
     assert result.exit_code == 2, result.output
     assert "no per-scan records" in one_error_line(result.output)
     assert not (tmp_path / "summary.csv").exists()
+
+
+def test_evaluate_into_an_unknown_mlflow_run_is_refused_before_any_work(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(store).search_experiments()
+    reference = write_phantom_nifti(tmp_path / "ref.nii.gz")
+    result = run_cli(
+        "evaluate", reference, reference, "--out", tmp_path / "report",
+        "--run-id", "0123abcd", "--tracking-uri", store,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == "error: run 0123abcd: Run with id=0123abcd not found"
+    assert not (tmp_path / "report").exists()
