@@ -94,7 +94,8 @@ def import_summary(report: ImportReport) -> None:
     splits = ", ".join(f"{count} {split}" for split, count in report.split_counts.items())
     console.print(
         f"[bold]{len(report.records)} cases[/bold] ({report.layout} layout, modality "
-        f"{report.modality}): {splits or 'no splits'} -> {report.manifest_path}"
+        f"{report.modality}): {splits or 'no splits'} -> {report.manifest_path}; "
+        f"{len(report.rejected)} pairs rejected, {len(report.orphans)} orphans left out"
     )
     console.print(f"labels: {report.label_names}")
     for title, rows in (
@@ -266,6 +267,13 @@ def evaluation_summary(report: EvaluationReport, paths: dict) -> None:
         console.print(f"[red]{case}: no prediction[/red]")
     for case in report.missing_reference:
         console.print(f"[red]{case}: no reference[/red]")
+    problems = len(report.failed) + len(report.missing_prediction) + len(report.missing_reference)
+    console.print(
+        f"[bold]{len(report.cases)} cases evaluated, {len(report.failed)} failed, "
+        f"{len(report.missing_prediction)} without prediction, "
+        f"{len(report.missing_reference)} without reference[/bold]",
+        style="red" if problems else "green",
+    )
     mean_dice = metric_cell(report.overall_mean("dice"))
     console.print(
         (f"[bold]mean Dice {mean_dice}[/bold]; " if mean_dice else "") + f"report: {paths['html']}"

@@ -118,6 +118,7 @@ def test_a_grid_mismatch_names_both_files_and_what_differs(tmp_path: Path) -> No
     reference = _label_map(tmp_path / "ref" / "case.nii.gz", [1, 2])
     result = run_cli("evaluate", prediction.parent, reference.parent, "--out", tmp_path / "r")
     assert result.exit_code == 1, result.output  # that case failed; the others would go on
+    assert "0 cases evaluated, 1 failed, 0 without prediction, 0 without reference" in result.output
     reason = json.loads((tmp_path / "r" / "summary.json").read_text())["failed"]["case"]
     assert reason == (
         f"prediction {prediction} and reference {reference} are on different voxel grids: "
