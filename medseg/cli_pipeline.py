@@ -123,7 +123,9 @@ def _default_demo_pipeline() -> Path:
     ):
         if candidate.is_file():
             return candidate
-    raise typer.BadParameter("pipelines/demo.yaml not found here; give --pipeline PATH")
+    raise typer.BadParameter(
+        "pipelines/demo.yaml not found here; give --pipeline PATH", param_hint="--pipeline"
+    )
 
 
 def demo_summary(report: PipelineReport, *, seconds: float) -> None:

@@ -27,7 +27,7 @@ def load_yaml_model(path: Path | None, model: type[Model], **overrides: Any) -> 
     if path is not None:
         try:
             payload = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
         if not isinstance(payload, dict):
             raise ConfigError(f"{path}: expected a mapping of option names to values")
@@ -48,6 +48,8 @@ def load_json_model(path: Path, model: type[Model]) -> Model:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file: {exc}") from exc
     try:
         return model.model_validate_json(text)
     except ValidationError as exc:

@@ -72,7 +72,7 @@ def load_pipeline(path: Path, overrides: list[str] | None = None) -> PipelineSpe
     path = Path(path).resolve()
     try:
         payload = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the pipeline: {exc}") from exc
     if not isinstance(payload, dict):
         raise ConfigError(f"{path}: expected a mapping with 'name' and 'stages'")

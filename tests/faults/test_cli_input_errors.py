@@ -160,3 +160,28 @@ def test_evaluate_into_an_unknown_mlflow_run_is_refused_before_any_work(tmp_path
     assert result.exit_code == 2, result.output
     assert one_error_line(result.output) == "error: run 0123abcd: Run with id=0123abcd not found"
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "what"),
+    [
+        (["plan", "{manifest}", "--out", "{tmp}/plan.json", "-c", "{scan}"], "cannot read YAML"),
+        (["preprocess", "{manifest}", "--plan", "{scan}", "--out", "{tmp}/c"], "not a text file"),
+        (["run", "{scan}"], "cannot read the pipeline"),
+        (["pacs", "echo", "-c", "{scan}"], "cannot read YAML"),
+        (["validate-manifest", "{scan}"], "cannot read manifest"),
+        (["evaluate", "{scan}", "{scan}", "--out", "{tmp}/r", "--labels", "{scan}"], "label names"),
+    ],
+    ids=["plan config", "plan file", "pipeline", "pacs file", "manifest", "label names"],
+)
+def test_a_binary_file_given_as_a_text_file_is_named(
+    scan: Path, tmp_path: Path, arguments: list[str], what: str
+) -> None:
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("")
+    places = {"scan": scan, "manifest": manifest, "tmp": tmp_path}
+    result = run_cli(*(argument.format(**places) for argument in arguments))
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.output)
+    assert line.startswith(f"error: {scan}: "), line
+    assert what in line
