@@ -91,8 +91,18 @@ def ingest(
             force=force,
             on_progress=progress,
         )
+    if not report.outcomes:
+        _no_scans(input_dir, ignored=report.ignored_files)
     ingest_summary(report)
     raise typer.Exit(report.exit_code)
+
+
+def _no_scans(path: Path, *, ignored: int | None = None) -> None:
+    """An input that holds no scan is a user error (most likely the wrong folder)."""
+    from medseg.errors import InputFileError
+
+    others = f" ({ignored} other files)" if ignored is not None else ""
+    raise InputFileError(path, f"no DICOM series or NIfTI files found{others}")
 
 
 def _parse_label_names(text: str) -> dict[int, str]:
@@ -377,6 +387,8 @@ def predict(
             probabilities=probabilities,
             on_progress=progress,
         )
+    if not report.outcomes:
+        _no_scans(input_path)
     predict_summary(report)
     raise typer.Exit(report.exit_code)
 

@@ -185,3 +185,40 @@ def test_a_binary_file_given_as_a_text_file_is_named(
     line = one_error_line(result.output)
     assert line.startswith(f"error: {scan}: "), line
     assert what in line
+
+
+def test_ingest_of_a_folder_without_scans_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no scans here")
+    result = run_cli("ingest", tmp_path / "in", "--out", tmp_path / "out")
+    assert result.exit_code == 2, result.output  # after the progress bars of the search
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'in'}: no DICOM series or NIfTI files found (1 other files)"
+    )
+
+
+def test_predict_on_a_folder_without_scans_is_refused(phantom_model: str, tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    result = run_cli(
+        "predict", tmp_path / "in", "--model", "models:/phantoms/1", "--out", tmp_path / "out",
+        "--tracking-uri", phantom_model,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'in'}: no DICOM series or NIfTI files found"
+    )
+
+
+def test_predict_keep_largest_of_a_structure_the_model_lacks_is_refused(
+    phantom_model: str, scan: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "predict", scan, "--model", "models:/phantoms/1", "--out", tmp_path / "out",
+        "--tracking-uri", phantom_model, "--keep-largest", "1,9",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        "error: medseg predict --keep-largest: the model has no structure [9]; "
+        "it has [1, 2, 3, 4, 5]"
+    )
+    assert not (tmp_path / "out").exists()

@@ -8,29 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from medseg.datasets import import_dataset
-from medseg.preprocess.config import PlanOptions
-from medseg.preprocess.plan import plan_manifest
+from tests.faults.conftest import PhantomPlan
 from tests.faults.test_cli_errors import one_error_line, run_cli
 from tests.phantoms import write_phantom_nifti
-
-
-@pytest.fixture
-def planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
-    """``(manifest, plan.json)`` of three labelled phantoms (labels 0..5)."""
-    monkeypatch.chdir(tmp_path)
-    dataset = tmp_path / "dataset"
-    for seed in range(3):
-        write_phantom_nifti(
-            dataset / "images" / f"case{seed}.nii.gz",
-            seed,
-            label_path=dataset / "labels" / f"case{seed}.nii.gz",
-        )
-    manifest = tmp_path / "phantoms.jsonl"
-    import_dataset(dataset, manifest_path=manifest, val_fraction=0.34, modality="CT")
-    options = PlanOptions(patch_size_3d=(32, 32, 32), patch_size_2d=(32, 32))
-    plan = plan_manifest(manifest, options=options).save(tmp_path / "plan.json")
-    return manifest, plan
 
 
 @pytest.mark.parametrize(
@@ -45,9 +25,9 @@ def planned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path
     ids=["unknown key", "invalid value", "unknown architecture", "unknown network option", "loss"],
 )
 def test_train_refuses_a_bad_config_before_it_preprocesses(
-    planned: tuple[Path, Path], tmp_path: Path, config_text: str, what: str
+    phantom_plan: PhantomPlan, tmp_path: Path, config_text: str, what: str
 ) -> None:
-    manifest, plan = planned
+    manifest, plan = phantom_plan.manifest, phantom_plan.plan
     config = tmp_path / "train.yaml"
     config.write_text(config_text)
     cache = tmp_path / "cache"
