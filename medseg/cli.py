@@ -13,11 +13,17 @@ from medseg.cli_errors import MedsegGroup
 from medseg.cli_options import (
     BACKEND,
     BATCH_SIZE,
+    DATA_ROOT,
     OVERLAP,
     PRECISION,
+    batch_output_folder,
+    check_precision,
     interval,
+    keep_largest_structures,
     output_file,
     output_folder,
+    parse_label_names,
+    refuse_no_scans,
     structure_list,
 )
 from medseg.cli_pacs import pacs_app
@@ -92,33 +98,9 @@ def ingest(
             on_progress=progress,
         )
     if not report.outcomes:
-        _no_scans(input_dir, ignored=report.ignored_files)
+        refuse_no_scans(input_dir, ignored=report.ignored_files)
     ingest_summary(report)
     raise typer.Exit(report.exit_code)
-
-
-def _no_scans(path: Path, *, ignored: int | None = None) -> None:
-    """An input that holds no scan is a user error (most likely the wrong folder)."""
-    from medseg.errors import InputFileError
-
-    others = f" ({ignored} other files)" if ignored is not None else ""
-    raise InputFileError(path, f"no DICOM series or NIfTI files found{others}")
-
-
-def _parse_label_names(text: str) -> dict[int, str]:
-    """``{1: "anterior", 2: "posterior"}`` from ``"1=anterior,2=posterior"``.
-
-    Raises:
-        ValueError: not VALUE=NAME pairs with whole values >= 1 and names.
-    """
-    try:
-        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
-        names = {int(value): name.strip() for value, name in pairs}
-    except ValueError:
-        names = {}
-    if not names or any(value <= 0 or not name for value, name in names.items()):
-        raise ValueError(f"expected VALUE=NAME pairs with values >= 1, got {text!r}")
-    return names
 
 
 @app.command("import-dataset")
@@ -145,7 +127,7 @@ def import_dataset(
     label_names: dict[int, str] | None = typer.Option(
         None,
         "--label-names",
-        parser=_parse_label_names,
+        parser=parse_label_names,
         metavar="VALUE=NAME,...",
         help='Names when no dataset.json has them: "1=anterior,2=posterior".',
     ),
@@ -183,13 +165,7 @@ def import_dataset(
 @app.command("validate-manifest")
 def validate_manifest(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Manifest (.jsonl)."),
-    data_root: Path | None = typer.Option(
-        None,
-        "--data-root",
-        exists=True,
-        file_okay=False,
-        help="Folder the manifest's paths are relative to.",
-    ),
+    data_root: Path | None = DATA_ROOT,
 ) -> None:
     """Check a manifest: files exist, checksums, shapes/spacings, image/label grids, labels.
 
@@ -217,9 +193,7 @@ def plan(
         dir_okay=False,
         help="Plan options YAML (configs/plan/*.yaml); overrides.",
     ),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
-    ),
+    data_root: Path | None = DATA_ROOT,
     workers: int = typer.Option(2, min=1, help="Worker processes."),
 ) -> None:
     """Fingerprint the training cases and write the preprocessing/network plan."""
@@ -239,9 +213,7 @@ def preprocess(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Data manifest."),
     plan_file: Path = typer.Option(..., "--plan", exists=True, dir_okay=False, help="plan.json"),
     out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Cache folder."),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
-    ),
+    data_root: Path | None = DATA_ROOT,
     workers: int = typer.Option(2, min=1, help="Worker processes."),
     force: bool = typer.Option(False, "--force", help="Redo cases even if unchanged."),
 ) -> None:
@@ -282,9 +254,7 @@ def train(
     run_dir: Path = typer.Option(
         Path("runs/train"), callback=output_folder, help="Checkpoints, pictures, curves."
     ),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
-    ),
+    data_root: Path | None = DATA_ROOT,
     resume: bool = typer.Option(False, "--resume", help="Continue from run-dir's last checkpoint."),
     max_minutes: float | None = typer.Option(
         None, callback=interval("(0, inf)"), help="Time budget (overrides the config)."
@@ -365,9 +335,9 @@ def predict(
     from medseg.infer.predictor import PredictionOptions, load_packaged_model
     from medseg.infer.stage import predict_path
 
-    _check_precision(precision, backend)
+    check_precision(precision, backend)
     packaged = load_packaged_model(model, tracking_uri=tracking_uri)
-    structures = _structures(keep_largest, packaged.label_names)
+    structures = keep_largest_structures(keep_largest, packaged.label_names)
     options = PredictionOptions(
         overlap=overlap,
         batch_size=batch_size,
@@ -388,32 +358,9 @@ def predict(
             on_progress=progress,
         )
     if not report.outcomes:
-        _no_scans(input_path)
+        refuse_no_scans(input_path)
     predict_summary(report)
     raise typer.Exit(report.exit_code)
-
-
-def _check_precision(precision: Precision, backend: Backend) -> None:
-    if precision is not Precision.FP32 and backend is not Backend.OPENVINO:
-        raise typer.BadParameter(
-            f"{precision.value} needs --backend openvino (not {backend.value})",
-            param_hint="--precision",
-        )
-
-
-def _structures(keep_largest: str | None, label_names: dict[int, str]) -> list[int] | None:
-    """The structure values ``--keep-largest`` names, each one the model's."""
-    if not keep_largest:
-        return None
-    known = sorted(v for v in label_names if v > 0)
-    if keep_largest == "all":
-        return known
-    values = [int(v) for v in keep_largest.split(",")]
-    if unknown := sorted(set(values) - set(known)):
-        raise typer.BadParameter(
-            f"the model has no structure {unknown}; it has {known}", param_hint="--keep-largest"
-        )
-    return values
 
 
 @app.command()
@@ -522,7 +469,7 @@ def batch_summary_command(
         ...,
         exists=True,
         file_okay=False,
-        callback=output_folder,
+        callback=batch_output_folder,
         help="A batch's OUT folder.",
     ),
 ) -> None:
@@ -531,16 +478,9 @@ def batch_summary_command(
     For a final step after the shards of a job array wrote into one OUT folder. Exit code 1
     when any scan has failed.
     """
-    from medseg.batch.layout import read_failures, read_results
     from medseg.batch.summary import write_summary
     from medseg.cli_output import batch_files_summary
 
-    if not (read_results(out) or read_failures(out)):
-        raise typer.BadParameter(
-            f"{out}: no per-scan records (<case>/result.json, .failures/): not the OUT folder "
-            "of a batch, or no scan of it has finished",
-            param_hint="OUT",
-        )
     files = write_summary(out)
     batch_files_summary(files)
     raise typer.Exit(1 if files.failed else 0)
@@ -574,14 +514,15 @@ def evaluate(
     when a case is missing or failed.
     """
     from medseg.cli_output import evaluation_summary
-    from medseg.evaluate.pairing import pair_label_maps
+    from medseg.evaluate.pairing import pair_label_maps, reference_label_names
     from medseg.evaluate.report import log_evaluation, reopen_run, summary, write_reports
     from medseg.evaluate.stage import evaluate_pairing
+    from medseg.manifest import load_label_names
 
     run = reopen_run(run_id, tracking_uri=tracking_uri) if run_id else None  # before any work
     try:
         pairing = pair_label_maps(predictions, references)
-        names = _label_names(labels, pairing)
+        names = load_label_names(labels) if labels else reference_label_names(pairing)
         report = evaluate_pairing(pairing, label_names=names, tolerance_mm=tolerance_mm)
         paths = write_reports(report, pairing, out_dir=out, images=images)
         if run is not None:
@@ -592,24 +533,6 @@ def evaluate(
     evaluation_summary(report, paths)
     incomplete = report.failed or report.missing_prediction or report.missing_reference
     raise typer.Exit(1 if incomplete else 0)
-
-
-def _label_names(path: Path | None, pairing) -> dict[int, str]:
-    import numpy as np
-
-    from medseg.errors import MedsegError
-    from medseg.io.nifti import read_nifti
-    from medseg.manifest import load_label_names
-
-    if path is not None:
-        return load_label_names(path)
-    values: set[int] = set()
-    for _, _, reference in pairing.pairs:
-        try:
-            values |= {int(v) for v in np.unique(read_nifti(reference).array)}
-        except MedsegError:  # that case fails in the evaluation, and is reported there
-            continue
-    return {v: "background" if v == 0 else f"label_{v}" for v in sorted(values | {0})}
 
 
 app.command("run")(run_pipeline_command)

@@ -1,8 +1,9 @@
-"""Checks of command-line option values, run while the arguments are parsed.
+"""Checks of command-line values, and the options several commands share.
 
-A bad value is a usage error, printed by ``medseg.cli_errors`` as one line naming the
-command and the option (``error: medseg predict --overlap: 1.5 is not in [0, 1)``), before
-the command does any work. Output folders are checked without creating anything.
+Most checks run while the arguments are parsed, before a command does any work: a bad value
+is a usage error, printed by ``medseg.cli_errors`` as one line naming the command and the
+option (``error: medseg predict --overlap: 1.5 is not in [0, 1)``). Output folders are
+checked without creating anything.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 import typer
 
+from medseg.errors import InputFileError
 from medseg.infer.choices import Backend, Precision
 
 Number = TypeVar("Number", int, float)
@@ -92,6 +94,69 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
+def batch_output_folder(value: Path) -> Path:
+    """Option callback: a writable folder holding a batch's per-scan records."""
+    from medseg.batch.layout import read_failures, read_results
+
+    output_folder(value)
+    if not (read_results(value) or read_failures(value)):
+        raise typer.BadParameter(
+            f"{value}: no per-scan records (<case>/result.json, .failures/): not the OUT folder "
+            "of a batch, or no scan of it has finished"
+        )
+    return value
+
+
+def refuse_no_scans(path: Path, *, ignored: int | None = None) -> None:
+    """An input that holds no scan is a user error (most likely the wrong folder).
+
+    Raises:
+        InputFileError: always, naming ``path`` (and how many other files it holds).
+    """
+    others = f" ({ignored} other files)" if ignored is not None else ""
+    raise InputFileError(path, f"no DICOM series or NIfTI files found{others}")
+
+
+def parse_label_names(text: str) -> dict[int, str]:
+    """Option parser: ``{1: "anterior", 2: "posterior"}`` from ``"1=anterior,2=posterior"``.
+
+    Raises:
+        ValueError: not VALUE=NAME pairs with whole values >= 1 and names.
+    """
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        names = {int(value): name.strip() for value, name in pairs}
+    except ValueError:
+        names = {}
+    if not names or any(value <= 0 or not name for value, name in names.items()):
+        raise ValueError(f"expected VALUE=NAME pairs with values >= 1, got {text!r}")
+    return names
+
+
+def check_precision(precision: Precision, backend: Backend) -> None:
+    """Refuse a precision the backend does not offer (bf16 is OpenVINO's)."""
+    if precision is not Precision.FP32 and backend is not Backend.OPENVINO:
+        raise typer.BadParameter(
+            f"{precision.value} needs --backend openvino (not {backend.value})",
+            param_hint="--precision",
+        )
+
+
+def keep_largest_structures(text: str | None, label_names: dict[int, str]) -> list[int] | None:
+    """The structure values ``--keep-largest`` names (see ``structure_list``), each the model's."""
+    if not text:
+        return None
+    known = sorted(value for value in label_names if value > 0)
+    if text == "all":
+        return known
+    values = [int(value) for value in text.split(",")]
+    if unknown := sorted(set(values) - set(known)):
+        raise typer.BadParameter(
+            f"the model has no structure {unknown}; it has {known}", param_hint="--keep-largest"
+        )
+    return values
+
+
 def structure_list(text: str | None) -> str | None:
     """Option callback: ``"all"`` or structure values such as ``"1,3"``."""
     if text is None or text == "all":
@@ -108,4 +173,7 @@ def structure_list(text: str | None) -> str | None:
 OVERLAP = typer.Option(0.5, callback=interval("[0, 1)"), help="Sliding-window overlap, in [0, 1).")
 BATCH_SIZE = typer.Option(2, min=1, help="Windows per forward pass.")
 BACKEND = typer.Option(Backend.TORCH, help="Inference engine.")
+DATA_ROOT = typer.Option(
+    None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
+)
 PRECISION = typer.Option(Precision.FP32, help="bf16: OpenVINO only, on CPUs with bf16 units.")

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import InputFileError
-from medseg.io.nifti import is_nifti_path, nifti_stem
+import numpy as np
+
+from medseg.errors import InputFileError, MedsegError
+from medseg.io.nifti import is_nifti_path, nifti_stem, read_nifti
 
 
 @dataclass
@@ -56,3 +58,17 @@ def pair_label_maps(predictions: Path, references: Path) -> Pairing:
         missing_prediction=sorted(set(reference) - set(predicted)),
         missing_reference=sorted(set(predicted) - set(reference)),
     )
+
+
+def reference_label_names(pairing: Pairing) -> dict[int, str]:
+    """``label_<value>`` names of every value in the references (0: ``background``).
+
+    An unreadable reference is passed over: its case fails in the evaluation and is reported.
+    """
+    values: set[int] = {0}
+    for _, _, reference in pairing.pairs:
+        try:
+            values |= {int(value) for value in np.unique(read_nifti(reference).array)}
+        except MedsegError:
+            continue
+    return {value: "background" if value == 0 else f"label_{value}" for value in sorted(values)}
