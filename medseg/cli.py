@@ -10,9 +10,26 @@ import typer
 
 from medseg import __version__
 from medseg.cli_errors import MedsegGroup
+from medseg.cli_options import (
+    BACKEND,
+    BATCH_SIZE,
+    DATA_ROOT,
+    OVERLAP,
+    PRECISION,
+    batch_output_folder,
+    check_precision,
+    interval,
+    keep_largest_structures,
+    output_file,
+    output_folder,
+    parse_label_names,
+    refuse_no_scans,
+    structure_list,
+)
 from medseg.cli_pacs import pacs_app
 from medseg.cli_pipeline import demo as demo_command
 from medseg.cli_pipeline import run as run_pipeline_command
+from medseg.infer.choices import Backend, Precision
 from medseg.ingest.case_ids import CaseIdScheme
 
 app = typer.Typer(
@@ -46,14 +63,20 @@ def _root(
 @app.command()
 def ingest(
     input_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Folder to search."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (volumes + manifest)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_folder, help="Output folder (volumes + manifest)."
+    ),
     labels: Path | None = typer.Option(
-        None, "--labels", help="Folder of <case_id>.nii.gz label maps to pair with the scans."
+        None,
+        "--labels",
+        exists=True,
+        file_okay=False,
+        help="Folder of <case_id>.nii.gz label maps to pair with the scans.",
     ),
     case_ids: CaseIdScheme = typer.Option(
         CaseIdScheme.HASH, "--case-ids", help="hash: anonymous ids; folder: series folder names."
     ),
-    workers: int | None = typer.Option(None, help="Decoder processes (default: all cores)."),
+    workers: int | None = typer.Option(None, min=1, help="Decoder processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Convert again even if unchanged."),
 ) -> None:
     """Convert every DICOM series and NIfTI file under INPUT_DIR into canonical volumes.
@@ -74,6 +97,8 @@ def ingest(
             force=force,
             on_progress=progress,
         )
+    if not report.outcomes:
+        refuse_no_scans(input_dir, ignored=report.ignored_files)
     ingest_summary(report)
     raise typer.Exit(report.exit_code)
 
@@ -81,16 +106,30 @@ def ingest(
 @app.command("import-dataset")
 def import_dataset(
     dataset_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="Dataset folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Manifest to write (NAME.jsonl)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_file, help="Manifest to write (NAME.jsonl)."
+    ),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="Write paths relative to this folder instead of the manifest's."
+        None,
+        "--data-root",
+        exists=True,
+        file_okay=False,
+        help="Write paths relative to this folder instead of the manifest's.",
     ),
     modality: str | None = typer.Option(None, help="Modality when dataset.json does not say."),
-    val_fraction: float = typer.Option(0.2, help="Fraction of labelled cases for validation."),
-    test_fraction: float = typer.Option(0.0, help="Fraction of labelled cases held out for test."),
+    val_fraction: float = typer.Option(
+        0.2, callback=interval("[0, 1)"), help="Fraction of labelled cases for validation."
+    ),
+    test_fraction: float = typer.Option(
+        0.0, callback=interval("[0, 1)"), help="Fraction of labelled cases held out for test."
+    ),
     seed: int = typer.Option(0, help="Seed of the reproducible split assignment."),
-    label_names: str | None = typer.Option(
-        None, "--label-names", help='Names when no dataset.json has them: "1=anterior,2=posterior".'
+    label_names: dict[int, str] | None = typer.Option(
+        None,
+        "--label-names",
+        parser=parse_label_names,
+        metavar="VALUE=NAME,...",
+        help='Names when no dataset.json has them: "1=anterior,2=posterior".',
     ),
 ) -> None:
     """Import an MSD/nnU-Net (imagesTr/labelsTr) or flat images/+labels/ dataset into a manifest.
@@ -101,6 +140,11 @@ def import_dataset(
     from medseg.datasets import import_dataset as run_import
     from medseg.manifest import write_label_names
 
+    if val_fraction + test_fraction > 1:
+        raise typer.BadParameter(
+            f"{val_fraction:g} + {test_fraction:g} leaves no share for training",
+            param_hint="--val-fraction + --test-fraction",
+        )
     report = run_import(
         dataset_dir,
         manifest_path=out,
@@ -111,27 +155,17 @@ def import_dataset(
         modality=modality,
     )
     if label_names:
-        names = {0: "background", **_parse_label_names(label_names)}
+        names = {0: "background", **label_names}
         write_label_names(names, out)
         report.label_names = names
     import_summary(report)
     raise typer.Exit(1 if report.rejected else 0)
 
 
-def _parse_label_names(text: str) -> dict[int, str]:
-    try:
-        pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
-        return {int(value): name.strip() for value, name in pairs}
-    except ValueError as exc:
-        raise typer.BadParameter(f"expected VALUE=NAME pairs, got {text!r}") from exc
-
-
 @app.command("validate-manifest")
 def validate_manifest(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Manifest (.jsonl)."),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", help="Folder the manifest's paths are relative to."
-    ),
+    data_root: Path | None = DATA_ROOT,
 ) -> None:
     """Check a manifest: files exist, checksums, shapes/spacings, image/label grids, labels.
 
@@ -148,14 +182,19 @@ def validate_manifest(
 @app.command()
 def plan(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Data manifest."),
-    out: Path = typer.Option(..., "--out", "-o", help="Plan file to write (plan.json)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_file, help="Plan file to write (plan.json)."
+    ),
     config: Path | None = typer.Option(
-        None, "--config", "-c", help="Plan options YAML (configs/plan/*.yaml); overrides."
+        None,
+        "--config",
+        "-c",
+        exists=True,
+        dir_okay=False,
+        help="Plan options YAML (configs/plan/*.yaml); overrides.",
     ),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", help="Root of the manifest's paths."
-    ),
-    workers: int = typer.Option(2, help="Worker processes."),
+    data_root: Path | None = DATA_ROOT,
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
 ) -> None:
     """Fingerprint the training cases and write the preprocessing/network plan."""
     from medseg.cli_output import plan_summary
@@ -173,11 +212,9 @@ def plan(
 def preprocess(
     manifest: Path = typer.Argument(..., exists=True, dir_okay=False, help="Data manifest."),
     plan_file: Path = typer.Option(..., "--plan", exists=True, dir_okay=False, help="plan.json"),
-    out: Path = typer.Option(..., "--out", "-o", help="Cache folder."),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", help="Root of the manifest's paths."
-    ),
-    workers: int = typer.Option(2, help="Worker processes."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Cache folder."),
+    data_root: Path | None = DATA_ROOT,
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
     force: bool = typer.Option(False, "--force", help="Redo cases even if unchanged."),
 ) -> None:
     """Resample, normalize and crop every case into a memory-mappable cache.
@@ -206,17 +243,23 @@ def preprocess(
 def train(
     manifest: Path = typer.Option(..., "--manifest", "-m", exists=True, dir_okay=False),
     plan_file: Path = typer.Option(..., "--plan", "-p", exists=True, dir_okay=False),
-    config: Path | None = typer.Option(None, "--config", "-c", help="configs/train/*.yaml"),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", exists=True, dir_okay=False, help="configs/train/*.yaml"
+    ),
     cache: Path | None = typer.Option(
-        None, help="Preprocessing cache (default: 'cache' beside the plan; built if missing)."
+        None,
+        callback=output_folder,
+        help="Preprocessing cache (default: 'cache' beside the plan; built if missing).",
     ),
-    run_dir: Path = typer.Option(Path("runs/train"), help="Checkpoints, pictures, curves."),
-    data_root: Path | None = typer.Option(
-        None, "--data-root", help="Root of the manifest's paths."
+    run_dir: Path = typer.Option(
+        Path("runs/train"), callback=output_folder, help="Checkpoints, pictures, curves."
     ),
+    data_root: Path | None = DATA_ROOT,
     resume: bool = typer.Option(False, "--resume", help="Continue from run-dir's last checkpoint."),
-    max_minutes: float | None = typer.Option(None, help="Time budget (overrides the config)."),
-    epochs: int | None = typer.Option(None, help="Epochs (overrides the config)."),
+    max_minutes: float | None = typer.Option(
+        None, callback=interval("(0, inf)"), help="Time budget (overrides the config)."
+    ),
+    epochs: int | None = typer.Option(None, min=1, help="Epochs (overrides the config)."),
     registered_model_name: str | None = typer.Option(
         None, "--register", help="Register the model under this name (overrides the config)."
     ),
@@ -232,19 +275,23 @@ def train(
 
     require_tracking_store(tracking_uri)  # seconds, before the imports and the preprocessing
     from medseg.cli_output import train_summary
+    from medseg.manifest import read_manifest
     from medseg.preprocess.plan import Plan
-    from medseg.train.config import load_train_config
+    from medseg.train.config import check_against_plan, load_train_config
     from medseg.train.loop import train as run_training
 
+    # Everything is checked before the (long) preprocessing starts.
+    settings = load_train_config(
+        config, max_minutes=max_minutes, epochs=epochs, registered_model_name=registered_model_name
+    )
     plan_model = Plan.load(plan_file)
+    check_against_plan(settings, plan_model, source=config)
+    read_manifest(manifest)
     cache_dir = cache or plan_file.parent / "cache"
     if "RANK" not in os.environ:  # under torchrun the cache must exist beforehand
         from medseg.preprocess.stage import preprocess_manifest
 
         preprocess_manifest(manifest, plan=plan_model, cache_dir=cache_dir, data_root=data_root)
-    settings = load_train_config(
-        config, max_minutes=max_minutes, epochs=epochs, registered_model_name=registered_model_name
-    )
     result = run_training(
         manifest_path=manifest,
         plan=plan_model,
@@ -262,18 +309,20 @@ def train(
 def predict(
     input_path: Path = typer.Argument(..., exists=True, help="NIfTI file, DICOM folder or tree."),
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-    overlap: float = typer.Option(0.5, help="Sliding-window overlap."),
-    batch_size: int = typer.Option(2, help="Windows per forward pass."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Output folder."),
+    overlap: float = OVERLAP,
+    batch_size: int = BATCH_SIZE,
     mirror: bool = typer.Option(False, "--mirror", help="Mirroring test-time augmentation."),
     keep_largest: str | None = typer.Option(
-        None, help='Keep only the largest component of these structures: "all" or "1,3".'
+        None,
+        callback=structure_list,
+        help='Keep only the largest component of these structures: "all" or "1,3".',
     ),
     crf: bool = typer.Option(
         False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
     ),
-    backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
-    precision: str = typer.Option("fp32", help="fp32, or bf16 (OpenVINO on bf16 CPUs)."),
+    backend: Backend = BACKEND,
+    precision: Precision = PRECISION,
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
     probabilities: bool = typer.Option(
         False, "--probabilities", help="Also write <case>.probabilities.npz (float16)."
@@ -292,12 +341,9 @@ def predict(
     from medseg.infer.predictor import PredictionOptions, load_packaged_model
     from medseg.infer.stage import predict_path
 
+    check_precision(precision, backend)
     packaged = load_packaged_model(model, tracking_uri=tracking_uri)
-    structures = None
-    if keep_largest == "all":
-        structures = [v for v in packaged.label_names if v > 0]
-    elif keep_largest:
-        structures = [int(v) for v in keep_largest.split(",")]
+    structures = keep_largest_structures(keep_largest, packaged.label_names)
     options = PredictionOptions(
         overlap=overlap,
         batch_size=batch_size,
@@ -317,6 +363,8 @@ def predict(
             probabilities=probabilities,
             on_progress=progress,
         )
+    if not report.outcomes:
+        refuse_no_scans(input_path)
     predict_summary(report)
     raise typer.Exit(report.exit_code)
 
@@ -327,7 +375,9 @@ def batch(
         None, exists=True, help="Tree of DICOM series and NIfTI (not with --from-pacs)."
     ),
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder (one folder per scan)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_folder, help="Output folder (one folder per scan)."
+    ),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads the model)."),
     shard: str | None = typer.Option(
         None,
@@ -339,13 +389,13 @@ def batch(
         "--case-ids",
         help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
     ),
-    overlap: float = typer.Option(0.5, help="Sliding-window overlap."),
-    batch_size: int = typer.Option(2, help="Windows per forward pass."),
+    overlap: float = OVERLAP,
+    batch_size: int = BATCH_SIZE,
     mirror: bool = typer.Option(False, "--mirror", help="Mirroring test-time augmentation."),
     crf: bool = typer.Option(
         False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
     ),
-    backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
+    backend: Backend = BACKEND,
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (models:/ URIs and the batch run)."
@@ -424,7 +474,13 @@ def batch(
 
 @app.command("batch-summary")
 def batch_summary_command(
-    out: Path = typer.Argument(..., exists=True, file_okay=False, help="A batch's OUT folder."),
+    out: Path = typer.Argument(
+        ...,
+        exists=True,
+        file_okay=False,
+        callback=batch_output_folder,
+        help="A batch's OUT folder.",
+    ),
 ) -> None:
     """Rebuild OUT/summary.csv and OUT/failures.jsonl from the per-scan records.
 
@@ -443,12 +499,19 @@ def batch_summary_command(
 def evaluate(
     predictions: Path = typer.Argument(..., exists=True, help="Label map file or folder."),
     references: Path = typer.Argument(..., exists=True, help="Reference file or folder."),
-    out: Path = typer.Option(..., "--out", "-o", help="Report folder."),
+    out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Report folder."),
     labels: Path | None = typer.Option(
-        None, help="Label names: JSON {value: name}, a dataset.json or a manifest .labels.json."
+        None,
+        exists=True,
+        dir_okay=False,
+        help="Label names: JSON {value: name}, a dataset.json or a manifest .labels.json.",
     ),
-    tolerance_mm: float = typer.Option(1.0, help="Normalized surface Dice tolerance (mm)."),
-    images: Path | None = typer.Option(None, help="Folder of <case>.nii.gz scans for pictures."),
+    tolerance_mm: float = typer.Option(
+        1.0, callback=interval("(0, inf)"), help="Normalized surface Dice tolerance (mm)."
+    ),
+    images: Path | None = typer.Option(
+        None, exists=True, file_okay=False, help="Folder of <case>.nii.gz scans for pictures."
+    ),
     run_id: str | None = typer.Option(
         None, envvar="MLFLOW_RUN_ID", help="Log the report into this MLflow run."
     ),
@@ -460,9 +523,10 @@ def evaluate(
     when a case is missing or failed.
     """
     from medseg.cli_output import evaluation_summary
-    from medseg.evaluate.pairing import pair_label_maps
+    from medseg.evaluate.pairing import pair_label_maps, reference_label_names
     from medseg.evaluate.report import log_to_run, summary, write_reports
     from medseg.evaluate.stage import evaluate_pairing
+    from medseg.manifest import load_label_names
 
     if run_id:  # the report is logged after the work: the run must be there before it
         from medseg.tracking_store import require_tracking_store
@@ -472,7 +536,7 @@ def evaluate(
 
         require_run(run_id, tracking_uri=tracking_uri)
     pairing = pair_label_maps(predictions, references)
-    names = _label_names(labels, pairing)
+    names = load_label_names(labels) if labels else reference_label_names(pairing)
     report = evaluate_pairing(pairing, label_names=names, tolerance_mm=tolerance_mm)
     paths = write_reports(report, pairing, out_dir=out, images=images)
     if run_id:
@@ -480,20 +544,6 @@ def evaluate(
     evaluation_summary(report, paths)
     incomplete = report.failed or report.missing_prediction or report.missing_reference
     raise typer.Exit(1 if incomplete else 0)
-
-
-def _label_names(path: Path | None, pairing) -> dict[int, str]:
-    import numpy as np
-
-    from medseg.io.nifti import read_nifti
-    from medseg.manifest import load_label_names
-
-    if path is not None:
-        return load_label_names(path)
-    values: set[int] = set()
-    for _, _, reference in pairing.pairs:
-        values |= {int(v) for v in np.unique(read_nifti(reference).array)}
-    return {v: "background" if v == 0 else f"label_{v}" for v in sorted(values | {0})}
 
 
 app.command("run")(run_pipeline_command)

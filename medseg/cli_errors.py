@@ -19,7 +19,7 @@ import traceback
 from typing import Any
 
 import typer
-from typer._click import Context  # typer 0.29 vendors click: its own exception classes
+from typer._click import Context, Parameter  # typer 0.29 vendors click: its own exception classes
 from typer._click.exceptions import BadParameter, ClickException, MissingParameter
 from typer.core import TyperGroup
 
@@ -44,12 +44,20 @@ def _usage_error_parts(error: ClickException) -> tuple[str, str]:
     if isinstance(error, BadParameter) and not isinstance(error, MissingParameter):
         hint = error.param_hint
         if hint is None and error.param is not None:
-            hint = " / ".join(getattr(error.param, "opts", []) or [error.param.name or ""])
+            hint = _parameter_name(error.param)
         if isinstance(hint, list | tuple):
             hint = " / ".join(hint)
         where = f"{command} {hint}".strip() if hint else command
-        return where, error.message.rstrip(".")
+        return where, error.message.removeprefix("Value error, ").rstrip(".")
     return command, f"{error.format_message().rstrip('.')} (see '{command} --help')"
+
+
+def _parameter_name(parameter: Parameter) -> str:
+    """How the help names a parameter: its long option (``--out``) or its metavar (``OUT``)."""
+    if parameter.param_type_name == "argument":
+        return parameter.metavar or (parameter.name or "").upper()
+    options = list(getattr(parameter, "opts", []) or [parameter.name or ""])
+    return next((o for o in options if o.startswith("--")), options[0])
 
 
 class MedsegGroup(TyperGroup):

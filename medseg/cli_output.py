@@ -94,7 +94,8 @@ def import_summary(report: ImportReport) -> None:
     splits = ", ".join(f"{count} {split}" for split, count in report.split_counts.items())
     console.print(
         f"[bold]{len(report.records)} cases[/bold] ({report.layout} layout, modality "
-        f"{report.modality}): {splits or 'no splits'} -> {report.manifest_path}"
+        f"{report.modality}): {splits or 'no splits'} -> {report.manifest_path}; "
+        f"{len(report.rejected)} pairs rejected, {len(report.orphans)} orphans left out"
     )
     console.print(f"labels: {report.label_names}")
     for title, rows in (
@@ -230,22 +231,35 @@ def batch_files_summary(files: SummaryFiles) -> None:
     )
 
 
+_EVALUATION_COLUMNS = {
+    "Dice": "dice",
+    "IoU": "iou",
+    "HD95 mm": "hd95_mm",
+    "NSD": "nsd",
+    "volume ref mL": "volume_reference_ml",
+    "volume pred mL": "volume_prediction_ml",
+}
+
+
+def metric_cell(value: float | None, digits: int = 4) -> str:
+    """A metric as the reports write it: empty when undefined (see medseg.evaluate.report)."""
+    from medseg.evaluate.report import defined
+
+    return "" if defined(value) is None else f"{value:.{digits}f}"
+
+
 def evaluation_summary(report: EvaluationReport, paths: dict) -> None:
-    """Per-structure means and where the reports are."""
-    table = Table(title=f"Evaluation of {len(report.cases)} cases")
-    for column in ("structure", "Dice", "IoU", "HD95 mm", "NSD", "volume ref mL", "volume pred mL"):
+    """Per-structure means (empty cells: undefined) and where the reports are."""
+    from medseg.evaluate.report import UNDEFINED_RULE
+
+    table = Table(
+        title=f"Evaluation of {len(report.cases)} cases", caption=f"Empty cell = {UNDEFINED_RULE}"
+    )
+    table.add_column("structure")
+    for column in _EVALUATION_COLUMNS:
         table.add_column(column)
-    show = lambda v: "-" if v != v else f"{v:.4f}"  # noqa: E731 (NaN: undefined)
     for name, values in report.structure_means().items():
-        table.add_row(
-            name,
-            show(values["dice"]),
-            show(values["iou"]),
-            show(values["hd95_mm"]),
-            show(values["nsd"]),
-            show(values["volume_reference_ml"]),
-            show(values["volume_prediction_ml"]),
-        )
+        table.add_row(name, *(metric_cell(values[m]) for m in _EVALUATION_COLUMNS.values()))
     console.print(table)
     for case, reason in report.failed.items():
         console.print(f"[red]{case}: {reason}[/red]")
@@ -253,6 +267,14 @@ def evaluation_summary(report: EvaluationReport, paths: dict) -> None:
         console.print(f"[red]{case}: no prediction[/red]")
     for case in report.missing_reference:
         console.print(f"[red]{case}: no reference[/red]")
+    problems = len(report.failed) + len(report.missing_prediction) + len(report.missing_reference)
     console.print(
-        f"[bold]mean Dice {show(report.overall_mean('dice'))}[/bold]; report: {paths['html']}"
+        f"[bold]{len(report.cases)} cases evaluated, {len(report.failed)} failed, "
+        f"{len(report.missing_prediction)} without prediction, "
+        f"{len(report.missing_reference)} without reference[/bold]",
+        style="red" if problems else "green",
+    )
+    mean_dice = metric_cell(report.overall_mean("dice"))
+    console.print(
+        (f"[bold]mean Dice {mean_dice}[/bold]; " if mean_dice else "") + f"report: {paths['html']}"
     )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from medseg.cli_options import output_folder
 from medseg.cli_output import console
 
 if TYPE_CHECKING:
@@ -31,32 +32,19 @@ CONFIG_OPTION = typer.Option(
 
 
 def _load(path: Path) -> PacsConfig:
-    from medseg.config_io import ConfigError
     from medseg.pacs.config import load_pacs_config
 
-    try:
-        return load_pacs_config(path)
-    except ConfigError as error:
-        raise typer.BadParameter(str(error), param_hint="--config") from error
-
-
-def _fail(error: Exception) -> None:
-    typer.secho(f"error: {error}", fg="red", err=True)
-    raise typer.Exit(2) from error
+    return load_pacs_config(path)
 
 
 @pacs_app.command()
 def echo(config: Path = CONFIG_OPTION) -> None:
     """Check that the PACS answers with these settings and credentials."""
-    from medseg.errors import PacsError
     from medseg.pacs.connect import connected
 
     settings = _load(config)
-    try:
-        with connected(settings.connection) as client:
-            client.echo()
-    except PacsError as error:
-        _fail(error)
+    with connected(settings.connection) as client:
+        client.echo()
     console.print(f"[green]{settings.connection.name} answers[/green]")
 
 
@@ -66,7 +54,6 @@ def query(
     show_uids: bool = typer.Option(False, "--show-uids", help="Print UIDs, not hashed keys."),
 ) -> None:
     """List the series the filter rules take (and count those they leave out)."""
-    from medseg.errors import PacsError
     from medseg.pacs.connect import connected
     from medseg.pacs.filters import SeriesFilter
     from medseg.pacs.retry import with_retry
@@ -74,13 +61,8 @@ def query(
 
     settings = _load(config)
     rules = SeriesFilter(settings.filters)
-    try:
-        with connected(settings.connection) as client:
-            found = with_retry(
-                lambda: client.find_series(rules.query()), settings.retry, what="search"
-            )
-    except PacsError as error:
-        _fail(error)
+    with connected(settings.connection) as client:
+        found = with_retry(lambda: client.find_series(rules.query()), settings.retry, what="search")
     taken, reasons = rules.select(found)
     table = Table(title=f"{len(taken)} of {len(found)} series match")
     names = [series.series_uid if show_uids else series_key(series.series_uid) for series in taken]
@@ -106,22 +88,20 @@ def _print_left_out(reasons: Counter[str]) -> None:
 @pacs_app.command()
 def pull(
     config: Path = CONFIG_OPTION,
-    out: Path = typer.Option(..., "--out", "-o", help="Folder of pulled series (one per key)."),
+    out: Path = typer.Option(
+        ..., "--out", "-o", callback=output_folder, help="Folder of pulled series (one per key)."
+    ),
 ) -> None:
     """Retrieve every matching series into OUT/<series key>/ (complete series only).
 
     Series already there are not retrieved again. Exit code 1 when any series failed.
     """
-    from medseg.errors import PacsError
     from medseg.pacs.connect import connected
     from medseg.pacs.pull import pull as pull_series
 
     settings = _load(config)
-    try:
-        with connected(settings.connection) as client:
-            report = pull_series(client, settings, out)
-    except PacsError as error:
-        _fail(error)
+    with connected(settings.connection) as client:
+        report = pull_series(client, settings, out)
     pull_summary(report)
     raise typer.Exit(1 if report.failed else 0)
 
@@ -131,7 +111,10 @@ def push(
     batch_out: Path = typer.Argument(..., exists=True, file_okay=False, help="A batch's OUT."),
     config: Path = CONFIG_OPTION,
     incoming: Path | None = typer.Option(
-        None, help="Folder the source series were pulled into (for the overlay picture)."
+        None,
+        exists=True,
+        file_okay=False,
+        help="Folder the source series were pulled into (for the overlay picture).",
     ),
 ) -> None:
     """Send the SEG, volume SR and overlay of every finished case not yet delivered.
@@ -139,16 +122,12 @@ def push(
     Exit code 1 when any case could not be delivered (see BATCH_OUT/.pacs/deliveries.jsonl;
     the next push retries it).
     """
-    from medseg.errors import PacsError
     from medseg.pacs.connect import connected
     from medseg.pacs.push import push as push_results
 
     settings = _load(config)
-    try:
-        with connected(settings.connection) as client:
-            report = push_results(client, settings, batch_out, incoming=incoming)
-    except PacsError as error:
-        _fail(error)
+    with connected(settings.connection) as client:
+        report = push_results(client, settings, batch_out, incoming=incoming)
     push_summary(report)
     raise typer.Exit(report.exit_code)
 
@@ -183,22 +162,14 @@ def pacs_batch(
 ) -> None:
     """``medseg batch`` with --from-pacs and/or --to-pacs: pull, segment, push; exits."""
     from medseg.cli_output import batch_summary, phase_progress
-    from medseg.errors import MedsegError
     from medseg.pacs.batch import run_pacs_batch
 
     source = _load(from_pacs) if from_pacs else None
     target = _load(to_pacs) if to_pacs else None
-    try:
-        with phase_progress() as progress:
-            report = run_pacs_batch(
-                from_pacs=source,
-                to_pacs=target,
-                scans_root=scans_root,
-                on_progress=progress,
-                **options,
-            )
-    except MedsegError as error:  # no model, PACS cannot be searched
-        _fail(error)
+    with phase_progress() as progress:
+        report = run_pacs_batch(
+            from_pacs=source, to_pacs=target, scans_root=scans_root, on_progress=progress, **options
+        )
     if report.pull is not None:
         pull_summary(report.pull)
     batch_summary(report.batch)

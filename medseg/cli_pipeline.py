@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from medseg.cli_output import console
+from medseg.cli_options import output_folder
+from medseg.cli_output import console, metric_cell
 
 if TYPE_CHECKING:
     from medseg.pipeline.records import StageRecord
@@ -20,10 +21,17 @@ _STATUS_STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red", "runn
 def run(
     pipeline: Path = typer.Argument(..., exists=True, dir_okay=False, help="pipelines/NAME.yaml"),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="Folder the pipeline's data paths are relative to."
+        None,
+        "--data-root",
+        exists=True,
+        file_okay=False,
+        help="Folder the pipeline's data paths are relative to.",
     ),
     work_dir: Path | None = typer.Option(
-        None, "--work-dir", help="Stage folders (default: runs/<pipeline name>)."
+        None,
+        "--work-dir",
+        callback=output_folder,
+        help="Stage folders (default: runs/<pipeline name>).",
     ),
     from_stage: str | None = typer.Option(
         None, "--from", help="Run this stage and every later one even if up to date."
@@ -65,7 +73,9 @@ def run(
 
 
 def demo(
-    out: Path = typer.Option(Path("demo_output"), "--out", "-o", help="Folder for everything."),
+    out: Path = typer.Option(
+        Path("demo_output"), "--out", "-o", callback=output_folder, help="Folder for everything."
+    ),
     pipeline: Path | None = typer.Option(
         None,
         exists=True,
@@ -116,7 +126,9 @@ def _default_demo_pipeline() -> Path:
     ):
         if candidate.is_file():
             return candidate
-    raise typer.BadParameter("pipelines/demo.yaml not found here; give --pipeline PATH")
+    raise typer.BadParameter(
+        "pipelines/demo.yaml not found here; give --pipeline PATH", param_hint="--pipeline"
+    )
 
 
 def demo_summary(report: PipelineReport, *, seconds: float) -> None:
@@ -131,10 +143,10 @@ def demo_summary(report: PipelineReport, *, seconds: float) -> None:
     for name, values in evaluation.summary.get("structures", {}).items():
         table.add_row(
             name,
-            _number(values.get("dice"), 3),
-            _number(values.get("hd95_mm"), 1),
-            _number(values.get("volume_prediction_ml"), 1),
-            _number(values.get("volume_reference_ml"), 1),
+            metric_cell(values.get("dice"), 3),
+            metric_cell(values.get("hd95_mm"), 1),
+            metric_cell(values.get("volume_prediction_ml"), 1),
+            metric_cell(values.get("volume_reference_ml"), 1),
         )
     console.print(table)
     console.print(
@@ -146,10 +158,6 @@ def demo_summary(report: PipelineReport, *, seconds: float) -> None:
         f"Per-scan outputs (label maps, DICOM SEG, volumes): {report.provided('predictions')}"
     )
     console.print(f"Model: {report.provided('model_uri')} in {report.tracking_uri}")
-
-
-def _number(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _print_stage_event(stage: str, status: str, record: StageRecord | None) -> None:

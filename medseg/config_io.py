@@ -1,4 +1,4 @@
-"""Reading YAML configuration files into typed models; unknown keys are errors."""
+"""Reading YAML and JSON configuration files into typed models; unknown keys are errors."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def load_yaml_model(path: Path | None, model: type[Model], **overrides: Any) -> 
     if path is not None:
         try:
             payload = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read YAML: {exc}") from exc
         if not isinstance(payload, dict):
             raise ConfigError(f"{path}: expected a mapping of option names to values")
@@ -38,9 +38,27 @@ def load_yaml_model(path: Path | None, model: type[Model], **overrides: Any) -> 
         raise ConfigError(f"{path or model.__name__}: {validation_problems(exc)}") from exc
 
 
+def load_json_model(path: Path, model: type[Model]) -> Model:
+    """Validate the JSON file ``path`` (a plan, a model's settings) as ``model``.
+
+    Raises:
+        ConfigError: naming the file, and the offending keys or why it cannot be read.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file: {exc}") from exc
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {validation_problems(exc)}") from exc
+
+
 def validation_problems(error: ValidationError) -> str:
     """``"key.sub: message; ..."`` for every problem pydantic found."""
     return "; ".join(
-        f"{'.'.join(str(p) for p in problem['loc'])}: {problem['msg']}"
+        ": ".join(filter(None, [".".join(str(p) for p in problem["loc"]), problem["msg"]]))
         for problem in error.errors()
     )

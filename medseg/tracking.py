@@ -38,6 +38,7 @@ import importlib
 import json
 import logging
 import math
+import pickle
 import re
 import subprocess
 import sys
@@ -56,6 +57,7 @@ from urllib.parse import unquote
 import mlflow
 import numpy as np
 import torch
+import yaml
 from mlflow.entities import Metric, Param, Run, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -290,8 +292,11 @@ class RunTracker:
         self.tracking_uri = _activate(self._explicit_uri)
         self._client = MlflowClient(tracking_uri=self.tracking_uri)
         if run_id is not None:
-            self._claim(run_id, owner)
-            active = mlflow.start_run(run_id=run_id, nested=nested)
+            try:
+                self._claim(run_id, owner)
+                active = mlflow.start_run(run_id=run_id, nested=nested)
+            except MlflowException as error:  # no such run (or it is deleted)
+                raise TrackingError(f"run {run_id}: {error.message}") from error
         else:
             active = mlflow.start_run(
                 experiment_id=_experiment_id(self._client, self.tracking_uri, experiment),
@@ -689,6 +694,19 @@ def log_segmentation_model(
             )
 
 
+# What loading a missing, incomplete or corrupt model package raises (MLmodel YAML, JSON
+# files, weights, factory); anything else is a bug and keeps its traceback.
+_UNLOADABLE_MODEL = (
+    MlflowException,
+    OSError,
+    ValueError,
+    KeyError,
+    RuntimeError,
+    pickle.UnpicklingError,
+    yaml.YAMLError,
+)
+
+
 def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) -> LoadedModel:
     """Load a packaged model (``models:/NAME@champion``, ``runs:/ID/model``) as torch + metadata.
 
@@ -696,10 +714,19 @@ def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) 
 
     Raises:
         TrackingUnavailableError: a registry or run URI and a store that cannot be reached.
+        TrackingError: no such model, or its package is incomplete or corrupt (names the URI).
     """
     require_store_for_model(model_uri, tracking_uri)
     _activate(tracking_uri)
-    python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    try:
+        python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    except _UNLOADABLE_MODEL as error:
+        problem = (
+            error.message
+            if isinstance(error, MlflowException)
+            else f"{type(error).__name__}: {' '.join(str(error).split())}"
+        )
+        raise TrackingError(f"{model_uri}: cannot load the model: {problem}") from error
     if not isinstance(python_model, SegmentationPyfuncModel):
         raise TrackingError(f"{model_uri}: not a medseg segmentation model")
     return python_model.unwrap()

@@ -91,7 +91,13 @@ def start_worker(settings: WorkerSettings) -> None:
             model, settings.options, cache_dir=model_cache_folder(settings.out_dir)
         )
     except Exception as error:  # reported by process_scan: an initializer must not raise
-        _worker = _Worker(settings, None, None, load_error=f"{type(error).__name__}: {error}")
+        reason = f"{settings.model_uri}: cannot load the model: {type(error).__name__}: {error}"
+        _worker = _Worker(
+            settings,
+            None,
+            None,
+            load_error=str(error) if isinstance(error, MedsegError) else reason,
+        )
         return
     _worker = _Worker(settings, model, predictor)
 
@@ -102,7 +108,7 @@ def process_scan(scan: BatchScan) -> ScanResult | ScanFailure:
         raise RuntimeError("process_scan runs in a worker started by start_worker")
     settings, out_dir, model = _worker.settings, _worker.settings.out_dir, _worker.model
     if model is None:
-        raise ModelLoadError(f"{settings.model_uri}: cannot load the model: {_worker.load_error}")
+        raise ModelLoadError(_worker.load_error)
     layout.remove_staging_leftovers(out_dir, scan.case_id)
     staging = layout.new_staging_folder(out_dir, scan.case_id)
     try:

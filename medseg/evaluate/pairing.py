@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.errors import MedsegError
-from medseg.io.nifti import is_nifti_path, nifti_stem
+import numpy as np
+
+from medseg.errors import InputFileError, MedsegError
+from medseg.io.nifti import is_nifti_path, nifti_stem, read_nifti
 
 
 @dataclass
@@ -24,7 +26,7 @@ def _by_case(path: Path) -> dict[str, Path]:
     if path.is_file():
         return {nifti_stem(path): path}
     if not path.is_dir():
-        raise MedsegError(f"{path}: no such file or folder")
+        raise InputFileError(path, "no such file or folder")
     found = {}
     for entry in sorted(path.iterdir()):
         if entry.is_file() and is_nifti_path(entry):
@@ -37,10 +39,17 @@ def _by_case(path: Path) -> dict[str, Path]:
 
 
 def pair_label_maps(predictions: Path, references: Path) -> Pairing:
-    """Pair by file name without ``.nii``/``.nii.gz``; two single files always pair."""
+    """Pair by file name without ``.nii``/``.nii.gz``; two single files always pair.
+
+    Raises:
+        InputFileError: a path does not exist, or the references are a folder without label
+            maps (predictions without any are reported as missing, case by case).
+    """
     if predictions.is_file() and references.is_file():
         return Pairing(pairs=[(nifti_stem(references), predictions, references)])
     predicted, reference = _by_case(predictions), _by_case(references)
+    if not reference:
+        raise InputFileError(references, "no label maps (<case>.nii.gz or <case>/<case>.nii.gz)")
     return Pairing(
         pairs=[
             (case, predicted[case], reference[case])
@@ -49,3 +58,17 @@ def pair_label_maps(predictions: Path, references: Path) -> Pairing:
         missing_prediction=sorted(set(reference) - set(predicted)),
         missing_reference=sorted(set(predicted) - set(reference)),
     )
+
+
+def reference_label_names(pairing: Pairing) -> dict[int, str]:
+    """``label_<value>`` names of every value in the references (0: ``background``).
+
+    An unreadable reference is passed over: its case fails in the evaluation and is reported.
+    """
+    values: set[int] = {0}
+    for _, _, reference in pairing.pairs:
+        try:
+            values |= {int(value) for value in np.unique(read_nifti(reference).array)}
+        except MedsegError:
+            continue
+    return {value: "background" if value == 0 else f"label_{value}" for value in sorted(values)}

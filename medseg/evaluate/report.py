@@ -1,4 +1,11 @@
-"""Evaluation reports: CSV (one row per case and structure), JSON summary, HTML with pictures."""
+"""Evaluation reports: CSV (one row per case and structure), JSON summary, HTML with pictures.
+
+An undefined value reads the same everywhere: an empty cell in ``metrics.csv``, the HTML
+report and the console, and ``null`` in ``summary.json``. A metric is undefined when it is not
+a finite number: every metric of a structure absent from both maps (NaN), and the surface
+distances (HD95) of a structure absent from one of them (infinitely far); a mean over cases
+with such an infinite value is undefined too, so a missed structure is never averaged away.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +31,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def _number(value: float) -> float | None:
-    return None if isinstance(value, float) and (math.isnan(value) or math.isinf(value)) else value
+UNDEFINED_RULE = (
+    "undefined: every metric of a structure absent from both maps, and HD95 of a structure "
+    "absent from one of them (and its mean over cases); absent from one map: Dice, IoU, NSD 0"
+)
+
+
+def defined(value: float | None) -> float | None:
+    """``value``, or None when the metric is undefined (NaN or infinite)."""
+    return None if value is None or not math.isfinite(value) else value
 
 
 def write_csv(report: EvaluationReport, path: Path) -> Path:
@@ -39,7 +53,7 @@ def write_csv(report: EvaluationReport, path: Path) -> Path:
                 [
                     case.case_id,
                     structure,
-                    *("" if _number(metrics[m]) is None else f"{metrics[m]:.6g}" for m in METRICS),
+                    *("" if defined(metrics[m]) is None else f"{metrics[m]:.6g}" for m in METRICS),
                 ]
             )
     write_text_atomic(path, buffer.getvalue())
@@ -52,18 +66,16 @@ def summary(report: EvaluationReport) -> dict:
     return {
         "cases": len(report.cases),
         "mean": {
-            metric: _number(report.overall_mean(metric))
+            metric: defined(report.overall_mean(metric))
             for metric in ("dice", "iou", "hd95_mm", "nsd")
         },
         "structures": {
-            name: {m: _number(v) for m, v in values.items()} for name, values in means.items()
+            name: {m: defined(v) for m, v in values.items()} for name, values in means.items()
         },
         "failed": report.failed,
         "missing_prediction": report.missing_prediction,
         "missing_reference": report.missing_reference,
-        "empty_structure_rule": (
-            "absent from both maps: undefined (null); absent from one: Dice/IoU 0"
-        ),
+        "empty_structure_rule": f"{UNDEFINED_RULE}; null here, empty cells in metrics.csv",
     }
 
 

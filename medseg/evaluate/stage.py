@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medseg.errors import GeometryMismatchError, MedsegError
+from medseg.evaluate.grid import grid_difference
 from medseg.evaluate.pairing import Pairing
 from medseg.evaluate.volumes import structure_statistics
 from medseg.io.nifti import read_nifti
@@ -65,20 +66,24 @@ def _nanmean(values: list[float]) -> float:
 
 
 def evaluate_case(
-    prediction: Volume, reference: Volume, *, label_names: dict[int, str], tolerance_mm: float
+    prediction: Volume,
+    reference: Volume,
+    *,
+    label_names: dict[int, str],
+    tolerance_mm: float,
+    names: tuple[str, str] = ("prediction", "reference"),
 ) -> dict[str, dict[str, float]]:
     """Metrics per structure name of one case (both maps on the same grid).
 
     Raises:
-        GeometryMismatchError: the maps are not on the same voxel grid.
+        GeometryMismatchError: the maps are not on the same voxel grid; the message calls them
+            ``names`` and says what differs.
     """
     from medseg.evaluate.surface import surface_metrics
 
     prediction, reference = prediction.to_closest_ras(), reference.to_closest_ras()
     if not prediction.same_grid(reference):
-        raise GeometryMismatchError(
-            f"prediction grid {prediction.shape} differs from reference grid {reference.shape}"
-        )
+        raise GeometryMismatchError(grid_difference(prediction, reference, names=names))
     size = max(max(label_names), int(prediction.array.max()), int(reference.array.max())) + 1
     matrix = confusion_matrix(prediction.array, reference.array, size)
     dice, iou = dice_from_confusion(matrix), iou_from_confusion(matrix)
@@ -121,6 +126,7 @@ def evaluate_pairing(
                 read_nifti(reference_path),
                 label_names=label_names,
                 tolerance_mm=tolerance_mm,
+                names=(f"prediction {predicted_path}", f"reference {reference_path}"),
             )
         except MedsegError as error:
             logger.warning("%s: %s", case_id, error)

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from medseg.errors import MedsegError
+from medseg.infer.choices import Backend, Precision
 
 logger = logging.getLogger(__name__)
 
@@ -48,21 +49,6 @@ ONNX_OPSET = 20
 _Choice = TypeVar("_Choice", bound=StrEnum)
 
 INSTALL_HINT = "`pip install 'medseg[cpu-inference]'`"
-
-
-class Backend(StrEnum):
-    """Engine that runs the network's forward pass."""
-
-    TORCH = "torch"
-    ONNXRUNTIME = "onnxruntime"
-    OPENVINO = "openvino"
-
-
-class Precision(StrEnum):
-    """Arithmetic precision of inference; bf16 only with OpenVINO on a CPU that supports it."""
-
-    FP32 = "fp32"
-    BF16 = "bf16"
 
 
 _OPENVINO_PRECISION = {Precision.FP32: "f32", Precision.BF16: "bf16"}

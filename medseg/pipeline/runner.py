@@ -31,7 +31,7 @@ from medseg.pipeline.records import (
     output_digest,
     stage_fingerprint,
 )
-from medseg.pipeline.spec import PipelineSpec, StageSpec
+from medseg.pipeline.spec import PipelineSpec, StageSpec, check_stage_inputs
 from medseg.pipeline.stages import PipelineError, StageContext, StageResult
 from medseg.tracking import RunTracker, mark_stale_runs, tracking_uri
 
@@ -98,7 +98,8 @@ def run_pipeline(
     """Run ``spec``'s stages into ``work_dir`` (see the module docstring).
 
     Raises:
-        PipelineError: no data root, or ``--from``/``--to`` name no stage.
+        PipelineError: no data root, ``--from``/``--to`` name no stage, or a stage names a
+            file or folder that does not exist (checked before the first stage runs).
         TrackingUnavailableError: the tracking store cannot be reached or written.
     """
     selection.check(spec)
@@ -106,6 +107,7 @@ def run_pipeline(
     if root is None:
         raise PipelineError(f"{spec.path}: give --data-root (the pipeline names none)")
     work_dir = Path(work_dir).resolve()
+    check_stage_inputs(spec, data_root=root, work_dir=work_dir, until=selection.to_stage)
     uri = tracking_uri(tracking)
     report = PipelineReport(spec.name, work_dir, None, uri)
     mark_stale_runs(work_dir, uri)  # before any run opens: a resumed training reopens its own

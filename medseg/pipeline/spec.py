@@ -25,7 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medseg.config_io import ConfigError, validation_problems
-from medseg.pipeline.stages import STAGES, StageDefinition
+from medseg.errors import MedsegError
+from medseg.pipeline.stages import STAGES, PipelineError, StageContext, StageDefinition
 
 
 class StageSpec(BaseModel):
@@ -71,7 +72,7 @@ def load_pipeline(path: Path, overrides: list[str] | None = None) -> PipelineSpe
     path = Path(path).resolve()
     try:
         payload = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the pipeline: {exc}") from exc
     if not isinstance(payload, dict):
         raise ConfigError(f"{path}: expected a mapping with 'name' and 'stages'")
@@ -96,6 +97,37 @@ def load_pipeline(path: Path, overrides: list[str] | None = None) -> PipelineSpe
     )
 
 
+def check_stage_inputs(
+    spec: PipelineSpec, *, data_root: Path, work_dir: Path, until: str | None = None
+) -> None:
+    """Refuse a pipeline whose stages (up to ``until``) name files or folders that do not
+    exist under the data root or the config root, before the first stage runs.
+
+    Raises:
+        PipelineError: naming the pipeline file and every missing path, by stage.
+    """
+    problems = []
+    for stage in spec.stages:
+        context = StageContext(
+            name=stage.name,
+            folder=work_dir / stage.name,
+            data_root=data_root,
+            config_root=spec.config_root,
+            tracking_uri="",
+            experiment=spec.experiment,
+            parent_run_id=None,
+            provided={},
+        )
+        try:
+            stage.definition.inputs(context, stage.options)
+        except MedsegError as error:
+            problems.append(str(error))
+        if stage.name == until:
+            break
+    if problems:
+        raise PipelineError(f"{spec.path}: {'; '.join(problems)}")
+
+
 def _stage(path: Path, index: int, raw: Any) -> StageSpec:
     where = f"{path}: stage {index + 1}"
     if not isinstance(raw, dict) or "stage" not in raw:
@@ -115,15 +147,29 @@ def _stage(path: Path, index: int, raw: Any) -> StageSpec:
 
 
 def _apply_overrides(path: Path, stages: list[Any], overrides: list[str]) -> None:
-    """Set ``STAGE.KEY=VALUE`` options (e.g. ``train.max_minutes=5``) in the raw stage list."""
+    """Set ``STAGE.KEY=VALUE`` options (e.g. ``train.max_minutes=5``) in the raw stage list.
+
+    VALUE is read as YAML; an empty VALUE is refused (write ``null`` to unset an option).
+    """
     by_name = {
         str(raw.get("name", raw.get("stage"))): raw for raw in stages if isinstance(raw, dict)
     }
     for override in overrides:
-        target, _, value = override.partition("=")
-        stage, _, key = target.partition(".")
-        if not (stage and key and _):
-            raise ConfigError(f"{override!r}: expected STAGE.KEY=VALUE, e.g. train.max_minutes=5")
+        where = f"--set {override!r}"
+        target, equals, text = override.partition("=")
+        stage, dot, key = target.strip().partition(".")
+        if not (stage and dot and key and equals):
+            raise ConfigError(f"{where}: expected STAGE.KEY=VALUE, e.g. train.max_minutes=5")
+        if not text.strip():
+            raise ConfigError(f"{where}: empty value; give one, or 'null' to unset {key}")
+        if key in ("stage", "name"):
+            raise ConfigError(f"{where}: a stage's kind and name are not options")
         if stage not in by_name:
-            raise ConfigError(f"{path}: {override!r}: no stage named {stage!r}")
-        by_name[stage][key] = yaml.safe_load(value)
+            raise ConfigError(
+                f"{where}: no stage named {stage!r} in {path}; stages: {list(by_name)}"
+            )
+        try:
+            by_name[stage][key] = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(exc).split())
+            raise ConfigError(f"{where}: the value is not valid YAML: {problem}") from exc

@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from medseg import __version__
+from medseg.config_io import load_json_model
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_text_atomic
 from medseg.manifest import read_label_names, read_manifest, sha256_file
@@ -111,8 +112,12 @@ class Plan(BaseModel):
 
     @classmethod
     def load(cls, path: Path) -> Plan:
-        """Read a plan written by ``save``."""
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+        """Read a plan written by ``save``.
+
+        Raises:
+            ConfigError: the file is unreadable, not JSON, or not a valid plan (names the key).
+        """
+        return load_json_model(path, cls)
 
 
 def target_spacing(fingerprint: DatasetFingerprint, *, anisotropy_threshold: float) -> list[float]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from medseg.config_io import load_yaml_model
+from medseg.config_io import ConfigError, load_yaml_model
+from medseg.errors import MedsegError
 from medseg.models.pretrained import PretrainedEncoder
+
+if TYPE_CHECKING:
+    from medseg.preprocess.plan import Plan
 
 
 class ValidationOptions(BaseModel):
@@ -63,3 +67,40 @@ def load_train_config(path: Path | None, **overrides: Any) -> TrainConfig:
         ConfigError: unreadable file, unknown keys or invalid values (names the file and keys).
     """
     return load_yaml_model(path, TrainConfig, **overrides)
+
+
+def check_against_plan(config: TrainConfig, plan: Plan, *, source: Path | None = None) -> None:
+    """Refuse a config that cannot train with ``plan``, before anything is preprocessed.
+
+    Checks what only the plan can tell: the planned configuration, the loss, and that the
+    architecture takes the network options (a network is built once, on the CPU).
+
+    Raises:
+        ConfigError: naming ``source`` (the config file) and the offending key.
+    """
+    from medseg.losses import build_loss
+    from medseg.models import build_network, network_arguments
+
+    where = source or "training options"
+    planned = plan.configurations.get(config.configuration)
+    if planned is None:
+        raise ConfigError(
+            f"{where}: configuration: {config.configuration!r} is not in the plan, which has "
+            f"{sorted(plan.configurations)}"
+        )
+    try:
+        build_loss(config.loss)
+    except MedsegError as error:
+        raise ConfigError(f"{where}: loss: {error}") from error
+    try:
+        build_network(
+            **network_arguments(
+                architecture=config.architecture,
+                in_channels=1,  # the cache knows the channels; the options do not depend on it
+                num_classes=max(plan.label_names) + 1,
+                configuration=planned.model_dump(),
+                **config.network,
+            )
+        )
+    except (MedsegError, TypeError, ValueError) as error:  # unknown or ill-typed options
+        raise ConfigError(f"{where}: architecture/network: {error}") from error

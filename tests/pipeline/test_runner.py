@@ -138,11 +138,11 @@ def test_interrupted_training_resumes_in_the_same_run(project: Path) -> None:
 def test_failed_stage_stops_the_pipeline_and_a_rerun_continues_there(project: Path) -> None:
     text = PIPELINE.replace("{stage: evaluate, split: val}", "{stage: evaluate, references: gone}")
     (project / "tiny.yaml").write_text(text)
+    (project / "data" / "gone").mkdir()  # there (else refused up front), but no labels yet
     failed = _run(project)
     assert failed.exit_code == 1
     assert failed.failed_stage.stage == "evaluate"
-    assert "'gone' not found under the data root" in failed.failed_stage.error
-    (project / "data" / "gone").mkdir()
+    assert "gone: no label maps" in failed.failed_stage.error
     for record in read_manifest(failed.provided("manifest")):
         if record.split == "val":  # the cases predict segmented
             shutil.copy(project / "data" / record.label, project / "data" / "gone")
