@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-slow lint bench-ingest bench-quality bench-architectures clean
+.PHONY: demo provision test test-slow lint bench-ingest bench-quality bench-architectures clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/medseg demo --out demo_output
 
-test: $(VENV)/.installed-dev
+# The services the tests start (PostgreSQL server, Orthanc + DICOMweb plugin): installed with
+# apt-get as root or through sudo, else it stops with the command to run. Checks only when present.
+provision:
+	bash .ci/provision.sh
+
+test: provision $(VENV)/.installed-dev
 	$(BIN)/pytest -n 2
 
-test-slow: $(VENV)/.installed-dev
+test-slow: provision $(VENV)/.installed-dev
 	$(BIN)/pytest -n 2 -m slow
 
 lint: $(VENV)/.installed-dev
