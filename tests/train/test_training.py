@@ -1,4 +1,5 @@
-"""Training end to end on a real MLflow server: metrics, checkpoints, registry, aliases."""
+"""Training end to end on a real MLflow server: metrics, checkpoints, registry, aliases; and a
+short training that really learns the phantoms."""
 
 from __future__ import annotations
 
@@ -12,12 +13,29 @@ import torch
 from mlflow import MlflowClient
 
 from medseg.errors import MedsegError
+from medseg.manifest import read_manifest
 from medseg.models import build_network
+from medseg.preprocess.cache import load_cache
 from medseg.tracking import load_segmentation_model
 from medseg.train.checkpoint import TrainingState, load_checkpoint
 from medseg.train.loop import poly_learning_rate, train, training_progress
+from medseg.train.validation import validate
 from tests.mlflow_server import mlflow_server  # noqa: F401
 from tests.tiny_dataset import TinyDataset, tiny_config
+
+# 60 steps that learn the large structures of the phantoms (float32, threads=1): liver and
+# spine Dice 0.81 each on the training phantoms (measured); without mirroring, which would swap
+# the kidneys. The untrained network scores liver 0.005, spine 0.13; learning_rate 1e-9 too.
+LEARNING = {
+    "epochs": 2,
+    "steps_per_epoch": 30,
+    "optimizer": "adamw",
+    "learning_rate": 0.003,
+    "network": {"deep_supervision": True, "base_filters": 8},
+    "augmentation": {"mirror_probability": 0.0},
+    "validation": {"every_epochs": 1000, "max_cases": 1, "overlay_pictures": 0},
+}
+LEARNT_DICE = {"liver": 0.6, "spine": 0.6}
 
 
 def test_training_is_tracked_registered_and_loadable_by_alias(
@@ -35,19 +53,20 @@ def test_training_is_tracked_registered_and_loadable_by_alias(
         tracking_uri=mlflow_server,
     )
     assert result.state.step == 6 and result.state.epoch == 2 and result.stopped_by == "epochs"
-    assert 0.0 <= result.best_mean_dice <= 1.0
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(result.run_id)
+    structures = [name for value, name in tiny_dataset.plan.label_names.items() if value]
     for metric in (
         "train_loss",
         "learning_rate",
         "samples_per_second",
         "val_mean_dice",
-        "val_dice_label_1",
-        "val_dice_label_2",
+        *(f"val_dice_{name}" for name in structures),
     ):
         history = client.get_metric_history(result.run_id, metric)
         assert [m.step for m in history] == [1, 2], metric
+    best = max(m.value for m in client.get_metric_history(result.run_id, "val_mean_dice"))
+    assert result.best_mean_dice == pytest.approx(best)  # the best checkpoint is the best epoch
     assert run.data.params["config.epochs"] == "2"
     assert run.data.tags["manifest.sha256"] and run.data.tags["git.commit"]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
@@ -70,6 +89,42 @@ def test_training_is_tracked_registered_and_loadable_by_alias(
         "models:/hippocampus-tiny@champion", tracking_uri=mlflow_server
     )
     assert unwrapped.plan["target_spacing"] == tiny_dataset.plan.target_spacing
+
+
+def test_a_short_training_learns_the_large_structures_of_its_phantoms(
+    tiny_dataset: TinyDataset, tmp_path: Path
+) -> None:
+    result = train(
+        manifest_path=tiny_dataset.manifest,
+        plan=tiny_dataset.plan,
+        cache_dir=tiny_dataset.cache,
+        config=tiny_config(**LEARNING),
+        run_dir=tmp_path / "run",
+        tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
+    )
+    payload = torch.load(result.best_checkpoint, weights_only=False)
+    assert payload["state"]["step"] == 60
+    training_cases = [r.case_id for r in read_manifest(tiny_dataset.manifest) if r.split == "train"]
+    cases = load_cache(tiny_dataset.cache, training_cases[:2])
+    names = tiny_dataset.plan.label_names
+
+    def dice_by_name(network: torch.nn.Module) -> dict[str, float]:
+        scores = validate(
+            network,
+            cases,
+            patch_size=tiny_dataset.plan.configurations["3d"].patch_size,
+            num_classes=tiny_dataset.num_classes,
+            device=torch.device("cpu"),
+        ).dice
+        return {names[value]: scores[value] for value in scores}
+
+    torch.manual_seed(0)
+    untrained = dice_by_name(build_network(**payload["extra"]["network_arguments"]))
+    trained_network = build_network(**payload["extra"]["network_arguments"])
+    load_checkpoint(result.best_checkpoint, network=trained_network)
+    trained = dice_by_name(trained_network)
+    assert all(untrained[name] < 0.2 for name in LEARNT_DICE), untrained
+    assert all(trained[name] >= LEARNT_DICE[name] for name in LEARNT_DICE), trained
 
 
 def test_time_budget_stops_training_early(tiny_dataset: TinyDataset, tmp_path: Path) -> None:
