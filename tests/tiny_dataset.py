@@ -22,6 +22,19 @@ from tests.phantoms import write_phantom_dataset
 SEEDS = range(5)
 CASES = [f"phantom_{seed:03d}" for seed in SEEDS]
 PLAN_OPTIONS = {"patch_size_3d": (32, 32, 32), "patch_size_2d": (32, 32)}
+# 60 steps that learn the large structures of the phantoms (float32, threads=1): liver and
+# spine Dice 0.81 each on the training phantoms (measured); without mirroring, which would swap
+# the kidneys. The untrained network scores liver 0.005, spine 0.13; learning_rate 1e-9 too.
+LEARNING = {
+    "epochs": 2,
+    "steps_per_epoch": 30,
+    "optimizer": "adamw",
+    "learning_rate": 0.003,
+    "network": {"deep_supervision": True, "base_filters": 8},
+    "augmentation": {"mirror_probability": 0.0},
+    "validation": {"every_epochs": 1000, "max_cases": 1, "overlay_pictures": 0},
+}
+LEARNT_DICE = {"liver": 0.6, "spine": 0.6}
 
 
 @dataclass(frozen=True)
@@ -72,3 +85,8 @@ def tiny_config(**overrides: object) -> TrainConfig:
     }
     settings.update(overrides)
     return TrainConfig.model_validate(settings)
+
+
+def learning_config(**overrides: object) -> TrainConfig:
+    """``LEARNING``: a short training that learns the large structures (``LEARNT_DICE``)."""
+    return tiny_config(**(LEARNING | overrides))

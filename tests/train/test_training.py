@@ -21,21 +21,7 @@ from medseg.train.checkpoint import TrainingState, load_checkpoint
 from medseg.train.loop import poly_learning_rate, train, training_progress
 from medseg.train.validation import validate
 from tests.mlflow_server import mlflow_server  # noqa: F401
-from tests.tiny_dataset import TinyDataset, tiny_config
-
-# 60 steps that learn the large structures of the phantoms (float32, threads=1): liver and
-# spine Dice 0.81 each on the training phantoms (measured); without mirroring, which would swap
-# the kidneys. The untrained network scores liver 0.005, spine 0.13; learning_rate 1e-9 too.
-LEARNING = {
-    "epochs": 2,
-    "steps_per_epoch": 30,
-    "optimizer": "adamw",
-    "learning_rate": 0.003,
-    "network": {"deep_supervision": True, "base_filters": 8},
-    "augmentation": {"mirror_probability": 0.0},
-    "validation": {"every_epochs": 1000, "max_cases": 1, "overlay_pictures": 0},
-}
-LEARNT_DICE = {"liver": 0.6, "spine": 0.6}
+from tests.tiny_dataset import LEARNT_DICE, TinyDataset, learning_config, tiny_config
 
 
 def test_training_is_tracked_registered_and_loadable_by_alias(
@@ -98,7 +84,7 @@ def test_a_short_training_learns_the_large_structures_of_its_phantoms(
         manifest_path=tiny_dataset.manifest,
         plan=tiny_dataset.plan,
         cache_dir=tiny_dataset.cache,
-        config=tiny_config(**LEARNING),
+        config=learning_config(),
         run_dir=tmp_path / "run",
         tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
     )
