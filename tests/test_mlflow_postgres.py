@@ -1,8 +1,8 @@
 """A team-style MLflow server on a real PostgreSQL backend store: log, register, promote, load.
 
 PostgreSQL is started by the test (``tests/postgres_server.py``) and FAILS the test when it is
-not installed; ``.ci/run`` installs it. Artifacts are proxied by the server
-(``--serve-artifacts``), so the client only talks HTTP, as it does with a team server.
+not installed; ``make test`` installs it (``.ci/provision.sh``). Artifacts are proxied by the
+server (``--serve-artifacts``), so the client only talks HTTP, as it does with a team server.
 """
 
 from __future__ import annotations
