@@ -7,6 +7,7 @@
 # present this only checks files (no apt, no network). Otherwise it installs the missing
 # packages with apt-get, as root directly or through sudo; where it cannot (no apt-get, or
 # neither root nor usable sudo) it exits 1 before any test runs, printing the command to run.
+# MEDSEG_PROVISION_CHECK_ONLY=1 never installs: it only checks, and stops the same way.
 #
 # To add a service (Slurm, an object store, Chromium...): write have_<name>, add
 # "<name>:<debian packages>" to SERVICES.
@@ -54,6 +55,8 @@ refuse() {
   echo "  sudo sh -c '$install_command'" >&2
   exit 1
 }
+[[ ${MEDSEG_PROVISION_CHECK_ONLY:-0} == 0 ]] ||
+  refuse "MEDSEG_PROVISION_CHECK_ONLY=1 forbids installing them"
 command -v apt-get >/dev/null ||
   refuse "this machine has no apt-get (install the Debian packages' equivalents with its package manager)"
 if [[ $(id -u) -eq 0 ]]; then

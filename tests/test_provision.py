@@ -1,5 +1,6 @@
 """.ci/provision.sh, which ``make test`` runs first: quiet when every service is present, and
-stops with the exact install command where it cannot install (never installs from a test)."""
+stops with the exact install command where it cannot install. Never installs from a test:
+it runs as ``nobody`` under root, with MEDSEG_PROVISION_CHECK_ONLY=1 or a PATH without sudo."""
 
 from __future__ import annotations
 
@@ -61,27 +62,29 @@ def _path_with(folder: Path, *commands: str) -> str:
 
 def test_with_every_service_present_it_checks_and_exits_at_once() -> None:
     started = time.monotonic()
-    result = _provision({"PATH": os.environ["PATH"]})
+    result = _provision({"PATH": os.environ["PATH"], "MEDSEG_PROVISION_CHECK_ONLY": "1"})
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
     assert time.monotonic() - started < 5
 
 
 @pytest.mark.parametrize(
-    ("commands", "reason"),
+    ("commands", "check_only", "reason"),
     [
-        (("dirname", "id", "apt-get"), "installing them needs root or sudo"),
-        (("dirname", "id"), "this machine has no apt-get"),
+        (("dirname", "id", "apt-get"), "0", "installing them needs root or sudo"),
+        (("dirname", "id"), "0", "this machine has no apt-get"),
+        (("dirname", "id", "apt-get"), "1", "MEDSEG_PROVISION_CHECK_ONLY=1 forbids installing"),
     ],
-    ids=["no-root-no-sudo", "no-apt"],
+    ids=["no-root-no-sudo", "no-apt", "check-only"],
 )
 def test_a_missing_service_it_cannot_install_stops_with_the_command(
-    reachable_folder: Path, commands: tuple[str, ...], reason: str
+    reachable_folder: Path, commands: tuple[str, ...], check_only: str, reason: str
 ) -> None:
     tmp_path = reachable_folder
     (tmp_path / "plugins").mkdir()  # Orthanc's DICOMweb plugin is not there
     env = {
         "PATH": _path_with(tmp_path / "bin", *commands),
         "ORTHANC_PLUGINS_DIR": str(tmp_path / "plugins"),
+        "MEDSEG_PROVISION_CHECK_ONLY": check_only,
     }
     result = _provision(env)
     assert result.returncode == 1 and result.stdout == ""
