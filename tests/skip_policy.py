@@ -103,7 +103,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     count = len(terminalreporter.stats.get(NO_SHARED_DATA, []))
     if count:
         terminalreporter.write_line(
-            f"{count} real-reference tests not run: {_how_to_get_it(shared_data_root())}",
+            f"{count} real-reference test{'s' * (count != 1)} not run: "
+            f"{_how_to_get_it(shared_data_root())}",
             yellow=True,
             bold=True,
         )
