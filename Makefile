@@ -31,8 +31,10 @@ provision:
 test: provision $(VENV)/.installed-dev
 	$(BIN)/pytest -n 2
 
+# One at a time: the full demo's goal (Dice >= 0.9 in under 10 minutes, training capped at 4)
+# is measured with the cores to itself, not beside the ONNX exports.
 test-slow: provision $(VENV)/.installed-dev
-	$(BIN)/pytest -n 2 -m slow
+	$(BIN)/pytest -n 0 -m slow
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
