@@ -15,7 +15,8 @@ all live in the given folder, which is left in place for a post-mortem.
 Binaries: ``Orthanc`` on ``PATH`` or ``/usr/sbin/Orthanc``, and ``libOrthancDicomWeb.so`` in
 ``$ORTHANC_PLUGINS_DIR`` or ``/usr/share/orthanc/plugins`` (Debian/Ubuntu packages ``orthanc``
 and ``orthanc-dicomweb``). When they are missing the fixture FAILS (it does not skip) with the
-command that installs them; ``.ci/run`` installs them. Orthanc runs as root without complaint,
+command that installs them; ``.ci/provision.sh`` (run by ``make test``) installs them (its
+``have_orthanc`` looks in the same places). Orthanc runs as root without complaint,
 so unlike ``tests/postgres_server.py`` no account is switched.
 
 Refusing instances (``refuse_sop_classes``): a Lua ``ReceivedInstanceFilter`` raises an error
@@ -73,7 +74,7 @@ INSTALL_HINT = (
     "Orthanc and its DICOMweb plugin were not found (Orthanc on PATH or /usr/sbin/Orthanc; "
     f"{DICOMWEB_PLUGIN} in $ORTHANC_PLUGINS_DIR or {PLUGINS_DIR}). Install them, e.g. on "
     "Debian/Ubuntu: `sudo apt-get update && sudo apt-get install -y --no-install-recommends "
-    "orthanc orthanc-dicomweb`. CI installs them in .ci/run."
+    "orthanc orthanc-dicomweb`. `make test` installs them (.ci/provision.sh)."
 )
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 

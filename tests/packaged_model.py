@@ -1,5 +1,5 @@
-"""A small packaged model (random 3D U-Net weights on the tiny hippocampus plan) logged to an
-MLflow store, for tests that predict: builds in about a second on a CPU."""
+"""A small packaged model (random 3D U-Net weights on the tiny phantom dataset's plan) logged to
+an MLflow store, for tests that predict: builds in about a second on a CPU."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ milliseconds. Nothing here needs downloaded data.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
 
 from medseg.demo.dicom_writer import TransferSyntax, to_dicom_slice_order, write_dicom_series
@@ -18,6 +20,7 @@ __all__ = [
     "PHANTOM_LABELS",
     "SMALL_SPACING_MM",
     "small_phantom",
+    "write_phantom_dataset",
     "write_phantom_dicom",
     "write_phantom_nifti",
 ]
@@ -72,3 +75,22 @@ def write_phantom_dicom(
         transfer_syntax=transfer_syntax,
         uid_seed=f"medseg-test-phantom-{seed}-{patient_id}",
     )
+
+
+def write_phantom_dataset(folder: Path, seeds: Iterable[int], *, prefix: str = "phantom") -> Path:
+    """A flat dataset of phantoms in ``folder``: ``images/`` (HU), ``labels/`` and a
+    ``dataset.json`` naming the labels (``PHANTOM_LABELS``) and the modality (CT).
+
+    Case ``<prefix>_<seed:03d>`` is phantom ``seed`` on the small grid. Returns ``folder``.
+    """
+    folder = Path(folder)
+    for name in ("images", "labels"):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        file_name = f"{prefix}_{seed:03d}.nii.gz"
+        write_phantom_nifti(
+            folder / "images" / file_name, seed, label_path=folder / "labels" / file_name
+        )
+    metadata = {"labels": {str(v): n for v, n in PHANTOM_LABELS.items()}, "modality": {"0": "CT"}}
+    (folder / "dataset.json").write_text(json.dumps(metadata, indent=2))
+    return folder

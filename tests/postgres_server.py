@@ -12,7 +12,8 @@ deleted at the end: it is for tests only.
 
 Binaries: ``initdb``, ``postgres`` and ``pg_ctl`` from one folder, found on ``PATH`` or under
 ``/usr/lib/postgresql/*/bin`` (Debian/Ubuntu, newest major first). When they are missing the
-fixture FAILS (it does not skip) with the command that installs them; ``.ci/run`` installs them.
+fixture FAILS (it does not skip) with the command that installs them; ``.ci/provision.sh`` (run
+by ``make test``) installs them (its ``have_postgres`` looks in the same places).
 
 Running as root: ``initdb`` and ``postgres`` refuse to run as uid 0 (a server process with root
 rights would turn any SQL-level compromise into a machine compromise). Under root, both run as
@@ -69,7 +70,7 @@ INSTALL_HINT = (
     "/usr/lib/postgresql/*/bin. Install them, e.g. on Debian/Ubuntu: "
     "`sudo apt-get update && sudo apt-get install -y --no-install-recommends postgresql` "
     "(Fedora/RHEL: `sudo dnf install postgresql-server`; macOS: `brew install postgresql@16`). "
-    "CI installs them in .ci/run."
+    "`make test` installs them (.ci/provision.sh)."
 )
 
 

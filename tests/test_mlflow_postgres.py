@@ -1,8 +1,8 @@
 """A team-style MLflow server on a real PostgreSQL backend store: log, register, promote, load.
 
 PostgreSQL is started by the test (``tests/postgres_server.py``) and FAILS the test when it is
-not installed; ``.ci/run`` installs it. Artifacts are proxied by the server
-(``--serve-artifacts``), so the client only talks HTTP, as it does with a team server.
+not installed; ``make test`` installs it (``.ci/provision.sh``). Artifacts are proxied by the
+server (``--serve-artifacts``), so the client only talks HTTP, as it does with a team server.
 """
 
 from __future__ import annotations
@@ -17,18 +17,18 @@ import pytest
 import torch
 
 from medseg.infer.predictor import load_packaged_model
-from medseg.io.nifti import read_nifti
 from medseg.preprocess.case import preprocess_case
 from medseg.sliding_window import predict_probabilities
 from medseg.tracking import Alias, register_and_promote
 from tests.mlflow_server import running_mlflow_server
 from tests.packaged_model import log_tiny_unet
+from tests.phantoms import small_phantom
 from tests.postgres_server import PostgresServer, postgres_server  # noqa: F401
-from tests.tiny_dataset import TinyDataset
+from tests.tiny_dataset import SEEDS, TinyDataset
 
-MODEL_NAME = "hippocampus-postgres"
+MODEL_NAME = "phantoms-postgres"
 RUN_NAME = "postgres-backend"
-SCAN = "msd_hippocampus/images/hippocampus_011.nii.gz"  # not one of the tiny dataset's cases
+SCAN_SEED = 11  # not one of the tiny dataset's phantoms
 
 
 @dataclass
@@ -64,20 +64,20 @@ def tracked(
         yield Tracked(url, folder, logged.run_id, version, network)
 
 
-def test_champion_from_postgres_server_predicts_like_in_memory_network(
-    tracked: Tracked, shared_data: Path
-) -> None:
+def test_champion_from_postgres_server_predicts_like_in_memory_network(tracked: Tracked) -> None:
+    assert SCAN_SEED not in SEEDS
     model = load_packaged_model(
         f"models:/{MODEL_NAME}@{Alias.CHAMPION}", tracking_uri=tracked.server_url
     )
     configuration = model.plan.configurations[model.configuration]
-    case = preprocess_case(read_nifti(shared_data / SCAN), None, model.plan, case_id="scan")
+    scan, _ = small_phantom(SCAN_SEED)
+    case = preprocess_case(scan, None, model.plan, case_id="scan")
     image = torch.from_numpy(case.image)
     options = {"patch_size": configuration.patch_size, "num_classes": model.num_classes}
     with torch.inference_mode():
         loaded = predict_probabilities(model.network.cpu(), image, **options).numpy()
         expected = predict_probabilities(tracked.network, image, **options).numpy()
-    assert loaded.shape == (3, *image.shape[1:])
+    assert loaded.shape == (6, *image.shape[1:])
     np.testing.assert_allclose(loaded, expected, atol=1e-5)
 
 

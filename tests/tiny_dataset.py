@@ -1,8 +1,12 @@
-"""A small hippocampus dataset, planned and preprocessed once per session (training, inference)."""
+"""A small phantom CT dataset, planned and preprocessed once per session (training, inference).
+
+Five phantoms (``tests/phantoms.py``: 49 x 39 x 33 voxels at 3 x 3 x 4 mm, labels 0..5: liver,
+spleen, both kidneys, spine) imported as a flat dataset with one validation case, planned with
+32^3 patches and preprocessed: about 5 seconds, no downloaded data.
+"""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,14 +17,24 @@ from medseg.preprocess.config import PlanOptions
 from medseg.preprocess.plan import Plan, plan_manifest
 from medseg.preprocess.stage import preprocess_manifest
 from medseg.train.config import TrainConfig
+from tests.phantoms import write_phantom_dataset
 
-CASES = [
-    "hippocampus_001",
-    "hippocampus_003",
-    "hippocampus_004",
-    "hippocampus_006",
-    "hippocampus_008",
-]
+SEEDS = range(5)
+CASES = [f"phantom_{seed:03d}" for seed in SEEDS]
+PLAN_OPTIONS = {"patch_size_3d": (32, 32, 32), "patch_size_2d": (32, 32)}
+# 60 steps that learn the large structures of the phantoms (float32, threads=1): liver and
+# spine Dice 0.81 each on the training phantoms (measured); without mirroring, which would swap
+# the kidneys. The untrained network scores liver 0.005, spine 0.13; learning_rate 1e-9 too.
+LEARNING = {
+    "epochs": 2,
+    "steps_per_epoch": 30,
+    "optimizer": "adamw",
+    "learning_rate": 0.003,
+    "network": {"deep_supervision": True, "base_filters": 8},
+    "augmentation": {"mirror_probability": 0.0},
+    "validation": {"every_epochs": 1000, "max_cases": 1, "overlay_pictures": 0},
+}
+LEARNT_DICE = {"liver": 0.6, "spine": 0.6}
 
 
 @dataclass(frozen=True)
@@ -30,20 +44,28 @@ class TinyDataset:
     plan_path: Path
     cache: Path
 
+    @property
+    def data(self) -> Path:
+        """The dataset folder: ``images/``, ``labels/``, ``dataset.json``."""
+        return self.manifest.parent / "data"
+
+    @property
+    def num_classes(self) -> int:
+        """Label values including background (6)."""
+        return len(self.plan.label_names)
+
+
+def write_tiny_dataset(folder: Path) -> Path:
+    """The five phantoms of the tiny dataset as a flat dataset in ``folder``."""
+    return write_phantom_dataset(folder, SEEDS)
+
 
 @pytest.fixture(scope="session")
-def tiny_dataset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
-    root = tmp_path_factory.mktemp("tiny_hippocampus")
-    for folder in ("images", "labels"):
-        (root / "data" / folder).mkdir(parents=True)
-        for case in CASES:
-            shutil.copy(
-                shared_data / "msd_hippocampus" / folder / f"{case}.nii.gz", root / "data" / folder
-            )
-    manifest = root / "hippo.jsonl"
-    import_dataset(root / "data", manifest_path=manifest, val_fraction=0.2, modality="MR")
-    options = PlanOptions(patch_size_3d=(32, 32, 32), patch_size_2d=(32, 32))
-    plan = plan_manifest(manifest, options=options)
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
+    root = tmp_path_factory.mktemp("tiny_phantoms")
+    manifest = root / "phantoms.jsonl"
+    import_dataset(write_tiny_dataset(root / "data"), manifest_path=manifest, val_fraction=0.2)
+    plan = plan_manifest(manifest, options=PlanOptions(**PLAN_OPTIONS))
     plan_path = plan.save(root / "plan.json")
     preprocess_manifest(manifest, plan=plan, cache_dir=root / "cache", workers=1)
     return TinyDataset(manifest, plan, plan_path, root / "cache")
@@ -63,3 +85,8 @@ def tiny_config(**overrides: object) -> TrainConfig:
     }
     settings.update(overrides)
     return TrainConfig.model_validate(settings)
+
+
+def learning_config(**overrides: object) -> TrainConfig:
+    """``LEARNING``: a short training that learns the large structures (``LEARNT_DICE``)."""
+    return tiny_config(**(LEARNING | overrides))

@@ -1,4 +1,4 @@
-"""Fixtures of the batch tests: one packaged model for the session, trees of real scans."""
+"""Fixtures of the batch tests: one packaged model for the session, trees of phantom scans."""
 
 from __future__ import annotations
 
@@ -47,13 +47,13 @@ def batch_command(scans: Path, model: BatchModel, out: Path, *options: str) -> l
 
 
 @pytest.fixture
-def mixed_tree(shared_data: Path, tmp_path: Path) -> ScanTree:
+def mixed_tree(tmp_path: Path) -> ScanTree:
     """3 NIfTI scans (one in a folder named like a patient), a DICOM series, 2 corrupt files."""
-    tree = ScanTree(tmp_path / "scans", shared_data)
-    tree.nifti("inbox/DOE^JANE/t1.nii.gz", "hippocampus_001")
-    tree.nifti("inbox/case_b.nii.gz", "hippocampus_003")
-    tree.nifti("inbox/case_c.nii.gz", "hippocampus_004")
-    tree.dicom("dicom/SMITH^JOHN", "hippocampus_006")
-    tree.truncated_nifti("inbox/truncated.nii.gz", "hippocampus_008")
+    tree = ScanTree(tmp_path / "scans")
+    tree.nifti("inbox/DOE^JANE/ct.nii.gz", 0)
+    tree.nifti("inbox/case_b.nii.gz", 1)
+    tree.nifti("inbox/case_c.nii.gz", 2)
+    tree.dicom("dicom/SMITH^JOHN", 3)
+    tree.truncated_nifti("inbox/truncated.nii.gz", 4)
     tree.garbage("dicom/garbage.dcm")
     return tree

@@ -1,4 +1,5 @@
-"""``medseg batch`` over a real tree: NIfTI, a DICOM series, corrupt files; resume and force."""
+"""``medseg batch`` over a tree of phantoms: NIfTI, a DICOM series, corrupt files; resume and
+force."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from medseg.io.nifti import read_nifti
 from medseg.phi import hash_identifier
 from tests.batch.conftest import BatchModel, batch_command
 from tests.batch.trees import ScanTree
+from tests.phantoms import PHANTOM_LABELS
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -90,7 +92,7 @@ def test_a_batch_writes_every_scan_records_the_corrupt_ones_and_resumes(
     rows = {row["case_id"]: row for row in csv.DictReader((out / "summary.csv").open())}
     assert sorted(rows) == sorted([*ids.values(), *failures])
     structure_columns = [c for c in next(iter(rows.values())) if c.endswith("_ml")]
-    assert structure_columns == ["label_1_ml", "label_2_ml"]
+    assert structure_columns == [f"{name}_ml" for value, name in PHANTOM_LABELS.items() if value]
     for case_id in ids.values():
         volumes = json.loads((out / case_id / f"{case_id}.volumes.json").read_text())
         for name, statistics in volumes.items():
@@ -130,15 +132,15 @@ def test_a_batch_writes_every_scan_records_the_corrupt_ones_and_resumes(
         assert stamps.keys() == before[case_id].keys()
         assert stamps["result.json"] != before[case_id]["result.json"]
         volumes = json.loads((out / case_id / f"{case_id}.volumes.json").read_text())
-        assert float(rows[case_id]["label_1_ml"]) == volumes["label_1"]["volume_ml"]
+        assert float(rows[case_id]["liver_ml"]) == volumes["liver"]["volume_ml"]
     assert list((out / ".staging").iterdir()) == []
 
 
 def test_a_model_that_does_not_load_stops_the_batch_without_blaming_the_scans(
-    shared_data: Path, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
-    tree = ScanTree(tmp_path / "scans", shared_data)
-    tree.nifti("a.nii.gz", "hippocampus_001")
+    tree = ScanTree(tmp_path / "scans")
+    tree.nifti("a.nii.gz", 0)
     out = tmp_path / "out"
     missing = tmp_path / "no_such_model"
     result = CliRunner().invoke(

@@ -16,18 +16,18 @@ from tests.batch.conftest import BatchModel
 from tests.batch.trees import ScanTree
 
 
-def small_tree(root: Path, shared_data: Path) -> ScanTree:
-    tree = ScanTree(root, shared_data)
-    tree.nifti("DOE^JANE/a.nii.gz", "hippocampus_001")
-    tree.nifti("DOE^JANE/b.nii.gz", "hippocampus_003")
+def small_tree(root: Path) -> ScanTree:
+    tree = ScanTree(root)
+    tree.nifti("DOE^JANE/a.nii.gz", 0)
+    tree.nifti("DOE^JANE/b.nii.gz", 1)
     tree.garbage("DOE^JANE/c.dcm")
     return tree
 
 
 def test_a_batch_is_logged_as_one_run_with_metrics_and_artifacts(
-    shared_data: Path, batch_model: BatchModel, tmp_path: Path
+    batch_model: BatchModel, tmp_path: Path
 ) -> None:
-    tree = small_tree(tmp_path / "scans", shared_data)
+    tree = small_tree(tmp_path / "scans")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     report = run_batch(tree.root, str(batch_model.folder), tmp_path / "out", tracking_uri=uri)
     assert report.tracking.warning is None and report.exit_code == 1
@@ -54,8 +54,8 @@ def test_a_batch_is_logged_as_one_run_with_metrics_and_artifacts(
     rows = [
         r for r in csv.DictReader((tmp_path / "out/summary.csv").open()) if r["status"] == "done"
     ]
-    mean_label_1 = sum(float(r["label_1_ml"]) for r in rows) / 2
-    assert metrics["volume_ml_mean.label_1"] == pytest.approx(mean_label_1, abs=1e-9)
+    mean_liver = sum(float(r["liver_ml"]) for r in rows) / 2
+    assert metrics["volume_ml_mean.liver"] == pytest.approx(mean_liver, abs=1e-9)
     logged = client.download_artifacts(run.info.run_id, "", str(tmp_path / "artifacts"))
     for name in ("summary.csv", "failures.jsonl"):
         assert (Path(logged) / name).read_text() == (tmp_path / "out" / name).read_text()
@@ -70,12 +70,12 @@ def _closed_port() -> int:
 
 
 def test_an_unreachable_tracking_server_does_not_fail_the_batch(
-    shared_data: Path, batch_model: BatchModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    batch_model: BatchModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
-    tree = ScanTree(tmp_path / "scans", shared_data)
-    tree.nifti("a.nii.gz", "hippocampus_001")
+    tree = ScanTree(tmp_path / "scans")
+    tree.nifti("a.nii.gz", 0)
     started = time.monotonic()
     report = run_batch(
         tree.root,

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from medseg.cli import app
 from tests.batch.conftest import BatchModel, batch_command
-from tests.batch.trees import HIPPOCAMPUS_CASES, ScanTree
+from tests.batch.trees import PHANTOM_SEEDS, ScanTree
 
 NO_SCHEDULER = {
     "SLURM_ARRAY_TASK_ID": None,
@@ -22,12 +22,13 @@ NO_SCHEDULER = {
 
 
 def test_shards_of_one_batch_do_every_scan_exactly_once(
-    shared_data: Path, batch_model: BatchModel, tmp_path: Path
+    batch_model: BatchModel, tmp_path: Path
 ) -> None:
-    tree = ScanTree(tmp_path / "scans", shared_data)
-    for case in HIPPOCAMPUS_CASES[:6]:
-        tree.nifti(f"ward/{case}.nii.gz", case)
-    tree.dicom("ward/series_7", "hippocampus_011")
+    tree = ScanTree(tmp_path / "scans")
+    cases = [f"phantom_{seed}" for seed in PHANTOM_SEEDS[:6]]
+    for seed, case in zip(PHANTOM_SEEDS, cases, strict=False):
+        tree.nifti(f"ward/{case}.nii.gz", seed)
+    tree.dicom("ward/series_7", PHANTOM_SEEDS[6])
     out = tmp_path / "out"
     command = batch_command(tree.root, batch_model, out, "--case-ids", "folder", "--no-dicom-seg")
     runs = [  # shard 0/3 by flag, 1/3 from a Slurm array --array=1-3, 2/3 from an Indexed Job
@@ -52,14 +53,14 @@ def test_shards_of_one_batch_do_every_scan_exactly_once(
         done_by_shard.append(now - complete)
         complete = now
         assert f"{len(done_by_shard[-1])} done" in result.output
-    expected = {"ward_series_7", *HIPPOCAMPUS_CASES[:6]}  # folder ids: folder and file names
+    expected = {"ward_series_7", *cases}  # folder ids: folder and file names
     assert complete == expected
     assert sum(len(cases) for cases in done_by_shard) == len(expected)  # disjoint shares
     assert sum(1 for cases in done_by_shard if cases) >= 2  # 7 scans really were split
     rows = list(csv.DictReader((out / "summary.csv").open()))  # by the last shard: complete
     assert sorted(row["case_id"] for row in rows) == sorted(expected)
     assert {row["source"] for row in rows} == {
-        *(f"ward/{case}.nii.gz" for case in HIPPOCAMPUS_CASES[:6]),
+        *(f"ward/{case}.nii.gz" for case in cases),
         "ward/series_7 series 1",
     }
     # batch-summary rebuilds the same files, e.g. as a final step after a job array

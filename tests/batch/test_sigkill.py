@@ -15,7 +15,7 @@ from medseg.io.nifti import read_nifti
 from medseg.phi import hash_identifier
 from tests.batch.conftest import BatchModel, batch_command
 from tests.batch.test_batch_run import file_stamps
-from tests.batch.trees import HIPPOCAMPUS_CASES, ScanTree
+from tests.batch.trees import PHANTOM_SEEDS, ScanTree
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -25,11 +25,11 @@ def _complete(out: Path) -> set[str]:
 
 
 def test_a_batch_killed_at_any_moment_ends_with_every_scan_done_once(
-    shared_data: Path, batch_model: BatchModel, tmp_path: Path
+    batch_model: BatchModel, tmp_path: Path
 ) -> None:
-    tree = ScanTree(tmp_path / "scans", shared_data)
-    for case in HIPPOCAMPUS_CASES:
-        tree.nifti(f"inbox/{case}.nii.gz", case)
+    tree = ScanTree(tmp_path / "scans")
+    for seed in PHANTOM_SEEDS:
+        tree.nifti(f"inbox/phantom_{seed}.nii.gz", seed)
     ids = {f"nifti_{hash_identifier(relative)}": relative for relative in tree.good}
     out = tmp_path / "out"
     batch = subprocess.Popen(

@@ -19,6 +19,7 @@ from medseg.demo.phantom import (
     make_phantom,
     sample_anatomy,
 )
+from medseg.io.dicom import read_dicom_series
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
 from tests.demo.series_readback import read_series
@@ -198,9 +199,8 @@ def test_demo_nifti_files_are_on_the_grid_read_from_dicom(demo_dataset: DemoData
 
 
 def test_demo_labels_match_the_medseg_dicom_reader(demo_dataset: DemoDataset) -> None:
-    dicom = pytest.importorskip("medseg.io.dicom")
     for case in demo_dataset.cases:
-        scan = dicom.read_dicom_series(case.dicom_dir)
+        scan = read_dicom_series(case.dicom_dir)
         labels = read_nifti(case.label_path)
         assert scan.same_grid(labels, atol_mm=1e-4), case.case_id
         assert np.array_equal(scan.array, read_nifti(case.image_path).array), case.case_id

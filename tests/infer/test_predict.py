@@ -8,13 +8,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.demo.dicom_writer import write_dicom_series
 from medseg.infer.postprocess import keep_largest_component
 from medseg.infer.predictor import PredictionOptions, load_packaged_model
 from medseg.infer.stage import predict_path
 from medseg.io.nifti import read_nifti
 from medseg.tracking import RunTracker
 from tests.packaged_model import build_packaged_model
+from tests.phantoms import small_phantom, write_phantom_dicom, write_phantom_nifti
 from tests.tiny_dataset import TinyDataset
 
 
@@ -26,22 +26,14 @@ def packaged_model_uri(
 
 
 def test_mixed_folder_gives_outputs_per_scan_and_reports_the_broken_one(
-    shared_data: Path, tmp_path: Path, packaged_model_uri: tuple[str, str]
+    tmp_path: Path, packaged_model_uri: tuple[str, str]
 ) -> None:
     model_uri, tracking = packaged_model_uri
     scans = tmp_path / "scans"
-    mr = read_nifti(shared_data / "msd_hippocampus/images/hippocampus_001.nii.gz")
     (scans / "nifti").mkdir(parents=True)
-    (scans / "nifti/case_a.nii.gz").write_bytes(
-        (shared_data / "msd_hippocampus/images/hippocampus_001.nii.gz").read_bytes()
-    )
-    write_dicom_series(
-        mr.with_array(mr.array.astype(np.int16)),
-        scans / "case_b",
-        series_description="t1",
-        patient_id="X",
-        rescale_intercept=0.0,
-    )
+    write_phantom_nifti(scans / "nifti/case_a.nii.gz", seed=20)
+    ct, _ = small_phantom(20)
+    write_phantom_dicom(scans / "case_b", seed=21)
     (scans / "broken.nii.gz").write_bytes(b"not a nifti at all")
     model = load_packaged_model(model_uri, tracking_uri=tracking)
     report = predict_path(
@@ -52,10 +44,11 @@ def test_mixed_folder_gives_outputs_per_scan_and_reports_the_broken_one(
     assert not outcomes["broken"].ok and "broken.nii.gz" in outcomes["broken"].reason
     assert outcomes["case_a"].ok and outcomes["case_b"].ok
     labels_a = read_nifti(tmp_path / "out/case_a.nii.gz")
-    assert labels_a.same_grid(mr)
+    assert labels_a.same_grid(ct)
     saved = np.load(tmp_path / "out/case_a.probabilities.npz")
     probabilities = saved["probabilities"].astype(np.float32)
-    assert probabilities.shape == (3, *mr.shape)  # hippocampus files are stored in RAS order
+    assert probabilities.shape == (model.num_classes, *ct.shape)  # phantom files: RAS order
+    assert model.num_classes == 6
     assert np.allclose(probabilities.sum(0), 1.0, atol=1e-2)
     agreement = (probabilities.argmax(0) == labels_a.array).mean()
     assert agreement > 0.999  # float16 storage may flip exact near-ties
@@ -74,15 +67,23 @@ def test_keep_largest_component_removes_the_smaller_islands() -> None:
     assert int((cleaned == 1).sum()) == 216 and int((cleaned == 2).sum()) == 8
 
 
-def test_evaluation_is_logged_into_an_mlflow_run(shared_data: Path, tmp_path: Path) -> None:
+def test_evaluation_is_logged_into_an_mlflow_run(tmp_path: Path) -> None:
     from mlflow import MlflowClient
     from typer.testing import CliRunner
 
     from medseg.cli import app
 
-    label = shared_data / "msd_hippocampus/labels/hippocampus_001.nii.gz"
+    references = tmp_path / "labels"
+    references.mkdir()
+    for seed in (1, 3):
+        write_phantom_nifti(
+            tmp_path / f"image_{seed}.nii.gz",
+            seed,
+            label_path=references / f"phantom_{seed:03d}.nii.gz",
+        )
     (tmp_path / "pred").mkdir()
-    (tmp_path / "pred/hippocampus_001.nii.gz").write_bytes(label.read_bytes())
+    label = references / "phantom_001.nii.gz"
+    (tmp_path / "pred/phantom_001.nii.gz").write_bytes(label.read_bytes())
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with RunTracker(tracking_uri=uri).start(experiment="eval", run_name="e", tags={}) as run:
         run_id = run.run_id
@@ -102,6 +103,7 @@ def test_evaluation_is_logged_into_an_mlflow_run(shared_data: Path, tmp_path: Pa
     )
     assert result.exit_code == 1  # every other label file has no prediction: reported
     metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
-    assert metrics["eval_mean_dice"] == 1.0 and metrics["eval_dice_label_1"] == 1.0
+    assert metrics["eval_mean_dice"] == 1.0
+    assert [metrics[f"eval_dice_label_{value}"] for value in range(1, 6)] == [1.0] * 5
     summary = (tmp_path / "report/summary.json").read_text()
-    assert "hippocampus_003" in summary  # listed under missing_prediction
+    assert "phantom_003" in summary  # listed under missing_prediction

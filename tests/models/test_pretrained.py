@@ -50,7 +50,7 @@ def test_encoder_of_a_registered_mlflow_model_is_loaded_and_nothing_else(
 ) -> None:
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     source = log_tiny_unet(tiny_dataset.plan, tracking_uri, registered_model_name="encoders")
-    target = _unet(num_classes=5, seed=1)  # another task: five classes
+    target = _unet(num_classes=4, seed=1)  # another task: four classes
     decoder_before = _not_encoder(target)
     transfer = load_encoder_weights(
         target, PretrainedEncoder(source="models:/encoders/1"), tracking_uri=tracking_uri
@@ -142,7 +142,7 @@ def test_training_starts_from_a_frozen_pretrained_encoder(
     source = build_network(
         architecture="unet",
         in_channels=1,
-        num_classes=3,
+        num_classes=tiny_dataset.num_classes,
         pool_strides=configuration.pool_strides,
         spatial_dims=3,
         base_filters=4,

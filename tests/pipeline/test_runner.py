@@ -1,5 +1,5 @@
-"""Pipelines on real hippocampus scans with a real MLflow store: stages, skipping, --from,
---force, resuming an interrupted training, failures and the parent/child runs."""
+"""Pipelines on phantom CT scans with a real MLflow store: stages, skipping, --from, --force,
+resuming an interrupted training, failures and the parent/child runs."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from medseg.manifest import read_manifest
 from medseg.pipeline.records import load_record
 from medseg.pipeline.runner import PipelineReport, RunSelection, run_pipeline
 from medseg.pipeline.spec import load_pipeline
-from tests.tiny_dataset import CASES
+from tests.tiny_dataset import CASES, write_tiny_dataset
 
 STAGES = ["dataset", "plan", "preprocess", "train", "register", "predict", "evaluate"]
 
@@ -27,7 +27,7 @@ experiment: tiny-pipeline
 data_root: data
 config_root: .
 stages:
-  - {stage: import-dataset, name: dataset, dataset: hippo, modality: MR}
+  - {stage: import-dataset, name: dataset, dataset: phantoms}
   - {stage: plan, config: plan.yaml}
   - {stage: preprocess, workers: 1}
   - {stage: train, config: train.yaml}
@@ -48,13 +48,9 @@ validation: {max_cases: 1, overlay_pictures: 0}
 
 
 @pytest.fixture
-def project(shared_data: Path, tmp_path: Path) -> Path:
-    """A pipeline file, its configs and five hippocampus cases in a temporary folder."""
-    for folder in ("images", "labels"):
-        target = tmp_path / "data" / "hippo" / folder
-        target.mkdir(parents=True)
-        for case in CASES:
-            shutil.copy(shared_data / "msd_hippocampus" / folder / f"{case}.nii.gz", target)
+def project(tmp_path: Path) -> Path:
+    """A pipeline file, its configs and the five phantoms of the tiny dataset in a folder."""
+    write_tiny_dataset(tmp_path / "data" / "phantoms")
     (tmp_path / "plan.yaml").write_text("patch_size_3d: [32, 32, 32]\n")
     (tmp_path / "train.yaml").write_text(TRAIN)
     (tmp_path / "tiny.yaml").write_text(PIPELINE)
@@ -84,8 +80,10 @@ def test_pipeline_runs_every_stage_then_skips_what_did_not_change(project: Path)
     assert val_cases == [f"{r.case_id}.nii.gz" for r in manifest if r.split == "val"]
     assert len(val_cases) == 1
     case = val_cases[0].removesuffix(".nii.gz")
+    assert case in CASES
     prediction = read_nifti(project / "work" / "predict" / "predictions" / case / val_cases[0])
-    assert prediction.same_grid(read_nifti(project / "data" / "hippo" / "images" / val_cases[0]))
+    images = project / "data" / "phantoms" / "images"
+    assert prediction.same_grid(read_nifti(images / val_cases[0]))
     evaluation = json.loads((project / "work" / "evaluate" / "report" / "summary.json").read_text())
     assert evaluation["cases"] == 1 and 0.0 <= evaluation["mean"]["dice"] <= 1.0
 

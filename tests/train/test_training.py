@@ -1,4 +1,5 @@
-"""Training end to end on a real MLflow server: metrics, checkpoints, registry, aliases."""
+"""Training end to end on a real MLflow server: metrics, checkpoints, registry, aliases; and a
+short training that really learns the phantoms."""
 
 from __future__ import annotations
 
@@ -12,20 +13,41 @@ import torch
 from mlflow import MlflowClient
 
 from medseg.errors import MedsegError
+from medseg.manifest import read_manifest
 from medseg.models import build_network
+from medseg.preprocess.cache import LoadedCase, load_cache
 from medseg.tracking import load_segmentation_model
 from medseg.train.checkpoint import TrainingState, load_checkpoint
 from medseg.train.loop import poly_learning_rate, train, training_progress
+from medseg.train.validation import validate
 from tests.mlflow_server import mlflow_server  # noqa: F401
-from tests.tiny_dataset import TinyDataset, tiny_config
+from tests.tiny_dataset import LEARNT_DICE, TinyDataset, learning_config, tiny_config
 
 
-def test_training_is_tracked_registered_and_loadable_by_alias(
+def _dice_by_name(
+    network: torch.nn.Module, dataset: TinyDataset, cases: list[LoadedCase]
+) -> dict[str, float]:
+    """Dice per structure name of ``network`` on preprocessed ``cases``."""
+    scores = validate(
+        network,
+        cases,
+        patch_size=dataset.plan.configurations["3d"].patch_size,
+        num_classes=dataset.num_classes,
+        device=torch.device("cpu"),
+    ).dice
+    return {dataset.plan.label_names[value]: score for value, score in scores.items()}
+
+
+def test_a_short_training_learns_is_tracked_registered_and_loadable_by_alias(
     tiny_dataset: TinyDataset,
     tmp_path: Path,
     mlflow_server: str,  # noqa: F811
 ) -> None:
-    config = tiny_config(registered_model_name="hippocampus-tiny", experiment="test-training")
+    config = learning_config(
+        registered_model_name="phantoms-tiny",
+        experiment="test-training",
+        validation={"max_cases": 1, "overlay_pictures": 1},  # every epoch
+    )
     result = train(
         manifest_path=tiny_dataset.manifest,
         plan=tiny_dataset.plan,
@@ -34,40 +56,50 @@ def test_training_is_tracked_registered_and_loadable_by_alias(
         run_dir=tmp_path / "run",
         tracking_uri=mlflow_server,
     )
-    assert result.state.step == 6 and result.state.epoch == 2 and result.stopped_by == "epochs"
-    assert 0.0 <= result.best_mean_dice <= 1.0
+    assert result.state.step == 60 and result.state.epoch == 2 and result.stopped_by == "epochs"
+    # it learnt: the large structures of its training phantoms, which the untrained network misses
+    arguments = torch.load(result.best_checkpoint, weights_only=False)["extra"]["network_arguments"]
+    network = build_network(**arguments)
+    load_checkpoint(result.best_checkpoint, network=network)
+    training_cases = [r.case_id for r in read_manifest(tiny_dataset.manifest) if r.split == "train"]
+    cases = load_cache(tiny_dataset.cache, training_cases[:2])
+    trained = _dice_by_name(network, tiny_dataset, cases)
+    torch.manual_seed(0)
+    untrained = _dice_by_name(build_network(**arguments), tiny_dataset, cases)
+    assert all(untrained[name] < 0.2 for name in LEARNT_DICE), untrained
+    assert all(trained[name] >= LEARNT_DICE[name] for name in LEARNT_DICE), trained
+
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(result.run_id)
+    structures = [name for value, name in tiny_dataset.plan.label_names.items() if value]
     for metric in (
         "train_loss",
         "learning_rate",
         "samples_per_second",
         "val_mean_dice",
-        "val_dice_label_1",
-        "val_dice_label_2",
+        *(f"val_dice_{name}" for name in structures),
     ):
         history = client.get_metric_history(result.run_id, metric)
         assert [m.step for m in history] == [1, 2], metric
+    best = max(m.value for m in client.get_metric_history(result.run_id, "val_mean_dice"))
+    assert result.best_mean_dice == pytest.approx(best)  # the best checkpoint is the best epoch
     assert run.data.params["config.epochs"] == "2"
     assert run.data.tags["manifest.sha256"] and run.data.tags["git.commit"]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"curves", "validation", "config"} <= artifacts  # MLflow 3 stores models apart
-    version = client.get_model_version_by_alias("hippocampus-tiny", "champion")
+    version = client.get_model_version_by_alias("phantoms-tiny", "champion")
     assert version.version == result.model_version == "1"
-    assert client.get_model_version_by_alias("hippocampus-tiny", "candidate").version == "1"
+    assert client.get_model_version_by_alias("phantoms-tiny", "candidate").version == "1"
     # the model loaded back by alias predicts what the trained network predicts in memory
     mlflow.set_tracking_uri(mlflow_server)
-    loaded = mlflow.pyfunc.load_model("models:/hippocampus-tiny@champion")
+    loaded = mlflow.pyfunc.load_model("models:/phantoms-tiny@champion")
     sample = np.random.default_rng(0).normal(size=(1, 1, 32, 32, 32)).astype(np.float32)
-    arguments = torch.load(result.best_checkpoint, weights_only=False)["extra"]["network_arguments"]
-    network = build_network(**arguments)
-    load_checkpoint(result.best_checkpoint, network=network)
     network.eval()
     with torch.no_grad():
         expected = torch.softmax(network(torch.from_numpy(sample)), 1).numpy()
     assert np.allclose(loaded.predict(sample), expected, atol=1e-5)
     unwrapped = load_segmentation_model(
-        "models:/hippocampus-tiny@champion", tracking_uri=mlflow_server
+        "models:/phantoms-tiny@champion", tracking_uri=mlflow_server
     )
     assert unwrapped.plan["target_spacing"] == tiny_dataset.plan.target_spacing
 
