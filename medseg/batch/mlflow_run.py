@@ -53,9 +53,11 @@ def log_batch_run(
     tracking_uri: str | None = None,
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
+    killed: bool = False,
 ) -> TrackingOutcome:
-    """Log one FINISHED run (nested under ``parent_run_id``, an active run of this thread,
-    when given); returns its id, or a warning instead of raising."""
+    """Log one FINISHED run, or KILLED one (``killed``: the batch was stopped by a signal),
+    nested under ``parent_run_id`` (an active run of this thread) when given; returns its id,
+    or a warning instead of raising."""
     tracker = None
     try:
         from medseg.tracking import RunTracker
@@ -71,6 +73,8 @@ def log_batch_run(
             tracker.log_metrics(metrics, step=0)
             for path in artifacts:
                 tracker.log_artifact(path)
+            if killed:
+                tracker.end(killed=True)
         return TrackingOutcome(run_id=tracker.run_id)
     except Exception as error:  # logging must never make a batch fail
         detail = str(error).splitlines()[0][:300] if str(error) else ""
