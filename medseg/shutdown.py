@@ -86,14 +86,20 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         os._exit(128 + signum)
     _state.signum = signum
     if not _state.held():
-        _raise(signum)
+        stop(signum)
 
 
-def _raise(signum: int) -> None:
+def stop(signum: int = signal.SIGTERM) -> None:
+    """Stop this process as if ``signum`` had arrived: raise ``ShutdownRequested``.
+
+    For code that learns of a stop another way (a DDP rank whose peer received the signal).
+    """
     global _stopped_by
+    if _state.signum is None:
+        _state.signum = signum
     _state.raised = True
-    _stopped_by = signum
-    raise ShutdownRequested(signum)
+    _stopped_by = _state.signum
+    raise ShutdownRequested(_state.signum)
 
 
 @contextlib.contextmanager
@@ -126,7 +132,7 @@ def requested() -> int | None:
 def raise_if_requested() -> None:
     """Raise ``ShutdownRequested`` if a stop signal arrived and it was not raised yet."""
     if _state.signum is not None and not _state.raised:
-        _raise(_state.signum)
+        stop(_state.signum)
 
 
 @contextlib.contextmanager

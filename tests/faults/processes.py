@@ -59,16 +59,22 @@ class MedsegProcess:
 
     @classmethod
     def start(
-        cls, arguments: list[str], log: Path, env: dict[str, str] | None = None
+        cls,
+        arguments: list[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        module: str = "medseg",
     ) -> MedsegProcess:
-        """Start ``medseg ARGUMENTS`` with stdout and stderr going to the file ``log``."""
+        """Start ``python -m MODULE ARGUMENTS`` (``medseg`` by default) with stdout and stderr
+        going to the file ``log``."""
         environment = {**os.environ, **(env or {})}
         environment["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(REPOSITORY), environment.get("PYTHONPATH")])
         )
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", "medseg", *arguments],
+                [sys.executable, "-m", module, *arguments],
                 cwd=REPOSITORY,
                 env=environment,
                 start_new_session=True,
