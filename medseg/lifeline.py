@@ -5,8 +5,13 @@ keep running (a batch worker blocks forever on its task queue, and keeps the for
 multiprocessing's resource tracker alive with it). Every worker process medseg starts therefore
 calls ``tie_to_parent`` first:
 
-- it ignores SIGINT and SIGTERM: a terminal's Ctrl-C and a scheduler's SIGTERM reach the whole
-  process group, and the parent, not each worker, decides how to stop (``medseg.shutdown``);
+- it ignores SIGINT, and SIGTERM unless its parent sent it: a terminal's Ctrl-C and a
+  scheduler's SIGTERM reach the whole process group, and the parent, not each worker, decides
+  how to stop (``medseg.shutdown``), while ``Process.terminate()`` from the parent (DataLoader
+  and multiprocessing clean-up) still ends the worker at once. SIGTERM is blocked in the
+  worker's threads and taken by a thread that reads who sent it (``sigwaitinfo``; where that
+  does not exist, macOS, SIGTERM keeps its default action). A program the worker executes
+  inherits the blocked SIGTERM;
 - on Linux, a direct child asks the kernel for SIGKILL when its parent dies
   (``prctl(PR_SET_PDEATHSIG)``; strictly, when the parent *thread* that forked it ends, which is
   why medseg forks pools from the thread that waits for them);
@@ -47,8 +52,14 @@ def tie_to_parent(parent_pid: int, *, death_signal: bool = True) -> None:
     ``death_signal`` False skips ``PR_SET_PDEATHSIG`` (for a child whose parent thread may end
     before the parent process).
     """
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later too
+        threading.Thread(
+            target=_obey_sigterm_from, args=(parent_pid,), name="medseg-sigterm", daemon=True
+        ).start()
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     direct = os.getppid() == parent_pid
     if direct and death_signal:
         _kill_me_with_parent()
@@ -66,6 +77,15 @@ def _kill_me_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError) as error:  # no libc prctl: the watchdog still works
         logger.debug("prctl(PR_SET_PDEATHSIG) unavailable: %s", error)
+
+
+def _obey_sigterm_from(parent_pid: int) -> None:
+    """End this process on a SIGTERM sent by ``parent_pid``; drop those sent by others."""
+    while True:
+        sender = signal.sigwaitinfo({signal.SIGTERM}).si_pid
+        if sender == parent_pid:
+            os._exit(128 + signal.SIGTERM)
+        logger.debug("SIGTERM from process %d left to the parent", sender)
 
 
 def _exit_when_gone(parent_pid: int, direct: bool) -> None:

@@ -34,11 +34,12 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+REDELIVER_SECONDS = 0.01
 
 
 class ShutdownRequested(BaseException):
@@ -69,7 +70,9 @@ class _StopState:
     owner_pid: int = 0  # the process that installed the handlers
     signum: int | None = None  # the stop signal received, if any
     raised: bool = False  # ShutdownRequested was raised already: raise it once only
+    redelivered: bool = False  # the signal is sent again because its exception was swallowed
     holding: list[bool] = field(default_factory=list)  # deferred (True) / interruptible (False)
+    unraisablehook: Callable[[sys.UnraisableHookArgs], object] = sys.__unraisablehook__
 
     def held(self) -> bool:
         return bool(self.holding) and self.holding[-1]
@@ -82,11 +85,28 @@ _stopped_by: int | None = None  # the signal that stopped this process (kept aft
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     if os.getpid() != _state.owner_pid:  # a forked child: its parent stops it
         return
-    if _state.signum is not None:  # asked again while stopping: stop now
+    if _state.redelivered:
+        _state.redelivered = False
+    elif _state.signum is not None:  # asked again while stopping: stop now
         os._exit(128 + signum)
     _state.signum = signum
     if not _state.held():
         stop(signum)
+
+
+def _on_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    """Python ignores exceptions raised where nothing can catch them (a ``__del__``, an
+    at-fork hook...): a stop that lands there is delivered again, to the code that follows."""
+    stopped = unraisable.exc_value
+    if isinstance(stopped, ShutdownRequested) and os.getpid() == _state.owner_pid:
+        _state.raised = False
+        _state.redelivered = True
+        # from another thread, a moment later: the handler must not run inside this hook
+        again = threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), stopped.signum))
+        again.daemon = True
+        again.start()
+    else:
+        _state.unraisablehook(unraisable)
 
 
 def stop(signum: int = signal.SIGTERM) -> None:
@@ -114,11 +134,13 @@ def stop_signals() -> Iterator[None]:
         return
     global _state
     previous_state = _state
-    _state = _StopState(owner_pid=os.getpid())
+    _state = _StopState(owner_pid=os.getpid(), unraisablehook=sys.unraisablehook)
     previous = {signum: signal.signal(signum, _on_signal) for signum in STOP_SIGNALS}
+    sys.unraisablehook = _on_unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = _state.unraisablehook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _state = previous_state
@@ -168,6 +190,9 @@ def stopped_by() -> int | None:
 
 def exit_now(code: int) -> None:
     """End the process with ``code`` after the ``atexit`` handlers, skipping module teardown."""
+    # multiprocessing's exit handler terminates and joins the worker processes left (a
+    # DataLoader's): their exit must not run the SIGCHLD handler torch installed, which raises
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     atexit._run_exitfuncs()  # what a normal exit runs, without the teardown
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -63,3 +65,22 @@ def test_no_worker_outlives_a_parent_killed_with_sigkill(tmp_path: Path, start_m
         assert wait_until_session_ends(parent.pid) == []
     finally:
         parent.kill_everything()
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_worker_obeys_sigterm_from_its_parent_only(tmp_path: Path, start_method: str) -> None:
+    """A scheduler's SIGTERM to the whole group is left to the parent; the parent's own
+    ``terminate()`` (multiprocessing and DataLoader clean-up) still ends a worker."""
+    method = None if start_method == "default" else start_method
+    with process_pool(1, start_method=method) as pool:
+        pool.submit(sleep_after_saying_so, str(tmp_path), 5.0)
+        (worker,) = _wait_for_files(tmp_path, 1)
+        subprocess.run(["kill", "-TERM", str(worker)], check=True)  # sent by another process
+        time.sleep(1)
+        assert _alive(worker)
+        os.kill(worker, signal.SIGTERM)  # sent by this process, its parent
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(worker)
+        pool.stop()

@@ -102,3 +102,16 @@ def test_an_error_without_a_stop_keeps_its_traceback() -> None:
     result = CliRunner().invoke(_app_with(fails), ["work"])
     assert result.exit_code == 1
     assert isinstance(result.exception, RuntimeError)
+
+
+class _SignalledInFinalizer:
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)  # the handler raises here, where Python can only ignore the exception
+
+
+def test_a_stop_that_lands_where_exceptions_are_ignored_is_delivered_again() -> None:
+    with shutdown.stop_signals(), pytest.raises(shutdown.ShutdownRequested):
+        _SignalledInFinalizer()  # dropped at once: __del__ runs
+        time.sleep(1)
+        raise AssertionError("the stop was lost")

@@ -398,8 +398,11 @@ def _train_epochs(
             if saved:
                 job.save("last.pt", state, history)
             if any_rank(shutdown.requested() is not None, context):
-                if context.is_main and not saved:
-                    job.save("last.pt", state, history)
+                if context.is_main:
+                    last = job.checkpoints / "last.pt"
+                    if not saved:
+                        job.save("last.pt", state, history)
+                    logger.warning("stopped after step %d; %s holds it", state.step, last)
                 shutdown.stop(shutdown.requested() or signal.SIGTERM)
             out_of_time = budget is not None and state.elapsed_seconds >= budget
             if broadcast_flag(out_of_time, context):

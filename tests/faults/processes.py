@@ -52,7 +52,10 @@ def wait_until_session_ends(session_id: int, timeout: float = STOP_SECONDS) -> l
 
 @dataclass
 class MedsegProcess:
-    """A ``python -m medseg`` subprocess that leads its own session (and process group)."""
+    """A ``python -m medseg`` subprocess that leads its own session (and process group).
+
+    As a context manager it kills whatever is left of the session on leaving the block.
+    """
 
     process: subprocess.Popen
     log: Path
@@ -83,6 +86,12 @@ class MedsegProcess:
                 stderr=subprocess.STDOUT,
             )
         return cls(process, log)
+
+    def __enter__(self) -> MedsegProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.kill_everything()
 
     @property
     def pid(self) -> int:

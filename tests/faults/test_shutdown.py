@@ -30,7 +30,11 @@ def _start_batch(model: BatchModel, tmp_path: Path) -> tuple[MedsegProcess, Path
     write_phantom_scans(scans, SCANS)
     arguments = batch_command(scans, model, out, "--workers", "2", "--experiment", tmp_path.name)
     batch = MedsegProcess.start(arguments, tmp_path / "batch.log")
-    batch.wait_for(lambda: _complete(out), "a scan was complete")
+    try:
+        batch.wait_for(lambda: _complete(out), "a scan was complete")
+    except BaseException:
+        batch.kill_everything()
+        raise
     return batch, scans, out
 
 
@@ -65,14 +69,12 @@ def test_sigterm_stops_a_batch_cleanly_and_the_rerun_does_each_scan_once(
 ) -> None:
     """Kubernetes signals the container's main process only; Slurm every process of the job."""
     batch, scans, out = _start_batch(batch_model, tmp_path)
-    try:
+    with batch:
         batch.signal(signal.SIGTERM, whole_group=whole_group)
         code, seconds = batch.wait_exit()
         assert code == 128 + signal.SIGTERM, batch.output()
         assert seconds < STOP_SECONDS
         assert wait_until_session_ends(batch.pid) == []
-    finally:
-        batch.kill_everything()
     assert "stopped by SIGTERM" in batch.output()
     assert "Traceback" not in batch.output()
     done_before = _assert_only_complete_cases(out)
@@ -90,13 +92,11 @@ def test_no_child_outlives_a_batch_parent_killed_with_sigkill(
 ) -> None:
     """SIGKILL to the parent alone: workers, forkserver and resource tracker end by themselves."""
     batch, scans, out = _start_batch(batch_model, tmp_path)
-    try:
+    with batch:
         children = [p for p in wait_until_session_ends(batch.pid, timeout=0) if p.pid != batch.pid]
         assert len(children) >= 3, children  # resource tracker, forkserver, workers
         batch.signal(signal.SIGKILL)
         assert batch.wait_exit()[0] == -signal.SIGKILL
         assert wait_until_session_ends(batch.pid) == []
-    finally:
-        batch.kill_everything()
     done_before = _assert_only_complete_cases(out, stopped_cleanly=False)
     _assert_rerun_does_the_rest_once(scans, out, batch_model, done_before)
