@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from medseg.demo.dicom_writer import TransferSyntax
 from medseg.ingest import ingest as run_ingest
 from medseg.ingest.stage import OutcomeKind
+from medseg.pipeline.records import load_record
 from tests.batch.conftest import BatchModel
 from tests.faults.inputs import write_phantom_scans, write_phantom_series
 from tests.faults.processes import (
@@ -26,6 +27,7 @@ from tests.faults.processes import (
     session_processes,
     wait_until_session_ends,
 )
+from tests.phantoms import write_phantom_nifti
 from tests.tiny_dataset import TinyDataset
 
 KILLED = RunStatus.to_string(RunStatus.KILLED)
@@ -160,3 +162,71 @@ def test_no_decoder_process_outlives_ingest_killed_with_sigkill(tmp_path: Path) 
         # compressed series of >= 8 files are decoded by a pool of 2 processes
         ingest.wait_for(lambda: len(session_processes(ingest.pid)) >= 3, "decoders started")
         _stop(ingest, signal.SIGKILL)
+
+
+PIPELINE = """
+name: stoppable
+experiment: {experiment}
+data_root: data
+config_root: .
+stages:
+  - {{stage: import-dataset, name: dataset, dataset: phantoms, modality: CT}}
+  - {{stage: plan, config: plan.yaml}}
+  - {{stage: preprocess, workers: 2}}
+  - {{stage: train, config: train.yaml}}
+"""
+
+PIPELINE_TRAINING = {
+    **TRAIN,
+    "num_workers": 0,
+    "checkpoint_every_steps": 2,
+    "max_minutes": 0.3,  # the rerun trains to the end of this budget
+}
+
+
+def _pipeline_project(tmp_path: Path) -> Path:
+    """A four-stage pipeline (import, plan, preprocess, train) on six phantoms."""
+    for seed in range(6):
+        write_phantom_nifti(
+            tmp_path / f"data/phantoms/images/phantom_{seed}.nii.gz",
+            seed,
+            label_path=tmp_path / f"data/phantoms/labels/phantom_{seed}.nii.gz",
+        )
+    (tmp_path / "plan.yaml").write_text("patch_size_3d: [32, 32, 32]\n")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(PIPELINE_TRAINING))
+    pipeline = tmp_path / "stoppable.yaml"
+    pipeline.write_text(PIPELINE.format(experiment=tmp_path.name))
+    return pipeline
+
+
+def _stage_status(work: Path, stage: str) -> str | None:
+    record = load_record(work / stage)
+    return record.status if record is not None else None
+
+
+def test_sigterm_stops_a_pipeline_in_training_and_the_rerun_resumes_that_stage(
+    tmp_path: Path,
+) -> None:
+    pipeline, work = _pipeline_project(tmp_path), tmp_path / "work"
+    tracking = f"sqlite:///{tmp_path}/mlflow.db"
+    command = ["run", str(pipeline), "--work-dir", str(work), "--tracking-uri", tracking]
+    with MedsegProcess.start(command, tmp_path / "run.log") as run:
+        run.wait_for(lambda: (work / "train/checkpoints/last.pt").exists(), "training was on")
+        _stop(run)
+    assert _stage_status(work, "train") == "running"  # marked interrupted: the rerun resumes it
+    client = MlflowClient(tracking)
+    experiment = client.get_experiment_by_name(tmp_path.name)
+    found = client.search_runs([experiment.experiment_id])
+    runs = {run.data.tags["mlflow.runName"]: run for run in found}
+    parent = runs.pop("stoppable")
+    assert parent.info.status == KILLED
+    training = next(r for name, r in runs.items() if name.startswith("train-"))
+    assert training.info.status == KILLED
+    assert training.data.tags["mlflow.parentRunId"] == parent.info.run_id
+
+    with MedsegProcess.start(command, tmp_path / "rerun.log") as rerun:
+        assert rerun.wait_exit(timeout=START_SECONDS)[0] == 0, rerun.output()
+    record = load_record(work / "train")
+    assert record.status == "done" and record.summary["resumed"] is True
+    assert record.run_id == training.info.run_id  # the same MLflow run, continued
+    assert client.get_run(record.run_id).info.status == FINISHED
