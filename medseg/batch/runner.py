@@ -360,13 +360,14 @@ def batch_metrics(report: BatchReport) -> dict[str, float]:
         "scans_in_shard": report.scans_in_shard,
         "done": len(report.done),
         "skipped": len(report.skipped),
+        "done_elsewhere": len(report.elsewhere),
         "failed": len(report.failed),
         "seconds_total": round(report.seconds_total, 3),
         "seconds_per_scan_mean": sum(seconds) / len(seconds) if seconds else 0.0,
     }
     complete = report.done + [
         result
-        for case_id in report.skipped
+        for case_id in report.skipped + report.elsewhere
         if (result := layout.read_result(report.out_dir, case_id)) is not None
     ]
     volumes: dict[str, list[float]] = {}
