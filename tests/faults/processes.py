@@ -21,11 +21,13 @@ START_SECONDS = 300.0  # generous: imports and model loading on a busy 2-core ma
 @dataclass(frozen=True)
 class LiveProcess:
     pid: int
+    parent: int
+    session: int
     command: str
 
 
-def session_processes(session_id: int) -> list[LiveProcess]:
-    """The processes of session ``session_id`` that are alive (zombies have ended)."""
+def live_processes() -> list[LiveProcess]:
+    """Every process that is alive (zombies have ended)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -36,18 +38,36 @@ def session_processes(session_id: int) -> list[LiveProcess]:
         except OSError:  # ended meanwhile
             continue
         fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        state, session = fields[0], int(fields[3])
-        if session == session_id and state not in ("Z", "X"):
-            found.append(LiveProcess(int(entry.name), command.strip()))
+        if fields[0] not in ("Z", "X"):
+            found.append(LiveProcess(int(entry.name), int(fields[1]), int(fields[3]), command))
     return found
+
+
+def session_processes(session_id: int) -> list[LiveProcess]:
+    """The live processes of session ``session_id``."""
+    return [process for process in live_processes() if process.session == session_id]
+
+
+def children(pid: int) -> list[LiveProcess]:
+    """The live children of process ``pid``."""
+    return [process for process in live_processes() if process.parent == pid]
 
 
 def wait_until_session_ends(session_id: int, timeout: float = STOP_SECONDS) -> list[LiveProcess]:
     """Wait up to ``timeout`` for every process of the session to end; returns the survivors."""
+    return _wait_until_none(lambda: session_processes(session_id), timeout)
+
+
+def wait_until_gone(pids: list[int], timeout: float = STOP_SECONDS) -> list[LiveProcess]:
+    """Wait up to ``timeout`` for the processes ``pids`` to end; returns the survivors."""
+    return _wait_until_none(lambda: [p for p in live_processes() if p.pid in pids], timeout)
+
+
+def _wait_until_none(alive: Callable[[], list[LiveProcess]], timeout: float) -> list[LiveProcess]:
     deadline = time.monotonic() + timeout
-    while (alive := session_processes(session_id)) and time.monotonic() < deadline:
+    while (survivors := alive()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return alive
+    return survivors
 
 
 @dataclass
@@ -67,17 +87,17 @@ class MedsegProcess:
         log: Path,
         env: dict[str, str] | None = None,
         *,
-        module: str = "medseg",
+        module: str | None = "medseg",
     ) -> MedsegProcess:
-        """Start ``python -m MODULE ARGUMENTS`` (``medseg`` by default) with stdout and stderr
-        going to the file ``log``."""
+        """Start ``python -m MODULE ARGUMENTS`` (``medseg`` by default; ``python ARGUMENTS``
+        with ``module`` None) with stdout and stderr going to the file ``log``."""
         environment = {**os.environ, **(env or {})}
         environment["PYTHONPATH"] = os.pathsep.join(
             filter(None, [str(REPOSITORY), environment.get("PYTHONPATH")])
         )
         with log.open("wb") as output:
             process = subprocess.Popen(
-                [sys.executable, "-m", module, *arguments],
+                [sys.executable, *(["-m", module] if module else []), *arguments],
                 cwd=REPOSITORY,
                 env=environment,
                 start_new_session=True,

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from mlflow.entities import RunStatus
@@ -24,7 +26,9 @@ from tests.faults.processes import (
     START_SECONDS,
     STOP_SECONDS,
     MedsegProcess,
+    children,
     session_processes,
+    wait_until_gone,
     wait_until_session_ends,
 )
 from tests.phantoms import write_phantom_nifti
@@ -58,9 +62,11 @@ TRAIN = {
 }
 
 
-def _train_command(dataset: TinyDataset, tmp_path: Path, *extra: str) -> list[str]:
-    config = tmp_path / "train.yaml"
-    config.write_text(yaml.safe_dump(TRAIN))
+def _train_command(
+    dataset: TinyDataset, tmp_path: Path, *extra: str, config: dict = TRAIN
+) -> list[str]:
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     return [
         "train",
         "--manifest",
@@ -70,7 +76,7 @@ def _train_command(dataset: TinyDataset, tmp_path: Path, *extra: str) -> list[st
         "--cache",
         str(dataset.cache),
         "--config",
-        str(config),
+        str(config_path),
         "--run-dir",
         str(tmp_path / "run"),
         "--tracking-uri",
@@ -204,6 +210,7 @@ def _stage_status(work: Path, stage: str) -> str | None:
     return record.status if record is not None else None
 
 
+@pytest.mark.slow  # about 2 minutes; training and batch stops are tested above on their own
 def test_sigterm_stops_a_pipeline_in_training_and_the_rerun_resumes_that_stage(
     tmp_path: Path,
 ) -> None:
@@ -230,3 +237,33 @@ def test_sigterm_stops_a_pipeline_in_training_and_the_rerun_resumes_that_stage(
     assert record.status == "done" and record.summary["resumed"] is True
     assert record.run_id == training.info.run_id  # the same MLflow run, continued
     assert client.get_run(record.run_id).info.status == FINISHED
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(
+    tiny_dataset: TinyDataset, tmp_path: Path
+) -> None:
+    """torchrun forwards SIGTERM to each rank; they agree to stop after one step."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    torchrun += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
+    config = {**TRAIN, "num_workers": 0, "checkpoint_every_steps": 3}
+    command = [*torchrun, "-m", "medseg", *_train_command(tiny_dataset, tmp_path, config=config)]
+    log = tmp_path / "torchrun.log"
+    last = tmp_path / "run/checkpoints/last.pt"
+    with MedsegProcess.start(command, log, env={"OMP_NUM_THREADS": "1"}, module=None) as agent:
+        # torchrun starts each rank in a session of its own
+        agent.wait_for(lambda: len(children(agent.pid)) == 2, "the ranks started")
+        rank_pids = [process.pid for process in children(agent.pid)]
+        agent.wait_for(last.exists, "the ranks trained 3 steps")
+        agent.signal(signal.SIGTERM)
+        agent.wait_exit()
+        assert wait_until_gone(rank_pids) == []
+    assert agent.output().count("stopped by SIGTERM") == 2  # both ranks
+    stopped = re.search(r"stopped after step (\d+)", agent.output())  # rank 0
+    state = torch.load(last, weights_only=False)["state"]
+    assert stopped and state["step"] == int(stopped[1]) >= 1
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(state["run_id"]).info.status == KILLED
