@@ -161,8 +161,12 @@ def raise_if_requested() -> None:
 def deferred() -> Iterator[None]:
     """Hold stop signals until the block ends; then raise ``ShutdownRequested`` if one came.
 
-    Inside, call ``requested()`` to stop earlier at a safe point of your own.
+    Inside, call ``requested()`` to stop earlier at a safe point of your own. Signals are
+    handled in the main thread: in other threads this does nothing.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _state.holding.append(True)
     try:
         yield
@@ -175,6 +179,9 @@ def deferred() -> Iterator[None]:
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """Inside a ``deferred`` block: let stop signals raise again (raises at once if one came)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _state.holding.append(False)
     try:
         raise_if_requested()
