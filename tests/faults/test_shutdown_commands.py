@@ -33,6 +33,7 @@ from tests.faults.processes import (
 )
 from tests.phantoms import write_phantom_nifti
 from tests.tiny_dataset import TinyDataset
+from tests.train.test_resume_and_ddp import _command as train_arguments
 
 KILLED = RunStatus.to_string(RunStatus.KILLED)
 FINISHED = RunStatus.to_string(RunStatus.FINISHED)
@@ -62,33 +63,10 @@ TRAIN = {
 }
 
 
-def _train_command(
-    dataset: TinyDataset, tmp_path: Path, *extra: str, config: dict = TRAIN
-) -> list[str]:
-    config_path = tmp_path / "train.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    return [
-        "train",
-        "--manifest",
-        str(dataset.manifest),
-        "--plan",
-        str(dataset.plan_path),
-        "--cache",
-        str(dataset.cache),
-        "--config",
-        str(config_path),
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--tracking-uri",
-        f"sqlite:///{tmp_path}/mlflow.db",
-        *extra,
-    ]
-
-
 def test_sigterm_stops_training_after_a_step_with_a_checkpoint_of_that_step(
     tiny_dataset: TinyDataset, tmp_path: Path
 ) -> None:
-    command = _train_command(tiny_dataset, tmp_path)
+    command = train_arguments(tiny_dataset, tmp_path, TRAIN)
     log = tmp_path / "train.log"
     with MedsegProcess.start(command, log, env={"OMP_NUM_THREADS": "1"}) as train:
         # the trainer and its two DataLoader workers: training has begun
@@ -250,7 +228,7 @@ def test_sigterm_to_torchrun_stops_every_rank_after_the_same_step(
     torchrun = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]
     torchrun += ["--master_addr", "127.0.0.1", "--master_port", str(port)]
     config = {**TRAIN, "num_workers": 0, "checkpoint_every_steps": 3}
-    command = [*torchrun, "-m", "medseg", *_train_command(tiny_dataset, tmp_path, config=config)]
+    command = [*torchrun, "-m", "medseg", *train_arguments(tiny_dataset, tmp_path, config)]
     log = tmp_path / "torchrun.log"
     last = tmp_path / "run/checkpoints/last.pt"
     with MedsegProcess.start(command, log, env={"OMP_NUM_THREADS": "1"}, module=None) as agent:
