@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from medseg import __version__
+from medseg import __version__, shutdown
 from medseg.cli_errors import MedsegGroup
 from medseg.cli_options import (
     BACKEND,
@@ -553,4 +553,9 @@ app.command("demo")(demo_command)
 
 def main() -> None:
     """Entry point of the ``medseg`` console script."""
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if shutdown.stopped_by() is not None:  # stopping: every second of grace counts
+            shutdown.exit_now(done.code if isinstance(done.code, int) else 1)
+        raise

@@ -7,6 +7,10 @@
 - Per-scan failures are not errors here: the commands report them and exit with
   ``EXIT_SOME_FAILED`` (1).
 - Anything else is a bug and keeps its traceback.
+- SIGTERM and SIGINT stop the command (``medseg.shutdown``): one line ``stopped by SIGTERM``
+  and exit 128 + the signal number (143, 130). An error that escapes while the command is
+  stopping (a DDP peer that already left, a worker pool shut down under it) is part of the
+  stop and exits the same way.
 
 ``MedsegGroup`` is the root command's class, so the policy also holds when the app is invoked
 directly (``typer.testing.CliRunner``), not only through ``medseg.cli.main``.
@@ -14,6 +18,7 @@ directly (``typer.testing.CliRunner``), not only through ``medseg.cli.main``.
 
 from __future__ import annotations
 
+import signal
 import sys
 import traceback
 from typing import Any
@@ -23,6 +28,7 @@ from typer._click import Context, Parameter  # typer 0.29 vendors click: its own
 from typer._click.exceptions import BadParameter, ClickException, MissingParameter
 from typer.core import TyperGroup
 
+from medseg import shutdown
 from medseg.errors import MedsegError
 
 EXIT_SOME_FAILED = 1
@@ -64,6 +70,19 @@ class MedsegGroup(TyperGroup):
     """The root command: runs a subcommand under the error policy of this module."""
 
     def invoke(self, ctx: Context) -> Any:
+        with shutdown.stop_signals():
+            try:
+                return self._invoke_under_policy(ctx)
+            except (shutdown.ShutdownRequested, KeyboardInterrupt, Exception) as error:
+                stopped_by = _stop_signal(error)
+                if stopped_by is None:
+                    raise
+                if _verbose(ctx):
+                    traceback.print_exception(error, file=sys.stderr)
+                print_stopped(stopped_by)
+                raise typer.Exit(128 + stopped_by) from error
+
+    def _invoke_under_policy(self, ctx: Context) -> Any:
         try:
             return super().invoke(ctx)
         except ClickException as error:  # a subcommand's arguments did not parse
@@ -74,6 +93,27 @@ class MedsegGroup(TyperGroup):
                 traceback.print_exception(error, file=sys.stderr)
             print_error("", str(error))
             raise typer.Exit(EXIT_USER_ERROR) from error
+
+
+def print_stopped(signum: int) -> None:
+    """Print the one line of a command stopped by a signal."""
+    name = signal.Signals(signum).name
+    typer.secho(
+        f"stopped by {name}: finished work is kept; the same command continues it",
+        fg="yellow",
+        err=True,
+    )
+
+
+def _stop_signal(error: BaseException) -> int | None:
+    """The signal that stopped the command, if ``error`` is (part of) a stop."""
+    if isinstance(error, shutdown.ShutdownRequested):
+        return error.signum
+    if isinstance(error, KeyboardInterrupt):
+        return signal.SIGINT
+    if isinstance(error, typer.Exit):  # the command chose its exit code
+        return None
+    return shutdown.requested()
 
 
 def _verbose(ctx: Context) -> bool:

@@ -211,7 +211,9 @@ def batch_summary(report: BatchReport) -> None:
     colour = "red" if report.failed else "green"
     console.print(
         f"[bold {colour}]shard {report.shard}: {len(report.done)} done{mean}, "
-        f"{len(report.skipped)} already complete, {len(report.failed)} failed[/bold {colour}] "
+        f"{len(report.skipped)} already complete, "
+        + (f"{len(report.elsewhere)} done by another batch run, " if report.elsewhere else "")
+        + f"{len(report.failed)} failed[/bold {colour}] "
         f"of {report.scans_in_shard} scans in the shard ({report.scans_found} found, "
         f"{report.ignored_files} other files ignored) in {report.seconds_total:.1f} s"
     )

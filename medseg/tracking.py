@@ -72,7 +72,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from medseg import __version__
+from medseg import __version__, shutdown
 from medseg.errors import MedsegError
 from medseg.run_ownership import (
     ProcessIdentity,
@@ -231,7 +231,8 @@ class RunTracker:
     """One MLflow run: params, metrics, artifacts and tags, ended on context exit.
 
     ``tracking_uri`` is resolved by ``tracking_uri()`` (explicit > env > SQLite default).
-    Exiting the ``with`` block on an exception marks the run FAILED, otherwise FINISHED.
+    Exiting the ``with`` block on an exception marks the run FAILED, otherwise FINISHED; a run
+    that fails while the process stops on SIGTERM/SIGINT is KILLED (``medseg.shutdown``).
     ``run_id`` stays readable after the run ended. Log from one process (rank 0) only.
 
     ``home`` is the folder the command works in (work dir, run dir, batch OUT): while the run
@@ -345,14 +346,21 @@ class RunTracker:
     ) -> None:
         self.end(failed=exc_type is not None)
 
-    def end(self, *, failed: bool = False) -> None:
-        """End the run as FINISHED (or FAILED); does nothing if it is not running."""
+    def end(self, *, failed: bool = False, killed: bool = False) -> None:
+        """End the run as FINISHED, FAILED or KILLED; does nothing if it is not running.
+
+        ``failed`` while the process is stopping on a signal means KILLED: the run did not
+        fail, it was stopped.
+        """
         if not self._running:
             return
         if self._attached:
             self._running = False
             return
-        status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
+        if killed or (failed and shutdown.requested() is not None):
+            status = RunStatus.to_string(RunStatus.KILLED)
+        else:
+            status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self.run_id:
             mlflow.end_run(status=status)

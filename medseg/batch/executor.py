@@ -13,6 +13,9 @@ flight is running, and when the pool breaks:
 Results come back as they finish, as ``(item, outcome)`` with ``outcome`` the function's return
 value, or the exception it raised, or a ``WorkerDiedError``: nothing raises out of the loop.
 
+Closing the generator early (``close()``, or an exception such as ``ShutdownRequested`` while it
+runs) kills the workers at once: the items in flight are abandoned, not waited for.
+
 Workers start with ``forkserver``: a server process imports the heavy modules once (``preload``)
 and forks each worker from it, so starting and restarting workers is cheap; unlike ``fork`` it
 does not copy the caller's threads and locks. The server keeps the environment and working
@@ -23,12 +26,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from medseg.errors import MedsegError
-from medseg.parallel import process_pool
+from medseg.parallel import WorkerPool, process_pool
 
 T = TypeVar("T")
 
@@ -42,7 +45,7 @@ def _pool(
     initializer: Callable[..., Any] | None,
     initargs: tuple[Any, ...],
     preload: Sequence[str],
-) -> ProcessPoolExecutor:
+) -> WorkerPool:
     return process_pool(workers, preload=preload, initializer=initializer, initargs=initargs)
 
 
@@ -65,7 +68,7 @@ def run_isolated(
     pool_args = (initializer, initargs, preload)
     while pending:
         suspects += yield from _run_until_broken(function, pending, max(1, workers), pool_args)
-    pool: ProcessPoolExecutor | None = None
+    pool: WorkerPool | None = None
     try:
         for item in suspects:
             pool = pool or _pool(1, *pool_args)
@@ -78,9 +81,14 @@ def run_isolated(
             except Exception as error:
                 outcome = error
             yield item, outcome
+    except BaseException:  # closed early or stopping: do not wait for the item in flight
+        if pool is not None:
+            pool.stop()
+            pool = None
+        raise
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=True)
 
 
 def _run_until_broken(
@@ -92,8 +100,7 @@ def _run_until_broken(
     """Run ``pending`` in one pool until done or broken; returns the suspects (generator)."""
     in_flight: dict[Future, T] = {}
     suspects: list[T] = []
-    pool = _pool(workers, *pool_args)
-    try:
+    with _pool(workers, *pool_args) as pool:
         while (pending or in_flight) and not suspects:
             try:
                 while pending and len(in_flight) < workers:
@@ -115,8 +122,6 @@ def _run_until_broken(
                 except Exception as error:
                     outcome = error
                 yield item, outcome
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
     return suspects
 
 

@@ -5,6 +5,7 @@
     OUT_DIR/<case_id>/                 outputs of one finished scan, result.json last
     OUT_DIR/.staging/<case_id>-<pid>-<random>/   a scan being written (or a killed leftover)
     OUT_DIR/.failures/<case_id>.json   the last failure of a scan, removed once it succeeds
+    OUT_DIR/.locks/<case_id>.lock      held by the process working on the scan (batch.locks)
     OUT_DIR/summary.csv, failures.jsonl   regenerated from the above (``medseg.batch.summary``)
 
 A scan is written into its own staging folder, finished with ``result.json``, then the folder
@@ -12,8 +13,8 @@ is renamed onto ``OUT_DIR/<case_id>`` (one ``rename``, atomic on POSIX file syst
 ``OUT_DIR/<case_id>/result.json`` exists if and only if the scan is complete, whenever the
 process is killed. Staging folders are named ``<case_id>-<pid>-<8 hex digits>``; the last two
 fields never contain ``-``, which tells a case's leftovers apart from those of another case
-whose id starts the same (``mr_1a`` and ``mr_1a-2``). Only a case's own leftovers are removed:
-other shards may be writing into the same OUT_DIR at the same time.
+whose id starts the same (``mr_1a`` and ``mr_1a-2``). Only the holder of a case's lock
+removes its leftovers: other runs may be writing into the same OUT_DIR at the same time.
 
 A failure record stays until its scan succeeds: after deleting or replacing a corrupt input,
 delete its ``.failures/<case_id>.json`` too (then ``medseg batch-summary``).
@@ -31,6 +32,7 @@ import secrets
 import shutil
 from pathlib import Path
 
+from medseg.batch.locks import case_lock
 from medseg.batch.records import ScanFailure, ScanResult
 from medseg.io.atomic import write_json_atomic
 
@@ -67,7 +69,10 @@ def _staging_case_id(name: str) -> str | None:
 
 
 def remove_staging_leftovers(out_dir: Path, case_id: str) -> int:
-    """Delete the staging folders of ``case_id`` (a killed run's); returns how many."""
+    """Delete the staging folders of ``case_id`` (a killed run's); returns how many.
+
+    Call it holding the case's lock.
+    """
     staging = Path(out_dir) / STAGING_FOLDER
     removed = 0
     with contextlib.suppress(FileNotFoundError):
@@ -75,6 +80,22 @@ def remove_staging_leftovers(out_dir: Path, case_id: str) -> int:
             if _staging_case_id(folder.name) == case_id:
                 shutil.rmtree(folder, ignore_errors=True)
                 removed += 1
+    return removed
+
+
+def remove_abandoned_staging(out_dir: Path) -> int:
+    """Delete the staging folders of every case that no process is working on (a stopped
+    run's); returns how many."""
+    staging = Path(out_dir) / STAGING_FOLDER
+    try:
+        case_ids = {_staging_case_id(folder.name) for folder in staging.iterdir()}
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for case_id in sorted(filter(None, case_ids)):
+        with case_lock(out_dir, case_id, wait=False) as held:
+            if held:
+                removed += remove_staging_leftovers(out_dir, case_id)
     return removed
 
 

@@ -62,9 +62,11 @@ def log_batch_run(
     tags: Mapping[str, str] | None = None,
     parent_run_id: str | None = None,
     home: Path | None = None,
+    killed: bool = False,
 ) -> TrackingOutcome:
-    """Log one FINISHED run (nested under ``parent_run_id``, an active run of this thread,
-    when given); returns its id, or a warning instead of raising.
+    """Log one FINISHED run, or a KILLED one (``killed``: the batch was stopped by a signal),
+    nested under ``parent_run_id`` (an active run of this thread) when given; returns its id,
+    or a warning instead of raising.
 
     ``home`` (the batch's OUT) holds the run file while the run is open; stale runs of
     killed batches there are marked FAILED first.
@@ -88,6 +90,8 @@ def log_batch_run(
                 tracker.log_metrics(metrics, step=0)
                 for path in artifacts:
                     tracker.log_artifact(path)
+                if killed:
+                    tracker.end(killed=True)
         return TrackingOutcome(run_id=tracker.run_id)
     except Exception as error:  # logging must never make a batch fail
         detail = (str(error).splitlines() or [""])[0][:300]

@@ -12,10 +12,22 @@
 Resuming is the default: run the same command again after a kill and only the scans without a
 complete output are processed; ``force`` redoes complete ones too. A changed model is not
 detected: use ``force`` or a new OUT_DIR when the model changes.
+
+Several runs may share one OUT_DIR (a restarted job while the old one still runs, overlapping
+shards): each scan is locked by the process working on it (``medseg.batch.locks``). A run
+leaves a locked scan to its holder and, once its other scans are done, waits for it; the scan
+then counts as done elsewhere, or is done here if the holder died or failed it.
+
+On SIGTERM/SIGINT (``ShutdownRequested``) the workers are killed at once, the scans they were
+writing are discarded (their staging folders removed), the summary files are rebuilt from what
+is complete, the run is logged to MLflow as KILLED, and the exception goes on to the CLI.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import itertools
 import logging
 import os
 import re
@@ -39,6 +51,7 @@ from medseg.batch.summary import SummaryFiles, write_summary
 from medseg.batch.worker import (
     PRELOAD_MODULES,
     ModelLoadError,
+    ScanElsewhere,
     WorkerSettings,
     process_scan,
     start_worker,
@@ -47,6 +60,7 @@ from medseg.errors import InputFileError
 from medseg.infer.predictor import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.dicom_pixels import default_workers
+from medseg.shutdown import ShutdownRequested
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +77,7 @@ class BatchReport:
     scans_in_shard: int = 0
     done: list[ScanResult] = field(default_factory=list)  # processed by this call
     skipped: list[str] = field(default_factory=list)  # case ids complete before this call
+    elsewhere: list[str] = field(default_factory=list)  # completed meanwhile by another run
     failed: list[ScanFailure] = field(default_factory=list)
     ignored_files: int = 0  # files that are not scans (reports, localizers, text...)
     seconds_total: float = 0.0
@@ -135,49 +150,93 @@ def run_batch(
             report.skipped.append(scan.case_id)
         else:
             todo.append(scan)
-    if todo:
-        pool_size = max(1, min(workers, len(todo)))
-        settings = WorkerSettings(
-            model_uri=model_uri,
-            tracking_uri=tracking_uri,
-            options=options,
-            scans_root=scans_root,
-            out_dir=out_dir,
-            dicom_seg=dicom_seg,
-            with_source=case_ids is CaseIdScheme.FOLDER,
-            replace=force,
-            threads=max(1, default_workers() // pool_size),
-            environment=dict(os.environ),
-            working_folder=os.getcwd(),
-        )
-        _process(todo, settings, pool_size, report, on_progress)
-    report.summary = write_summary(out_dir)
-    report.seconds_total = time.perf_counter() - started
-    params = {
-        "model_uri": loggable_model_uri(model_uri),
-        "model_uri_requested": loggable_model_uri(requested_model),
-        "shard": str(shard),
-        "workers": workers,
-        "case_ids": case_ids.value,
-        "dicom_seg": dicom_seg,
-        "force": force,
-        **options.model_dump(),
-    }
-    report.tracking = log_batch_run(
-        params=params,
-        metrics=batch_metrics(report),
-        artifacts=[report.summary.csv, report.summary.failures]
-        if case_ids is CaseIdScheme.HASH
-        else [],
-        run_name=f"batch {shard}",
+    run_log = _RunLog(
+        params={
+            "model_uri": loggable_model_uri(model_uri),
+            "model_uri_requested": loggable_model_uri(requested_model),
+            "shard": str(shard),
+            "workers": workers,
+            "case_ids": case_ids.value,
+            "dicom_seg": dicom_seg,
+            "force": force,
+            **options.model_dump(),
+        },
+        case_ids=case_ids,
         experiment=experiment,
         tracking_uri=tracking_uri,
         parent_run_id=parent_run_id,
         home=out_dir,
-        tags={"medseg.command": "batch", "medseg.stage": "predict", "shard": str(shard)}
-        | ({} if case_ids is CaseIdScheme.HASH else {"artifacts_withheld": "folder case ids"}),
     )
+    try:
+        if todo:
+            pool_size = max(1, min(workers, len(todo)))
+            settings = WorkerSettings(
+                model_uri=model_uri,
+                tracking_uri=tracking_uri,
+                options=options,
+                scans_root=scans_root,
+                out_dir=out_dir,
+                dicom_seg=dicom_seg,
+                with_source=case_ids is CaseIdScheme.FOLDER,
+                replace=force,
+                threads=max(1, default_workers() // pool_size),
+                environment=dict(os.environ),
+                working_folder=os.getcwd(),
+            )
+            _process(todo, settings, pool_size, report, on_progress)
+    except ShutdownRequested:
+        layout.remove_abandoned_staging(out_dir)
+        _add_published(report, todo)
+        run_log.record(report, started, killed=True)
+        raise
+    run_log.record(report, started)
     return report
+
+
+@dataclass(frozen=True)
+class _RunLog:
+    """How a batch call is logged to MLflow once its scans are done (or it is stopped)."""
+
+    params: dict
+    case_ids: CaseIdScheme
+    experiment: str
+    tracking_uri: str | None
+    parent_run_id: str | None
+    home: Path
+
+    def record(self, report: BatchReport, started: float, *, killed: bool = False) -> None:
+        """Rebuild the summary files and log the run: FINISHED, or KILLED when stopped."""
+        report.summary = write_summary(report.out_dir)
+        report.seconds_total = time.perf_counter() - started
+        hashed = self.case_ids is CaseIdScheme.HASH
+        report.tracking = log_batch_run(
+            params=self.params,
+            metrics=batch_metrics(report),
+            artifacts=[report.summary.csv, report.summary.failures] if hashed else [],
+            run_name=f"batch {report.shard}",
+            experiment=self.experiment,
+            tracking_uri=self.tracking_uri,
+            parent_run_id=self.parent_run_id,
+            tags={
+                "medseg.command": "batch",
+                "medseg.stage": "predict",
+                "shard": str(report.shard),
+            }
+            | ({} if hashed else {"artifacts_withheld": "folder case ids"}),
+            home=self.home,
+            killed=killed,
+        )
+
+
+def _add_published(report: BatchReport, todo: list[BatchScan]) -> None:
+    """Count as done the scans that workers published before they were stopped, whose result
+    had not reached this process yet."""
+    known = {result.case_id for result in report.done} | set(report.elsewhere)
+    known |= {failure.case_id for failure in report.failed}
+    for scan in todo:
+        result = None if scan.case_id in known else layout.read_result(report.out_dir, scan.case_id)
+        if result is not None:
+            report.done.append(result)
 
 
 def pinned_model_uri(model_uri: str, tracking_uri: str | None) -> str:
@@ -220,33 +279,65 @@ def _process(
     report: BatchReport,
     on_progress: ProgressCallback | None,
 ) -> None:
-    """Run ``todo`` in worker processes, recording each outcome as it arrives."""
+    """Run ``todo`` in worker processes, recording each outcome as it arrives; then wait for
+    the scans that another run was working on."""
     progress = on_progress or (lambda phase, done, total: None)
+    finished = itertools.count(1)
+
+    def advance() -> None:
+        progress("Scans", next(finished), len(todo))
+
     progress("Scans", 0, len(todo))
+    busy = _run_scans(process_scan, todo, settings, pool_size, report, advance)
+    if busy:
+        logger.warning("%d scans are in progress in another batch run: waiting for them", len(busy))
+        wait_for_holder = functools.partial(process_scan, wait_if_busy=True)
+        _run_scans(wait_for_holder, busy, settings, min(pool_size, len(busy)), report, advance)
+
+
+def _run_scans(
+    function: Callable[[BatchScan], object],
+    scans: list[BatchScan],
+    settings: WorkerSettings,
+    pool_size: int,
+    report: BatchReport,
+    advance: Callable[[], None],
+) -> list[BatchScan]:
+    """Run ``function`` over ``scans`` in workers and record the outcomes; returns the scans
+    that another process holds."""
+    busy: list[BatchScan] = []
     outcomes = run_isolated(
-        process_scan,
-        todo,
+        function,
+        scans,
         workers=pool_size,
         initializer=start_worker,
         initargs=(settings,),
         preload=PRELOAD_MODULES,
     )
-    for count, (scan, outcome) in enumerate(outcomes, start=1):
-        if isinstance(outcome, ModelLoadError):
-            outcomes.close()  # stops the workers
-            raise outcome
-        if isinstance(outcome, ScanResult):
-            layout.clear_failure(settings.out_dir, scan.case_id)
-            report.done.append(outcome)
-        else:
-            failure = (
-                outcome if isinstance(outcome, ScanFailure) else _failure(scan, outcome, settings)
-            )
-            if isinstance(outcome, BaseException):
-                logger.warning("%s: %s", scan.source, outcome)
-            layout.write_failure(settings.out_dir, failure)
-            report.failed.append(failure)
-        progress("Scans", count, len(todo))
+    with contextlib.closing(outcomes):  # an exception here stops the workers at once
+        for scan, outcome in outcomes:
+            if isinstance(outcome, ModelLoadError):
+                raise outcome
+            if isinstance(outcome, ScanElsewhere):
+                if not outcome.done:
+                    busy.append(scan)
+                    continue
+                report.elsewhere.append(scan.case_id)
+            elif isinstance(outcome, ScanResult):
+                layout.clear_failure(settings.out_dir, scan.case_id)
+                report.done.append(outcome)
+            else:
+                failure = (
+                    outcome
+                    if isinstance(outcome, ScanFailure)
+                    else _failure(scan, outcome, settings)
+                )
+                if isinstance(outcome, BaseException):
+                    logger.warning("%s: %s", scan.source, outcome)
+                layout.write_failure(settings.out_dir, failure)
+                report.failed.append(failure)
+            advance()
+    return busy
 
 
 def _failure(scan: BatchScan, error: BaseException, settings: WorkerSettings) -> ScanFailure:
@@ -273,13 +364,14 @@ def batch_metrics(report: BatchReport) -> dict[str, float]:
         "scans_in_shard": report.scans_in_shard,
         "done": len(report.done),
         "skipped": len(report.skipped),
+        "done_elsewhere": len(report.elsewhere),
         "failed": len(report.failed),
         "seconds_total": round(report.seconds_total, 3),
         "seconds_per_scan_mean": sum(seconds) / len(seconds) if seconds else 0.0,
     }
     complete = report.done + [
         result
-        for case_id in report.skipped
+        for case_id in report.skipped + report.elsewhere
         if (result := layout.read_result(report.out_dir, case_id)) is not None
     ]
     volumes: dict[str, list[float]] = {}

@@ -4,9 +4,11 @@
 environment and working folder (forkserver workers would otherwise keep the server's), limits
 torch to its share of the cores and loads the model.
 
-``process_scan`` predicts one scan with ``medseg.infer.stage.predict_task`` into a fresh
-staging folder, adds ``result.json`` and publishes the folder (``medseg.batch.layout``). It
-returns a ``ScanResult`` or ``ScanFailure`` and never raises for a bad scan. A model that
+``process_scan`` takes the scan's lock (``medseg.batch.locks``: another batch run on the same
+OUT_DIR may be working on it), predicts it with ``medseg.infer.stage.predict_task`` into a
+fresh staging folder, adds ``result.json`` and publishes the folder (``medseg.batch.layout``).
+It returns a ``ScanResult`` or ``ScanFailure``, or ``ScanElsewhere`` for a scan that another
+process holds or has finished, and never raises for a bad scan. A model that
 cannot be loaded is not a scan's fault: ``process_scan`` then raises ``ModelLoadError`` and the
 runner stops the batch. (The parent does not load the model to check it first: that would
 cost seconds of imports per invocation.)
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from medseg.batch import layout
+from medseg.batch import layout, locks
 from medseg.batch.records import ScanFailure, ScanResult, model_reference, redact_scan
 from medseg.batch.scans import BatchScan
 from medseg.errors import MedsegError
@@ -56,6 +58,14 @@ class WorkerSettings:
         if self.with_source:
             return reason
         return redact_scan(reason, source=scan.source, files=scan.files, root=self.scans_root)
+
+
+@dataclass(frozen=True)
+class ScanElsewhere:
+    """A scan another process is working on (``done`` False) or has finished (``done`` True)."""
+
+    case_id: str
+    done: bool
 
 
 class ModelLoadError(MedsegError):
@@ -102,13 +112,34 @@ def start_worker(settings: WorkerSettings) -> None:
     _worker = _Worker(settings, model, predictor)
 
 
-def process_scan(scan: BatchScan) -> ScanResult | ScanFailure:
-    """Predict ``scan`` and publish its output folder; a failure is returned, not raised."""
+def process_scan(
+    scan: BatchScan, *, wait_if_busy: bool = False
+) -> ScanResult | ScanFailure | ScanElsewhere:
+    """Predict ``scan`` and publish its output folder; a failure is returned, not raised.
+
+    A scan locked by another process is left to it (``ScanElsewhere``), or with
+    ``wait_if_busy`` waited for: then done here only if that process did not finish it.
+    """
     if _worker is None:
         raise RuntimeError("process_scan runs in a worker started by start_worker")
-    settings, out_dir, model = _worker.settings, _worker.settings.out_dir, _worker.model
-    if model is None:
+    settings, out_dir = _worker.settings, _worker.settings.out_dir
+    if _worker.model is None:
         raise ModelLoadError(_worker.load_error)
+    with locks.case_lock(out_dir, scan.case_id, wait=wait_if_busy) as held:
+        if not held:
+            return ScanElsewhere(scan.case_id, done=False)
+        # complete now, though not when the run began (or, with --force, while we waited):
+        # another process did it meanwhile
+        if layout.is_complete(out_dir, scan.case_id) and (wait_if_busy or not settings.replace):
+            return ScanElsewhere(scan.case_id, done=True)
+        return _predict_and_publish(scan, _worker, _worker.model)
+
+
+def _predict_and_publish(
+    scan: BatchScan, worker: _Worker, model: PackagedModel
+) -> ScanResult | ScanFailure:
+    """Predict ``scan`` into a staging folder and publish it (the caller holds its lock)."""
+    settings, out_dir = worker.settings, worker.settings.out_dir
     layout.remove_staging_leftovers(out_dir, scan.case_id)
     staging = layout.new_staging_folder(out_dir, scan.case_id)
     try:
@@ -116,7 +147,7 @@ def process_scan(scan: BatchScan) -> ScanResult | ScanFailure:
             scan.task(),
             model,
             options=settings.options,
-            predictor=_worker.predictor,
+            predictor=worker.predictor,
             out_dir=staging,
             dicom_seg=settings.dicom_seg,
         )

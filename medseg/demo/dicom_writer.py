@@ -24,9 +24,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
-import multiprocessing
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +46,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path
+from medseg.parallel import process_pool
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -478,9 +477,8 @@ def _run_jobs(jobs: Iterator[_SliceJob], *, workers: int, n_slices: int) -> list
     if workers <= 1 or n_slices < 2:
         return [_write_slice(job) for job in jobs]
     # spawn: the parent may hold threads (torch, BLAS) that make fork unsafe.
-    context = multiprocessing.get_context("spawn")
     chunksize = max(1, n_slices // (workers * 4))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with process_pool(workers, start_method="spawn") as pool:
         return list(pool.map(_write_slice, jobs, chunksize=chunksize))
 
 

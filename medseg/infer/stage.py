@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg import __version__
+from medseg import __version__, shutdown
 from medseg.errors import MedsegError
 from medseg.evaluate.volumes import structure_statistics
 from medseg.infer.predictor import (
@@ -195,26 +195,27 @@ def predict_task(
             on_windows=on_windows,
             probabilities_out=kept,
         )
-        outputs = [write_nifti(labels, out_dir / f"{task.case_id}.nii.gz")]
-        if kept:
-            path = out_dir / f"{task.case_id}.probabilities.npz"
-            outputs.append(_write_probabilities(path, kept[0], volume))
-        statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
-        volumes_path = out_dir / f"{task.case_id}.volumes.json"
-        write_json_atomic(volumes_path, statistics)
-        outputs.append(volumes_path)
-        if dicom_seg and task.series is not None:
-            from medseg.io.dicom_seg import write_dicom_seg
+        with shutdown.deferred():  # a stop signal waits until the case's files are all written
+            outputs = [write_nifti(labels, out_dir / f"{task.case_id}.nii.gz")]
+            if kept:
+                path = out_dir / f"{task.case_id}.probabilities.npz"
+                outputs.append(_write_probabilities(path, kept[0], volume))
+            statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
+            volumes_path = out_dir / f"{task.case_id}.volumes.json"
+            write_json_atomic(volumes_path, statistics)
+            outputs.append(volumes_path)
+            if dicom_seg and task.series is not None:
+                from medseg.io.dicom_seg import write_dicom_seg
 
-            outputs.append(
-                write_dicom_seg(
-                    labels,
-                    source_files=task.series.files,
-                    label_names=model.label_names,
-                    out_path=out_dir / f"{task.case_id}_seg.dcm",
-                    algorithm_version=__version__,
+                outputs.append(
+                    write_dicom_seg(
+                        labels,
+                        source_files=task.series.files,
+                        label_names=model.label_names,
+                        out_path=out_dir / f"{task.case_id}_seg.dcm",
+                        algorithm_version=__version__,
+                    )
                 )
-            )
     except MedsegError as error:
         logger.warning("%s: %s", task.source, error)
         reason, error_type = str(error), type(error).__name__

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from medseg import __version__
+from medseg import __version__, shutdown
 from medseg.errors import MedsegError
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.discovery import ScanTask, discover_scans, relative
@@ -169,9 +169,10 @@ def _run_task(
             if label_path is not None and label_path.exists()
             else None
         )
-        record = write_case(
-            case, volume, label=label, fingerprint=fingerprint, source_hash=source_hash
-        )
+        with shutdown.deferred():  # a stop signal waits until the case's files are all written
+            record = write_case(
+                case, volume, label=label, fingerprint=fingerprint, source_hash=source_hash
+            )
     except MedsegError as error:
         logger.warning("%s", error)
         return IngestOutcome(

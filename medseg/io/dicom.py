@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from medseg.io.dicom_corrections import correct_tilt, equalize_slices
 from medseg.io.dicom_geometry import affine_lps_to_ras, measure_stack, plan_slice_layout
 from medseg.io.dicom_pixels import apply_modality_lut, decode_stored_values, default_workers
 from medseg.io.dicom_scan import DicomFileHeader, FrameRecord, SkippedFile, read_header
+from medseg.parallel import process_pool
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
 
@@ -91,7 +91,7 @@ def scan_dicom_files(paths: Iterable[Path], *, workers: int | None = None) -> Di
     if workers > 1 and len(paths) >= PARALLEL_SCAN_MIN_FILES:
         size = -(-len(paths) // (workers * 2))
         chunks = [paths[start : start + size] for start in range(0, len(paths), size)]
-        with ProcessPoolExecutor(max_workers=workers) as processes:
+        with process_pool(workers, start_method=None) as processes:
             results = [result for chunk in processes.map(_read_headers, chunks) for result in chunk]
     else:
         results = _read_headers(paths)

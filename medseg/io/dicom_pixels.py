@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from multiprocessing import shared_memory
@@ -25,6 +25,7 @@ from pydicom.uid import UID
 from medseg.errors import DicomFileError
 from medseg.io.dicom_fastpath import PixelDataLayout, read_pixels
 from medseg.io.dicom_scan import FrameRecord
+from medseg.parallel import process_pool
 
 PARALLEL_MIN_FILES = 8
 
@@ -137,7 +138,7 @@ def _decode_in_processes(
     memory = shared_memory.SharedMemory(create=True, size=nbytes)
     try:
         write = partial(_decode_into_shared, name=memory.name, shape=shape, dtype=dtype.str)
-        with ProcessPoolExecutor(max_workers=workers) as processes:
+        with process_pool(workers, start_method=None) as processes:
             list(processes.map(write, jobs, chunksize=max(1, len(jobs) // (workers * 4))))
         return np.ndarray(shape, dtype=dtype, buffer=memory.buf).copy()
     finally:

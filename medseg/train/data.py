@@ -3,10 +3,14 @@
 Each worker memory-maps the cache and runs its own seeded ``BatchSampler`` (seed from the
 run's seed, the DDP rank, the worker index and the step the run resumes at), so workers and
 replicas draw different batches and a resumed run does not replay the batches it has seen.
+Workers are tied to the training process (``medseg.lifeline``): they end with it, even when it
+is killed with SIGKILL.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from medseg.lifeline import tie_to_parent
 from medseg.preprocess.cache import load_cache
 from medseg.preprocess.sampling import BatchSampler, SampleSource
 
@@ -91,5 +96,10 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         prefetch_factor=2 if num_workers > 0 else None,
+        worker_init_fn=functools.partial(_start_worker, parent_pid=os.getpid()),
     )
     return iter(loader)
+
+
+def _start_worker(worker_id: int, *, parent_pid: int) -> None:
+    tie_to_parent(parent_pid)

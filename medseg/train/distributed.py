@@ -66,6 +66,17 @@ def broadcast_flag(flag: bool, context: DistributedContext) -> bool:
     return bool(tensor.item())
 
 
+def any_rank(flag: bool, context: DistributedContext) -> bool:
+    """True on every rank when ``flag`` is True on any rank (e.g. 'a stop signal arrived')."""
+    if not context.distributed:
+        return flag
+    tensor = torch.tensor(
+        [int(flag)], device=context.device if context.device.type == "cuda" else "cpu"
+    )
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def gather_objects(value: object, context: DistributedContext) -> list[object]:
     """``value`` from every rank, in rank order (``[value]`` for one process)."""
     if not context.distributed:

@@ -7,12 +7,19 @@ each epoch end (``resume=True`` continues from it after a kill), validates with 
 sliding-window predictor every ``validation.every_epochs`` epochs and keeps the best
 checkpoint (``checkpoints/best.pt``). Rank 0 validates, writes checkpoints and talks to
 MLflow through ``medseg.tracking``; every rank trains.
+
+SIGTERM/SIGINT (``medseg.shutdown``) stop training at the end of the current step: rank 0
+writes ``last.pt`` there (so ``resume=True`` continues from that very step) and the MLflow run
+ends as KILLED. Under torchrun the ranks agree after every step whether any of them was
+signalled, so all stop after the same step. Validation is not held up: a signal during it
+stops it at once, and the run resumes from the last checkpoint (which validates again).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from medseg import shutdown
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_json_atomic
 from medseg.losses import DeepSupervisionLoss, build_loss
@@ -37,6 +45,7 @@ from medseg.train.config import TrainConfig
 from medseg.train.data import BatchSpec, make_loader
 from medseg.train.distributed import (
     DistributedContext,
+    any_rank,
     barrier,
     broadcast_flag,
     gather_objects,
@@ -351,6 +360,18 @@ def _run_epochs(
     reporter: TrainingReporter,
     on_progress: Callable[[int, int], None] | None,
 ) -> str:
+    # Stop signals are held while training and acted on between steps (see the module doc).
+    with shutdown.deferred():
+        return _train_epochs(job, state, history, reporter, on_progress)
+
+
+def _train_epochs(
+    job: _Job,
+    state: TrainingState,
+    history: list[dict],
+    reporter: TrainingReporter,
+    on_progress: Callable[[int, int], None] | None,
+) -> str:
     config, context = job.config, job.context
     model = job.model().train()
     loader = job.loader(state)
@@ -373,8 +394,16 @@ def _run_epochs(
             state.elapsed_seconds = elapsed_before + time.monotonic() - session_start
             if on_progress:
                 on_progress(state.step, job.total_steps)
-            if context.is_main and state.step % config.checkpoint_every_steps == 0:
+            saved = context.is_main and state.step % config.checkpoint_every_steps == 0
+            if saved:
                 job.save("last.pt", state, history)
+            if any_rank(shutdown.requested() is not None, context):
+                if context.is_main:
+                    last = job.checkpoints / "last.pt"
+                    if not saved:
+                        job.save("last.pt", state, history)
+                    logger.warning("stopped after step %d; %s holds it", state.step, last)
+                shutdown.stop(shutdown.requested() or signal.SIGTERM)
             out_of_time = budget is not None and state.elapsed_seconds >= budget
             if broadcast_flag(out_of_time, context):
                 break
@@ -398,7 +427,8 @@ def _run_epochs(
                 or (budget is not None and state.elapsed_seconds >= budget)
             )
         ):
-            result = job.validate(state.epoch)
+            with shutdown.interruptible():  # minutes on large scans: not held up
+                result = job.validate(state.epoch)
             record.update(reporter.validation_metrics(result))
             if result.mean_dice > state.best_metric:
                 state.best_metric = result.mean_dice

@@ -10,6 +10,7 @@ import pytest
 from medseg.datasets import import_dataset
 from medseg.preprocess.config import PlanOptions
 from medseg.preprocess.plan import plan_manifest
+from tests.batch.conftest import batch_model  # noqa: F401  (the packaged model of batch tests)
 from tests.packaged_model import log_tiny_unet
 from tests.phantoms import write_phantom_nifti
 

@@ -1,0 +1,86 @@
+"""Worker pools never outlive their parent, and an exception does not wait for busy workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from medseg.parallel import process_pool
+from tests.faults.processes import MedsegProcess, session_processes, wait_until_session_ends
+from tests.parallel_tasks import sleep_after_saying_so
+
+START_METHODS = ["forkserver", "default"]  # default: fork on Linux, for the decoder pools
+
+
+def _wait_for_files(folder: Path, count: int, timeout: float = 120.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(list(folder.iterdir())) < count:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.02)
+    return [int(path.name) for path in folder.iterdir()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_leaving_a_pool_by_an_exception_kills_its_busy_workers(
+    tmp_path: Path, start_method: str
+) -> None:
+    """ProcessPoolExecutor alone would wait for every queued sleep (minutes)."""
+    method = None if start_method == "default" else start_method
+    started = None
+    with pytest.raises(KeyError), process_pool(2, start_method=method) as pool:
+        for _ in range(6):
+            pool.submit(sleep_after_saying_so, str(tmp_path))
+        workers = _wait_for_files(tmp_path, 2)
+        started = time.monotonic()
+        raise KeyError("stop")
+    assert time.monotonic() - started < 10
+    assert not any(_alive(pid) for pid in workers)
+    assert len(list(tmp_path.iterdir())) == 2  # the queued items never started
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_no_worker_outlives_a_parent_killed_with_sigkill(tmp_path: Path, start_method: str) -> None:
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    parent = MedsegProcess.start(
+        [str(busy), start_method], tmp_path / "log", module="tests.parallel_tasks"
+    )
+    try:
+        parent.wait_for(lambda: len(list(busy.iterdir())) == 2, "both workers were busy")
+        assert len(session_processes(parent.pid)) >= 3  # the parent and its two workers
+        parent.signal(signal.SIGKILL)
+        parent.wait_exit()
+        assert wait_until_session_ends(parent.pid) == []
+    finally:
+        parent.kill_everything()
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+def test_a_worker_obeys_sigterm_from_its_parent_only(tmp_path: Path, start_method: str) -> None:
+    """A scheduler's SIGTERM to the whole group is left to the parent; the parent's own
+    ``terminate()`` (multiprocessing and DataLoader clean-up) still ends a worker."""
+    method = None if start_method == "default" else start_method
+    with process_pool(1, start_method=method) as pool:
+        pool.submit(sleep_after_saying_so, str(tmp_path), 5.0)
+        (worker,) = _wait_for_files(tmp_path, 1)
+        subprocess.run(["kill", "-TERM", str(worker)], check=True)  # sent by another process
+        time.sleep(1)
+        assert _alive(worker)
+        os.kill(worker, signal.SIGTERM)  # sent by this process, its parent
+        deadline = time.monotonic() + 10
+        while _alive(worker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not _alive(worker)
+        pool.stop()
