@@ -14,6 +14,7 @@ from medseg.cli_pacs import pacs_app
 from medseg.cli_pipeline import demo as demo_command
 from medseg.cli_pipeline import run as run_pipeline_command
 from medseg.ingest.case_ids import CaseIdScheme
+from medseg.ingest.non_finite import NonFinitePolicy
 
 app = typer.Typer(
     cls=MedsegGroup,
@@ -21,6 +22,14 @@ app = typer.Typer(
     help="medseg: medical-image segmentation (ingest, preprocess, train, infer, evaluate).",
     no_args_is_help=True,
     add_completion=False,
+)
+
+
+NON_FINITE_OPTION = typer.Option(
+    NonFinitePolicy.ERROR,
+    "--non-finite",
+    help="Scans with NaN/Inf voxels: error (refuse them) or replace-min (the scan's lowest "
+    "finite value; recorded with the case).",
 )
 
 
@@ -55,6 +64,7 @@ def ingest(
     ),
     workers: int | None = typer.Option(None, help="Decoder processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Convert again even if unchanged."),
+    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
 ) -> None:
     """Convert every DICOM series and NIfTI file under INPUT_DIR into canonical volumes.
 
@@ -72,6 +82,7 @@ def ingest(
             labels_dir=labels,
             workers=workers,
             force=force,
+            non_finite=non_finite,
             on_progress=progress,
         )
     ingest_summary(report)
@@ -275,6 +286,12 @@ def predict(
     probabilities: bool = typer.Option(
         False, "--probabilities", help="Also write <case>.probabilities.npz (float16)."
     ),
+    case_ids: CaseIdScheme = typer.Option(
+        CaseIdScheme.HASH,
+        "--case-ids",
+        help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
+    ),
+    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI for models:/ URIs."),
 ) -> None:
     """Segment every scan under INPUT_PATH with a packaged model.
@@ -300,6 +317,7 @@ def predict(
         crf=CrfSettings() if crf else None,
         backend=backend,
         precision=precision,
+        non_finite=non_finite,
     )
     with phase_progress() as progress:
         report = predict_path(
@@ -307,6 +325,7 @@ def predict(
             packaged,
             out_dir=out,
             options=options,
+            case_ids=case_ids,
             dicom_seg=dicom_seg,
             probabilities=probabilities,
             on_progress=progress,
@@ -340,6 +359,7 @@ def batch(
         False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
     ),
     backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
+    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (models:/ URIs and the batch run)."
@@ -382,6 +402,7 @@ def batch(
         mirror=mirror,
         crf=CrfSettings() if crf else None,
         backend=backend,
+        non_finite=non_finite,
     )
     if from_pacs is None and scans_root is None:
         raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")

@@ -32,13 +32,13 @@ def log_tiny_unet(
     run_name: str = "m",
     registered_model_name: str | None = None,
 ) -> TinyUnet:
-    """Log a 3-class U-Net (4 base filters, seed 0) for ``plan`` in a new run; register it
-    under ``registered_model_name`` when given."""
+    """Log a U-Net (4 base filters, seed 0) with one output channel per label of ``plan``
+    in a new run; register it under ``registered_model_name`` when given."""
     torch.manual_seed(0)
     arguments = network_arguments(
         architecture="unet",
         in_channels=1,
-        num_classes=3,
+        num_classes=max(plan.label_names) + 1,
         configuration=plan.configurations["3d"].model_dump(),
         base_filters=4,
     )

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import DicomFileError, DicomSeriesError
+from medseg.errors import DicomSeriesError, InputFileError
 from medseg.io.dicom_corrections import correct_tilt, equalize_slices
 from medseg.io.dicom_geometry import affine_lps_to_ras, measure_stack, plan_slice_layout
 from medseg.io.dicom_pixels import apply_modality_lut, decode_stored_values, default_workers
@@ -68,15 +68,19 @@ class DicomSeries:
 
 @dataclass
 class DicomScan:
-    """What a set of files holds: series to convert, skipped files, unreadable files."""
+    """What a set of files holds: series to convert, skipped files, unreadable files.
+
+    ``failed`` holds the files that could not be read (``UnreadableInputError``) and the DICOM
+    files whose header is malformed (``DicomFileError``).
+    """
 
     series: list[DicomSeries] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
-    failed: list[DicomFileError] = field(default_factory=list)
+    failed: list[InputFileError] = field(default_factory=list)
     not_dicom: list[Path] = field(default_factory=list)
 
 
-HeaderResult = DicomFileHeader | SkippedFile | DicomFileError | None
+HeaderResult = DicomFileHeader | SkippedFile | InputFileError | None
 PARALLEL_SCAN_MIN_FILES = 1000  # below this, process start-up costs more than it saves
 
 
@@ -98,7 +102,7 @@ def scan_dicom_files(paths: Iterable[Path], *, workers: int | None = None) -> Di
     scan = DicomScan()
     headers_by_series: dict[str, list[DicomFileHeader]] = defaultdict(list)
     for path, result in zip(paths, results, strict=True):
-        if isinstance(result, DicomFileError):
+        if isinstance(result, InputFileError):
             scan.failed.append(result)
         elif result is None:
             scan.not_dicom.append(path)
@@ -117,7 +121,7 @@ def _read_headers(paths: list[Path]) -> list[HeaderResult]:
     for path in paths:
         try:
             result = read_header(path, known_series=known_series)
-        except DicomFileError as error:
+        except InputFileError as error:  # unreadable, or a malformed DICOM header
             result = error
         if isinstance(result, DicomFileHeader):
             known_series.add(result.series_uid)
