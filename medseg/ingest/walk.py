@@ -89,6 +89,7 @@ def walk_files(root: Path, *, exclude: Path | None = None) -> FileWalk:
             folders = linked if entry.is_symlink() else pending
             _visit(Path(entry.path), walk, folders, excluded)
     walk.files.sort()
+    walk.links_not_followed.sort()
     return walk
 
 

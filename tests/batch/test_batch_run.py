@@ -78,10 +78,11 @@ def test_a_batch_writes_every_scan_records_the_corrupt_ones_and_resumes(
     failures = {
         f["case_id"]: f for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())
     }
-    truncated = failures[f"nifti_{hash_identifier('inbox/truncated.nii.gz')}"]
+    truncated_id = f"nifti_{hash_identifier('inbox/truncated.nii.gz')}"
+    truncated = failures[truncated_id]
     garbage = failures[f"unreadable_{hash_identifier('dicom/garbage.dcm')}"]
     assert truncated["error_type"] == "NiftiError"
-    assert truncated["reason"].startswith("<scan>: cannot read NIfTI")
+    assert truncated["reason"].startswith(f"{truncated_id}: cannot read NIfTI")
     assert garbage["error_type"] == "NotDicomFile"
     assert garbage["reason"] == "named like DICOM but not a DICOM file"
     assert len(failures) == 2 and not any("source" in f for f in failures.values())

@@ -4,7 +4,8 @@ a 4D scan, and files or folders the code under test cannot read.
 Permissions do not stop root, and tests may run as root. ``reading_denied`` therefore runs
 the code with the effective user ``nobody`` when the tests run as root (after ``chmod 000``),
 so a folder or file without read permission is really unreadable for it; the tree must then
-live in a folder ``nobody`` can reach (``shared_folder``).
+live in a folder ``nobody`` can reach (``shared_folder``) and be readable by all
+(``readable_by_all``), with an output folder everyone may write.
 """
 
 from __future__ import annotations
@@ -61,6 +62,14 @@ def shared_folder() -> Iterator[Path]:
             if path.is_dir() and not path.is_symlink():
                 path.chmod(0o755)
         shutil.rmtree(folder)
+
+
+def readable_by_all(root: Path) -> None:
+    """Let every user read the files and enter the folders under ``root`` (atomic writes
+    create files readable by their owner only)."""
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 @contextlib.contextmanager

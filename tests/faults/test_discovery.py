@@ -1,0 +1,205 @@
+"""Discovery never drops an input silently (issue 14, section 2): unreadable folders and files,
+broken links, FIFOs, unreadable slices, symbolic links to folders, other files, and the
+temporary files of an interrupted ingest."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medseg.cli import app
+from medseg.ingest import OutcomeKind, ingest
+from medseg.ingest.discovery import TEMPORARY_FILE
+from medseg.ingest.walk import ALREADY_SEARCHED
+from medseg.phi import hash_identifier
+from tests.faults.conftest import PhantomModel
+from tests.faults.inputs import readable_by_all, reading_denied, shared_folder
+from tests.phantoms import write_phantom_dicom, write_phantom_nifti
+
+
+def _run(*arguments: object):
+    return CliRunner().invoke(app, [str(a) for a in arguments], prog_name="medseg")
+
+
+def _failed(out: Path) -> dict[str, str]:
+    report = json.loads((out / "ingest_report.json").read_text())
+    return {
+        o.get("source", o["case_id"]): o["reason"]
+        for o in report["outcomes"]
+        if o["kind"] == "failed"
+    }
+
+
+def test_an_unreadable_folder_is_reported_by_name_and_counted() -> None:
+    with shared_folder() as shared:
+        scans, out = shared / "scans", shared / "out"
+        write_phantom_nifti(scans / "good.nii.gz")
+        write_phantom_nifti(scans / "locked" / "inside.nii.gz", seed=1)
+        readable_by_all(scans)
+        out.mkdir()
+        out.chmod(0o777)
+        with reading_denied(scans / "locked"):
+            result = _run("ingest", scans, "--out", out, "--case-ids", "folder")
+        assert result.exit_code == 1, result.output
+        assert _failed(out) == {"locked": "cannot list the folder (Permission denied)"}
+        assert "1 converted" in result.output and "(1 unreadable files or folders)" in result.output
+
+
+def _break_slice(path: Path, how: str) -> None:
+    if how == "broken link":
+        path.unlink()
+        path.symlink_to(path.with_name("gone.dcm"))
+    else:
+        path.chmod(0)
+
+
+@pytest.mark.parametrize("how", ["broken link", "permission"])
+@pytest.mark.parametrize("which", ["first", "middle"])
+def test_an_unreadable_slice_is_reported_as_unreadable_not_as_missing(how: str, which: str) -> None:
+    with shared_folder() as shared:
+        scans, out = shared / "scans", shared / "out"
+        slices = write_phantom_dicom(scans / "series")
+        victim = slices[0] if which == "first" else slices[len(slices) // 2]
+        write_phantom_nifti(scans / "good.nii.gz", seed=1)
+        readable_by_all(scans)
+        out.mkdir()
+        out.chmod(0o777)
+        _break_slice(victim, how)
+        with reading_denied() if how == "broken link" else reading_denied(victim):
+            report = ingest(scans, out, case_ids="folder")
+        failed = {o.source: o.reason for o in report.of_kind(OutcomeKind.FAILED)}
+        problem = "broken symbolic link" if how == "broken link" else "cannot be read"
+        assert failed[f"series/{victim.name}"].startswith(problem)
+        assert failed["series series 1"] == (
+            f"1 file(s) beside its slices cannot be read ({victim.name}): they may be slices "
+            "of this series, so it is not built"
+        )
+        assert not any("missing" in reason for reason in failed.values())
+        assert [o.source for o in report.of_kind(OutcomeKind.CONVERTED)] == ["good.nii.gz"]
+
+
+def test_symbolic_links_to_folders_are_followed_once_and_loops_are_reported(tmp_path: Path) -> None:
+    scans, elsewhere = tmp_path / "scans", tmp_path / "elsewhere"
+    write_phantom_nifti(scans / "real" / "a.nii.gz")
+    write_phantom_nifti(elsewhere / "b.nii.gz", seed=1)
+    (scans / "linked").symlink_to(elsewhere)  # a folder kept outside the tree
+    (scans / "real" / "loop").symlink_to(scans)  # back to an ancestor
+    (scans / "again").symlink_to(scans / "real")  # a second way to the same folder
+    out = tmp_path / "out"
+    result = _run("ingest", scans, "--out", out, "--case-ids", "folder")
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "ingest_report.json").read_text())
+    converted = sorted(o["source"] for o in report["outcomes"] if o["kind"] == "converted")
+    assert converted == ["linked/b.nii.gz", "real/a.nii.gz"]
+    assert report["links_not_followed"] == [
+        {"folder": "again", "reason": ALREADY_SEARCHED},
+        {"folder": "real/loop", "reason": ALREADY_SEARCHED},
+    ]
+    assert "2 links to folders searched already not followed" in result.output
+
+
+@pytest.fixture
+def tree_with_dead_entries(tmp_path: Path) -> Path:
+    """A good scan, a broken link named like a scan and a FIFO named like a DICOM file."""
+    scans = tmp_path / "scans"
+    write_phantom_nifti(scans / "good.nii.gz")
+    (scans / "gone.nii.gz").symlink_to(tmp_path / "deleted.nii.gz")
+    os.mkfifo(scans / "pipe.dcm")
+    return scans
+
+
+def test_broken_links_and_fifos_are_named_by_ingest_and_predict(
+    tree_with_dead_entries: Path, phantom_model: PhantomModel, tmp_path: Path
+) -> None:
+    ingested = tmp_path / "ingested"
+    result = _run("ingest", tree_with_dead_entries, "--out", ingested, "--case-ids", "folder")
+    assert result.exit_code == 1, result.output
+    assert _failed(ingested) == {
+        "gone.nii.gz": "broken symbolic link (No such file or directory)",
+        "pipe.dcm": "a FIFO, not a regular file: not read",
+    }
+    predicted = tmp_path / "predicted"
+    result = _run(
+        "predict", tree_with_dead_entries, *phantom_model.options(), "--out", predicted,
+        "--case-ids", "folder",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    outcomes = json.loads((predicted / "predict_report.json").read_text())["outcomes"]
+    assert {o["source"]: (o["ok"], o["error_type"]) for o in outcomes} == {
+        "good.nii.gz": (True, ""),
+        "gone.nii.gz": (False, "UnreadableInputError"),
+        "pipe.dcm": (False, "UnreadableInputError"),
+    }
+    assert "1 segmented, 2 failed" in result.output
+
+
+def test_a_batch_records_broken_links_and_fifos_as_failures_with_hashed_names(
+    tree_with_dead_entries: Path, phantom_model: PhantomModel, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = _run("batch", tree_with_dead_entries, *phantom_model.options(), "--out", out)
+    assert result.exit_code == 1, result.output
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    assert sorted((f["case_id"], f["error_type"], f["reason"]) for f in failures) == sorted(
+        [
+            (
+                f"unreadable_{hash_identifier('gone.nii.gz')}",
+                "UnreadableInputError",
+                "broken symbolic link (No such file or directory)",
+            ),
+            (
+                f"unreadable_{hash_identifier('pipe.dcm')}",
+                "UnreadableInputError",
+                "a FIFO, not a regular file: not read",
+            ),
+        ]
+    )
+    assert "1 done" in result.output and "of which 2 unreadable" in result.output
+
+
+@pytest.mark.parametrize(
+    ("case_ids", "names"),
+    [
+        ("folder", ["DOE/report.pdf", "notes.txt"]),
+        ("hash", [f"file_{hash_identifier(p)}" for p in ("DOE/report.pdf", "notes.txt")]),
+    ],
+)
+def test_files_that_are_not_scans_are_named_in_the_json_reports(
+    case_ids: str, names: list[str], phantom_model: PhantomModel, tmp_path: Path
+) -> None:
+    scans = tmp_path / "scans"
+    write_phantom_nifti(scans / "good.nii.gz")
+    (scans / "notes.txt").write_text("not a scan")
+    (scans / "DOE").mkdir()
+    (scans / "DOE" / "report.pdf").write_bytes(b"%PDF-1.4")
+    ingested = tmp_path / "ingested"
+    assert _run("ingest", scans, "--out", ingested, "--case-ids", case_ids).exit_code == 0
+    expected = [{"file": name, "reason": "neither DICOM nor NIfTI"} for name in names]
+    report = json.loads((ingested / "ingest_report.json").read_text())
+    assert sorted(report["other_files"], key=str) == sorted(expected, key=str)
+    batch = tmp_path / "batch"
+    result = _run("batch", scans, *phantom_model.options(), "--out", batch, "--case-ids", case_ids)
+    assert result.exit_code == 0, result.output
+    discovery = json.loads((batch / "discovery.json").read_text())
+    assert sorted(discovery["other_files"], key=str) == sorted(expected, key=str)
+    assert "2 other files ignored" in result.output
+
+
+def test_an_interrupted_ingest_leaves_no_file_a_later_run_takes_for_a_scan(tmp_path: Path) -> None:
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    write_phantom_nifti(scans / "good.nii.gz")
+    assert ingest(scans, out, case_ids="folder").exit_code == 0
+    # What a kill during the write of a volume leaves: the empty file mkstemp created.
+    leftover = out / "images" / ".tmp-good.nii.gz-k2j4h1x9.nii.gz"
+    leftover.touch()
+    again = _run("ingest", out / "images", "--out", tmp_path / "again", "--case-ids", "folder")
+    assert again.exit_code == 0, again.output
+    report = json.loads((tmp_path / "again" / "ingest_report.json").read_text())
+    assert report["counts"] == {"converted": 1}
+    assert {"file": leftover.name, "reason": TEMPORARY_FILE} in report["other_files"]
+    assert ingest(scans, out, case_ids="folder").exit_code == 0
+    assert not leftover.exists()  # the next ingest into OUT removes it
