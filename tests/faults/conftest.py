@@ -9,7 +9,7 @@ import pytest
 from medseg.ingest import ingest
 from medseg.manifest import write_label_names
 from medseg.preprocess.config import PlanOptions
-from medseg.preprocess.plan import plan_manifest
+from medseg.preprocess.plan import Plan, plan_manifest
 from tests.packaged_model import log_tiny_unet
 from tests.phantoms import PHANTOM_LABELS, write_phantom_nifti
 
@@ -20,6 +20,7 @@ class PhantomModel:
 
     uri: str
     tracking_uri: str
+    plan: Plan  # to log the same model into another store
 
     def options(self) -> list[str]:
         """``--model URI --tracking-uri URI`` for ``medseg predict`` and ``medseg batch``."""
@@ -42,4 +43,4 @@ def phantom_model(tmp_path_factory: pytest.TempPathFactory) -> PhantomModel:
         options=PlanOptions(patch_size_3d=(32, 32, 32), patch_size_2d=(32, 32)),
     )
     tracking_uri = f"sqlite:///{root}/mlflow.db"
-    return PhantomModel(log_tiny_unet(plan, tracking_uri).info.model_uri, tracking_uri)
+    return PhantomModel(log_tiny_unet(plan, tracking_uri).info.model_uri, tracking_uri, plan)
