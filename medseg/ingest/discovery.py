@@ -65,7 +65,8 @@ class ScanTask:
         """``text`` without the scan's paths unless they may be shown (``medseg.phi``)."""
         if self.paths_shown:
             return text
-        return redact_scan(text, source=self.source, files=self.files, root=self.root)
+        files = [*self.files, *self.unreadable_beside]
+        return redact_scan(text, source=self.source, files=files, root=self.root)
 
     def error_message(self, error: BaseException) -> str:
         """``str(error)`` as it may be written, starting with ``public_name`` (once): with
@@ -86,7 +87,12 @@ class ScanTask:
             MedsegError: the scan cannot be read.
         """
         if self.unreadable_beside:
-            names = ", ".join(path.name for path in self.unreadable_beside[:3])
+            names = ", ".join(
+                path.name
+                if self.paths_shown
+                else unreadable_case_id(path, root=self.root, scheme=CaseIdScheme.HASH)
+                for path in self.unreadable_beside[:3]
+            )
             more = ", ..." if len(self.unreadable_beside) > 3 else ""
             raise UnreadableSliceError(
                 self.public_name,
@@ -272,6 +278,7 @@ def _read_series(series: DicomSeries, workers: int | None, name: str) -> Volume:
 
 
 def _read_nifti_scan(path: Path, name: str) -> Volume:
+    """``name`` is unused: nibabel's errors name the file, which ``redact`` removes."""
     volume = read_nifti(path).to_closest_ras()
     volume.metadata.setdefault("modality", "unknown")
     return volume

@@ -147,15 +147,15 @@ def _split_series(series_uid: str, headers: list[DicomFileHeader]) -> list[Dicom
 
 
 def _unique_instances(frames: list[FrameRecord]) -> list[FrameRecord]:
-    """Drop copies of the same SOP instance (the same image stored twice in the tree)."""
+    """Drop copies of the same SOP instance (the same image stored twice in the tree).
+
+    The log line counts them without naming files: paths may carry patient names.
+    """
     seen: dict[str, FrameRecord] = {}
     for frame in sorted(frames, key=lambda f: str(f.path)):
-        if frame.instance_uid in seen:
-            logger.info(
-                "%s duplicates %s; using one copy", frame.path, seen[frame.instance_uid].path
-            )
-            continue
-        seen[frame.instance_uid] = frame
+        seen.setdefault(frame.instance_uid, frame)
+    if len(seen) < len(frames):
+        logger.info("%d duplicate copies of images; one copy of each used", len(frames) - len(seen))
     return list(seen.values())
 
 

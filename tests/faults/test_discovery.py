@@ -82,6 +82,22 @@ def test_an_unreadable_slice_is_reported_as_unreadable_not_as_missing(how: str, 
         assert [o.source for o in report.of_kind(OutcomeKind.CONVERTED)] == ["good.nii.gz"]
 
 
+def test_with_hashed_ids_an_unreadable_slice_is_named_by_its_anonymous_id(tmp_path: Path) -> None:
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    victim = write_phantom_dicom(scans / "DOE_JANE")[3]
+    _break_slice(victim, "broken link")
+    report = ingest(scans, out)
+    anonymous = f"unreadable_{hash_identifier(f'DOE_JANE/{victim.name}')}"
+    reasons = sorted(o.reason for o in report.of_kind(OutcomeKind.FAILED))
+    assert reasons == [
+        f"1 file(s) beside its slices cannot be read ({anonymous}): they may be slices of this "
+        "series, so it is not built",
+        "broken symbolic link (No such file or directory)",
+    ]
+    written = (out / "ingest_report.json").read_text()
+    assert anonymous in written and "DOE_JANE" not in written and victim.stem not in written
+
+
 def test_symbolic_links_to_folders_are_followed_once_and_loops_are_reported(tmp_path: Path) -> None:
     scans, elsewhere = tmp_path / "scans", tmp_path / "elsewhere"
     write_phantom_nifti(scans / "real" / "a.nii.gz")

@@ -212,6 +212,17 @@ def test_no_patient_identifier_reaches_an_output_a_log_or_mlflow(phi_run: PhiRun
     assert len(patient_objects) == 4
 
 
+def test_every_command_did_its_work_on_the_two_good_scans(phi_run: PhiRun) -> None:
+    """So that the search above is not vacuous."""
+    work = phi_run.work
+    assert len(list((work / "ingest" / "images").glob("*.nii.gz"))) == 2
+    assert len(list((work / "ingest" / "labels").glob("*.nii.gz"))) == 2
+    assert len(list((work / "predict").glob("*.nii.gz"))) == 2
+    assert len(list((work / "batch").glob("*/result.json"))) == 2
+    for report in (work / "evaluate", work / "pipeline" / "evaluate" / "report"):
+        assert json.loads((report / "summary.json").read_text())["cases"] == 2
+
+
 def test_the_dicom_seg_carries_the_patient_module_the_standard_requires(phi_run: PhiRun) -> None:
     (seg,) = (phi_run.work / "predict").glob("*_seg.dcm")
     dataset = pydicom.dcmread(seg, stop_before_pixels=True)
