@@ -27,6 +27,23 @@ def _run(*arguments: object):
     return CliRunner().invoke(app, [str(a) for a in arguments], prog_name="medseg")
 
 
+def _predict(model: PhantomModel, scans: Path, out: Path, *options: str) -> tuple[int, dict]:
+    """``medseg predict`` with folder case ids: exit code and outcomes by case id."""
+    result = _run(
+        "predict", scans, *model.options(), "--out", out, "--case-ids", "folder", *options
+    )
+    report = json.loads((out / "predict_report.json").read_text())
+    return result.exit_code, {outcome["case_id"]: outcome for outcome in report["outcomes"]}
+
+
+@pytest.fixture
+def good_and_one_nan(tmp_path: Path) -> Path:
+    scans = tmp_path / "scans"
+    write_phantom_nifti(scans / "good.nii.gz")
+    write_phantom_with(scans / "one_nan.nii.gz", nan=1)
+    return scans
+
+
 @pytest.fixture
 def non_finite_scans(tmp_path: Path) -> Path:
     """good, one NaN voxel, 3 NaN + 1 +Inf + 1 -Inf, all NaN."""
@@ -95,17 +112,11 @@ def test_ingest_replace_min_puts_the_lowest_finite_value_and_records_it(
 
 
 def test_predict_fails_a_scan_with_one_nan_voxel_and_goes_on(
-    phantom_model: PhantomModel, tmp_path: Path
+    phantom_model: PhantomModel, good_and_one_nan: Path, tmp_path: Path
 ) -> None:
-    scans = tmp_path / "scans"
-    write_phantom_nifti(scans / "good.nii.gz")
-    write_phantom_with(scans / "one_nan.nii.gz", nan=1)
     out = tmp_path / "out"
-    result = _run("predict", scans, *phantom_model.options(), "--out", out, "--case-ids", "folder")
-    assert result.exit_code == 1, result.output
-    outcomes = {
-        o["case_id"]: o for o in json.loads((out / "predict_report.json").read_text())["outcomes"]
-    }
+    exit_code, outcomes = _predict(phantom_model, good_and_one_nan, out)
+    assert exit_code == 1
     assert not outcomes["one_nan"]["ok"]
     assert outcomes["one_nan"]["error_type"] == "NonFiniteVoxelsError"
     assert f"1 NaN voxel of {PHANTOM_VOXELS:,}" in outcomes["one_nan"]["reason"]
@@ -118,20 +129,12 @@ def test_predict_fails_a_scan_with_one_nan_voxel_and_goes_on(
 
 
 def test_predict_replace_min_segments_the_scan_and_records_the_replacement(
-    phantom_model: PhantomModel, tmp_path: Path
+    phantom_model: PhantomModel, good_and_one_nan: Path, tmp_path: Path
 ) -> None:
-    scans = tmp_path / "scans"
-    write_phantom_nifti(scans / "good.nii.gz")
-    write_phantom_with(scans / "one_nan.nii.gz", nan=1)
-    out = tmp_path / "out"
-    result = _run(
-        "predict", scans, *phantom_model.options(), "--out", out, "--case-ids", "folder",
-        "--non-finite", "replace-min",
-    )  # fmt: skip
-    assert result.exit_code == 0, result.output
-    outcomes = {
-        o["case_id"]: o for o in json.loads((out / "predict_report.json").read_text())["outcomes"]
-    }
+    exit_code, outcomes = _predict(
+        phantom_model, good_and_one_nan, tmp_path / "out", "--non-finite", "replace-min"
+    )
+    assert exit_code == 0
     repaired, good = outcomes["one_nan"], outcomes["good"]
     assert repaired["non_finite_replaced"]["nan"] == 1
     assert repaired["non_finite_replaced"]["value"] == float(small_phantom(0)[0].array.min())
@@ -141,13 +144,18 @@ def test_predict_replace_min_segments_the_scan_and_records_the_replacement(
 
 
 def test_batch_records_a_non_finite_scan_as_failed_and_the_replacement_in_result_json(
-    phantom_model: PhantomModel, tmp_path: Path
+    phantom_model: PhantomModel, good_and_one_nan: Path, tmp_path: Path
 ) -> None:
-    scans = tmp_path / "scans"
-    write_phantom_nifti(scans / "good.nii.gz")
-    write_phantom_with(scans / "one_nan.nii.gz", nan=1)
     out = tmp_path / "out"
-    batch = ["batch", scans, *phantom_model.options(), "--out", out, "--case-ids", "folder"]
+    batch = [
+        "batch",
+        good_and_one_nan,
+        *phantom_model.options(),
+        "--out",
+        out,
+        "--case-ids",
+        "folder",
+    ]
     result = _run(*batch)
     assert result.exit_code == 1, result.output
     (failure,) = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
@@ -181,12 +189,8 @@ def test_a_4d_scan_given_to_a_1_channel_model_names_its_shape_and_the_model_chan
     scans = tmp_path / "scans"
     write_four_d(scans / "dynamic.nii.gz", volumes=3)
     write_phantom_nifti(scans / "good.nii.gz")
-    out = tmp_path / "out"
-    result = _run("predict", scans, *phantom_model.options(), "--out", out, "--case-ids", "folder")
-    assert result.exit_code == 1, result.output
-    outcomes = {
-        o["case_id"]: o for o in json.loads((out / "predict_report.json").read_text())["outcomes"]
-    }
+    exit_code, outcomes = _predict(phantom_model, scans, tmp_path / "out")
+    assert exit_code == 1
     dynamic = outcomes["dynamic"]
     assert dynamic["error_type"] == "ScanChannelsError"
     assert "shape 49x39x33x3 (3 channels along its 4th axis)" in dynamic["reason"]
@@ -206,26 +210,11 @@ def test_predict_leaves_nothing_of_a_case_that_fails_even_from_an_earlier_run(
         dataset.save_as(path)
     write_phantom_nifti(scans / "good.nii.gz")
     out = tmp_path / "out"
-    without_seg = _run(
-        "predict",
-        scans,
-        *phantom_model.options(),
-        "--out",
-        out,
-        "--case-ids",
-        "folder",
-        "--no-dicom-seg",
-    )
-    assert without_seg.exit_code == 0, without_seg.output
+    assert _predict(phantom_model, scans, out, "--no-dicom-seg")[0] == 0
     assert (out / "series.nii.gz").is_file() and (out / "series.volumes.json").is_file()
 
-    with_seg = _run(
-        "predict", scans, *phantom_model.options(), "--out", out, "--case-ids", "folder"
-    )
-    assert with_seg.exit_code == 1, with_seg.output
-    outcomes = {
-        o["case_id"]: o for o in json.loads((out / "predict_report.json").read_text())["outcomes"]
-    }
+    exit_code, outcomes = _predict(phantom_model, scans, out)
+    assert exit_code == 1
     assert outcomes["series"]["error_type"] == "DicomSegSourceError"
     assert "FrameOfReferenceUID" in outcomes["series"]["reason"]
     assert sorted(p.name for p in out.iterdir()) == [
