@@ -61,8 +61,8 @@ class NonFiniteCount:
 
 def count_non_finite(array: np.ndarray) -> NonFiniteCount:
     """Count NaN, +Inf and -Inf values of ``array`` (all zero for integer arrays)."""
-    if not np.issubdtype(array.dtype, np.floating):
-        return NonFiniteCount(0, 0, 0, int(array.size))
+    if not np.issubdtype(array.dtype, np.floating) or np.isfinite(array).all():
+        return NonFiniteCount(0, 0, 0, int(array.size))  # one pass in the usual case
     nan = int(np.count_nonzero(np.isnan(array)))
     positive = int(np.count_nonzero(np.isposinf(array)))
     negative = int(np.count_nonzero(np.isneginf(array)))
