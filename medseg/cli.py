@@ -69,7 +69,8 @@ def ingest(
     """Convert every DICOM series and NIfTI file under INPUT_DIR into canonical volumes.
 
     Exit code 0 when every scan converted (skipped non-scan files are not failures),
-    1 when some failed (the others are still written).
+    1 when some scans, files or folders failed (the others are still written), 2 when it
+    cannot start (e.g. --labels is not a folder).
     """
     from medseg.cli_output import ingest_summary, phase_progress
     from medseg.ingest import ingest as run_ingest
