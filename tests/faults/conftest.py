@@ -1,17 +1,30 @@
-"""Fixtures of the fault tests: a tiny packaged model on a phantom plan (no downloaded data)."""
+"""Fixtures of the fault tests: a tiny packaged model on a phantom plan (no downloaded data),
+and the command line run in-process."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pytest
+from typer.testing import CliRunner, Result
 
+from medseg.cli import app
 from medseg.ingest import ingest
 from medseg.manifest import write_label_names
 from medseg.preprocess.config import PlanOptions
 from medseg.preprocess.plan import Plan, plan_manifest
 from tests.packaged_model import log_tiny_unet
 from tests.phantoms import PHANTOM_LABELS, write_phantom_nifti
+
+
+def run_medseg(*arguments: object) -> Result:
+    """``medseg ARGUMENTS`` in this process (output and exit code in the result)."""
+    return CliRunner().invoke(app, [str(a) for a in arguments], prog_name="medseg")
+
+
+def said(result: Result) -> str:
+    """What the command printed, as one line (the console wraps long lines)."""
+    return " ".join(result.output.split())
 
 
 @dataclass(frozen=True)

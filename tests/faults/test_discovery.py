@@ -9,20 +9,14 @@ import os
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from medseg.cli import app
 from medseg.ingest import OutcomeKind, ingest
 from medseg.ingest.discovery import TEMPORARY_FILE
 from medseg.ingest.walk import ALREADY_SEARCHED
 from medseg.phi import hash_identifier
-from tests.faults.conftest import PhantomModel
+from tests.faults.conftest import PhantomModel, run_medseg, said
 from tests.faults.inputs import readable_by_all, reading_denied, shared_folder
 from tests.phantoms import write_phantom_dicom, write_phantom_nifti
-
-
-def _run(*arguments: object):
-    return CliRunner().invoke(app, [str(a) for a in arguments], prog_name="medseg")
 
 
 def _failed(out: Path) -> dict[str, str]:
@@ -43,10 +37,10 @@ def test_an_unreadable_folder_is_reported_by_name_and_counted() -> None:
         out.mkdir()
         out.chmod(0o777)
         with reading_denied(scans / "locked"):
-            result = _run("ingest", scans, "--out", out, "--case-ids", "folder")
+            result = run_medseg("ingest", scans, "--out", out, "--case-ids", "folder")
         assert result.exit_code == 1, result.output
         assert _failed(out) == {"locked": "cannot list the folder (Permission denied)"}
-        assert "1 converted" in result.output and "(1 unreadable files or folders)" in result.output
+        assert "1 converted" in said(result) and "(1 unreadable files or folders)" in said(result)
 
 
 def _break_slice(path: Path, how: str) -> None:
@@ -106,7 +100,7 @@ def test_symbolic_links_to_folders_are_followed_once_and_loops_are_reported(tmp_
     (scans / "real" / "loop").symlink_to(scans)  # back to an ancestor
     (scans / "again").symlink_to(scans / "real")  # a second way to the same folder
     out = tmp_path / "out"
-    result = _run("ingest", scans, "--out", out, "--case-ids", "folder")
+    result = run_medseg("ingest", scans, "--out", out, "--case-ids", "folder")
     assert result.exit_code == 0, result.output
     report = json.loads((out / "ingest_report.json").read_text())
     converted = sorted(o["source"] for o in report["outcomes"] if o["kind"] == "converted")
@@ -115,16 +109,18 @@ def test_symbolic_links_to_folders_are_followed_once_and_loops_are_reported(tmp_
         {"folder": "again", "reason": ALREADY_SEARCHED},
         {"folder": "real/loop", "reason": ALREADY_SEARCHED},
     ]
-    assert "2 links to folders searched already not followed" in result.output
+    assert "2 links to folders searched already not followed" in said(result)
 
 
 @pytest.fixture
 def tree_with_dead_entries(tmp_path: Path) -> Path:
-    """A good scan, a broken link named like a scan and a FIFO named like a DICOM file."""
+    """A good scan, a broken link named like a scan, a FIFO named like a DICOM file and a text
+    file."""
     scans = tmp_path / "scans"
     write_phantom_nifti(scans / "good.nii.gz")
     (scans / "gone.nii.gz").symlink_to(tmp_path / "deleted.nii.gz")
     os.mkfifo(scans / "pipe.dcm")
+    (scans / "notes.txt").write_text("not a scan")
     return scans
 
 
@@ -132,14 +128,14 @@ def test_broken_links_and_fifos_are_named_by_ingest_and_predict(
     tree_with_dead_entries: Path, phantom_model: PhantomModel, tmp_path: Path
 ) -> None:
     ingested = tmp_path / "ingested"
-    result = _run("ingest", tree_with_dead_entries, "--out", ingested, "--case-ids", "folder")
+    result = run_medseg("ingest", tree_with_dead_entries, "--out", ingested, "--case-ids", "folder")
     assert result.exit_code == 1, result.output
     assert _failed(ingested) == {
         "gone.nii.gz": "broken symbolic link (No such file or directory)",
         "pipe.dcm": "a FIFO, not a regular file: not read",
     }
     predicted = tmp_path / "predicted"
-    result = _run(
+    result = run_medseg(
         "predict", tree_with_dead_entries, *phantom_model.options(), "--out", predicted,
         "--case-ids", "folder",
     )  # fmt: skip
@@ -150,14 +146,14 @@ def test_broken_links_and_fifos_are_named_by_ingest_and_predict(
         "gone.nii.gz": (False, "UnreadableInputError"),
         "pipe.dcm": (False, "UnreadableInputError"),
     }
-    assert "1 segmented, 2 failed" in result.output
+    assert "1 segmented, 2 failed" in said(result)
 
 
 def test_a_batch_records_broken_links_and_fifos_as_failures_with_hashed_names(
     tree_with_dead_entries: Path, phantom_model: PhantomModel, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    result = _run("batch", tree_with_dead_entries, *phantom_model.options(), "--out", out)
+    result = run_medseg("batch", tree_with_dead_entries, *phantom_model.options(), "--out", out)
     assert result.exit_code == 1, result.output
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert sorted((f["case_id"], f["error_type"], f["reason"]) for f in failures) == sorted(
@@ -174,7 +170,12 @@ def test_a_batch_records_broken_links_and_fifos_as_failures_with_hashed_names(
             ),
         ]
     )
-    assert "1 done" in result.output and "of which 2 unreadable" in result.output
+    assert "1 done" in said(result) and "of which 2 unreadable" in said(result)
+    assert "1 other files ignored" in said(result)
+    discovery = json.loads((out / "discovery.json").read_text())
+    assert discovery["other_files"] == [
+        {"file": f"file_{hash_identifier('notes.txt')}", "reason": "neither DICOM nor NIfTI"}
+    ]
 
 
 @pytest.mark.parametrize(
@@ -184,25 +185,22 @@ def test_a_batch_records_broken_links_and_fifos_as_failures_with_hashed_names(
         ("hash", [f"file_{hash_identifier(p)}" for p in ("DOE/report.pdf", "notes.txt")]),
     ],
 )
-def test_files_that_are_not_scans_are_named_in_the_json_reports(
-    case_ids: str, names: list[str], phantom_model: PhantomModel, tmp_path: Path
+def test_files_that_are_not_scans_are_named_in_the_ingest_report(
+    case_ids: str, names: list[str], tmp_path: Path
 ) -> None:
     scans = tmp_path / "scans"
     write_phantom_nifti(scans / "good.nii.gz")
     (scans / "notes.txt").write_text("not a scan")
     (scans / "DOE").mkdir()
     (scans / "DOE" / "report.pdf").write_bytes(b"%PDF-1.4")
-    ingested = tmp_path / "ingested"
-    assert _run("ingest", scans, "--out", ingested, "--case-ids", case_ids).exit_code == 0
-    expected = [{"file": name, "reason": "neither DICOM nor NIfTI"} for name in names]
-    report = json.loads((ingested / "ingest_report.json").read_text())
-    assert sorted(report["other_files"], key=str) == sorted(expected, key=str)
-    batch = tmp_path / "batch"
-    result = _run("batch", scans, *phantom_model.options(), "--out", batch, "--case-ids", case_ids)
+    result = run_medseg("ingest", scans, "--out", tmp_path / "out", "--case-ids", case_ids)
     assert result.exit_code == 0, result.output
-    discovery = json.loads((batch / "discovery.json").read_text())
-    assert sorted(discovery["other_files"], key=str) == sorted(expected, key=str)
-    assert "2 other files ignored" in result.output
+    report = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
+    assert report["other_files"] == [
+        {"file": name, "reason": "neither DICOM nor NIfTI"}
+        for name in names  # by path
+    ]
+    assert "2 other files ignored" in said(result)
 
 
 def test_an_interrupted_ingest_leaves_no_file_a_later_run_takes_for_a_scan(tmp_path: Path) -> None:
@@ -212,9 +210,10 @@ def test_an_interrupted_ingest_leaves_no_file_a_later_run_takes_for_a_scan(tmp_p
     # What a kill during the write of a volume leaves: the empty file mkstemp created.
     leftover = out / "images" / ".tmp-good.nii.gz-k2j4h1x9.nii.gz"
     leftover.touch()
-    again = _run("ingest", out / "images", "--out", tmp_path / "again", "--case-ids", "folder")
+    again_out = tmp_path / "again"
+    again = run_medseg("ingest", out / "images", "--out", again_out, "--case-ids", "folder")
     assert again.exit_code == 0, again.output
-    report = json.loads((tmp_path / "again" / "ingest_report.json").read_text())
+    report = json.loads((again_out / "ingest_report.json").read_text())
     assert report["counts"] == {"converted": 1}
     assert {"file": leftover.name, "reason": TEMPORARY_FILE} in report["other_files"]
     assert ingest(scans, out, case_ids="folder").exit_code == 0

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from typer.testing import CliRunner
 
-from medseg.cli import app
 from medseg.io.nifti import read_nifti
-from tests.faults.conftest import PhantomModel
+from tests.faults.conftest import PhantomModel, run_medseg, said
 from tests.faults.inputs import (
     PHANTOM_VOXELS,
     write_all_nan,
@@ -23,13 +21,9 @@ from tests.faults.inputs import (
 from tests.phantoms import small_phantom, write_phantom_dicom, write_phantom_nifti
 
 
-def _run(*arguments: object):
-    return CliRunner().invoke(app, [str(a) for a in arguments], prog_name="medseg")
-
-
 def _predict(model: PhantomModel, scans: Path, out: Path, *options: str) -> tuple[int, dict]:
     """``medseg predict`` with folder case ids: exit code and outcomes by case id."""
-    result = _run(
+    result = run_medseg(
         "predict", scans, *model.options(), "--out", out, "--case-ids", "folder", *options
     )
     report = json.loads((out / "predict_report.json").read_text())
@@ -59,7 +53,7 @@ def test_ingest_refuses_scans_with_non_finite_voxels_naming_file_and_count(
     non_finite_scans: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    result = _run("ingest", non_finite_scans, "--out", out, "--case-ids", "folder")
+    result = run_medseg("ingest", non_finite_scans, "--out", out, "--case-ids", "folder")
     assert result.exit_code == 1, result.output
     report = json.loads((out / "ingest_report.json").read_text())
     reasons = {o["source"]: o["reason"] for o in report["outcomes"] if o["kind"] == "failed"}
@@ -70,14 +64,14 @@ def test_ingest_refuses_scans_with_non_finite_voxels_naming_file_and_count(
     )
     assert "every voxel is non-finite" in reasons["all_nan.nii.gz"]
     assert sorted(p.name for p in (out / "images").glob("*.nii.gz")) == ["good.nii.gz"]
-    assert "1 converted" in result.output and "3 failed" in result.output
+    assert "1 converted" in said(result) and "3 failed" in said(result)
 
 
 def test_ingest_replace_min_puts_the_lowest_finite_value_and_records_it(
     non_finite_scans: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    result = _run(
+    result = run_medseg(
         "ingest",
         non_finite_scans,
         "--out",
@@ -156,14 +150,14 @@ def test_batch_records_a_non_finite_scan_as_failed_and_the_replacement_in_result
         "--case-ids",
         "folder",
     ]
-    result = _run(*batch)
+    result = run_medseg(*batch)
     assert result.exit_code == 1, result.output
     (failure,) = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert failure["case_id"] == "one_nan" and failure["error_type"] == "NonFiniteVoxelsError"
     assert f"1 NaN voxel of {PHANTOM_VOXELS:,}" in failure["reason"]
     assert (out / "good" / "result.json").is_file() and not (out / "one_nan").exists()
 
-    again = _run(*batch, "--non-finite", "replace-min")
+    again = run_medseg(*batch, "--non-finite", "replace-min")
     assert again.exit_code == 0, again.output
     result_json = json.loads((out / "one_nan" / "result.json").read_text())
     assert result_json["non_finite_replaced"]["nan"] == 1
@@ -175,7 +169,7 @@ def test_ingest_with_a_missing_labels_folder_stops_before_any_work(tmp_path: Pat
     scans = tmp_path / "scans"
     write_phantom_nifti(scans / "good.nii.gz")
     out = tmp_path / "out"
-    result = _run("ingest", scans, "--out", out, "--labels", tmp_path / "no_such_labels")
+    result = run_medseg("ingest", scans, "--out", out, "--labels", tmp_path / "no_such_labels")
     assert result.exit_code == 2, result.output
     (line,) = [line for line in result.output.splitlines() if line.strip()]
     assert line.startswith("error: ") and str(tmp_path / "no_such_labels") in line
@@ -198,7 +192,7 @@ def test_a_4d_scan_given_to_a_1_channel_model_names_its_shape_and_the_model_chan
     assert outcomes["good"]["ok"]
 
 
-def test_predict_leaves_nothing_of_a_case_that_fails_even_from_an_earlier_run(
+def test_predict_leaves_nothing_of_a_case_that_fails_even_from_an_earlierrun_medseg(
     phantom_model: PhantomModel, tmp_path: Path
 ) -> None:
     """A series without FrameOfReferenceUID reads fine but cannot become a DICOM SEG: the SEG,
