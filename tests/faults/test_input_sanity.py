@@ -192,7 +192,7 @@ def test_a_4d_scan_given_to_a_1_channel_model_names_its_shape_and_the_model_chan
     assert outcomes["good"]["ok"]
 
 
-def test_predict_leaves_nothing_of_a_case_that_fails_even_from_an_earlierrun_medseg(
+def test_predict_leaves_nothing_of_a_case_that_fails_even_from_an_earlier_run(
     phantom_model: PhantomModel, tmp_path: Path
 ) -> None:
     """A series without FrameOfReferenceUID reads fine but cannot become a DICOM SEG: the SEG,

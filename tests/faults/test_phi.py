@@ -20,7 +20,6 @@ import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -102,14 +101,6 @@ stages:
 """
 
 
-@dataclass(frozen=True)
-class PhiRun:
-    """The outputs of every command, and what they printed."""
-
-    data: Path  # inputs: scans/, labels/
-    work: Path  # every output, the MLflow store and the captured console output
-
-
 def _medseg(work: Path, name: str, *arguments: object, verbose: bool) -> int:
     """Run ``medseg`` in ``work``; its stdout and stderr go to ``work/logs/<name>.txt``."""
     command = [sys.executable, "-m", "medseg", *(["--verbose"] if verbose else [])]
@@ -127,9 +118,12 @@ def _medseg(work: Path, name: str, *arguments: object, verbose: bool) -> int:
     return completed.returncode
 
 
-@pytest.fixture(scope="module")
-def phi_run(phantom_model: PhantomModel, tmp_path_factory: pytest.TempPathFactory) -> PhiRun:
-    root = tmp_path_factory.mktemp("phi")
+@pytest.fixture
+def phi_work(phantom_model: PhantomModel, tmp_path: Path) -> Path:
+    """Every command over the tree; returns the folder of every output, the MLflow store and
+    the captured console output (minutes: one test uses it, so it runs once whatever the
+    distribution of tests over pytest-xdist workers)."""
+    root = tmp_path
     data, work = root / "data", root / "work"
     _write_tree(data)
     work.mkdir()
@@ -157,7 +151,7 @@ def phi_run(phantom_model: PhantomModel, tmp_path_factory: pytest.TempPathFactor
     (root / "phi.yaml").write_text(PIPELINE.format(model=model))
     pipeline = ["run", root / "phi.yaml", "--data-root", data, "--work-dir", work / "pipeline"]
     assert _medseg(work, "pipeline", *pipeline, "--tracking-uri", tracking, verbose=True) == 1
-    return PhiRun(data, work)
+    return work
 
 
 def _contents(path: Path) -> Iterator[bytes]:
@@ -189,67 +183,69 @@ def _leaks(path: Path, relative: str) -> list[str]:
     return found
 
 
-def test_no_patient_identifier_reaches_an_output_a_log_or_mlflow(phi_run: PhiRun) -> None:
+def _search(work: Path) -> tuple[dict[str, list[str]], int, list[Path]]:
+    """Identifiers found per file (name relative to ``work``), files searched, and the DICOM
+    objects that must carry the patient module (not searched)."""
     leaks, searched, patient_objects = {}, 0, []
-    for path in sorted(phi_run.work.rglob("*")):
+    for path in sorted(work.rglob("*")):
         if not path.is_file() or path.is_symlink():
             continue
         if _requires_patient_module(path):
             patient_objects.append(path)
             continue
         searched += 1
-        relative = str(path.relative_to(phi_run.work))
+        relative = str(path.relative_to(work))
         if found := _leaks(path, relative):
             leaks[relative] = sorted(set(found))
-    assert not leaks, json.dumps(leaks, indent=1)
-    logs = {p.name for p in (phi_run.work / "logs").iterdir()}
-    assert logs == {
-        "ingest.txt", "ingest-verbose.txt", "predict.txt", "predict-verbose.txt", "batch.txt",
-        "evaluate.txt", "pipeline.txt",
-    }  # fmt: skip
-    assert searched > 100 and any(p.name == "mlflow.db" for p in phi_run.work.iterdir())
-    # One DICOM SEG per run that segments the series: predict (twice), batch and the pipeline.
-    assert len(patient_objects) == 4
+    return leaks, searched, patient_objects
 
 
-def test_every_command_did_its_work_on_the_two_good_scans(phi_run: PhiRun) -> None:
-    """So that the search above is not vacuous."""
-    work = phi_run.work
+def test_no_patient_identifier_reaches_an_output_a_log_or_mlflow(phi_work: Path) -> None:
+    work = phi_work
+    # every command did its work on the two good scans: the search is not vacuous
     assert len(list((work / "ingest" / "images").glob("*.nii.gz"))) == 2
     assert len(list((work / "ingest" / "labels").glob("*.nii.gz"))) == 2
     assert len(list((work / "predict").glob("*.nii.gz"))) == 2
     assert len(list((work / "batch").glob("*/result.json"))) == 2
     for report in (work / "evaluate", work / "pipeline" / "evaluate" / "report"):
         assert json.loads((report / "summary.json").read_text())["cases"] == 2
+    logs = {p.name for p in (work / "logs").iterdir()}
+    assert logs == {
+        "ingest.txt", "ingest-verbose.txt", "predict.txt", "predict-verbose.txt", "batch.txt",
+        "evaluate.txt", "pipeline.txt",
+    }  # fmt: skip
 
+    leaks, searched, patient_objects = _search(work)
+    assert not leaks, json.dumps(leaks, indent=1)
+    assert searched > 100 and (work / "mlflow.db").is_file() and (work / "artifacts").is_dir()
 
-def test_the_dicom_seg_carries_the_patient_module_the_standard_requires(phi_run: PhiRun) -> None:
-    (seg,) = (phi_run.work / "predict").glob("*_seg.dcm")
-    dataset = pydicom.dcmread(seg, stop_before_pixels=True)
-    assert str(dataset.PatientName) == DICOM_PHI["PatientName"]
-    assert dataset.PatientID == DICOM_PHI["PatientID"]
-    assert dataset.PatientBirthDate == DICOM_PHI["PatientBirthDate"]
-
-
-def test_failures_are_reported_by_anonymous_ids_without_paths(phi_run: PhiRun) -> None:
-    report = json.loads((phi_run.work / "predict" / "predict_report.json").read_text())
+    # the failures are reported by anonymous ids, without paths
+    report = json.loads((work / "predict" / "predict_report.json").read_text())
     failed = sorted(o["error_type"] for o in report["outcomes"] if not o["ok"])
     assert failed == ["NiftiError", "NonFiniteVoxelsError", "UnreadableInputError"]
     assert all(o["source"] is None for o in report["outcomes"])
     assert [entry["file"][:5] for entry in report["other_files"]] == ["file_"]
-    ingest_report = json.loads((phi_run.work / "ingest" / "ingest_report.json").read_text())
+    ingest_report = json.loads((work / "ingest" / "ingest_report.json").read_text())
     assert ingest_report["counts"] == {"converted": 2, "failed": 3}
     assert not any("source" in outcome for outcome in ingest_report["outcomes"])
 
+    # One DICOM SEG per run that segments the series (predict twice, batch, the pipeline),
+    # carrying the patient module as the standard requires.
+    assert len(patient_objects) == 4
+    for seg in patient_objects:
+        dataset = pydicom.dcmread(seg, stop_before_pixels=True)
+        assert str(dataset.PatientName) == DICOM_PHI["PatientName"]
+        assert dataset.PatientID == DICOM_PHI["PatientID"]
+
 
 def test_folder_case_ids_show_the_names_the_user_chose(
-    phi_run: PhiRun, phantom_model: PhantomModel, tmp_path: Path
+    phantom_model: PhantomModel, tmp_path: Path
 ) -> None:
     """The search of the test above finds folder names where they are allowed."""
+    _write_tree(tmp_path / "data")
     out = tmp_path / "predict"
-    arguments = ["predict", phi_run.data / "scans", *phantom_model.options(), "--out", out]
+    arguments = ["predict", tmp_path / "data" / "scans", *phantom_model.options(), "--out", out]
     assert _medseg(tmp_path, "folder", *arguments, "--case-ids", "folder", verbose=False) == 1
-    assert _leaks(out / "predict_report.json", "predict_report.json") == [
-        "DOE_JANE", "SMITH_JOHN", "PHI123456", "PHI654321"
-    ]  # fmt: skip
-    assert (out / "SMITH_JOHN_ct.nii.gz").is_file()
+    leaks, _, _ = _search(out)
+    assert leaks["predict_report.json"] == ["DOE_JANE", "PHI123456", "PHI654321", "SMITH_JOHN"]
+    assert leaks["SMITH_JOHN_ct.nii.gz"] == ["SMITH_JOHN in the name"]
