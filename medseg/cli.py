@@ -360,8 +360,8 @@ def batch(
         False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
     ),
     backend: str = typer.Option("torch", help="torch, onnxruntime or openvino."),
-    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
+    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (models:/ URIs and the batch run)."
     ),

