@@ -31,6 +31,7 @@ from medseg.cli_pipeline import demo as demo_command
 from medseg.cli_pipeline import run as run_pipeline_command
 from medseg.infer.choices import Backend, Precision
 from medseg.ingest.case_ids import CaseIdScheme
+from medseg.ingest.non_finite import NonFinitePolicy
 
 app = typer.Typer(
     cls=MedsegGroup,
@@ -38,6 +39,14 @@ app = typer.Typer(
     help="medseg: medical-image segmentation (ingest, preprocess, train, infer, evaluate).",
     no_args_is_help=True,
     add_completion=False,
+)
+
+
+NON_FINITE_OPTION = typer.Option(
+    NonFinitePolicy.ERROR,
+    "--non-finite",
+    help="Scans with NaN/Inf voxels: error (refuse them) or replace-min (the scan's lowest "
+    "finite value; recorded with the case).",
 )
 
 
@@ -78,11 +87,13 @@ def ingest(
     ),
     workers: int | None = typer.Option(None, min=1, help="Decoder processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Convert again even if unchanged."),
+    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
 ) -> None:
     """Convert every DICOM series and NIfTI file under INPUT_DIR into canonical volumes.
 
     Exit code 0 when every scan converted (skipped non-scan files are not failures),
-    1 when some failed (the others are still written).
+    1 when some scans, files or folders failed (the others are still written), 2 when it
+    cannot start (e.g. --labels is not a folder).
     """
     from medseg.cli_output import ingest_summary, phase_progress
     from medseg.ingest import ingest as run_ingest
@@ -95,6 +106,7 @@ def ingest(
             labels_dir=labels,
             workers=workers,
             force=force,
+            non_finite=non_finite,
             on_progress=progress,
         )
     if not report.outcomes:
@@ -327,6 +339,12 @@ def predict(
     probabilities: bool = typer.Option(
         False, "--probabilities", help="Also write <case>.probabilities.npz (float16)."
     ),
+    case_ids: CaseIdScheme = typer.Option(
+        CaseIdScheme.HASH,
+        "--case-ids",
+        help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
+    ),
+    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI for models:/ URIs."),
 ) -> None:
     """Segment every scan under INPUT_PATH with a packaged model.
@@ -352,6 +370,7 @@ def predict(
         crf=CrfSettings() if crf else None,
         backend=backend,
         precision=precision,
+        non_finite=non_finite,
     )
     with phase_progress() as progress:
         report = predict_path(
@@ -359,6 +378,7 @@ def predict(
             packaged,
             out_dir=out,
             options=options,
+            case_ids=case_ids,
             dicom_seg=dicom_seg,
             probabilities=probabilities,
             on_progress=progress,
@@ -397,6 +417,7 @@ def batch(
     ),
     backend: Backend = BACKEND,
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
+    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (models:/ URIs and the batch run)."
     ),
@@ -441,6 +462,7 @@ def batch(
         mirror=mirror,
         crf=CrfSettings() if crf else None,
         backend=backend,
+        non_finite=non_finite,
     )
     if from_pacs is None and scans_root is None:
         raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")

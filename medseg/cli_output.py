@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -63,7 +64,7 @@ def ingest_summary(report: IngestReport) -> None:
             note = "unchanged (already ingested)" if outcome.kind is OutcomeKind.UNCHANGED else ""
             table.add_row(
                 record.case_id,
-                outcome.source,
+                outcome.source or "",
                 record.modality,
                 "x".join(str(n) for n in record.shape),
                 " x ".join(f"{v:.3g}" for v in record.spacing),
@@ -76,15 +77,18 @@ def ingest_summary(report: IngestReport) -> None:
         if not rows:
             continue
         table = Table(title=title)
-        for column in ("source", "files", "reason"):
+        for column in ("source or case", "files", "reason"):
             table.add_column(column, overflow="fold")
         for outcome in rows:
-            table.add_row(outcome.source, str(outcome.files), outcome.reason)
+            name = outcome.source or outcome.case_id or ""
+            table.add_row(name, str(outcome.files), outcome.reason)
         console.print(table)
     counts = {kind: len(report.of_kind(kind)) for kind in OutcomeKind}
     totals = ", ".join(f"{counts[kind]} {kind.value}" for kind in OutcomeKind)
     console.print(
-        f"[bold]{totals}[/bold]; {report.ignored_files} other files ignored. "
+        f"[bold]{totals}[/bold] ({report.unreadable} unreadable files or folders); "
+        f"{report.ignored_files} other files ignored, {report.links_not_followed} links to "
+        f"folders searched already not followed (see ingest_report.json). "
         f"Manifest: {report.manifest_path}"
     )
 
@@ -189,9 +193,10 @@ def predict_summary(report: PredictReport) -> None:
         if outcome.ok:
             present = {k: v for k, v in outcome.volumes_ml.items() if v > 0}
             detail = ", ".join(f"{name} {ml:.2f}" for name, ml in present.items())
-            table.add_row(outcome.case_id, outcome.source, f"{outcome.seconds:.1f}", detail)
+            table.add_row(outcome.case_id, outcome.source or "", f"{outcome.seconds:.1f}", detail)
         else:
-            table.add_row(outcome.case_id, outcome.source, "-", f"[red]{outcome.reason}[/red]")
+            reason = f"[red]{escape(outcome.reason)}[/red]"
+            table.add_row(outcome.case_id, outcome.source or "", "-", reason)
     console.print(table)
     failed = sum(not o.ok for o in report.outcomes)
     console.print(f"[bold]{len(report.outcomes) - failed} segmented, {failed} failed[/bold]")
@@ -214,8 +219,10 @@ def batch_summary(report: BatchReport) -> None:
         f"{len(report.skipped)} already complete, "
         + (f"{len(report.elsewhere)} done by another batch run, " if report.elsewhere else "")
         + f"{len(report.failed)} failed[/bold {colour}] "
-        f"of {report.scans_in_shard} scans in the shard ({report.scans_found} found, "
-        f"{report.ignored_files} other files ignored) in {report.seconds_total:.1f} s"
+        f"of {report.scans_in_shard} scans in the shard ({report.scans_found} found, of which "
+        f"{report.unreadable} unreadable; {report.ignored_files} other files ignored, "
+        f"{report.links_not_followed} links to folders searched already not followed) "
+        f"in {report.seconds_total:.1f} s"
     )
     if report.summary is not None:
         batch_files_summary(report.summary)

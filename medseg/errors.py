@@ -79,3 +79,21 @@ class PacsSetupError(PacsError):
 
 class PacsRefusedError(PacsError):
     """The PACS answered but refused an object or a request (e.g. a STOW-RS failure)."""
+
+
+class UnreadableInputError(InputFileError):
+    """A file or folder under the input cannot be read at all (permissions, a broken or looping
+    symbolic link, a FIFO or device instead of a regular file)."""
+
+
+class UnreadableSliceError(DicomSeriesError):
+    """A series' folder holds files that cannot be read: they may be its slices, so the series
+    is not built (a missing first or last slice would leave no gap to detect)."""
+
+
+class NonFiniteVoxelsError(LocatedError):
+    """A scan holds NaN or infinite voxels, which no segmentation of it can be right about."""
+
+
+class ScanChannelsError(LocatedError):
+    """A scan has another number of channels (4th axis) than the model takes."""

@@ -81,11 +81,12 @@ def test_cli_converts_good_scans_reports_bad_ones_and_exits_1(
     report = json.loads((out / "ingest_report.json").read_text())
     assert report["counts"] == {"converted": 3, "skipped": 1, "failed": 1}
     failed = [o for o in report["outcomes"] if o["kind"] == "failed"]
-    assert failed[0]["source"].startswith("c") and "001.dcm" in failed[0]["reason"]
+    assert "source" not in failed[0] and failed[0]["case_id"]  # hashed ids: no paths
+    assert "4 different images at the same slice position" in failed[0]["reason"]
 
 
 def test_converted_dicom_equals_the_direct_read(scan_folder: Path, tmp_path: Path) -> None:
-    report = ingest(scan_folder, tmp_path / "out")
+    report = ingest(scan_folder, tmp_path / "out", case_ids="folder")
     converted = {o.source: o for o in report.of_kind(OutcomeKind.CONVERTED)}
     outcome = converted["b series 4"]
     stored = read_nifti(tmp_path / "out" / outcome.record.image)
@@ -113,17 +114,17 @@ def test_second_run_converts_nothing_and_a_touched_input_is_redone(
     scan_folder: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    ingest(scan_folder, out)
+    ingest(scan_folder, out, case_ids="folder")
     images = sorted((out / "images").glob("*.nii.gz"))
     stamps = {p: p.stat().st_mtime_ns for p in images}
-    again = ingest(scan_folder, out)
+    again = ingest(scan_folder, out, case_ids="folder")
     assert len(again.of_kind(OutcomeKind.UNCHANGED)) == 3
     assert not again.of_kind(OutcomeKind.CONVERTED)
     assert {p: p.stat().st_mtime_ns for p in images} == stamps
     assert len(read_manifest(out / "manifest.jsonl")) == 3
     touched = scan_folder / "hippo.nii.gz"
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
-    third = ingest(scan_folder, out)
+    third = ingest(scan_folder, out, case_ids="folder")
     assert [o.source for o in third.of_kind(OutcomeKind.CONVERTED)] == ["hippo.nii.gz"]
 
 

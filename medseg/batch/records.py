@@ -3,22 +3,18 @@
 Both are plain JSON objects. ``source`` (the scan's path relative to the scans root) is present
 only when the batch uses ``--case-ids folder``: with the default anonymous ids, nothing written
 names a folder or file that may carry a patient's name, and failure reasons have such paths
-replaced by ``<scan>`` (``redact``).
+replaced by ``<scan>`` (``medseg.phi.redact_scan``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from medseg import __version__
-
-REDACTED = "<scan>"
 
 
 def now_utc() -> str:
@@ -40,6 +36,8 @@ class ScanResult:
     model_version: str | None = None
     model_run_id: str | None = None
     source: str | None = None
+    corrections: list[str] | None = None  # done to the scan's voxels (e.g. NaN replaced)
+    non_finite_replaced: dict[str, float] | None = None  # with --non-finite replace-min
     status: str = "done"
     medseg_version: str = __version__
 
@@ -78,33 +76,6 @@ class ScanFailure:
 def _known_fields(cls: type, payload: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)}
     return {key: value for key, value in payload.items() if key in names}
-
-
-def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every occurrence of the ``secrets`` (paths, folder names) made ``<scan>``.
-
-    Longer secrets are replaced first, so an absolute path goes as a whole before its parts;
-    a secret is replaced only where it is not part of a longer name (folder ``ct`` leaves the
-    word ``unexpected`` alone).
-
-    Example:
-        >>> redact("/data/DOE^JOHN/t1.nii.gz: not gzip", ["/data/DOE^JOHN/t1.nii.gz", "t1"])
-        '<scan>: not gzip'
-    """
-    for secret in sorted({s for s in secrets if s and s != "."}, key=len, reverse=True):
-        pattern = rf"(?<![A-Za-z0-9._-]){re.escape(secret)}(?![A-Za-z0-9_-])"
-        text = re.sub(pattern, REDACTED, text)
-    return text
-
-
-def redact_scan(text: str, *, source: str, files: Iterable[Path], root: Path) -> str:
-    """``text`` without a scan's source, file paths, folders (absolute and relative to
-    ``root``) and ``root`` itself: a failure reason safe to write with anonymous case ids."""
-    files = list(files)
-    folders = {path.parent for path in files}
-    secrets = {source, str(root), *(str(path) for path in files), *(str(f) for f in folders)}
-    secrets |= {str(f.relative_to(root)) for f in folders if f.is_relative_to(root)}
-    return redact(text, secrets)
 
 
 _MODEL_VERSION = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")

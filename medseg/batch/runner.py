@@ -44,7 +44,7 @@ from medseg.batch.mlflow_run import (
     log_batch_run,
     loggable_model_uri,
 )
-from medseg.batch.records import ScanFailure, ScanResult, redact_scan
+from medseg.batch.records import ScanFailure, ScanResult
 from medseg.batch.scans import BatchScan, Inventory, take_inventory
 from medseg.batch.sharding import Shard
 from medseg.batch.summary import SummaryFiles, write_summary
@@ -59,12 +59,14 @@ from medseg.batch.worker import (
 from medseg.errors import InputFileError
 from medseg.infer.predictor import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
+from medseg.io.atomic import write_json_atomic
 from medseg.io.dicom_pixels import default_workers
 from medseg.shutdown import ShutdownRequested
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str, int, int], None]
+DISCOVERY_JSON = "discovery.json"  # what the scans tree holds besides scans (every shard)
 
 
 @dataclass
@@ -80,6 +82,8 @@ class BatchReport:
     elsewhere: list[str] = field(default_factory=list)  # completed meanwhile by another run
     failed: list[ScanFailure] = field(default_factory=list)
     ignored_files: int = 0  # files that are not scans (reports, localizers, text...)
+    unreadable: int = 0  # files and folders that cannot be read or are corrupt (all shards)
+    links_not_followed: int = 0  # symbolic links to folders searched already
     seconds_total: float = 0.0
     summary: SummaryFiles | None = None
     tracking: TrackingOutcome = field(default_factory=TrackingOutcome)
@@ -140,8 +144,11 @@ def run_batch(
         shard,
         scans_found=len(inventory.scans) + len(inventory.unreadable),
         ignored_files=inventory.ignored_files,
+        unreadable=len(inventory.unreadable),
+        links_not_followed=inventory.links_not_followed,
     )
-    unreadable = _record_unreadable(inventory, shard, out_dir, case_ids)
+    write_json_atomic(out_dir / DISCOVERY_JSON, inventory.report)
+    unreadable = _record_unreadable(inventory, shard, out_dir)
     report.failed += unreadable
     report.scans_in_shard = len(mine) + len(unreadable)
     todo: list[BatchScan] = []
@@ -249,23 +256,14 @@ def pinned_model_uri(model_uri: str, tracking_uri: str | None) -> str:
         raise ModelLoadError(str(error)) from error
 
 
-def _record_unreadable(
-    inventory: Inventory, shard: Shard, out_dir: Path, case_ids: CaseIdScheme
-) -> list[ScanFailure]:
-    """A failure record for each corrupt file of this shard."""
+def _record_unreadable(inventory: Inventory, shard: Shard, out_dir: Path) -> list[ScanFailure]:
+    """A failure record for each unreadable or corrupt file of this shard."""
     failures = []
     for bad in inventory.unreadable:
         if not shard.owns(bad.key):
             continue
-        path = inventory.root / bad.source
-        reason = bad.reason
-        if case_ids is CaseIdScheme.HASH:
-            reason = redact_scan(reason, source=bad.source, files=[path], root=inventory.root)
         failure = ScanFailure(
-            case_id=bad.case_id,
-            reason=reason,
-            error_type=bad.error_type,
-            source=bad.source if case_ids is CaseIdScheme.FOLDER else None,
+            case_id=bad.case_id, reason=bad.reason, error_type=bad.error_type, source=bad.source
         )
         layout.write_failure(out_dir, failure)
         failures.append(failure)
@@ -333,7 +331,8 @@ def _run_scans(
                     else _failure(scan, outcome, settings)
                 )
                 if isinstance(outcome, BaseException):
-                    logger.warning("%s: %s", scan.source, outcome)
+                    name = scan.source if settings.with_source else scan.case_id
+                    logger.warning("%s: %s", name, failure.reason)
                 layout.write_failure(settings.out_dir, failure)
                 report.failed.append(failure)
             advance()

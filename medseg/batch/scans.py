@@ -6,8 +6,9 @@ has the key that decides its shard:
 
 * DICOM: ``dicom:<SeriesInstanceUID>`` (plus ``#<part>`` when discovery split the series);
 * NIfTI: ``nifti:<path relative to the scans root>``;
-* a file that is corrupt (an unreadable DICOM header, or a ``.dcm``/``.dicom``/``.ima`` file that
-  is not DICOM at all): ``file:<relative path>``. It becomes a failure of its shard.
+* a file or folder that cannot be read, or is corrupt (an unreadable DICOM header, or a
+  ``.dcm``/``.dicom``/``.ima`` file that is not DICOM at all): ``file:<relative path>``. It
+  becomes a failure of its shard.
 
 Keys never leave the process (they hold UIDs and paths); shards of one batch must be given the
 same SCANS_ROOT, since NIfTI keys are relative to it.
@@ -15,15 +16,19 @@ same SCANS_ROOT, since NIfTI keys are relative to it.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from medseg.ingest.case_ids import CaseIdScheme, nifti_case_id
-from medseg.ingest.discovery import ScanTask, discover_scans, relative
-from medseg.io.dicom import DicomSeries, load_series
+from medseg.ingest.case_ids import CaseIdScheme, relative, unreadable_case_id
+from medseg.ingest.discovery import (
+    FailedInput,
+    ScanTask,
+    dicom_task,
+    discover_scans,
+    nifti_task,
+)
+from medseg.io.dicom import DicomSeries
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 
@@ -36,25 +41,32 @@ class BatchScan:
     case_id: str
     source: str  # where it is, relative to the scans root
     files: tuple[Path, ...]
+    root: Path  # the scans root
+    case_ids: CaseIdScheme
     series: DicomSeries | None = None
+    unreadable_beside: tuple[Path, ...] = ()
 
     def task(self) -> ScanTask:
-        """The discovery task that loads this scan (rebuilt in the worker process)."""
+        """The discovery task that reads this scan (rebuilt in the worker process)."""
         if self.series is not None:
-            load = functools.partial(load_series, self.series, workers=1, source=self.source)
-            return ScanTask(self.source, self.case_id, list(self.files), load, self.series)
-        task = discover_scans(self.files[0]).tasks[0]  # a NIfTI file: its loader
-        task.case_id, task.source = self.case_id, self.source
+            task = dicom_task(
+                self.series, root=self.root, scheme=self.case_ids, case_id=self.case_id, workers=1
+            )
+            task.unreadable_beside = self.unreadable_beside
+        else:
+            task = nifti_task(self.files[0], root=self.root, scheme=self.case_ids)
+            task.case_id = self.case_id  # made unique among the tree's scans
         return task
 
 
 @dataclass(frozen=True)
 class UnreadableFile:
-    """A file found under the scans root that is corrupt: recorded as a failure."""
+    """A file or folder found under the scans root that cannot be read or is corrupt:
+    recorded as a failure (``source`` and ``reason`` as they may be written)."""
 
     key: str
     case_id: str
-    source: str
+    source: str | None
     reason: str
     error_type: str
 
@@ -67,6 +79,8 @@ class Inventory:
     scans: list[BatchScan]
     unreadable: list[UnreadableFile]
     ignored_files: int  # not scans: non-image DICOM (reports, localizers...), other files
+    links_not_followed: int = 0  # symbolic links to folders searched already
+    report: dict = field(default_factory=dict)  # discovery.json: the files that are not scans
 
 
 def scan_key(task: ScanTask, root: Path) -> str:
@@ -84,7 +98,8 @@ def take_inventory(
     exclude: Path | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Inventory:
-    """Discover every scan and corrupt file under ``scans_root`` (``exclude`` left out)."""
+    """Discover every scan and unreadable or corrupt file under ``scans_root`` (``exclude``
+    left out)."""
     found = discover_scans(scans_root, case_ids=case_ids, exclude=exclude, on_progress=on_progress)
     scans = [
         BatchScan(
@@ -92,37 +107,41 @@ def take_inventory(
             case_id=task.case_id,
             source=task.source,
             files=tuple(task.files),
+            root=found.root,
+            case_ids=found.case_ids,
             series=task.series,
+            unreadable_beside=task.unreadable_beside,
         )
         for task in found.tasks
     ]
-    unreadable = [
-        _unreadable(Path(error.path), found.root, case_ids, error.problem, type(error).__name__)
-        for error in found.scan.failed
-    ]
     not_dicom = [p for p in found.scan.not_dicom if p.suffix.lower() in DICOM_SUFFIXES]
-    reason = "named like DICOM but not a DICOM file"
-    unreadable += [
-        _unreadable(path, found.root, case_ids, reason, "NotDicomFile") for path in not_dicom
+    failed = found.failed_inputs() + [
+        FailedInput(
+            path=path,
+            case_id=unreadable_case_id(path, root=found.root, scheme=found.case_ids),
+            source=relative(path, found.root) if found.case_ids is CaseIdScheme.FOLDER else None,
+            reason="named like DICOM but not a DICOM file",
+            error_type="NotDicomFile",
+        )
+        for path in not_dicom
     ]
-    ignored = len(found.scan.skipped) + len(found.scan.not_dicom) - len(not_dicom)
-    return Inventory(found.root, scans, unreadable, ignored)
-
-
-def _unreadable(
-    path: Path, root: Path, scheme: CaseIdScheme, reason: str, error_type: str
-) -> UnreadableFile:
-    source = relative(path, root)
-    if scheme is CaseIdScheme.HASH:
-        case_id = nifti_case_id(path, root=root, modality="unreadable", scheme=scheme)
-    else:
-        case_id = "unreadable_" + re.sub(r"[^A-Za-z0-9._-]+", "_", source).strip("._")
-    return UnreadableFile(
-        key=f"file:{Path(source).as_posix()}",
-        case_id=case_id,
-        source=source,
-        reason=reason,
-        error_type=error_type,
+    unreadable = [
+        UnreadableFile(
+            key=f"file:{Path(relative(f.path, found.root)).as_posix()}",
+            case_id=f.case_id,
+            source=f.source,
+            reason=f.reason,
+            error_type=f.error_type,
+        )
+        for f in failed
+    ]
+    return Inventory(
+        found.root,
+        scans,
+        unreadable,
+        ignored_files=len(found.other_files()) - len(not_dicom),
+        links_not_followed=len(found.walk.links_not_followed),
+        report=found.report(leave_out=frozenset(not_dicom)),
     )
 
 

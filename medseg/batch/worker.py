@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from medseg.batch import layout, locks
-from medseg.batch.records import ScanFailure, ScanResult, model_reference, redact_scan
+from medseg.batch.records import ScanFailure, ScanResult, model_reference
 from medseg.batch.scans import BatchScan
 from medseg.errors import MedsegError
 from medseg.infer.predictor import (
@@ -34,6 +34,7 @@ from medseg.infer.predictor import (
     model_cache_folder,
 )
 from medseg.infer.stage import predict_task, scan_predictor
+from medseg.phi import redact_scan
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ def _predict_and_publish(
             volumes_ml=outcome.volumes_ml,
             model=settings.model_uri,
             source=source,
+            corrections=outcome.corrections or None,
+            non_finite_replaced=outcome.non_finite_replaced,
             **model_reference(settings.model_uri),
         )
         layout.write_result(staging, result)

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from medseg.errors import ScanChannelsError
 from medseg.infer.crf import CrfSettings, dense_crf
 from medseg.infer.postprocess import keep_largest_component
+from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
 from medseg.sliding_window import predict_probabilities
@@ -36,6 +38,7 @@ class PredictionOptions(BaseModel):
     crf: CrfSettings | None = None  # dense CRF on the probabilities before the argmax
     backend: str = "torch"  # torch, onnxruntime or openvino (medseg.infer.backends)
     precision: str = "fp32"  # fp32, or bf16 with OpenVINO on CPUs that support it
+    non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # NaN/Inf voxels: refuse or replace
 
 
 @dataclass
@@ -53,6 +56,11 @@ class PackagedModel:
     @property
     def num_classes(self) -> int:
         return max(self.label_names) + 1
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels the network takes (one image per channel)."""
+        return int(self.info.get("factory_kwargs", {}).get("in_channels", 1))
 
 
 def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> PackagedModel:
@@ -92,7 +100,11 @@ def predict_scan(
     slice along its slice axis with ``crf.per_slice``. When ``probabilities_out`` is a list,
     the class probabilities resampled onto the scan's (closest-RAS) grid are appended to it as
     float16 ``(K, X, Y, Z)``.
+
+    Raises:
+        ScanChannelsError: the scan has another number of channels (4th axis) than the model.
     """
+    check_channels(volume, model, where=case_id)
     case = preprocess_case(volume, None, model.plan, case_id=case_id)
     configuration = model.plan.configurations[model.configuration]
     image = torch.from_numpy(case.image)
@@ -122,6 +134,27 @@ def predict_scan(
         labels = labels.with_array(keep_largest_component(labels.array, options.keep_largest))
     labels.metadata = {"case_id": case_id, "model": model.source}
     return labels
+
+
+def check_channels(volume: Volume, model: PackagedModel, *, where: str) -> None:
+    """Refuse a scan whose channels (1 for 3D, the 4th axis for 4D) are not the model's.
+
+    Raises:
+        ScanChannelsError: naming the scan's shape and the model's input channels.
+    """
+    channels = int(np.prod(volume.shape[3:], dtype=int))
+    if channels != model.in_channels:
+        shape = "x".join(str(n) for n in volume.shape)
+        axis = " along its 4th axis" if volume.array.ndim > 3 else ""
+        raise ScanChannelsError(
+            where,
+            f"the scan has shape {shape} ({_count(channels, 'channel')}{axis}), but the model "
+            f"takes {_count(model.in_channels, 'input channel')}",
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def model_cache_folder(out_dir: Path) -> Path:

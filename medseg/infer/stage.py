@@ -1,10 +1,16 @@
 """The predict stage: every scan under an input path through a packaged model.
 
-Per scan (named after the input case, e.g. ``hippocampus_007.nii.gz``): the label map in the
+Per scan, named by its case id (``--case-ids hash``, the default: ``ct_<16 hex>``; ``folder``:
+the file or folder name, e.g. ``hippocampus_007``): the label map ``<case_id>.nii.gz`` in the
 scan's geometry, ``<case_id>.volumes.json`` (per-structure volume in mL and mm^3, mean
 intensity; TotalSegmentator's statistics fields) and, for DICOM inputs, ``<case_id>_seg.dcm``
 (a DICOM SEG referencing the source series). A scan that fails is reported with the reason in
-``predict_report.json`` and the others go on. All files are written atomically.
+``predict_report.json`` and the others go on.
+
+A scan's files are written into ``OUT/.tmp-predict/<case_id>/`` and moved into ``OUT`` only
+once all of them are written, the label map last: a label map in ``OUT`` means its case is
+complete, and a case that fails leaves nothing in ``OUT`` (outputs of an earlier run of it are
+removed). One predict per ``OUT`` at a time; leftovers of a killed run are removed at start.
 
 ``predict_task`` (one scan into one folder) and ``scan_predictor`` (the network or exported
 backend to run) are public: ``medseg batch`` (``medseg.batch``) runs the same per-scan work in
@@ -14,7 +20,10 @@ worker processes.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,26 +40,30 @@ from medseg.infer.predictor import (
     predict_scan,
 )
 from medseg.ingest.case_ids import CaseIdScheme
-from medseg.ingest.discovery import ScanTask, discover_scans, relative
-from medseg.io.atomic import atomic_path, write_json_atomic
+from medseg.ingest.discovery import ScanTask, discover_scans
+from medseg.io.atomic import TEMPORARY_PREFIX, atomic_path, write_json_atomic
 from medseg.io.nifti import write_nifti
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
 
+STAGING_FOLDER = f"{TEMPORARY_PREFIX}predict"  # OUT/.tmp-predict/<case_id>/: being written
+
 
 @dataclass
 class ScanOutcome:
-    """What happened to one input scan."""
+    """What happened to one input scan (``source`` only with ``--case-ids folder``)."""
 
     case_id: str
-    source: str
+    source: str | None
     ok: bool
     reason: str = ""
     seconds: float = 0.0
     error_type: str = ""  # class name of the error of a failed scan
     outputs: list[str] = field(default_factory=list)
     volumes_ml: dict[str, float] = field(default_factory=dict)
+    corrections: list[str] = field(default_factory=list)  # what was done to the scan's voxels
+    non_finite_replaced: dict | None = None  # counts and value, with --non-finite replace-min
 
 
 @dataclass
@@ -72,6 +85,7 @@ def predict_path(
     *,
     out_dir: Path,
     options: PredictionOptions,
+    case_ids: CaseIdScheme = CaseIdScheme.HASH,
     dicom_seg: bool = True,
     probabilities: bool = False,
     on_progress: Callable[[str, int, int], None] | None = None,
@@ -82,47 +96,67 @@ def predict_path(
     scan's closest-RAS grid with its affine (K x voxels x 2 bytes: large for many classes).
     """
     out_dir = Path(out_dir)
+    staging = out_dir / STAGING_FOLDER
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's
     found = discover_scans(
-        input_path, case_ids=CaseIdScheme.FOLDER, exclude=out_dir.resolve(), on_progress=on_progress
+        input_path, case_ids=case_ids, exclude=out_dir.resolve(), on_progress=on_progress
     )
     predictor = scan_predictor(model, options, cache_dir=model_cache_folder(out_dir))
     report = PredictReport(out_dir=out_dir)
     report.outcomes += [
-        ScanOutcome(
-            case_id="-",
-            source=relative(Path(e.path), found.root),
-            ok=False,
-            reason=e.problem,
-            error_type=type(e).__name__,
-        )
-        for e in found.scan.failed
+        ScanOutcome(f.case_id, f.source, ok=False, reason=f.reason, error_type=f.error_type)
+        for f in found.failed_inputs()
     ]
     for done, task in enumerate(found.tasks):
         if on_progress:
             on_progress("Predicting", done, len(found.tasks))
-        report.outcomes.append(
-            predict_task(
-                task,
-                model,
-                options=options,
-                predictor=predictor,
-                out_dir=out_dir,
-                dicom_seg=dicom_seg,
-                probabilities=probabilities,
-                on_windows=_WindowCounter(on_progress),
-            )
+        outcome = predict_task(
+            task,
+            model,
+            options=options,
+            predictor=predictor,
+            out_dir=staging / task.case_id,
+            dicom_seg=dicom_seg,
+            probabilities=probabilities,
+            on_windows=_WindowCounter(on_progress),
         )
+        _publish(staging / task.case_id, out_dir, task.case_id, outcome)
+        report.outcomes.append(outcome)
     if on_progress:
         on_progress("Predicting", len(found.tasks), len(found.tasks))
+    shutil.rmtree(staging, ignore_errors=True)
     write_json_atomic(
         out_dir / "predict_report.json",
         {
             "medseg_version": __version__,
             "model": model.source,
+            "case_ids": found.case_ids.value,
             "outcomes": [vars(o) for o in report.outcomes],
+            **found.report(),
         },
     )
     return report
+
+
+def output_names(case_id: str) -> list[str]:
+    """Every file ``predict_task`` may write for ``case_id``, the label map last."""
+    return [
+        f"{case_id}{suffix}"
+        for suffix in (".volumes.json", "_seg.dcm", ".probabilities.npz", ".nii.gz")
+    ]
+
+
+def _publish(staging: Path, out_dir: Path, case_id: str, outcome: ScanOutcome) -> None:
+    """Move a finished case's files from ``staging`` into ``out_dir``, the label map last,
+    after removing what an earlier run wrote for it; a failed case only loses the latter."""
+    names = output_names(case_id)
+    for name in [names[-1], *names[:-1]]:  # the old label map first: the case is incomplete
+        (out_dir / name).unlink(missing_ok=True)
+    if outcome.ok:
+        for name in names:
+            if (staging / name).exists():
+                os.replace(staging / name, out_dir / name)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 class _WindowCounter:
@@ -152,12 +186,11 @@ def scan_predictor(model: PackagedModel, options: PredictionOptions, *, cache_di
     from medseg.infer.backends import make_predictor
 
     configuration = model.plan.configurations[model.configuration]
-    in_channels = int(model.info.get("factory_kwargs", {}).get("in_channels", 1))
     return make_predictor(
         model.network,
         backend=options.backend,
         patch_size=configuration.patch_size,
-        in_channels=in_channels,
+        in_channels=model.in_channels,
         batch_size=options.batch_size,
         cache_dir=cache_dir,
         precision=options.precision,
@@ -179,12 +212,14 @@ def predict_task(
 
     Writes ``<case_id>.nii.gz``, ``<case_id>.volumes.json``, ``<case_id>_seg.dcm`` (DICOM
     input with ``dicom_seg``) and ``<case_id>.probabilities.npz`` (``probabilities``). Any
-    error becomes a failed ``ScanOutcome`` with the reason and the error's type.
-    ``predictor`` comes from ``scan_predictor``.
+    error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
+    already written stay: write into a staging folder). ``predictor`` comes from
+    ``scan_predictor``. Reasons and log lines name the scan by ``task.public_name``.
     """
     start = time.perf_counter()
+    source = task.source if task.paths_shown else None
     try:
-        volume = task.load()
+        volume = task.read(options.non_finite)
         kept: list | None = [] if probabilities else None
         labels = predict_scan(
             volume,
@@ -217,23 +252,27 @@ def predict_task(
                     )
                 )
     except MedsegError as error:
-        logger.warning("%s: %s", task.source, error)
-        reason, error_type = str(error), type(error).__name__
+        reason, error_type = task.error_message(error), type(error).__name__
+        logger.warning("%s", reason)
     except Exception as error:  # one bad scan must never stop the others
-        logger.exception("unexpected error predicting %s", task.source)
-        reason, error_type = f"unexpected {type(error).__name__}: {error}", type(error).__name__
+        reason = task.error_message(RuntimeError(f"unexpected {type(error).__name__}: {error}"))
+        error_type = type(error).__name__
+        logger.error("%s", reason)
+        logger.debug("%s", task.redact(traceback.format_exc()))
     else:
         return ScanOutcome(
             task.case_id,
-            task.source,
+            source,
             ok=True,
             seconds=time.perf_counter() - start,
             outputs=[Path(p).name for p in outputs],
             volumes_ml={name: s["volume_ml"] for name, s in statistics.items()},
+            corrections=list(volume.metadata.get("corrections", [])),
+            non_finite_replaced=volume.metadata.get("non_finite_replaced"),
         )
     return ScanOutcome(
         task.case_id,
-        task.source,
+        source,
         ok=False,
         reason=reason,
         seconds=time.perf_counter() - start,

@@ -2,8 +2,13 @@
 
 Default (``hash``): ``<modality>_<16 hex digits>`` from the SeriesInstanceUID (DICOM) or the
 file's path relative to the input folder (NIfTI). It identifies the case without revealing
-anything about the patient. ``folder`` uses the series folder (or NIfTI file) name, for users
-who name folders themselves and ask for readable ids; it is their choice to make.
+anything about the patient. A NIfTI file already named by such an id (an ingested volume,
+``images/ct_0123456789abcdef.nii.gz``) keeps it, so ingest, predict and evaluate agree on the
+names. ``folder`` uses the series folder (or NIfTI file) name, for users who name folders
+themselves and ask for readable ids; it is their choice to make.
+
+Files that are not scans (unreadable, or another format) are named in reports by their path
+relative to the input folder with ``folder``, else by ``file_<16 hex digits>`` of that path.
 """
 
 from __future__ import annotations
@@ -15,6 +20,10 @@ from pathlib import Path
 from medseg.io.dicom import DicomSeries
 from medseg.io.nifti import nifti_stem
 from medseg.phi import hash_identifier
+
+# Ids medseg gives with ``hash``: the modality of a volume medseg reads, 16 hex digits, and the
+# part of a split series or the number of a repeated id. They carry nothing about the patient.
+ANONYMOUS_ID = re.compile(r"(?:ct|mr|pt|nm|ot|scan|nifti)_[0-9a-f]{16}(?:-\d+)?(?:_\d+)?")
 
 
 class CaseIdScheme(StrEnum):
@@ -37,8 +46,8 @@ def dicom_case_id(
         modality = str(series.metadata.get("modality", "scan")).lower()
         return f"{_safe(modality)}_{series.series_id}"
     folder = series.files[0].parent
-    relative = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
-    name = _safe("_".join(relative.parts) or root.name)
+    inside = folder.relative_to(root) if folder.is_relative_to(root) else Path(folder.name)
+    name = _safe("_".join(inside.parts) or root.name)
     number = series.metadata.get("series_number")
     if series_in_folder > 1 and number is not None:
         name += f"_s{int(number)}"
@@ -50,5 +59,30 @@ def dicom_case_id(
 def nifti_case_id(path: Path, *, root: Path, modality: str, scheme: CaseIdScheme) -> str:
     """Case id of a NIfTI input file."""
     if scheme is CaseIdScheme.HASH:
-        return f"{_safe(modality.lower())}_{hash_identifier(str(path.relative_to(root)))}"
+        if ANONYMOUS_ID.fullmatch(nifti_stem(path)):
+            return nifti_stem(path)
+        return f"{_safe(modality.lower())}_{_path_hash(path, root)}"
     return _safe(nifti_stem(path))
+
+
+def unreadable_case_id(path: Path, *, root: Path, scheme: CaseIdScheme) -> str:
+    """Case id under which a file or folder that cannot be read is reported as failed."""
+    if scheme is CaseIdScheme.HASH:
+        return f"unreadable_{_path_hash(path, root)}"
+    return "unreadable_" + _safe(relative(path, root))
+
+
+def file_reference(path: Path, *, root: Path, scheme: CaseIdScheme) -> str:
+    """How reports name a file or folder that is not a scan (see the module docstring)."""
+    if scheme is CaseIdScheme.HASH:
+        return f"file_{_path_hash(path, root)}"
+    return relative(path, root)
+
+
+def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` when inside it, else its name."""
+    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+
+
+def _path_hash(path: Path, root: Path) -> str:
+    return hash_identifier(relative(path, root))

@@ -1,48 +1,184 @@
 """Find every scan under a path: DICOM series (by content) and NIfTI files (by suffix).
 
-Shared by the ingest stage and the predictor: each scan becomes a ``ScanTask`` that knows
-where it came from, its case id and how to load its volume (closest-RAS order); files that are
-not scans stay in the ``DicomScan`` (skipped with reasons, unreadable, not DICOM).
+Shared by the ingest stage, the predictor and the batch: each scan becomes a ``ScanTask`` that
+knows where it came from, its case id, how to read its volume (closest-RAS order, screened for
+non-finite voxels by ``medseg.ingest.non_finite``) and how it may be named in what is written.
+Nothing is dropped silently (``medseg.ingest.walk``): files and folders that cannot be read,
+symbolic links not followed, files that are not scans and medseg's own temporary files are all
+in the ``Discovery``, for the reports.
+
+Patient data: with ``--case-ids hash`` (the default) a scan is named by its case id in
+reports, logs and messages (``ScanTask.public_name``), and ``ScanTask.redact`` removes its
+paths from error messages; only ``--case-ids folder`` shows the paths relative to the input.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from medseg.ingest.case_ids import CaseIdScheme, dicom_case_id, nifti_case_id
+from medseg.errors import InputFileError, UnreadableInputError, UnreadableSliceError
+from medseg.ingest.case_ids import (
+    CaseIdScheme,
+    dicom_case_id,
+    file_reference,
+    nifti_case_id,
+    relative,
+    unreadable_case_id,
+)
+from medseg.ingest.non_finite import NonFinitePolicy, screen_non_finite
+from medseg.ingest.walk import FileWalk, walk_files
 from medseg.io.dicom import DicomScan, DicomSeries, load_series, scan_dicom_files
 from medseg.io.nifti import is_nifti_path, read_nifti
+from medseg.phi import REDACTED, redact_scan
 from medseg.volume import Volume
 
 ProgressCallback = Callable[[str, int, int], None]
+NOT_A_SCAN = "neither DICOM nor NIfTI"
+TEMPORARY_FILE = "medseg temporary file or folder (left by an interrupted write)"
 
 
 @dataclass
 class ScanTask:
-    """One scan to process: where it is, what it is called, how to load it."""
+    """One scan to process: where it is, what it is called, how to read it."""
 
-    source: str  # path relative to the searched folder (for messages)
+    source: str  # path relative to the searched folder: may name the patient (public_name)
     case_id: str
     files: list[Path]
-    load: Callable[[], Volume]
+    reader: Callable[[str], Volume]  # reads the volume; the argument names the scan in messages
     series: DicomSeries | None = None  # set for DICOM inputs
+    root: Path = Path(".")
+    paths_shown: bool = False  # --case-ids folder: paths may appear in reports and logs
+    unreadable_beside: tuple[Path, ...] = ()  # unreadable files in the folders of its slices
+
+    @property
+    def public_name(self) -> str:
+        """How reports, logs and messages name the scan: its source with ``--case-ids
+        folder``, else its case id."""
+        return self.source if self.paths_shown else self.case_id
+
+    def redact(self, text: str) -> str:
+        """``text`` without the scan's paths unless they may be shown (``medseg.phi``)."""
+        if self.paths_shown:
+            return text
+        files = [*self.files, *self.unreadable_beside]
+        return redact_scan(text, source=self.source, files=files, root=self.root)
+
+    def error_message(self, error: BaseException) -> str:
+        """``str(error)`` as it may be written, starting with ``public_name`` (once): with
+        hashed ids the scan's paths are replaced by ``<scan>`` (``redact``)."""
+        text = self.redact(str(error))
+        for prefix in (f"{self.public_name}: ", f"{self.case_id}: ", f"{REDACTED}: "):
+            if text.startswith(prefix):
+                text = text[len(prefix) :]
+                break
+        return f"{self.public_name}: {text}"
+
+    def read(self, non_finite: NonFinitePolicy = NonFinitePolicy.ERROR) -> Volume:
+        """The scan's volume, screened for NaN/Inf voxels (``medseg.ingest.non_finite``).
+
+        Raises:
+            UnreadableSliceError: files beside its slices cannot be read.
+            NonFiniteVoxelsError: non-finite voxels (with ``ERROR``), or no finite voxel.
+            MedsegError: the scan cannot be read.
+        """
+        if self.unreadable_beside:
+            names = ", ".join(
+                path.name
+                if self.paths_shown
+                else unreadable_case_id(path, root=self.root, scheme=CaseIdScheme.HASH)
+                for path in self.unreadable_beside[:3]
+            )
+            more = ", ..." if len(self.unreadable_beside) > 3 else ""
+            raise UnreadableSliceError(
+                self.public_name,
+                f"{len(self.unreadable_beside)} file(s) beside its slices cannot be read "
+                f"({names}{more}): they may be slices of this series, so it is not built",
+            )
+        volume = self.reader(self.public_name)
+        return screen_non_finite(volume, policy=non_finite, where=self.public_name)
+
+
+@dataclass(frozen=True)
+class FailedInput:
+    """A file or folder that cannot be read, or a DICOM file with a malformed header, as
+    reports name it: ``source`` (relative path) only with ``--case-ids folder``, and the
+    reason without paths otherwise."""
+
+    path: Path  # absolute: never written out
+    case_id: str  # unreadable_<hash>, or unreadable_<path> with --case-ids folder
+    source: str | None
+    reason: str
+    error_type: str
 
 
 @dataclass
 class Discovery:
-    """The scans found, and what else the DICOM scan saw."""
+    """The scans found, and everything else the search saw."""
 
     root: Path
+    case_ids: CaseIdScheme
     tasks: list[ScanTask]
     scan: DicomScan
+    walk: FileWalk = field(default_factory=FileWalk)
 
+    @property
+    def failed(self) -> list[InputFileError]:
+        """Files and folders that could not be read, and DICOM files with a malformed header:
+        each may have been (part of) a scan."""
+        return [*self.walk.unreadable, *self.scan.failed]
 
-def relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root`` when inside it, else its name."""
-    return str(path.relative_to(root)) if path.is_relative_to(root) else path.name
+    def failed_inputs(self) -> list[FailedInput]:
+        """``failed`` as reports name them (see ``FailedInput``)."""
+        shown = self.case_ids is CaseIdScheme.FOLDER
+        entries = []
+        for error in self.failed:
+            path = Path(error.path)
+            source = relative(path, self.root)
+            reason = error.problem
+            if not shown:
+                reason = redact_scan(reason, source=source, files=[path], root=self.root)
+            entries.append(
+                FailedInput(
+                    path=path,
+                    case_id=unreadable_case_id(path, root=self.root, scheme=self.case_ids),
+                    source=source if shown else None,
+                    reason=reason,
+                    error_type=type(error).__name__,
+                )
+            )
+        return entries
+
+    def other_files(self) -> list[tuple[Path, str]]:
+        """Files that are not scans, with the reason: non-image DICOM, other formats and
+        medseg's temporary files."""
+        other = [(skipped.path, skipped.reason) for skipped in self.scan.skipped]
+        other += [(path, NOT_A_SCAN) for path in self.scan.not_dicom]
+        other += [(path, TEMPORARY_FILE) for path in self.walk.temporary]
+        return sorted(other)
+
+    def reference(self, path: Path) -> str:
+        """How a report may name a file or folder that is not a scan (``file_reference``)."""
+        return file_reference(path, root=self.root, scheme=self.case_ids)
+
+    def report(self, *, leave_out: frozenset[Path] = frozenset()) -> dict[str, Any]:
+        """The JSON section of a report on what is not a scan (``leave_out``: files the
+        caller reports as failures)."""
+        return {
+            "other_files": [
+                {"file": self.reference(path), "reason": reason}
+                for path, reason in self.other_files()
+                if path not in leave_out
+            ],
+            "links_not_followed": [
+                {"folder": self.reference(path), "reason": reason}
+                for path, reason in self.walk.links_not_followed
+            ],
+        }
 
 
 def discover_scans(
@@ -55,23 +191,19 @@ def discover_scans(
 ) -> Discovery:
     """Every DICOM series and NIfTI file at or under ``input_path`` (``exclude`` left out)."""
     input_path = Path(input_path).resolve()
+    scheme = CaseIdScheme(case_ids)
     root = input_path if input_path.is_dir() else input_path.parent
     if input_path.is_dir():
-        files = sorted(
-            p
-            for p in input_path.rglob("*")
-            if p.is_file() and not (exclude is not None and p.is_relative_to(exclude))
-        )
+        walk = walk_files(input_path, exclude=exclude)
     else:
-        files = [input_path]
+        walk = FileWalk(files=[input_path])
     progress = on_progress or (lambda phase, done, total: None)
-    scan = _scan_with_progress([p for p in files if not is_nifti_path(p)], progress, workers)
-    tasks = _dicom_tasks(scan.series, root, CaseIdScheme(case_ids), workers)
-    tasks += [
-        _nifti_task(path, root, CaseIdScheme(case_ids)) for path in files if is_nifti_path(path)
-    ]
+    scan = _scan_with_progress([p for p in walk.files if not is_nifti_path(p)], progress, workers)
+    tasks = _dicom_tasks(scan.series, root, scheme, workers)
+    tasks += [nifti_task(p, root=root, scheme=scheme) for p in walk.files if is_nifti_path(p)]
     _make_ids_unique(tasks)
-    return Discovery(root=root, tasks=tasks, scan=scan)
+    _mark_unreadable_slices(tasks, [*walk.unreadable, *scan.failed])
+    return Discovery(root=root, case_ids=scheme, tasks=tasks, scan=scan, walk=walk)
 
 
 def _scan_with_progress(
@@ -87,37 +219,81 @@ def _scan_with_progress(
     return scan_dicom_files(counted(), workers=workers)
 
 
+def _mark_unreadable_slices(tasks: list[ScanTask], failed: list[InputFileError]) -> None:
+    """Give each DICOM task the unreadable files (not NIfTI) in the folders of its slices."""
+    by_folder: dict[Path, list[Path]] = {}
+    for error in failed:
+        path = Path(error.path)
+        if isinstance(error, UnreadableInputError) and not is_nifti_path(path):
+            by_folder.setdefault(path.parent, []).append(path)
+    for task in tasks:
+        if task.series is not None:
+            folders = {path.parent for path in task.files}
+            task.unreadable_beside = tuple(
+                sorted(path for folder in folders for path in by_folder.get(folder, []))
+            )
+
+
 def _dicom_tasks(
     series_list: list[DicomSeries], root: Path, scheme: CaseIdScheme, workers: int | None
 ) -> list[ScanTask]:
     per_folder = Counter((series.files[0].parent, series.series_uid) for series in series_list)
     folders = Counter(folder for folder, _ in per_folder)
-    tasks = []
-    for series in series_list:
-        source = series.describe(root)
-        case_id = dicom_case_id(
-            series, root=root, scheme=scheme, series_in_folder=folders[series.files[0].parent]
+    return [
+        dicom_task(
+            series,
+            root=root,
+            scheme=scheme,
+            case_id=dicom_case_id(
+                series, root=root, scheme=scheme, series_in_folder=folders[series.files[0].parent]
+            ),
+            workers=workers,
         )
-        tasks.append(
-            ScanTask(
-                source=source,
-                case_id=case_id,
-                files=series.files,
-                load=lambda s=series, src=source: load_series(s, workers=workers, source=src),
-                series=series,
-            )
-        )
-    return tasks
+        for series in series_list
+    ]
 
 
-def _nifti_task(path: Path, root: Path, scheme: CaseIdScheme) -> ScanTask:
-    def load() -> Volume:
-        volume = read_nifti(path).to_closest_ras()
-        volume.metadata.setdefault("modality", "unknown")
-        return volume
+def dicom_task(
+    series: DicomSeries,
+    *,
+    root: Path,
+    scheme: CaseIdScheme,
+    case_id: str,
+    workers: int | None = None,
+) -> ScanTask:
+    """The task of one DICOM series under ``root``."""
+    return ScanTask(
+        source=series.describe(root),
+        case_id=case_id,
+        files=series.files,
+        reader=functools.partial(_read_series, series, workers),
+        series=series,
+        root=root,
+        paths_shown=scheme is CaseIdScheme.FOLDER,
+    )
 
-    case_id = nifti_case_id(path, root=root, modality="nifti", scheme=scheme)
-    return ScanTask(source=relative(path, root), case_id=case_id, files=[path], load=load)
+
+def _read_series(series: DicomSeries, workers: int | None, name: str) -> Volume:
+    return load_series(series, workers=workers, source=name)
+
+
+def _read_nifti_scan(path: Path, name: str) -> Volume:
+    """``name`` is unused: nibabel's errors name the file, which ``redact`` removes."""
+    volume = read_nifti(path).to_closest_ras()
+    volume.metadata.setdefault("modality", "unknown")
+    return volume
+
+
+def nifti_task(path: Path, *, root: Path, scheme: CaseIdScheme) -> ScanTask:
+    """The task of one NIfTI file under ``root``."""
+    return ScanTask(
+        source=relative(path, root),
+        case_id=nifti_case_id(path, root=root, modality="nifti", scheme=scheme),
+        files=[path],
+        reader=functools.partial(_read_nifti_scan, path),
+        root=root,
+        paths_shown=scheme is CaseIdScheme.FOLDER,
+    )
 
 
 def _make_ids_unique(tasks: list[ScanTask]) -> None:

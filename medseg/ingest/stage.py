@@ -7,15 +7,25 @@ Output layout (``OUT_DIR``)::
     labels/<case_id>.nii.gz     label map, when ``labels_dir`` holds one for the case
     manifest.jsonl              one record per volume (medseg.manifest)
     ingest_report.json          every input's outcome: converted, unchanged, skipped, failed
+                                (unreadable files and folders too), and the files that are
+                                not scans
 
 Idempotent and resumable: a case whose sidecar records the same input fingerprint (file names,
-sizes, modification times, medseg version) and whose image is present is not converted again.
-One bad series never stops the others; it is reported with the reason.
+sizes, modification times, medseg version, non-finite policy) and whose image is present is not
+converted again. One bad series never stops the others; it is reported with the reason. A scan
+with NaN or infinite voxels is refused unless ``non_finite`` says to replace them
+(``medseg.ingest.non_finite``). Temporary files a killed run left in ``OUT_DIR`` are removed
+(one ingest per ``OUT_DIR`` at a time).
+
+With ``--case-ids hash`` nothing written names an input path: outcomes carry case ids (and
+``unreadable_<hash>`` / ``file_<hash>`` for files that are not scans), reasons have the paths
+replaced by ``<scan>``.
 """
 
 from __future__ import annotations
 
 import logging
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,12 +33,12 @@ from enum import StrEnum
 from pathlib import Path
 
 from medseg import __version__, shutdown
-from medseg.errors import MedsegError
-from medseg.ingest.case_ids import CaseIdScheme
-from medseg.ingest.discovery import ScanTask, discover_scans, relative
+from medseg.errors import InputFileError, MedsegError, UnreadableInputError
+from medseg.ingest.case_ids import CaseIdScheme, relative
+from medseg.ingest.discovery import Discovery, ScanTask, discover_scans
+from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.ingest.sidecar import ConvertedCase, check_label, write_case
-from medseg.io.atomic import write_json_atomic
-from medseg.io.dicom import DicomScan
+from medseg.io.atomic import TEMPORARY_PREFIX, write_json_atomic
 from medseg.io.nifti import read_nifti
 from medseg.manifest import ManifestRecord, write_manifest
 from medseg.phi import hash_identifier
@@ -53,10 +63,13 @@ class OutcomeKind(StrEnum):
 
 @dataclass
 class IngestOutcome:
-    """The fate of one input (a series, a NIfTI file, or a group of skipped files)."""
+    """The fate of one input (a series, a NIfTI file, or a group of skipped files).
+
+    ``source`` (the path relative to the input folder) is None with ``--case-ids hash``.
+    """
 
     kind: OutcomeKind
-    source: str
+    source: str | None
     reason: str = ""
     case_id: str | None = None
     files: int = 1
@@ -69,7 +82,10 @@ class IngestReport:
 
     manifest_path: Path
     outcomes: list[IngestOutcome] = field(default_factory=list)
-    ignored_files: int = 0
+    ignored_files: int = 0  # neither DICOM nor NIfTI, or medseg's temporary files
+    unreadable: int = 0  # files and folders that cannot be read (also failed outcomes)
+    links_not_followed: int = 0  # symbolic links to folders searched already
+    discovery: dict = field(default_factory=dict)  # the report's section on non-scan files
 
     def of_kind(self, *kinds: OutcomeKind) -> list[IngestOutcome]:
         """Outcomes of the given kinds, in input order."""
@@ -89,6 +105,7 @@ def ingest(
     labels_dir: Path | None = None,
     workers: int | None = None,
     force: bool = False,
+    non_finite: NonFinitePolicy = NonFinitePolicy.ERROR,
     on_progress: ProgressCallback | None = None,
 ) -> IngestReport:
     """Convert every scan under ``input_dir`` into ``out_dir`` and write the manifest.
@@ -100,22 +117,37 @@ def ingest(
         labels_dir: optional folder of ``<case_id>.nii.gz`` label maps on the scans' grids.
         workers: decoder processes for compressed DICOM (default: all cores).
         force: convert again even when a case's inputs are unchanged.
+        non_finite: refuse scans with NaN/Inf voxels, or replace them (``non_finite``).
         on_progress: called with (phase, done, total) while working.
+
+    Raises:
+        InputFileError: ``labels_dir`` is given but is not a folder (checked before any work).
     """
     input_dir, out_dir = Path(input_dir).resolve(), Path(out_dir).resolve()
+    if labels_dir is not None and not Path(labels_dir).is_dir():
+        problem = "is not a folder" if Path(labels_dir).exists() else "no such folder"
+        raise InputFileError(labels_dir, f"labels folder: {problem}")
     case_ids = CaseIdScheme(case_ids)
+    non_finite = NonFinitePolicy(non_finite)
     progress = on_progress or (lambda phase, done, total: None)
+    remove_temporary_leftovers(out_dir)
     found = discover_scans(
         input_dir, case_ids=case_ids, workers=workers, exclude=out_dir, on_progress=progress
     )
-    scan, tasks = found.scan, found.tasks
+    tasks = found.tasks
     report = IngestReport(
-        manifest_path=out_dir / "manifest.jsonl", ignored_files=len(scan.not_dicom)
+        manifest_path=out_dir / "manifest.jsonl",
+        ignored_files=len(found.scan.not_dicom) + len(found.walk.temporary),
+        unreadable=sum(isinstance(e, UnreadableInputError) for e in found.failed),
+        links_not_followed=len(found.walk.links_not_followed),
+        discovery=found.report(),
     )
-    report.outcomes.extend(_skipped_and_unreadable(scan, input_dir))
+    report.outcomes.extend(_skipped_and_unreadable(found))
     for done, task in enumerate(tasks):
         progress("Converting", done, len(tasks))
-        report.outcomes.append(_run_task(task, out_dir=out_dir, labels_dir=labels_dir, force=force))
+        report.outcomes.append(
+            _run_task(task, out_dir=out_dir, labels_dir=labels_dir, force=force, policy=non_finite)
+        )
     progress("Converting", len(tasks), len(tasks))
     records = [o.record for o in report.outcomes if o.record is not None]
     write_manifest(records, report.manifest_path)
@@ -123,24 +155,40 @@ def ingest(
     return report
 
 
-def _skipped_and_unreadable(scan: DicomScan, root: Path) -> list[IngestOutcome]:
-    """One outcome per (folder, reason) of skipped files, one per unreadable file."""
-    groups = Counter((relative(s.path.parent, root), s.reason) for s in scan.skipped)
+def remove_temporary_leftovers(out_dir: Path) -> int:
+    """Delete the temporary files a killed run left in ``out_dir``; returns how many."""
+    removed = 0
+    for folder in (out_dir, out_dir / "images", out_dir / "labels"):
+        for path in folder.glob(f"{TEMPORARY_PREFIX}*") if folder.is_dir() else ():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    if removed:
+        logger.info("removed %d temporary file(s) of an interrupted run from %s", removed, out_dir)
+    return removed
+
+
+def _skipped_and_unreadable(found: Discovery) -> list[IngestOutcome]:
+    """One outcome per (folder, reason) of skipped files (per reason with hashed ids), one per
+    file or folder that cannot be read."""
+    shown = found.case_ids is CaseIdScheme.FOLDER
+    groups = Counter(
+        (relative(s.path.parent, found.root) if shown else None, s.reason)
+        for s in found.scan.skipped
+    )
     outcomes = [
         IngestOutcome(OutcomeKind.SKIPPED, source=folder, reason=reason, files=count)
-        for (folder, reason), count in sorted(groups.items())
+        for (folder, reason), count in sorted(groups.items(), key=lambda item: str(item[0]))
     ]
     outcomes += [
-        IngestOutcome(
-            OutcomeKind.FAILED, source=relative(Path(error.path), root), reason=error.problem
-        )
-        for error in scan.failed
+        IngestOutcome(OutcomeKind.FAILED, source=f.source, reason=f.reason, case_id=f.case_id)
+        for f in found.failed_inputs()
     ]
     return outcomes
 
 
-def _fingerprint(files: list[Path], labels: Path | None) -> str:
-    parts = [__version__]
+def _fingerprint(files: list[Path], labels: Path | None, policy: NonFinitePolicy) -> str:
+    parts = [__version__, f"non_finite={policy.value}"]
     for path in [*files, *([labels] if labels is not None and labels.exists() else [])]:
         stat = path.stat()
         parts.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}")
@@ -148,22 +196,28 @@ def _fingerprint(files: list[Path], labels: Path | None) -> str:
 
 
 def _run_task(
-    task: ScanTask, *, out_dir: Path, labels_dir: Path | None, force: bool
+    task: ScanTask,
+    *,
+    out_dir: Path,
+    labels_dir: Path | None,
+    force: bool,
+    policy: NonFinitePolicy,
 ) -> IngestOutcome:
     label_path = labels_dir / f"{task.case_id}.nii.gz" if labels_dir is not None else None
     case = ConvertedCase(out_dir=out_dir, case_id=task.case_id)
-    fingerprint = _fingerprint(task.files, label_path)
+    fingerprint = _fingerprint(task.files, label_path, policy)
     source_hash = hash_identifier("\n".join(str(p) for p in task.files))
+    source = task.source if task.paths_shown else None
     try:
         if not force and case.is_current(fingerprint):
             return IngestOutcome(
                 OutcomeKind.UNCHANGED,
-                task.source,
+                source,
                 case_id=task.case_id,
                 files=len(task.files),
                 record=case.record(),
             )
-        volume = task.load()
+        volume = task.read(policy)
         label = (
             _load_label(label_path, volume)
             if label_path is not None and label_path.exists()
@@ -174,22 +228,22 @@ def _run_task(
                 case, volume, label=label, fingerprint=fingerprint, source_hash=source_hash
             )
     except MedsegError as error:
-        logger.warning("%s", error)
+        reason = task.redact(_problem(error))
+        logger.warning("%s: %s", task.public_name, reason)
         return IngestOutcome(
-            OutcomeKind.FAILED, task.source, reason=_problem(error), files=len(task.files)
+            OutcomeKind.FAILED, source, reason=reason, case_id=task.case_id, files=len(task.files)
         )
     except Exception as error:  # one bad scan must never stop the batch
-        logger.exception("unexpected error while converting %s", task.source)
+        reason = task.redact(f"unexpected {type(error).__name__}: {error}")
+        logger.error("%s: %s", task.public_name, reason)
+        logger.debug("%s", task.redact(traceback.format_exc()))
         return IngestOutcome(
-            OutcomeKind.FAILED,
-            task.source,
-            reason=f"unexpected {type(error).__name__}: {error}",
-            files=len(task.files),
+            OutcomeKind.FAILED, source, reason=reason, case_id=task.case_id, files=len(task.files)
         )
     corrections = "; ".join(volume.metadata.get("corrections", []))
     return IngestOutcome(
         OutcomeKind.CONVERTED,
-        task.source,
+        source,
         reason=corrections,
         case_id=task.case_id,
         files=len(task.files),
@@ -206,19 +260,16 @@ def _load_label(path: Path, image: Volume) -> Volume:
 
 
 def _report_payload(report: IngestReport) -> dict:
+    outcomes = []
+    for o in report.outcomes:
+        entry = {"kind": o.kind.value, "case_id": o.case_id, "files": o.files, "reason": o.reason}
+        outcomes.append(entry if o.source is None else {**entry, "source": o.source})
     return {
         "medseg_version": __version__,
         "manifest": report.manifest_path.name,
         "ignored_files": report.ignored_files,
+        "unreadable": report.unreadable,
         "counts": dict(Counter(o.kind.value for o in report.outcomes)),
-        "outcomes": [
-            {
-                "kind": o.kind.value,
-                "source": o.source,
-                "case_id": o.case_id,
-                "files": o.files,
-                "reason": o.reason,
-            }
-            for o in report.outcomes
-        ],
+        "outcomes": outcomes,
+        **report.discovery,
     }

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+TEMPORARY_PREFIX = ".tmp-"  # every temporary name starts so; discovery never takes one for a scan
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
@@ -25,7 +27,9 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(target.suffixes)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}-", suffix=suffix, dir=target.parent)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f"{TEMPORARY_PREFIX}{target.name}-", suffix=suffix, dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp_name)
     try:

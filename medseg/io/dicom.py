@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import DicomFileError, DicomSeriesError
+from medseg.errors import DicomSeriesError, InputFileError
 from medseg.io.dicom_corrections import correct_tilt, equalize_slices
 from medseg.io.dicom_geometry import affine_lps_to_ras, measure_stack, plan_slice_layout
 from medseg.io.dicom_pixels import apply_modality_lut, decode_stored_values, default_workers
@@ -68,15 +68,19 @@ class DicomSeries:
 
 @dataclass
 class DicomScan:
-    """What a set of files holds: series to convert, skipped files, unreadable files."""
+    """What a set of files holds: series to convert, skipped files, unreadable files.
+
+    ``failed`` holds the files that could not be read (``UnreadableInputError``) and the DICOM
+    files whose header is malformed (``DicomFileError``).
+    """
 
     series: list[DicomSeries] = field(default_factory=list)
     skipped: list[SkippedFile] = field(default_factory=list)
-    failed: list[DicomFileError] = field(default_factory=list)
+    failed: list[InputFileError] = field(default_factory=list)
     not_dicom: list[Path] = field(default_factory=list)
 
 
-HeaderResult = DicomFileHeader | SkippedFile | DicomFileError | None
+HeaderResult = DicomFileHeader | SkippedFile | InputFileError | None
 PARALLEL_SCAN_MIN_FILES = 1000  # below this, process start-up costs more than it saves
 
 
@@ -98,7 +102,7 @@ def scan_dicom_files(paths: Iterable[Path], *, workers: int | None = None) -> Di
     scan = DicomScan()
     headers_by_series: dict[str, list[DicomFileHeader]] = defaultdict(list)
     for path, result in zip(paths, results, strict=True):
-        if isinstance(result, DicomFileError):
+        if isinstance(result, InputFileError):
             scan.failed.append(result)
         elif result is None:
             scan.not_dicom.append(path)
@@ -117,7 +121,7 @@ def _read_headers(paths: list[Path]) -> list[HeaderResult]:
     for path in paths:
         try:
             result = read_header(path, known_series=known_series)
-        except DicomFileError as error:
+        except InputFileError as error:  # unreadable, or a malformed DICOM header
             result = error
         if isinstance(result, DicomFileHeader):
             known_series.add(result.series_uid)
@@ -143,15 +147,15 @@ def _split_series(series_uid: str, headers: list[DicomFileHeader]) -> list[Dicom
 
 
 def _unique_instances(frames: list[FrameRecord]) -> list[FrameRecord]:
-    """Drop copies of the same SOP instance (the same image stored twice in the tree)."""
+    """Drop copies of the same SOP instance (the same image stored twice in the tree).
+
+    The log line counts them without naming files: paths may carry patient names.
+    """
     seen: dict[str, FrameRecord] = {}
     for frame in sorted(frames, key=lambda f: str(f.path)):
-        if frame.instance_uid in seen:
-            logger.info(
-                "%s duplicates %s; using one copy", frame.path, seen[frame.instance_uid].path
-            )
-            continue
-        seen[frame.instance_uid] = frame
+        seen.setdefault(frame.instance_uid, frame)
+    if len(seen) < len(frames):
+        logger.info("%d duplicate copies of images; one copy of each used", len(frames) - len(seen))
     return list(seen.values())
 
 

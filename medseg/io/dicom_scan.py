@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from medseg.errors import DicomFileError
+from medseg.errors import DicomFileError, UnreadableInputError
 from medseg.io.dicom_fastpath import PixelDataLayout, pixel_data_layout
 from medseg.io.dicom_geometry import orthonormal_orientation
 from medseg.io.dicom_metadata import series_metadata
@@ -87,12 +87,16 @@ class SkippedFile:
 
 def dicom_kind(path: Path) -> str | None:
     """Cheap content test: "part10" (DICM marker), "raw" (data set starting with group
-    0002/0008, no preamble) or None (not DICOM)."""
+    0002/0008, no preamble) or None (not DICOM).
+
+    Raises:
+        UnreadableInputError: the file cannot be opened or read (it may be a slice).
+    """
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
-    except OSError:
-        return None
+    except OSError as error:
+        raise UnreadableInputError(path, f"cannot be read ({error.strerror})") from error
     if len(head) >= 132 and head[128:132] == b"DICM":
         return "part10"
     if len(head) < 8:
@@ -112,6 +116,7 @@ def read_header(
 
     Raises:
         DicomFileError: the file is DICOM but malformed or lacks the geometry of an image.
+        UnreadableInputError: the file cannot be read at all.
     """
     kind = dicom_kind(path)
     if kind is None:

@@ -318,8 +318,7 @@ def _read_sources(source_files: Sequence[Path]) -> list[_SourceImage]:
         dataset = _read_header(path)
         _check_source(path, dataset)
         instance_uid = str(dataset.SOPInstanceUID)
-        if instance_uid in seen:
-            logger.info("%s duplicates %s; using one copy", path, seen[instance_uid])
+        if instance_uid in seen:  # not logged by name: paths may carry patient names
             continue
         seen[instance_uid] = path
         sources.append(_SourceImage(path, dataset))

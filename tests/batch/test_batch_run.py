@@ -55,7 +55,7 @@ def test_a_batch_writes_every_scan_records_the_corrupt_ones_and_resumes(
     assert "4 done" in result.output and "2 failed" in result.output
     ids = expected_case_ids(mixed_tree)
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
-        [*ids.values(), "failures.jsonl", "summary.csv"]
+        [*ids.values(), "discovery.json", "failures.jsonl", "summary.csv"]
     )
 
     # outputs per scan: label map on the scan's grid, volumes, DICOM SEG for the series
@@ -73,17 +73,18 @@ def test_a_batch_writes_every_scan_records_the_corrupt_ones_and_resumes(
     source = pydicom.dcmread(next((mixed_tree.root / "dicom/SMITH^JOHN").iterdir()))
     assert seg.SOPClassUID == SEG_STORAGE
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
-    series = discover_scans(mixed_tree.root / "dicom/SMITH^JOHN").tasks[0].load()
+    series = discover_scans(mixed_tree.root / "dicom/SMITH^JOHN").tasks[0].read()
     assert read_nifti(out / dicom_id / f"{dicom_id}.nii.gz").same_grid(series)
 
     # failures.jsonl: the corrupt files, with reasons, and no path in them
     failures = {
         f["case_id"]: f for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())
     }
-    truncated = failures[f"nifti_{hash_identifier('inbox/truncated.nii.gz')}"]
+    truncated_id = f"nifti_{hash_identifier('inbox/truncated.nii.gz')}"
+    truncated = failures[truncated_id]
     garbage = failures[f"unreadable_{hash_identifier('dicom/garbage.dcm')}"]
     assert truncated["error_type"] == "NiftiError"
-    assert truncated["reason"].startswith("<scan>: cannot read NIfTI")
+    assert truncated["reason"].startswith(f"{truncated_id}: cannot read NIfTI")
     assert garbage["error_type"] == "NotDicomFile"
     assert garbage["reason"] == "named like DICOM but not a DICOM file"
     assert len(failures) == 2 and not any("source" in f for f in failures.values())

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from medseg.batch import layout
-from medseg.batch.records import ScanFailure, ScanResult, model_reference, redact_scan
+from medseg.batch.records import ScanFailure, ScanResult, model_reference
 from medseg.batch.summary import write_summary
+from medseg.phi import redact_scan
 
 
 def _result(case_id: str, volumes: dict[str, float]) -> ScanResult:

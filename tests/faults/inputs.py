@@ -1,49 +1,93 @@
-"""Trees of small phantom scans for the shutdown and concurrency tests: many scans that each take
-well under a second to predict, so a command is reliably mid-work when a test signals it."""
+"""Bad inputs for the fault tests, written as real files: phantom NIfTI with NaN/Inf voxels,
+a 4D scan, and files or folders the code under test cannot read.
+
+Permissions do not stop root, and tests may run as root. ``reading_denied`` therefore runs
+the code with the effective user ``nobody`` when the tests run as root (after ``chmod 000``),
+so a folder or file without read permission is really unreadable for it; the tree must then
+live in a folder ``nobody`` can reach (``shared_folder``) and be readable by all
+(``readable_by_all``), with an output folder everyone may write.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import pwd
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from medseg.demo.dicom_writer import TransferSyntax, to_dicom_slice_order, write_dicom_series
-from medseg.demo.phantom import make_phantom
+import numpy as np
+
 from medseg.io.nifti import write_nifti
-from tests.phantoms import SMALL_SPACING_MM
+from tests.phantoms import small_phantom
 
-CROP_SHAPE = (16, 16, 10)  # a 48 x 48 x 40 mm block around the phantom's centre
-
-
-def write_phantom_scans(
-    folder: Path, count: int, *, shape: tuple[int, int, int] = CROP_SHAPE
-) -> list[Path]:
-    """``count`` NIfTI scans ``scan_000.nii.gz``... (phantom seeds 0, 1, ...) in ``folder``."""
-    paths = []
-    for seed in range(count):
-        ct, _ = make_phantom(seed=seed, shape=shape, spacing_mm=SMALL_SPACING_MM)
-        paths.append(write_nifti(ct.to_closest_ras(), Path(folder) / f"scan_{seed:03d}.nii.gz"))
-    return paths
+PHANTOM_VOXELS = 49 * 39 * 33  # 63,063
 
 
-def write_phantom_series(
-    folder: Path,
-    count: int,
-    *,
-    shape: tuple[int, int, int] = CROP_SHAPE,
-    transfer_syntax: TransferSyntax = TransferSyntax.EXPLICIT_LE,
-) -> list[Path]:
-    """``count`` DICOM series in ``folder/series_000``... (phantom seeds 0, 1, ...)."""
-    folders = []
-    for seed in range(count):
-        ct, _ = make_phantom(seed=seed, shape=shape, spacing_mm=SMALL_SPACING_MM)
-        series = Path(folder) / f"series_{seed:03d}"
-        write_dicom_series(
-            to_dicom_slice_order(ct),
-            series,
-            series_description=f"phantom {seed}",
-            patient_id="PHANTOM",
-            patient_name="PHANTOM^TEST",
-            transfer_syntax=transfer_syntax,
-            uid_seed=f"medseg-shutdown-{seed}",
-        )
-        folders.append(series)
-    return folders
+def write_phantom_with(
+    path: Path, *, nan: int = 0, positive_infinite: int = 0, negative_infinite: int = 0
+) -> Path:
+    """Phantom 0 as float32 NIfTI with that many NaN, +Inf and -Inf voxels along a diagonal."""
+    ct, _ = small_phantom(0)
+    array = ct.array.astype(np.float32)
+    values = [np.nan] * nan + [np.inf] * positive_infinite + [-np.inf] * negative_infinite
+    for index, value in enumerate(values):
+        array[10 + index, 10 + index, 10 + index] = value
+    return write_nifti(ct.with_array(array), path)
+
+
+def write_all_nan(path: Path) -> Path:
+    """Phantom 0's grid with every voxel NaN."""
+    ct, _ = small_phantom(0)
+    return write_nifti(ct.with_array(np.full(ct.shape, np.nan, np.float32)), path)
+
+
+def write_four_d(path: Path, volumes: int = 2) -> Path:
+    """Phantom 0 repeated along a 4th axis (e.g. a time series)."""
+    ct, _ = small_phantom(0)
+    return write_nifti(ct.with_array(np.stack([ct.array] * volumes, axis=-1)), path)
+
+
+@contextlib.contextmanager
+def shared_folder() -> Iterator[Path]:
+    """A new folder every user may enter and write (removed afterwards)."""
+    folder = Path(tempfile.mkdtemp(prefix="medseg-faults-"))
+    folder.chmod(0o777)
+    try:
+        yield folder
+    finally:
+        for path in folder.rglob("*"):  # chmod 000 folders would stop rmtree
+            if path.is_dir() and not path.is_symlink():
+                path.chmod(0o755)
+        shutil.rmtree(folder)
+
+
+def readable_by_all(root: Path) -> None:
+    """Let every user read the files and enter the folders under ``root`` (atomic writes
+    create files readable by their owner only)."""
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@contextlib.contextmanager
+def reading_denied(*paths: Path) -> Iterator[None]:
+    """Within the block, ``paths`` cannot be read by this process (see the module docstring)."""
+    modes = {path: path.stat().st_mode for path in paths}
+    for path in paths:
+        path.chmod(0)
+    as_root = os.geteuid() == 0
+    if as_root:
+        nobody = pwd.getpwnam("nobody")  # a KeyError here means no unprivileged user exists
+        os.setegid(nobody.pw_gid)
+        os.seteuid(nobody.pw_uid)
+    try:
+        yield
+    finally:
+        if as_root:
+            os.seteuid(0)
+            os.setegid(0)
+        for path, mode in modes.items():
+            path.chmod(mode)

@@ -8,8 +8,8 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from tests.batch.conftest import BatchModel, batch_command
-from tests.faults.inputs import write_phantom_scans
 from tests.faults.processes import START_SECONDS, MedsegProcess
+from tests.faults.scan_trees import write_phantom_scans
 
 SCANS = 16
 

@@ -15,8 +15,8 @@ from mlflow.tracking import MlflowClient
 from medseg.batch.runner import run_batch
 from tests.batch.conftest import BatchModel, batch_command
 from tests.batch.test_batch_run import file_stamps
-from tests.faults.inputs import write_phantom_scans
 from tests.faults.processes import STOP_SECONDS, MedsegProcess, wait_until_session_ends
+from tests.faults.scan_trees import write_phantom_scans
 
 SCANS = 12
 

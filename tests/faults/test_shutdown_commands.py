@@ -21,7 +21,6 @@ from medseg.ingest import ingest as run_ingest
 from medseg.ingest.stage import OutcomeKind
 from medseg.pipeline.records import load_record
 from tests.batch.conftest import BatchModel
-from tests.faults.inputs import write_phantom_scans, write_phantom_series
 from tests.faults.processes import (
     START_SECONDS,
     STOP_SECONDS,
@@ -31,6 +30,7 @@ from tests.faults.processes import (
     wait_until_gone,
     wait_until_session_ends,
 )
+from tests.faults.scan_trees import write_phantom_scans, write_phantom_series
 from tests.phantoms import write_phantom_nifti
 from tests.tiny_dataset import TinyDataset
 from tests.train.test_resume_and_ddp import _command as train_arguments

@@ -54,6 +54,8 @@ def test_registered_model_predicts_scans_and_evaluation_matches_validation(
             str(tmp_path / "pred"),
             "--tracking-uri",
             mlflow_server,
+            "--case-ids",
+            "folder",  # outputs named like the references
         ],
     )
     assert predicted.exit_code == 0, predicted.output

@@ -37,7 +37,12 @@ def test_mixed_folder_gives_outputs_per_scan_and_reports_the_broken_one(
     (scans / "broken.nii.gz").write_bytes(b"not a nifti at all")
     model = load_packaged_model(model_uri, tracking_uri=tracking)
     report = predict_path(
-        scans, model, out_dir=tmp_path / "out", options=PredictionOptions(), probabilities=True
+        scans,
+        model,
+        out_dir=tmp_path / "out",
+        options=PredictionOptions(),
+        case_ids="folder",
+        probabilities=True,
     )
     outcomes = {o.case_id: o for o in report.outcomes}
     assert report.exit_code == 1

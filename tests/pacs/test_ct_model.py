@@ -31,7 +31,9 @@ def test_trained_ct_model_segments_the_dicom_series(shared_data: Path, tmp_path:
     assert packaged.label_names == model.label_names
     series = tmp_path / "series"
     with_restored_uids(shared_data / EXAMPLE_CT, series / "ct", seed="other")
-    report = predict_path(series, packaged, out_dir=tmp_path / "out", options=PredictionOptions())
+    report = predict_path(
+        series, packaged, out_dir=tmp_path / "out", options=PredictionOptions(), case_ids="folder"
+    )
     assert report.exit_code == 0, report.outcomes
     assert (tmp_path / "out" / "ct_seg.dcm").is_file()
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from medseg.ingest.case_ids import CaseIdScheme
+from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.pipeline.stages.base import (
     PipelineError,
     StageContext,
@@ -80,6 +81,7 @@ class PredictStageOptions(_FolderOrSplit):
     mirror: bool = False
     crf: dict[str, Any] | None = None  # CrfSettings of a dense CRF; {} or true: the defaults
     backend: str = "torch"
+    non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # scans with NaN/Inf voxels
     dicom_seg: bool = True
     workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
@@ -130,6 +132,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
             mirror=options.mirror,
             crf=options.crf,
             backend=options.backend,
+            non_finite=options.non_finite,
         ),
         case_ids=case_ids,
         dicom_seg=options.dicom_seg,

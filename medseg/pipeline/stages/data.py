@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from medseg.ingest.case_ids import CaseIdScheme
+from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.pipeline.stages.base import (
     StageContext,
     StageDefinition,
@@ -38,6 +39,7 @@ class IngestOptions(StageOptions):
     labels: str | None = None  # folder of <case_id>.nii.gz label maps
     label_names: str | None = None  # JSON {"1": "liver", ...} or a dataset.json with "labels"
     case_ids: CaseIdScheme = CaseIdScheme.HASH
+    non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # scans with NaN/Inf voxels
     workers: int | None = Field(None, ge=1)
     val_fraction: float = Field(0.0, ge=0, lt=1)  # of the labelled scans, for validation
     test_fraction: float = Field(0.0, ge=0, lt=1)
@@ -71,6 +73,7 @@ def _ingest(ctx: StageContext, options: IngestOptions, run: Any) -> StageResult:
         case_ids=options.case_ids,
         labels_dir=paths.get("labels"),
         workers=options.workers,
+        non_finite=options.non_finite,
         on_progress=ctx.on_progress,
     )
     if "label_names" in paths:
@@ -88,7 +91,7 @@ def _ingest(ctx: StageContext, options: IngestOptions, run: Any) -> StageResult:
     return StageResult(
         provides={"manifest": report.manifest_path, "manifest_data_root": None},
         metrics={"scans": len(converted), "scans_failed": len(failed)},
-        problems=[f"{o.source}: {o.reason}" for o in failed],
+        problems=[f"{o.source or o.case_id}: {o.reason}" for o in failed],
         summary={"scans": len(converted), "failed": len(failed)},
     )
 
