@@ -13,7 +13,9 @@ from medseg.cli_errors import MedsegGroup
 from medseg.cli_options import (
     BACKEND,
     BATCH_SIZE,
+    CASE_IDS,
     DATA_ROOT,
+    NON_FINITE,
     OVERLAP,
     PRECISION,
     batch_output_folder,
@@ -39,14 +41,6 @@ app = typer.Typer(
     help="medseg: medical-image segmentation (ingest, preprocess, train, infer, evaluate).",
     no_args_is_help=True,
     add_completion=False,
-)
-
-
-NON_FINITE_OPTION = typer.Option(
-    NonFinitePolicy.ERROR,
-    "--non-finite",
-    help="Scans with NaN/Inf voxels: error (refuse them) or replace-min (the scan's lowest "
-    "finite value; recorded with the case).",
 )
 
 
@@ -87,7 +81,7 @@ def ingest(
     ),
     workers: int | None = typer.Option(None, min=1, help="Decoder processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Convert again even if unchanged."),
-    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
+    non_finite: NonFinitePolicy = NON_FINITE,
 ) -> None:
     """Convert every DICOM series and NIfTI file under INPUT_DIR into canonical volumes.
 
@@ -339,12 +333,8 @@ def predict(
     probabilities: bool = typer.Option(
         False, "--probabilities", help="Also write <case>.probabilities.npz (float16)."
     ),
-    case_ids: CaseIdScheme = typer.Option(
-        CaseIdScheme.HASH,
-        "--case-ids",
-        help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
-    ),
-    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
+    case_ids: CaseIdScheme = CASE_IDS,
+    non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = typer.Option(None, help="MLflow tracking URI for models:/ URIs."),
 ) -> None:
     """Segment every scan under INPUT_PATH with a packaged model.
@@ -404,11 +394,7 @@ def batch(
         help="This job's share I/N (0-based). Default: from SLURM_ARRAY_TASK_* or "
         "JOB_COMPLETION_INDEX + MEDSEG_SHARD_COUNT, else 0/1.",
     ),
-    case_ids: CaseIdScheme = typer.Option(
-        CaseIdScheme.HASH,
-        "--case-ids",
-        help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
-    ),
+    case_ids: CaseIdScheme = CASE_IDS,
     overlap: float = OVERLAP,
     batch_size: int = BATCH_SIZE,
     mirror: bool = typer.Option(False, "--mirror", help="Mirroring test-time augmentation."),
@@ -417,7 +403,7 @@ def batch(
     ),
     backend: Backend = BACKEND,
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
-    non_finite: NonFinitePolicy = NON_FINITE_OPTION,
+    non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = typer.Option(
         None, help="MLflow tracking URI (models:/ URIs and the batch run)."
     ),

@@ -19,6 +19,8 @@ import typer
 
 from medseg.errors import InputFileError
 from medseg.infer.choices import Backend, Precision
+from medseg.ingest.case_ids import CaseIdScheme
+from medseg.ingest.non_finite import NonFinitePolicy
 
 Number = TypeVar("Number", int, float)
 
@@ -177,3 +179,14 @@ DATA_ROOT = typer.Option(
     None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
 )
 PRECISION = typer.Option(Precision.FP32, help="bf16: OpenVINO only, on CPUs with bf16 units.")
+CASE_IDS = typer.Option(
+    CaseIdScheme.HASH,
+    "--case-ids",
+    help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
+)
+NON_FINITE = typer.Option(
+    NonFinitePolicy.ERROR,
+    "--non-finite",
+    help="Scans with NaN/Inf voxels: error (refuse them) or replace-min (the scan's lowest "
+    "finite value; recorded with the case).",
+)
