@@ -107,24 +107,27 @@ def predict_path(
         ScanOutcome(f.case_id, f.source, ok=False, reason=f.reason, error_type=f.error_type)
         for f in found.failed_inputs()
     ]
-    for done, task in enumerate(found.tasks):
+    try:
+        for done, task in enumerate(found.tasks):
+            if on_progress:
+                on_progress("Predicting", done, len(found.tasks))
+            outcome = predict_task(
+                task,
+                model,
+                options=options,
+                predictor=predictor,
+                out_dir=staging / task.case_id,
+                dicom_seg=dicom_seg,
+                probabilities=probabilities,
+                on_windows=_WindowCounter(on_progress),
+            )
+            with shutdown.deferred():  # a stop waits until the case's files are all moved
+                _publish(staging / task.case_id, out_dir, task.case_id, outcome)
+            report.outcomes.append(outcome)
         if on_progress:
-            on_progress("Predicting", done, len(found.tasks))
-        outcome = predict_task(
-            task,
-            model,
-            options=options,
-            predictor=predictor,
-            out_dir=staging / task.case_id,
-            dicom_seg=dicom_seg,
-            probabilities=probabilities,
-            on_windows=_WindowCounter(on_progress),
-        )
-        _publish(staging / task.case_id, out_dir, task.case_id, outcome)
-        report.outcomes.append(outcome)
-    if on_progress:
-        on_progress("Predicting", len(found.tasks), len(found.tasks))
-    shutil.rmtree(staging, ignore_errors=True)
+            on_progress("Predicting", len(found.tasks), len(found.tasks))
+    finally:  # also when stopped: the case in progress is dropped
+        shutil.rmtree(staging, ignore_errors=True)
     write_json_atomic(
         out_dir / "predict_report.json",
         {
@@ -230,27 +233,26 @@ def predict_task(
             on_windows=on_windows,
             probabilities_out=kept,
         )
-        with shutdown.deferred():  # a stop signal waits until the case's files are all written
-            outputs = [write_nifti(labels, out_dir / f"{task.case_id}.nii.gz")]
-            if kept:
-                path = out_dir / f"{task.case_id}.probabilities.npz"
-                outputs.append(_write_probabilities(path, kept[0], volume))
-            statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
-            volumes_path = out_dir / f"{task.case_id}.volumes.json"
-            write_json_atomic(volumes_path, statistics)
-            outputs.append(volumes_path)
-            if dicom_seg and task.series is not None:
-                from medseg.io.dicom_seg import write_dicom_seg
+        outputs = [write_nifti(labels, out_dir / f"{task.case_id}.nii.gz")]
+        if kept:
+            path = out_dir / f"{task.case_id}.probabilities.npz"
+            outputs.append(_write_probabilities(path, kept[0], volume))
+        statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
+        volumes_path = out_dir / f"{task.case_id}.volumes.json"
+        write_json_atomic(volumes_path, statistics)
+        outputs.append(volumes_path)
+        if dicom_seg and task.series is not None:
+            from medseg.io.dicom_seg import write_dicom_seg
 
-                outputs.append(
-                    write_dicom_seg(
-                        labels,
-                        source_files=task.series.files,
-                        label_names=model.label_names,
-                        out_path=out_dir / f"{task.case_id}_seg.dcm",
-                        algorithm_version=__version__,
-                    )
+            outputs.append(
+                write_dicom_seg(
+                    labels,
+                    source_files=task.series.files,
+                    label_names=model.label_names,
+                    out_path=out_dir / f"{task.case_id}_seg.dcm",
+                    algorithm_version=__version__,
                 )
+            )
     except MedsegError as error:
         reason, error_type = task.error_message(error), type(error).__name__
         logger.warning("%s", reason)
