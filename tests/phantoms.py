@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydicom
+
 from medseg.demo.dicom_writer import TransferSyntax, to_dicom_slice_order, write_dicom_series
 from medseg.demo.phantom import PHANTOM_LABELS, make_phantom
 from medseg.io.nifti import write_nifti
@@ -18,6 +20,7 @@ __all__ = [
     "PHANTOM_LABELS",
     "SMALL_SPACING_MM",
     "small_phantom",
+    "stamp_dicom",
     "write_phantom_dicom",
     "write_phantom_nifti",
 ]
@@ -72,3 +75,18 @@ def write_phantom_dicom(
         transfer_syntax=transfer_syntax,
         uid_seed=f"medseg-test-phantom-{seed}-{patient_id}",
     )
+
+
+def stamp_dicom(paths: list[Path], **attributes: object) -> list[Path]:
+    """Set DICOM attributes (``keyword=value``) in every file of ``paths`` in place.
+
+    For what the phantom writer does not set (BodyPartExamined, a scout's SeriesDescription,
+    other UIDs...); the file meta follows a changed SOPInstanceUID. Returns ``paths``.
+    """
+    for path in paths:
+        dataset = pydicom.dcmread(path)
+        for keyword, value in attributes.items():
+            setattr(dataset, keyword, value)
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.save_as(path, enforce_file_format=True)
+    return paths
