@@ -7,8 +7,10 @@ milliseconds. Nothing here needs downloaded data.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from medseg.demo.dicom_writer import TransferSyntax, to_dicom_slice_order, write_dicom_series
@@ -19,8 +21,13 @@ from medseg.volume import Volume
 __all__ = [
     "PHANTOM_LABELS",
     "SMALL_SPACING_MM",
+    "WILD_FLOAT_LABELS",
+    "WILD_ORPHANS",
+    "WILD_PAIRS",
     "small_phantom",
     "stamp_dicom",
+    "write_phantom_dataset",
+    "write_phantom_dataset_in_the_wild",
     "write_phantom_dicom",
     "write_phantom_nifti",
 ]
@@ -90,3 +97,58 @@ def stamp_dicom(paths: list[Path], **attributes: object) -> list[Path]:
         dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
         dataset.save_as(path, enforce_file_format=True)
     return paths
+
+
+def write_phantom_dataset(
+    root: Path, seeds: Iterable[int], *, prefix: str = "phantom", **grid: object
+) -> list[str]:
+    """A flat dataset of phantoms: ``images/`` and ``labels/`` hold ``<prefix>_<seed:03d>.nii.gz``
+    for each seed (image in HU, label map on its grid). Returns the case ids, in seed order."""
+    case_ids = []
+    for seed in seeds:
+        case_id = f"{prefix}_{seed:03d}"
+        label_path = Path(root) / "labels" / f"{case_id}.nii.gz"
+        write_phantom_nifti(
+            Path(root) / "images" / f"{case_id}.nii.gz", seed, label_path=label_path, **grid
+        )
+        case_ids.append(case_id)
+    return case_ids
+
+
+# Cases of ``write_phantom_dataset_in_the_wild`` that are not image/label pairs, as
+# (case id, path) in case-id order: a label without image, an image without label, and a label
+# without image that is not even a phantom label map.
+WILD_ORPHANS = [
+    ("phantom_011", "labels/phantom_011.nii.gz"),
+    ("phantom_118", "images/phantom_118.nii.gz"),
+    ("phantom_281", "labels/phantom_281.nii.gz"),
+]
+WILD_PAIRS = 10  # phantom_001 ... phantom_010
+WILD_FLOAT_LABELS = ("phantom_003", "phantom_007")
+
+
+def write_phantom_dataset_in_the_wild(folder: Path) -> Path:
+    """A flat dataset of phantoms as MSD hippocampus is found in the wild; returns ``folder``.
+
+    ``images/`` and ``labels/`` pair phantoms 1 to 10 by file name, plus the three orphans of
+    ``WILD_ORPHANS`` (``labels/phantom_281`` is 64 x 64 x 20 on another grid). Mixed dtypes:
+    the image of phantom 2 is float32, the labels ``WILD_FLOAT_LABELS`` are float32 with
+    integral values.
+    """
+    folder = Path(folder)
+    write_phantom_dataset(folder, range(1, WILD_PAIRS + 1))
+    write_phantom_nifti(folder / "labels" / "phantom_011.nii.gz", 11)
+    write_phantom_nifti(folder / "images" / "phantom_118.nii.gz", 118)
+    stray = np.zeros((64, 64, 20), np.uint8)
+    stray[20:40, 20:40, 5:15] = 1
+    write_nifti(Volume(stray, np.diag([0.8, 0.8, 2.5, 1.0])), folder / "labels/phantom_281.nii.gz")
+    image, _ = small_phantom(2)
+    write_nifti(
+        image.with_array(image.array.astype(np.float32)), folder / "images/phantom_002.nii.gz"
+    )
+    for case_id in WILD_FLOAT_LABELS:
+        _, labels = small_phantom(int(case_id[-3:]))
+        write_nifti(
+            labels.with_array(labels.array.astype(np.float32)), folder / f"labels/{case_id}.nii.gz"
+        )
+    return folder
