@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from medseg.demo.dicom_writer import TransferSyntax, to_dicom_slice_order, write_dicom_series
 from medseg.demo.phantom import PHANTOM_LABELS, make_phantom
@@ -30,6 +32,7 @@ __all__ = [
     "write_phantom_dataset_in_the_wild",
     "write_phantom_dicom",
     "write_phantom_nifti",
+    "write_secondary_capture",
 ]
 
 SMALL_SPACING_MM = (3.0, 3.0, 4.0)
@@ -152,3 +155,25 @@ def write_phantom_dataset_in_the_wild(folder: Path) -> Path:
             labels.with_array(labels.array.astype(np.float32)), folder / f"labels/{case_id}.nii.gz"
         )
     return folder
+
+
+def write_secondary_capture(path: Path, *, patient_name: str = "PHANTOM^TEST") -> Path:
+    """An 8-bit RGB secondary capture (a screenshot, not a scan) at ``path``; returns it."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.Modality, dataset.ConversionType = "OT", "WSD"
+    dataset.PatientName, dataset.PatientID = patient_name, "PHANTOM"
+    dataset.Rows, dataset.Columns, dataset.SamplesPerPixel = 16, 24, 3
+    dataset.PhotometricInterpretation, dataset.PlanarConfiguration = "RGB", 0
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = np.full((16, 24, 3), 200, np.uint8).tobytes()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    return Path(path)

@@ -9,8 +9,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from typer.testing import CliRunner
 
 from medseg.cli import app
@@ -19,7 +17,13 @@ from medseg.ingest import EXIT_SOME_FAILED, OutcomeKind, ingest
 from medseg.io.dicom import read_dicom_series
 from medseg.io.nifti import read_nifti, write_nifti
 from medseg.manifest import read_manifest, sha256_file
-from tests.phantoms import small_phantom, stamp_dicom, write_phantom_dicom, write_phantom_nifti
+from tests.phantoms import (
+    small_phantom,
+    stamp_dicom,
+    write_phantom_dicom,
+    write_phantom_nifti,
+    write_secondary_capture,
+)
 
 PHI = {
     "PatientName": "DOE^JANE",
@@ -45,27 +49,6 @@ def _four_images_at_one_position(folder: Path) -> None:
     stamp_dicom(files[10:13], ImagePositionPatient=position)
 
 
-def _secondary_capture(path: Path) -> None:
-    """An 8-bit RGB secondary capture (a screenshot, not a scan)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
-    dataset.Modality, dataset.ConversionType = "OT", "WSD"
-    dataset.PatientName, dataset.PatientID = PHI["PatientName"], PHI["PatientID"]
-    dataset.Rows, dataset.Columns, dataset.SamplesPerPixel = 16, 24, 3
-    dataset.PhotometricInterpretation, dataset.PlanarConfiguration = "RGB", 0
-    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = np.full((16, 24, 3), 200, np.uint8).tobytes()
-    path.parent.mkdir(parents=True)
-    dataset.save_as(path, enforce_file_format=True)
-
-
 @pytest.fixture()
 def scan_folder(tmp_path: Path) -> Path:
     """Two good phantom series with PHI, a series that is not one volume, a screenshot, a NIfTI
@@ -74,7 +57,7 @@ def scan_folder(tmp_path: Path) -> Path:
     _phantom_series_with_phi(root / "a" / "ct", 1, description="Abdomen DOE")
     _phantom_series_with_phi(root / "b", 2, description="Abdomen 3.0 B30f", SeriesNumber=4)
     _four_images_at_one_position(root / "c")
-    _secondary_capture(root / "d" / "screenshot.dcm")
+    write_secondary_capture(root / "d" / "screenshot.dcm", patient_name=PHI["PatientName"])
     write_phantom_nifti(root / "phantom.nii.gz", 4)
     (root / "notes.txt").write_text("not a scan")
     return root
