@@ -13,26 +13,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import SegmentationStorage
 
 from medseg.errors import PacsRefusedError, PacsUnavailableError
 from medseg.io.dicom_seg import write_dicom_seg
 from medseg.pacs.config import DicomwebSettings
 from medseg.pacs.dicomweb import DicomwebClient
-from tests.orthanc_server import OrthancServer, require_orthanc, running_orthanc
+from tests.orthanc_server import OrthancServer
 from tests.phantoms import PHANTOM_LABELS, small_phantom, write_phantom_dicom
 
 PASSWORD_ENV = "MEDSEG_TEST_DICOMWEB_PASSWORD"
 PATIENT_ID = "FAKE-STOW-0001"
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    """One Orthanc for the module, refusing Segmentation Storage."""
-    require_orthanc()
-    folder = tmp_path_factory.mktemp("orthanc")
-    with running_orthanc(folder, refuse_sop_classes=[SegmentationStorage]) as server:
-        yield server
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """DimseClient against a real Orthanc: C-ECHO, C-FIND, C-GET, C-STORE, refusals, a dead port.
 
-One Orthanc serves the module; it refuses Segmentation Storage (a Lua filter), and holds a
+One Orthanc serves the module (``pacs`` in conftest.py: it refuses Segmentation Storage), holding a
 phantom CT series in JPEG 2000 (tests/phantoms.py).
 """
 
@@ -25,22 +25,12 @@ from medseg.errors import PacsRefusedError, PacsUnavailableError
 from medseg.pacs.client import SeriesInfo, SeriesQuery, instance_file_name
 from medseg.pacs.config import DimseSettings
 from medseg.pacs.dimse import DimseClient
-from tests.orthanc_server import OrthancServer, free_port, require_orthanc, running_orthanc
+from tests.orthanc_server import OrthancServer, free_port
 from tests.phantoms import stamp_dicom, write_phantom_dicom
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 STUDY_DATE = date(2000, 1, 1)  # of every phantom
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "PID-4711"
 PHANTOM_SEED = 11
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    """One Orthanc for the module, refusing Segmentation Storage."""
-    require_orthanc()
-    folder = tmp_path_factory.mktemp("orthanc")
-    with running_orthanc(folder, refuse_sop_classes=[SEGMENTATION_STORAGE]) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
