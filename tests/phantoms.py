@@ -11,6 +11,11 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
 from medseg.demo.dicom_writer import TransferSyntax, to_dicom_slice_order, write_dicom_series
 from medseg.demo.phantom import PHANTOM_LABELS, make_phantom
 from medseg.io.nifti import write_nifti
@@ -19,10 +24,17 @@ from medseg.volume import Volume
 __all__ = [
     "PHANTOM_LABELS",
     "SMALL_SPACING_MM",
+    "WILD_FLOAT_LABELS",
+    "WILD_ORPHANS",
+    "WILD_PAIRS",
     "small_phantom",
+    "stamp_dicom",
     "write_phantom_dataset",
+    "write_phantom_dataset_in_the_wild",
+    "write_phantom_dataset_json",
     "write_phantom_dicom",
     "write_phantom_nifti",
+    "write_secondary_capture",
 ]
 
 SMALL_SPACING_MM = (3.0, 3.0, 4.0)
@@ -77,20 +89,101 @@ def write_phantom_dicom(
     )
 
 
-def write_phantom_dataset(folder: Path, seeds: Iterable[int], *, prefix: str = "phantom") -> Path:
-    """A flat dataset of phantoms in ``folder``: ``images/`` (HU), ``labels/`` and a
-    ``dataset.json`` naming the labels (``PHANTOM_LABELS``) and the modality (CT).
+def stamp_dicom(paths: list[Path], **attributes: object) -> list[Path]:
+    """Set DICOM attributes (``keyword=value``) in every file of ``paths`` in place.
 
-    Case ``<prefix>_<seed:03d>`` is phantom ``seed`` on the small grid. Returns ``folder``.
+    For what the phantom writer does not set (BodyPartExamined, a scout's SeriesDescription,
+    other UIDs...); the file meta follows a changed SOPInstanceUID. Returns ``paths``.
+    """
+    for path in paths:
+        dataset = pydicom.dcmread(path)
+        for keyword, value in attributes.items():
+            setattr(dataset, keyword, value)
+        dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+        dataset.save_as(path, enforce_file_format=True)
+    return paths
+
+
+def write_phantom_dataset(
+    root: Path, seeds: Iterable[int], *, prefix: str = "phantom", **grid: object
+) -> list[str]:
+    """A flat dataset of phantoms: ``images/`` and ``labels/`` hold ``<prefix>_<seed:03d>.nii.gz``
+    for each seed (image in HU, label map on its grid). Returns the case ids, in seed order."""
+    case_ids = []
+    for seed in seeds:
+        case_id = f"{prefix}_{seed:03d}"
+        label_path = Path(root) / "labels" / f"{case_id}.nii.gz"
+        write_phantom_nifti(
+            Path(root) / "images" / f"{case_id}.nii.gz", seed, label_path=label_path, **grid
+        )
+        case_ids.append(case_id)
+    return case_ids
+
+
+def write_phantom_dataset_json(folder: Path) -> Path:
+    """A ``dataset.json`` in ``folder`` naming the phantom labels (``PHANTOM_LABELS``) and the
+    modality (CT); returns ``folder``."""
+    metadata = {"labels": {str(v): n for v, n in PHANTOM_LABELS.items()}, "modality": {"0": "CT"}}
+    (Path(folder) / "dataset.json").write_text(json.dumps(metadata, indent=2))
+    return Path(folder)
+
+
+# Cases of ``write_phantom_dataset_in_the_wild`` that are not image/label pairs, as
+# (case id, path) in case-id order: a label without image, an image without label, and a label
+# without image that is not even a phantom label map.
+WILD_ORPHANS = [
+    ("phantom_011", "labels/phantom_011.nii.gz"),
+    ("phantom_118", "images/phantom_118.nii.gz"),
+    ("phantom_281", "labels/phantom_281.nii.gz"),
+]
+WILD_PAIRS = 10  # phantom_001 ... phantom_010
+WILD_FLOAT_LABELS = ("phantom_003", "phantom_007")
+
+
+def write_phantom_dataset_in_the_wild(folder: Path) -> Path:
+    """A flat dataset of phantoms as MSD hippocampus is found in the wild; returns ``folder``.
+
+    ``images/`` and ``labels/`` pair phantoms 1 to 10 by file name, plus the three orphans of
+    ``WILD_ORPHANS`` (``labels/phantom_281`` is 64 x 64 x 20 on another grid). Mixed dtypes:
+    the image of phantom 2 is float32, the labels ``WILD_FLOAT_LABELS`` are float32 with
+    integral values.
     """
     folder = Path(folder)
-    for name in ("images", "labels"):
-        (folder / name).mkdir(parents=True, exist_ok=True)
-    for seed in seeds:
-        file_name = f"{prefix}_{seed:03d}.nii.gz"
-        write_phantom_nifti(
-            folder / "images" / file_name, seed, label_path=folder / "labels" / file_name
+    write_phantom_dataset(folder, range(1, WILD_PAIRS + 1))
+    write_phantom_nifti(folder / "labels" / "phantom_011.nii.gz", 11)
+    write_phantom_nifti(folder / "images" / "phantom_118.nii.gz", 118)
+    stray = np.zeros((64, 64, 20), np.uint8)
+    stray[20:40, 20:40, 5:15] = 1
+    write_nifti(Volume(stray, np.diag([0.8, 0.8, 2.5, 1.0])), folder / "labels/phantom_281.nii.gz")
+    image, _ = small_phantom(2)
+    write_nifti(
+        image.with_array(image.array.astype(np.float32)), folder / "images/phantom_002.nii.gz"
+    )
+    for case_id in WILD_FLOAT_LABELS:
+        _, labels = small_phantom(int(case_id[-3:]))
+        write_nifti(
+            labels.with_array(labels.array.astype(np.float32)), folder / f"labels/{case_id}.nii.gz"
         )
-    metadata = {"labels": {str(v): n for v, n in PHANTOM_LABELS.items()}, "modality": {"0": "CT"}}
-    (folder / "dataset.json").write_text(json.dumps(metadata, indent=2))
     return folder
+
+
+def write_secondary_capture(path: Path, *, patient_name: str = "PHANTOM^TEST") -> Path:
+    """An 8-bit RGB secondary capture (a screenshot, not a scan) at ``path``; returns it."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset = Dataset()
+    dataset.file_meta = meta
+    dataset.SOPClassUID, dataset.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = generate_uid(), generate_uid()
+    dataset.Modality, dataset.ConversionType = "OT", "WSD"
+    dataset.PatientName, dataset.PatientID = patient_name, "PHANTOM"
+    dataset.Rows, dataset.Columns, dataset.SamplesPerPixel = 16, 24, 3
+    dataset.PhotometricInterpretation, dataset.PlanarConfiguration = "RGB", 0
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 8, 8, 7
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = np.full((16, 24, 3), 200, np.uint8).tobytes()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    return Path(path)

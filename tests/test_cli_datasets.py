@@ -1,4 +1,8 @@
-"""``medseg import-dataset`` and ``medseg validate-manifest`` from the command line."""
+"""``medseg import-dataset`` and ``medseg validate-manifest`` from the command line.
+
+On a phantom dataset as found in the wild; the reference tests at the end use the real MSD
+hippocampus data and its committed manifest from ../shared/data.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +10,26 @@ import json
 import shutil
 from pathlib import Path
 
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from medseg.cli import app
 from medseg.manifest import read_label_names, read_manifest
+from tests.phantoms import WILD_ORPHANS, WILD_PAIRS, write_phantom_dataset_in_the_wild
 
 
-def test_hippocampus_imports_214_pairs_and_names_the_three_orphans(
-    shared_data: Path, tmp_path: Path
+def _text(result: Result) -> str:
+    """The command's output with line wrapping undone (the console wraps long paths)."""
+    return " ".join(result.output.split())
+
+
+def _import_names_the_orphans(
+    dataset: Path, manifest: Path, *, pairs: int, splits: str, orphans: list[str]
 ) -> None:
-    manifest = tmp_path / "hippocampus.jsonl"
     result = CliRunner().invoke(
         app,
         [
             "import-dataset",
-            str(shared_data / "msd_hippocampus"),
+            str(dataset),
             "--out",
             str(manifest),
             "--modality",
@@ -30,12 +39,63 @@ def test_hippocampus_imports_214_pairs_and_names_the_three_orphans(
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "214 cases" in result.output and "171 train, 43 val" in result.output
-    for orphan in ("hippocampus_010", "hippocampus_118", "hippocampus_281"):
+    assert f"{pairs} cases" in _text(result) and splits in _text(result)
+    for orphan in orphans:
         assert orphan in result.output
     records = read_manifest(manifest)
-    assert len(records) == 214 and {r.modality for r in records} == {"MR"}
-    assert read_label_names(manifest) == {0: "background", 1: "anterior", 2: "posterior"}
+    assert len(records) == pairs and {r.modality for r in records} == {"MR"}
+    names = read_label_names(manifest)
+    assert {value: names[value] for value in (0, 1, 2)} == {
+        0: "background",
+        1: "anterior",
+        2: "posterior",
+    }
+
+
+def test_import_counts_the_pairs_and_names_the_three_orphans(tmp_path: Path) -> None:
+    dataset = write_phantom_dataset_in_the_wild(tmp_path / "phantoms")
+    _import_names_the_orphans(
+        dataset,
+        tmp_path / "phantoms.jsonl",
+        pairs=WILD_PAIRS,
+        splits="8 train, 2 val",
+        orphans=[case_id for case_id, _ in WILD_ORPHANS],
+    )
+
+
+def test_validate_manifest_reports_a_changed_file_and_exits_1(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    dataset = write_phantom_dataset_in_the_wild(data / "phantoms")
+    manifest = tmp_path / "m.jsonl"
+    imported = CliRunner().invoke(
+        app, ["import-dataset", str(dataset), "--out", str(manifest), "--data-root", str(data)]
+    )
+    assert imported.exit_code == 0, imported.output
+    clean = CliRunner().invoke(app, ["validate-manifest", str(manifest), "--data-root", str(data)])
+    assert clean.exit_code == 0, clean.output
+    assert f"{WILD_PAIRS} cases, all valid" in _text(clean)
+    victim = dataset / "images/phantom_001.nii.gz"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    result = CliRunner().invoke(app, ["validate-manifest", str(manifest), "--data-root", str(data)])
+    assert result.exit_code == 1
+    assert "phantom_001" in result.output
+    assert f"1 of {WILD_PAIRS} cases have problems" in _text(result)
+    assert json.loads(manifest.read_text().splitlines()[0])["case_id"] == "phantom_001"
+
+
+# --- reference data (../shared/data) ---------------------------------------------------------
+
+
+def test_hippocampus_imports_214_pairs_and_names_the_three_orphans(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    _import_names_the_orphans(
+        shared_data / "msd_hippocampus",
+        tmp_path / "hippocampus.jsonl",
+        pairs=214,
+        splits="171 train, 43 val",
+        orphans=["hippocampus_010", "hippocampus_118", "hippocampus_281"],
+    )
 
 
 def test_committed_hippocampus_manifest_is_valid_against_the_shared_data(shared_data: Path) -> None:
@@ -44,10 +104,10 @@ def test_committed_hippocampus_manifest_is_valid_against_the_shared_data(shared_
         app, ["validate-manifest", str(manifest), "--data-root", str(shared_data)]
     )
     assert result.exit_code == 0, result.output
-    assert "214 cases, all valid" in result.output
+    assert "214 cases, all valid" in _text(result)
 
 
-def test_validate_manifest_reports_a_changed_file_and_exits_1(
+def test_hippocampus_copy_with_a_changed_file_fails_validation(
     shared_data: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
@@ -68,5 +128,4 @@ def test_validate_manifest_reports_a_changed_file_and_exits_1(
     victim.write_bytes(victim.read_bytes()[:-10])
     result = CliRunner().invoke(app, ["validate-manifest", str(manifest), "--data-root", str(data)])
     assert result.exit_code == 1
-    assert "hippocampus_001" in result.output and "1 of 214 cases have problems" in result.output
-    assert json.loads(manifest.read_text().splitlines()[0])["case_id"] == "hippocampus_001"
+    assert "hippocampus_001" in result.output and "1 of 214 cases have problems" in _text(result)

@@ -1,8 +1,13 @@
-"""Dataset import: layouts, pairing, orphans, rejected cases, label names, real hippocampus data."""
+"""Dataset import: layouts, pairing, orphans, rejected cases, label names.
+
+A phantom dataset as found in the wild; the same tests run on the real MSD hippocampus data
+when ../shared/data is present.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,12 @@ from medseg.manifest import (
 )
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
+from tests.phantoms import (
+    WILD_FLOAT_LABELS,
+    WILD_ORPHANS,
+    WILD_PAIRS,
+    write_phantom_dataset_in_the_wild,
+)
 
 AFFINE = np.diag([0.8, 0.8, 2.0, 1.0])
 SHAPE = (6, 5, 4)
@@ -57,82 +68,134 @@ def _flat_dataset(root: Path, case_ids: tuple[str, ...] = ("a", "b", "c")) -> Pa
     return root
 
 
-# --- real data ---------------------------------------------------------------------------------
+# --- a dataset as found in the wild: phantoms, and MSD hippocampus from ../shared/data -------
+
+
+@dataclass(frozen=True)
+class WildDataset:
+    """A flat-layout dataset with orphans and mixed dtypes, and what importing it must give."""
+
+    folder: Path
+    pairs: int
+    orphans: list[tuple[str, str]]  # (case id, path), in case-id order
+    split_counts: dict[str, int]  # with the default seed and val_fraction 0.2
+    first_case: str
+    shape: list[int]
+    spacing: list[float]
+    label_values: list[int]
+    float_label_cases: tuple[str, ...]
+
+
+def _hippocampus(shared_data: Path) -> WildDataset:
+    return WildDataset(
+        folder=shared_data / "msd_hippocampus",
+        pairs=214,
+        orphans=[
+            ("hippocampus_010", "labels/hippocampus_010.nii.gz"),
+            ("hippocampus_118", "images/hippocampus_118.nii.gz"),
+            ("hippocampus_281", "labels/hippocampus_281.nii.gz"),
+        ],
+        split_counts={"train": 171, "val": 43},
+        first_case="hippocampus_001",
+        shape=[35, 51, 35],
+        spacing=[1.0, 1.0, 1.0],
+        label_values=[0, 1, 2],
+        float_label_cases=("hippocampus_003", "hippocampus_243"),
+    )
+
+
+def _phantoms(folder: Path) -> WildDataset:
+    return WildDataset(
+        folder=write_phantom_dataset_in_the_wild(folder / "phantoms"),
+        pairs=WILD_PAIRS,
+        orphans=WILD_ORPHANS,
+        split_counts={"train": 8, "val": 2},
+        first_case="phantom_001",
+        shape=[49, 39, 33],
+        spacing=[3.0, 3.0, 4.0],
+        label_values=[0, 1, 2, 3, 4, 5],
+        float_label_cases=WILD_FLOAT_LABELS,
+    )
+
+
+@pytest.fixture(scope="module", params=["phantoms", "msd_hippocampus"])
+def wild(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> WildDataset:
+    """The phantom dataset, or the real MSD hippocampus (a reference: needs ../shared/data)."""
+    if request.param == "msd_hippocampus":
+        return _hippocampus(request.getfixturevalue("shared_data"))
+    return _phantoms(tmp_path_factory.mktemp("wild"))
 
 
 @pytest.fixture(scope="module")
-def hippocampus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> ImportReport:
-    manifest = tmp_path_factory.mktemp("manifests") / "hippocampus.jsonl"
-    return import_dataset(shared_data / "msd_hippocampus", manifest_path=manifest)
+def imported(wild: WildDataset, tmp_path_factory: pytest.TempPathFactory) -> ImportReport:
+    manifest = tmp_path_factory.mktemp("manifests") / "wild.jsonl"
+    return import_dataset(wild.folder, manifest_path=manifest)
 
 
-def test_hippocampus_imports_214_pairs_in_the_flat_layout(hippocampus: ImportReport) -> None:
-    assert hippocampus.layout == "flat"
-    assert len(hippocampus.records) == 214
-    assert all(record.label is not None for record in hippocampus.records)
-    assert hippocampus.rejected == []
-    assert len(read_manifest(hippocampus.manifest_path)) == 214
+def test_imports_every_pair_in_the_flat_layout(wild: WildDataset, imported: ImportReport) -> None:
+    assert imported.layout == "flat"
+    assert len(imported.records) == wild.pairs
+    assert all(record.label is not None for record in imported.records)
+    assert imported.rejected == []
+    assert len(read_manifest(imported.manifest_path)) == wild.pairs
 
 
-def test_hippocampus_reports_the_three_orphans(hippocampus: ImportReport) -> None:
-    orphans = [(orphan.case_id, orphan.path) for orphan in hippocampus.orphans]
-    assert orphans == [
-        ("hippocampus_010", "labels/hippocampus_010.nii.gz"),
-        ("hippocampus_118", "images/hippocampus_118.nii.gz"),
-        ("hippocampus_281", "labels/hippocampus_281.nii.gz"),
-    ]
-    assert "has no label" in hippocampus.orphans[1].reason
-    assert "has no image" in hippocampus.orphans[0].reason
-    case_ids = {record.case_id for record in hippocampus.records}
-    assert case_ids.isdisjoint({"hippocampus_010", "hippocampus_118", "hippocampus_281"})
+def test_reports_the_three_orphans(wild: WildDataset, imported: ImportReport) -> None:
+    orphans = [(orphan.case_id, orphan.path) for orphan in imported.orphans]
+    assert orphans == wild.orphans
+    assert "has no label" in imported.orphans[1].reason
+    assert "has no image" in imported.orphans[0].reason
+    assert "has no image" in imported.orphans[2].reason
+    case_ids = {record.case_id for record in imported.records}
+    assert case_ids.isdisjoint(case_id for case_id, _ in wild.orphans)
 
 
-def test_hippocampus_splits_171_train_43_val(hippocampus: ImportReport) -> None:
-    assert hippocampus.split_counts == {"train": 171, "val": 43}
+def test_splits_a_fifth_for_validation(wild: WildDataset, imported: ImportReport) -> None:
+    assert imported.split_counts == wild.split_counts
 
 
-def test_hippocampus_record_holds_real_geometry_and_checksums(
-    hippocampus: ImportReport, shared_data: Path
-) -> None:
-    record = next(r for r in hippocampus.records if r.case_id == "hippocampus_001")
-    image, label = resolve(record, hippocampus.manifest_path)
-    folder = shared_data / "msd_hippocampus"
-    assert image.samefile(folder / "images" / "hippocampus_001.nii.gz")
-    assert label is not None and label.samefile(folder / "labels" / "hippocampus_001.nii.gz")
-    assert record.shape == [35, 51, 35]
-    assert record.spacing == [1.0, 1.0, 1.0]
+def test_record_holds_the_geometry_and_checksums(wild: WildDataset, imported: ImportReport) -> None:
+    record = next(r for r in imported.records if r.case_id == wild.first_case)
+    image, label = resolve(record, imported.manifest_path)
+    assert image.samefile(wild.folder / "images" / f"{wild.first_case}.nii.gz")
+    assert label is not None and label.samefile(
+        wild.folder / "labels" / f"{wild.first_case}.nii.gz"
+    )
+    assert record.shape == wild.shape
+    assert record.spacing == wild.spacing
     assert record.sha256 == sha256_file(image)
     assert record.label_sha256 == sha256_file(label)
     assert record.modality == "unknown"
-    assert record.extra == {"label_values": [0, 1, 2]}
-    assert record.source == hash_identifier("msd_hippocampus/images/hippocampus_001.nii.gz")
+    assert record.extra == {"label_values": wild.label_values}
+    source = f"{wild.folder.name}/images/{wild.first_case}.nii.gz"
+    assert record.source == hash_identifier(source)
 
 
-def test_hippocampus_float32_labels_with_integral_values_are_accepted(
-    hippocampus: ImportReport,
+def test_float32_labels_with_integral_values_are_accepted(
+    wild: WildDataset, imported: ImportReport
 ) -> None:
-    by_id = {record.case_id: record for record in hippocampus.records}
-    for case_id in ("hippocampus_003", "hippocampus_243"):
-        assert by_id[case_id].extra["label_values"] == [0, 1, 2]
+    by_id = {record.case_id: record for record in imported.records}
+    for case_id in wild.float_label_cases:
+        assert by_id[case_id].extra["label_values"] == wild.label_values
 
 
-def test_hippocampus_label_names_are_derived_without_dataset_json(
-    hippocampus: ImportReport,
+def test_label_names_are_derived_without_dataset_json(
+    wild: WildDataset, imported: ImportReport
 ) -> None:
-    expected = {0: "background", 1: "label_1", 2: "label_2"}
-    assert hippocampus.label_names == expected
-    assert read_label_names(hippocampus.manifest_path) == expected
+    expected = {0: "background"} | {v: f"label_{v}" for v in wild.label_values if v}
+    assert imported.label_names == expected
+    assert read_label_names(imported.manifest_path) == expected
 
 
-def test_data_root_makes_paths_relative_to_it(shared_data: Path, tmp_path: Path) -> None:
-    manifest = tmp_path / "data_manifests" / "hippocampus.jsonl"
+def test_data_root_makes_paths_relative_to_it(wild: WildDataset, tmp_path: Path) -> None:
+    manifest = tmp_path / "data_manifests" / "wild.jsonl"
     report = import_dataset(
-        shared_data / "msd_hippocampus", manifest_path=manifest, data_root=shared_data, seed=3
+        wild.folder, manifest_path=manifest, data_root=wild.folder.parent, seed=3
     )
     first = read_manifest(manifest)[0]
-    assert first.image == "msd_hippocampus/images/hippocampus_001.nii.gz"
-    assert first.label == "msd_hippocampus/labels/hippocampus_001.nii.gz"
-    assert report.split_counts == {"train": 171, "val": 43}
+    assert first.image == f"{wild.folder.name}/images/{wild.first_case}.nii.gz"
+    assert first.label == f"{wild.folder.name}/labels/{wild.first_case}.nii.gz"
+    assert report.split_counts == wild.split_counts
 
 
 # --- layouts -----------------------------------------------------------------------------------

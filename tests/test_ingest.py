@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +12,18 @@ import pytest
 from typer.testing import CliRunner
 
 from medseg.cli import app
+from medseg.demo.dicom_writer import TransferSyntax
 from medseg.ingest import EXIT_SOME_FAILED, OutcomeKind, ingest
 from medseg.io.dicom import read_dicom_series
 from medseg.io.nifti import read_nifti, write_nifti
 from medseg.manifest import read_manifest, sha256_file
+from tests.phantoms import (
+    small_phantom,
+    stamp_dicom,
+    write_phantom_dicom,
+    write_phantom_nifti,
+    write_secondary_capture,
+)
 
 PHI = {
     "PatientName": "DOE^JANE",
@@ -24,33 +31,34 @@ PHI = {
     "PatientBirthDate": "19700101",
     "AccessionNumber": "ACC98765",
 }
-D2N = "dicom2nifti_tests/tests/data"
 
 
-def _copy_with_phi(source: Path, target: Path, *, description: str) -> None:
-    """Copy a series, stamping identifying values into every file (and its description)."""
-    target.mkdir(parents=True)
-    for index, path in enumerate(sorted(source.glob("*.dcm"))):
-        dataset = pydicom.dcmread(path)
-        for keyword, value in PHI.items():
-            setattr(dataset, keyword, value)
-        dataset.SeriesDescription = description
-        name = f"slice {index}" if index % 2 else f"IMG{index:04d}"  # spaces, no extension
-        dataset.save_as(target / name)
+def _phantom_series_with_phi(folder: Path, seed: int, *, description: str, **tags: object) -> None:
+    """A phantom CT series with identifying values in every file (and its description), in
+    files named with spaces and without extension."""
+    files = write_phantom_dicom(folder, seed)
+    stamp_dicom(files, **PHI, SeriesDescription=description, **tags)
+    for index, path in enumerate(files):
+        path.rename(folder / (f"slice {index}" if index % 2 else f"IMG{index:04d}"))
+
+
+def _four_images_at_one_position(folder: Path) -> None:
+    """A phantom series whose slices 10 to 13 all claim the position of slice 13."""
+    files = write_phantom_dicom(folder, 3)
+    position = pydicom.dcmread(files[13], stop_before_pixels=True).ImagePositionPatient
+    stamp_dicom(files[10:13], ImagePositionPatient=position)
 
 
 @pytest.fixture()
-def scan_folder(shared_data: Path, tmp_path: Path) -> Path:
+def scan_folder(tmp_path: Path) -> Path:
+    """Two good phantom series with PHI, a series that is not one volume, a screenshot, a NIfTI
+    scan and a text file."""
     root = tmp_path / "incoming"
-    _copy_with_phi(
-        shared_data / D2N / "generic/anatomical/001", root / "a" / "mr", description="T1 DOE"
-    )
-    _copy_with_phi(shared_data / D2N / "ge/anatomical/001", root / "b", description="Sag T1 3D")
-    shutil.copytree(shared_data / D2N / "failing/notavolume/001", root / "c")
-    shutil.copytree(shared_data / D2N / "generic/rgb/001", root / "d")
-    shutil.copy(
-        shared_data / "msd_hippocampus/images/hippocampus_001.nii.gz", root / "hippo.nii.gz"
-    )
+    _phantom_series_with_phi(root / "a" / "ct", 1, description="Abdomen DOE")
+    _phantom_series_with_phi(root / "b", 2, description="Abdomen 3.0 B30f", SeriesNumber=4)
+    _four_images_at_one_position(root / "c")
+    write_secondary_capture(root / "d" / "screenshot.dcm", patient_name=PHI["PatientName"])
+    write_phantom_nifti(root / "phantom.nii.gz", 4)
     (root / "notes.txt").write_text("not a scan")
     return root
 
@@ -67,12 +75,10 @@ def test_cli_converts_good_scans_reports_bad_ones_and_exits_1(
         and "1 failed" in result.output
     )
     assert "4 different images at the same slice position" in result.output
-    records = {r.modality: r for r in read_manifest(out / "manifest.jsonl")}
-    assert (
-        sorted(records) == ["MR", "MR", "unknown"][:0]
-        or len(read_manifest(out / "manifest.jsonl")) == 3
-    )
-    for record in read_manifest(out / "manifest.jsonl"):
+    records = read_manifest(out / "manifest.jsonl")
+    assert sorted(record.modality for record in records) == ["CT", "CT", "unknown"]
+    assert sorted(record.shape for record in records) == [[49, 39, 33]] * 3
+    for record in records:
         image = out / record.image
         assert sha256_file(image) == record.sha256
         volume = read_nifti(image)
@@ -80,9 +86,9 @@ def test_cli_converts_good_scans_reports_bad_ones_and_exits_1(
         assert record.source and len(record.source) == 16
     report = json.loads((out / "ingest_report.json").read_text())
     assert report["counts"] == {"converted": 3, "skipped": 1, "failed": 1}
-    failed = [o for o in report["outcomes"] if o["kind"] == "failed"]
-    assert "source" not in failed[0] and failed[0]["case_id"]  # hashed ids: no paths
-    assert "4 different images at the same slice position" in failed[0]["reason"]
+    [failed] = [o for o in report["outcomes"] if o["kind"] == "failed"]
+    assert "source" not in failed and failed["case_id"]  # hashed ids: no paths
+    assert "4 different images at the same slice position" in failed["reason"]
 
 
 def test_converted_dicom_equals_the_direct_read(scan_folder: Path, tmp_path: Path) -> None:
@@ -105,9 +111,10 @@ def test_no_patient_identifier_reaches_any_output(scan_folder: Path, tmp_path: P
                 assert value.encode() not in content, f"{value} leaked into {path}"
     sidecars = [json.loads(p.read_text()) for p in (out / "images").glob("*.json")]
     by_description = {s["metadata"].get("series_description") for s in sidecars}
-    assert "Sag T1 3D" in by_description  # a harmless description is kept
+    assert "Abdomen 3.0 B30f" in by_description  # a harmless description is kept
     assert any(s["metadata"].get("series_description_withheld") for s in sidecars)
-    assert all("series_uid_hash" in s["metadata"] for s in sidecars if s["modality"] == "MR")
+    from_dicom = [s for s in sidecars if s["modality"] == "CT"]
+    assert len(from_dicom) == 2 and all("series_uid_hash" in s["metadata"] for s in from_dicom)
 
 
 def test_second_run_converts_nothing_and_a_touched_input_is_redone(
@@ -122,10 +129,10 @@ def test_second_run_converts_nothing_and_a_touched_input_is_redone(
     assert not again.of_kind(OutcomeKind.CONVERTED)
     assert {p: p.stat().st_mtime_ns for p in images} == stamps
     assert len(read_manifest(out / "manifest.jsonl")) == 3
-    touched = scan_folder / "hippo.nii.gz"
+    touched = scan_folder / "phantom.nii.gz"
     os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
     third = ingest(scan_folder, out, case_ids="folder")
-    assert [o.source for o in third.of_kind(OutcomeKind.CONVERTED)] == ["hippo.nii.gz"]
+    assert [o.source for o in third.of_kind(OutcomeKind.CONVERTED)] == ["phantom.nii.gz"]
 
 
 def test_a_case_interrupted_before_its_sidecar_is_converted_again(
@@ -140,29 +147,28 @@ def test_a_case_interrupted_before_its_sidecar_is_converted_again(
     assert not list(out.rglob(".tmp-*"))
 
 
-def test_labels_are_paired_by_folder_case_id_and_checked(shared_data: Path, tmp_path: Path) -> None:
+def test_labels_are_paired_by_folder_case_id_and_checked(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
-    shutil.copytree(shared_data / D2N / "ge/anatomical/001", scans / "case_a")
-    shutil.copytree(shared_data / D2N / "hitachi/anatomical/001", scans / "case_b")
-    image_a = read_dicom_series(scans / "case_a")
+    write_phantom_dicom(scans / "case_a", 1)
+    write_phantom_dicom(scans / "case_b", 2)
     labels = tmp_path / "labels"
-    write_nifti(
-        image_a.with_array((image_a.array > 100).astype(np.uint8)), labels / "case_a.nii.gz"
-    )
-    wrong = read_dicom_series(scans / "case_a")  # case_b's label on case_a's grid: must be refused
-    write_nifti(wrong.with_array(np.zeros(wrong.shape, np.uint8)), labels / "case_b.nii.gz")
+    label_a = small_phantom(1)[1]
+    write_nifti(label_a, labels / "case_a.nii.gz")
+    # case_b's label on case_a's grid (each phantom is centred on its anatomy): refused
+    write_nifti(label_a.with_array(np.zeros(label_a.shape, np.uint8)), labels / "case_b.nii.gz")
     report = ingest(scans, tmp_path / "out", case_ids="folder", labels_dir=labels)
     records = {r.case_id: r for r in read_manifest(tmp_path / "out/manifest.jsonl")}
     assert sorted(records) == ["case_a"]
     assert records["case_a"].label == "labels/case_a.nii.gz"
     stored = read_nifti(tmp_path / "out" / records["case_a"].label)
-    assert int(stored.array.sum()) == int((image_a.array > 100).sum())
+    assert stored.same_grid(read_dicom_series(scans / "case_a"))
+    assert np.array_equal(stored.array, label_a.array)
     (failed,) = report.of_kind(OutcomeKind.FAILED)
     assert "case_b.nii.gz" in failed.reason and "does not match" in failed.reason
 
 
-def test_all_good_input_exits_0(shared_data: Path, tmp_path: Path) -> None:
+def test_all_good_input_exits_0(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
-    shutil.copytree(shared_data / D2N / "generic/compressed_jpegls/001", scans)
+    write_phantom_dicom(scans, 5, transfer_syntax=TransferSyntax.JPEGLS_LOSSLESS)
     result = CliRunner().invoke(app, ["ingest", str(scans), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output

@@ -31,6 +31,7 @@ from medseg.manifest import (
 from medseg.manifest_validation import validate_manifest
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
+from tests.phantoms import WILD_PAIRS, write_phantom_dataset_in_the_wild
 
 DIGEST_A = "a" * 64
 DIGEST_B = "b" * 64
@@ -298,6 +299,18 @@ def test_validate_manifest_reports_an_unreadable_file(small_manifest: Path) -> N
     image_path.write_bytes(b"not a nifti")
     kinds = [problem.kind for problem in validate_manifest(small_manifest).problems]
     assert kinds == [ProblemKind.CHECKSUM_MISMATCH, ProblemKind.UNREADABLE]
+
+
+def test_validate_manifest_of_a_phantom_dataset_import_is_clean(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_phantom_dataset_in_the_wild(data / "phantoms")
+    manifest = tmp_path / "phantoms.jsonl"
+    import_dataset(data / "phantoms", manifest_path=manifest, data_root=data)
+    result = validate_manifest(manifest, data_root=data)
+    assert (result.ok, result.n_cases, result.problems) == (True, WILD_PAIRS, [])
+
+
+# --- reference data (../shared/data) ---------------------------------------------------------
 
 
 def test_validate_manifest_of_real_hippocampus_import_is_clean(

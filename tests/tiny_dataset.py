@@ -17,7 +17,7 @@ from medseg.preprocess.config import PlanOptions
 from medseg.preprocess.plan import Plan, plan_manifest
 from medseg.preprocess.stage import preprocess_manifest
 from medseg.train.config import TrainConfig
-from tests.phantoms import write_phantom_dataset
+from tests.phantoms import write_phantom_dataset, write_phantom_dataset_json
 
 SEEDS = range(5)
 CASES = [f"phantom_{seed:03d}" for seed in SEEDS]
@@ -56,8 +56,10 @@ class TinyDataset:
 
 
 def write_tiny_dataset(folder: Path) -> Path:
-    """The five phantoms of the tiny dataset as a flat dataset in ``folder``."""
-    return write_phantom_dataset(folder, SEEDS)
+    """The five phantoms of the tiny dataset as a flat dataset with ``dataset.json`` in
+    ``folder``; returns ``folder``."""
+    write_phantom_dataset(folder, SEEDS)
+    return write_phantom_dataset_json(folder)
 
 
 @pytest.fixture(scope="session")

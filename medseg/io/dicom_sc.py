@@ -38,7 +38,7 @@ Decisions:
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +52,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, iter_pixels
+from pydicom.pixels import apply_modality_lut, iter_pixels, pixel_array
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from medseg import __version__
@@ -212,7 +212,7 @@ def _busiest_slice(seg_path: Path, seg: Dataset) -> _Slice:
     references = _frame_references(seg)
     threshold = _foreground_threshold(seg)
     counts: dict[str, int] = {}
-    for (_, instance, _), frame in zip(references, iter_pixels(seg_path), strict=True):
+    for (_, instance, _), frame in zip(references, _seg_frames(seg_path, seg), strict=True):
         if instance:
             counts[instance] = counts.get(instance, 0) + int(np.count_nonzero(frame >= threshold))
     if not counts:
@@ -222,7 +222,7 @@ def _busiest_slice(seg_path: Path, seg: Dataset) -> _Slice:
     busiest = max(counts, key=counts.__getitem__)  # first of equals, in frame order
     indices = [index for index, ref in enumerate(references) if ref[1] == busiest]
     masks: dict[int, np.ndarray] = {}
-    for index, frame in zip(indices, iter_pixels(seg_path, indices=indices), strict=True):
+    for index, frame in zip(indices, _seg_frames(seg_path, seg, indices), strict=True):
         number = references[index][2]
         mask = frame >= threshold
         masks[number] = masks[number] | mask if number in masks else mask
@@ -232,6 +232,22 @@ def _busiest_slice(seg_path: Path, seg: Dataset) -> _Slice:
         masks={number: mask for number, mask in sorted(masks.items()) if mask.any()},
         frame_numbers=[index + 1 for index in indices],
     )
+
+
+def _seg_frames(
+    seg_path: Path, seg: Dataset, indices: Sequence[int] | None = None
+) -> Iterator[np.ndarray]:
+    """The SEG's frames (all, or those at ``indices``), one (rows, columns) array each.
+
+    pydicom 3.0 cannot decode one single-bit frame that does not start on a byte boundary
+    (rows x columns not a multiple of 8; fixed upstream by pydicom pull request 2140), so such
+    a SEG is decoded whole, which pydicom gets right.
+    """
+    if int(seg.BitsAllocated) != 1 or (int(seg.Rows) * int(seg.Columns)) % 8 == 0:
+        yield from iter_pixels(seg_path, indices=indices)
+        return
+    frames = pixel_array(seg_path).reshape(-1, int(seg.Rows), int(seg.Columns))
+    yield from (frames[index] for index in (range(len(frames)) if indices is None else indices))
 
 
 def _foreground_threshold(seg: Dataset) -> int:

@@ -1,10 +1,13 @@
-"""Surface metrics: hand-checked shapes, empty structures, and equality with MONAI."""
+"""Surface metrics: hand-checked shapes, empty structures, and equality with MONAI.
+
+MONAI equality on phantom label maps, and on TotalSegmentator's example from ../shared/data
+(a reference case).
+"""
 
 from __future__ import annotations
 
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from scipy import ndimage
 from medseg.errors import GeometryMismatchError
 from medseg.evaluate.surface import SurfaceMetrics, _percentile_as_torch, surface_metrics
 from medseg.io.nifti import read_nifti
+from tests.phantoms import small_phantom
 
 SEGMENTATION = "totalsegmentator_ref/tests/reference_files/example_seg_fast.nii.gz"
 
@@ -226,16 +230,33 @@ def _assert_equal_to_monai(
         np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6, err_msg=name)
 
 
-@pytest.fixture(scope="module")
-def perturbed_segmentation(shared_data: Path) -> tuple[np.ndarray, np.ndarray, tuple, list[int]]:
-    """TotalSegmentator's 40-structure example and a copy with per-structure perturbations.
+def _two_phantoms() -> tuple[np.ndarray, tuple[float, ...]]:
+    """Phantoms 1 and 2 side by side (98 x 39 x 33 voxels at 3 x 3 x 4 mm): ten structures,
+    the second phantom's as 6 to 10."""
+    first, second = small_phantom(1)[1], small_phantom(2)[1]
+    shifted = np.where(second.array > 0, second.array.astype(np.int64) + 5, 0)
+    return np.concatenate([first.array, shifted], axis=0), first.spacing_mm
+
+
+def _reference_labels(request: pytest.FixtureRequest) -> tuple[np.ndarray, tuple[float, ...]]:
+    """TotalSegmentator's 40-structure example (needs ../shared/data)."""
+    volume = read_nifti(request.getfixturevalue("shared_data") / SEGMENTATION)
+    return volume.array, volume.spacing_mm
+
+
+@pytest.fixture(scope="module", params=["phantoms", "totalsegmentator"])
+def perturbed_segmentation(
+    request: pytest.FixtureRequest,
+) -> tuple[np.ndarray, np.ndarray, tuple, list[int]]:
+    """A multi-structure label map and a copy with per-structure perturbations.
 
     Structures in turn: shifted one voxel along axis 0, 1 or 2, surface layer removed,
     dilated into the background, left as is; the last structure is removed altogether.
     """
-    volume = read_nifti(shared_data / SEGMENTATION)
-    reference = volume.array.astype(np.int64)
+    array, spacing = _two_phantoms() if request.param == "phantoms" else _reference_labels(request)
+    reference = array.astype(np.int64)
     labels = [int(label) for label in np.unique(reference) if label > 0]
+    assert len(labels) >= 7  # every perturbation, and the removal
     prediction = reference.copy()
     for index, label in enumerate(labels):
         mask = reference == label
@@ -248,11 +269,11 @@ def perturbed_segmentation(shared_data: Path) -> tuple[np.ndarray, np.ndarray, t
         elif kind == 4:
             prediction[ndimage.binary_dilation(mask) & (prediction == 0)] = label
     prediction[prediction == labels[-1]] = 0
-    return prediction, reference, volume.spacing_mm, labels
+    return prediction, reference, spacing, labels
 
 
 @pytest.mark.parametrize("metric", ["hd95", "nsd", "assd"])
-def test_equal_to_monai_on_totalsegmentator_example(
+def test_equal_to_monai_on_perturbed_multi_structure_maps(
     perturbed_segmentation: tuple[np.ndarray, np.ndarray, tuple, list[int]], metric: str
 ) -> None:
     prediction, reference, spacing, labels = perturbed_segmentation

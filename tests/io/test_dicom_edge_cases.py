@@ -1,14 +1,25 @@
-"""Awkward and broken DICOM inputs: a correct volume or a specific error naming the file."""
+"""Awkward and broken DICOM inputs: a correct volume or a specific error naming the file.
+
+Phantom series the test bends (tilt, two orientations in one series, a study folder with
+localizer, screenshot and DICOMDIR, four images at one position); the reference tests after them
+use dicom2nifti's failing cases, dcm2niix's CT set, MONAI's and pydicom's files from
+../shared/data.
+"""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom.fileset import FileSet
 
+from medseg.demo.dicom_writer import write_dicom_series
+from medseg.demo.phantom import render_phantom, sample_anatomy
 from medseg.errors import (
     DicomFileError,
     DicomSeriesError,
@@ -19,6 +30,7 @@ from medseg.errors import (
 from medseg.io.dicom import load_series, read_dicom_series, scan_dicom_files
 from medseg.volume import Volume
 from tests.io.dicom_cases import reference_in_ras
+from tests.phantoms import small_phantom, stamp_dicom, write_phantom_dicom, write_secondary_capture
 
 FAILING = "dicom2nifti_tests/tests/data/failing"
 
@@ -43,6 +55,111 @@ def _assert_close_to_dcm2niix_tilt(volume: Volume, reference: Volume) -> None:
     assert np.abs(volume.affine_ras - reference.affine_ras).max() < 1e-3
     within_one_hu = np.abs(volume.array - reference.array) <= 1
     assert within_one_hu.mean() > 0.995  # both interpolate linearly; edges differ slightly
+
+
+# --- phantom series ----------------------------------------------------------------------------
+
+TILT_DEG = 15.0
+
+
+def _tilted_phantom_series(folder: Path) -> list[Path]:
+    """Phantom 1 scanned with a 15 degree gantry tilt: axial slices (2.5 mm pixels, 4 mm apart)
+    whose origins drift towards anterior, as a tilted CT stores them; no GantryDetectorTilt."""
+    anatomy = sample_anatomy(1)
+    shape = (60, 48, 30)
+    affine = np.eye(4)
+    affine[:3, 0] = [-2.5, 0.0, 0.0]  # DICOM's axial order: columns towards left
+    affine[:3, 1] = [0.0, -2.5, 0.0]  # rows towards posterior
+    affine[:3, 2] = [0.0, 4.0 * np.tan(np.radians(TILT_DEG)), 4.0]  # the sheared slice step
+    affine[:3, 3] = anatomy.center_mm - affine[:3, :3] @ ((np.array(shape) - 1) / 2)
+    image, _ = render_phantom(anatomy, affine_ras=affine, shape=shape)
+    volume = Volume(image.astype(np.int16), affine)
+    return write_dicom_series(
+        volume, folder, series_description="tilted", patient_id="TILT", uid_seed="tilt"
+    )
+
+
+def test_gantry_tilt_of_a_phantom_is_detected_and_corrected_like_dcm2niix(tmp_path: Path) -> None:
+    _tilted_phantom_series(tmp_path / "tilted")
+    volume = read_dicom_series(tmp_path / "tilted")
+    assert any(
+        f"gantry tilt of {TILT_DEG:.2f} degrees" in c for c in volume.metadata["corrections"]
+    )
+    assert volume.shape == (60, 61, 30)  # rows widened to hold every shifted slice
+    # dcm2niix corrects a tilt only when the tag says so; medseg read the series without it
+    shutil.copytree(tmp_path / "tilted", tmp_path / "tagged")
+    stamp_dicom(sorted((tmp_path / "tagged").iterdir()), GantryDetectorTilt=TILT_DEG)
+    reference = _dcm2niix_tilt_corrected(tmp_path / "tagged", tmp_path / "ref")
+    _assert_close_to_dcm2niix_tilt(volume, reference)
+
+
+def test_one_series_uid_with_two_orientations_is_split_into_two_volumes(tmp_path: Path) -> None:
+    axial = write_phantom_dicom(tmp_path / "axial", 1)
+    sagittal = write_phantom_dicom(
+        tmp_path / "sagittal", 1, orientation="PIR", spacing_mm=(3.0, 3.0, 5.0)
+    )
+    first = pydicom.dcmread(axial[0], stop_before_pixels=True)
+    shared = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+    stamp_dicom(sagittal, **{keyword: first.get(keyword) for keyword in shared})
+    for path in sagittal:
+        path.rename(tmp_path / "axial" / f"sag {path.name}")
+    scan = scan_dicom_files(_files(tmp_path / "axial"))
+    assert [s.part for s in scan.series] == [1, 2]
+    volumes = sorted((load_series(s) for s in scan.series), key=lambda v: max(v.spacing_mm))
+    expected = [small_phantom(1)[0], small_phantom(1, orientation="PIR", spacing_mm=(3, 3, 5))[0]]
+    for volume, phantom in zip(volumes, expected, strict=True):
+        assert volume.same_grid(phantom) and np.array_equal(volume.array, phantom.array)
+    # file names with spaces are found and used
+    assert any(" " in f.name for s in scan.series for f in s.files)
+
+
+def test_study_folder_with_localizer_screenshot_dicomdir_and_two_reconstructions(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "study"
+    primary = write_phantom_dicom(root / "ct", 1)
+    series_uid = pydicom.dcmread(primary[0], stop_before_pixels=True).SeriesInstanceUID
+    # a second reconstruction in the same series, told apart only by ImageType
+    added = write_phantom_dicom(tmp_path / "added", 1, spacing_mm=(3.0, 3.0, 6.0))
+    stamp_dicom(
+        added, SeriesInstanceUID=series_uid, ImageType=["DERIVED", "SECONDARY", "AXIAL", "ADD"]
+    )
+    for path in added:
+        path.rename(root / "ct" / f"ADD{path.name}")
+    scout = write_phantom_dicom(root / "scout", 2)
+    stamp_dicom(scout, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    write_secondary_capture(root / "capture" / "screen.dcm")
+    index = FileSet()
+    for path in primary:
+        index.add(path)
+    index.write(root / "media")  # DICOMDIR and copies of the primary series' files
+    scan = scan_dicom_files(_files(root))
+    assert sorted({s.reason for s in scan.skipped}) == [
+        "DICOMDIR index file, not an image",
+        "Secondary Capture Image Storage: not a scan volume",
+        "localizer image (ImageType ORIGINAL/PRIMARY/LOCALIZER)",
+    ]
+    assert not scan.failed
+    volumes = {s.describe(root): load_series(s) for s in scan.series}
+    assert sorted(volumes) == ["ct series 1 part 1", "ct series 1 part 2"]
+    spacings = sorted(volume.spacing_mm[2] for volume in volumes.values())
+    assert spacings == pytest.approx([4.0, 6.0])
+    reconstructions = sorted(len(s.frames) for s in scan.series)
+    assert reconstructions == [23, 33]  # the DICOMDIR's copies of the primary are used once
+
+
+def test_four_different_images_at_one_position_are_refused(tmp_path: Path) -> None:
+    files = write_phantom_dicom(tmp_path / "series", 3)
+    position = pydicom.dcmread(files[13], stop_before_pixels=True).ImagePositionPatient
+    stamp_dicom(files[10:13], ImagePositionPatient=position)
+    with pytest.raises(
+        DuplicateSlicePositionError, match=r"4 different images at the same slice position"
+    ) as caught:
+        read_dicom_series(tmp_path / "series")
+    assert "series" in str(caught.value)
+
+
+# --- reference data (../shared/data) ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -82,7 +199,9 @@ def test_gantry_tilt_without_the_tilt_tag_is_detected_and_corrected_like_dcm2nii
     _assert_close_to_dcm2niix_tilt(volume, _dcm2niix_tilt_corrected(folder, tmp_path / "ref"))
 
 
-def test_one_series_uid_with_two_orientations_is_split_into_two_volumes(shared_data: Path) -> None:
+def test_real_series_uid_with_two_orientations_is_split_into_two_volumes(
+    shared_data: Path,
+) -> None:
     scan = scan_dicom_files(_files(shared_data / FAILING / "sliceorientation/001"))
     assert [s.part for s in scan.series] == [1, 2]
     volumes = [load_series(s) for s in scan.series]

@@ -1,4 +1,8 @@
-"""A DICOM SEG references its source series and gives back the label map voxel for voxel."""
+"""A DICOM SEG references its source series and gives back the label map voxel for voxel.
+
+On phantom series written by the test; the reference tests at the end use TotalSegmentator's
+real CT and a vendor's enhanced MR from ../shared/data.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +15,9 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import SegmentationStorage
+from pydicom.uid import EnhancedCTImageStorage, SegmentationStorage
 
-from medseg.demo.dicom_writer import FAKE_PHI, write_dicom_series
+from medseg.demo.dicom_writer import FAKE_PHI, TransferSyntax, write_dicom_series
 from medseg.errors import GeometryMismatchError
 from medseg.io.dicom import read_dicom_series
 from medseg.io.dicom_seg import (
@@ -24,6 +28,7 @@ from medseg.io.dicom_seg import (
 )
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
+from tests.phantoms import PHANTOM_LABELS, small_phantom, write_phantom_dicom
 from tests.real_ct import EXAMPLE, REFERENCE, with_restored_uids
 from tests.seg_readback import rebuild_label_map, seg_frames, value_of_segment
 
@@ -36,6 +41,8 @@ TOTAL_NAMES_MISSING = {
     109: "rib_right_6",
 }
 VERSION = "0.1.0-test"
+ALGORITHM = "PhantomSegmenter"
+PHANTOM_SEED = 5
 PATIENT_ID = "FAKE-SEG-0001"
 PATIENT_NAME = "FAKE^SEGPATIENT"
 
@@ -51,25 +58,23 @@ class SegCase:
 
 
 @pytest.fixture(scope="module")
-def real_case(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> SegCase:
-    """TotalSegmentator's 20-slice JPEG 2000 CT and its 31-structure segmentation."""
-    tmp = tmp_path_factory.mktemp("real")
-    files = with_restored_uids(shared_data / EXAMPLE / "example_ct_dicom", tmp / "ct")
-    image = read_dicom_series(tmp / "ct", workers=1)
-    labels = read_nifti(shared_data / EXAMPLE / "example_seg_dicom.nii.gz").to_closest_ras()
-    assert labels.same_grid(image)
-    dataset = json.loads((shared_data / REFERENCE / "dataset.json").read_text())
-    names = {int(value): name for value, name in dataset["labels"].items()}
-    names.update(TOTAL_NAMES_MISSING)
+def phantom_case(tmp_path_factory: pytest.TempPathFactory) -> SegCase:
+    """A phantom CT as a JPEG 2000 series and its five structures."""
+    tmp = tmp_path_factory.mktemp("phantom")
+    files = write_phantom_dicom(
+        tmp / "ct", PHANTOM_SEED, transfer_syntax=TransferSyntax.JPEG2000_LOSSLESS
+    )
+    labels = small_phantom(PHANTOM_SEED)[1]
+    assert labels.same_grid(read_dicom_series(tmp / "ct", workers=1))
     seg_path = write_dicom_seg(
         labels,
         source_files=files,
-        label_names=names,
+        label_names=PHANTOM_LABELS,
         out_path=tmp / "out" / "seg.dcm",
-        algorithm_name="TotalSegmentator",
+        algorithm_name=ALGORITHM,
         algorithm_version=VERSION,
     )
-    return SegCase(seg_path, files, labels, names)
+    return SegCase(seg_path, files, labels, dict(PHANTOM_LABELS))
 
 
 def _oblique_flipped_affine() -> np.ndarray:
@@ -152,23 +157,23 @@ def _write(series: SyntheticSeries, out_path: Path, **overrides: object) -> Path
     return write_dicom_seg(labels, **arguments)  # type: ignore[arg-type]
 
 
-# --- the real CT -------------------------------------------------------------------------------
+# --- a phantom CT ------------------------------------------------------------------------------
 
 
-def test_real_seg_is_segmentation_storage_in_the_source_study(real_case: SegCase) -> None:
-    seg = pydicom.dcmread(real_case.seg_path)
-    source = pydicom.dcmread(real_case.source_files[0], stop_before_pixels=True)
+def test_seg_is_segmentation_storage_in_the_source_study(phantom_case: SegCase) -> None:
+    seg = pydicom.dcmread(phantom_case.seg_path)
+    source = pydicom.dcmread(phantom_case.source_files[0], stop_before_pixels=True)
     assert seg.SOPClassUID == SegmentationStorage
     assert (seg.Modality, seg.SegmentationType) == ("SEG", "BINARY")
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert seg.SeriesInstanceUID != source.SeriesInstanceUID
-    assert not list(real_case.seg_path.parent.glob(".tmp-*"))
+    assert not list(phantom_case.seg_path.parent.glob(".tmp-*"))
 
 
-def test_real_seg_references_every_source_instance_of_the_series(real_case: SegCase) -> None:
-    seg = pydicom.dcmread(real_case.seg_path)
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in real_case.source_files]
+def test_seg_references_every_source_instance_of_the_series(phantom_case: SegCase) -> None:
+    seg = pydicom.dcmread(phantom_case.seg_path)
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in phantom_case.source_files]
     (referenced,) = seg.ReferencedSeriesSequence
     assert referenced.SeriesInstanceUID == sources[0].SeriesInstanceUID
     assert {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence} == {
@@ -176,54 +181,84 @@ def test_real_seg_references_every_source_instance_of_the_series(real_case: SegC
     }
 
 
-def test_real_seg_segments_are_the_structures_present_by_name(real_case: SegCase) -> None:
-    seg = hd.seg.segread(real_case.seg_path)
-    present = sorted(int(v) for v in np.unique(real_case.labels.array) if v > 0)
-    assert len(present) == 31
+def _assert_segments_are_the_structures_present(case: SegCase, count: int, algorithm: str) -> None:
+    seg = hd.seg.segread(case.seg_path)
+    present = sorted(int(v) for v in np.unique(case.labels.array) if v > 0)
+    assert len(present) == count
     descriptions = [seg.get_segment_description(n) for n in seg.segment_numbers]
-    assert [d.segment_label for d in descriptions] == [real_case.names[v] for v in present]
+    assert [d.segment_label for d in descriptions] == [case.names[v] for v in present]
     assert {d.algorithm_type for d in descriptions} == {hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC}
-    algorithm = descriptions[0].algorithm_identification[0]
-    assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("TotalSegmentator", VERSION)
+    identification = descriptions[0].algorithm_identification[0]
+    assert (identification.AlgorithmName, identification.AlgorithmVersion) == (algorithm, VERSION)
 
 
-def test_real_seg_frames_rebuild_the_label_map_voxel_for_voxel(real_case: SegCase) -> None:
-    seg = pydicom.dcmread(real_case.seg_path)
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in real_case.source_files]
-    labels = real_case.labels
-    rebuilt, covered = rebuild_label_map(
-        seg, sources, real_case.names, labels.shape, labels.affine_ras
-    )
+def _assert_frames_rebuild_the_label_map(case: SegCase) -> None:
+    seg = pydicom.dcmread(case.seg_path)
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in case.source_files]
+    labels = case.labels
+    rebuilt, covered = rebuild_label_map(seg, sources, case.names, labels.shape, labels.affine_ras)
     assert covered.max() == 1  # no voxel claimed by two segments or two frames
     assert np.array_equal(rebuilt, labels.array)
 
 
-def test_source_whose_uids_were_removed_is_refused(shared_data: Path, tmp_path: Path) -> None:
-    folder = shared_data / EXAMPLE / "example_ct_dicom"
-    labels = read_nifti(shared_data / EXAMPLE / "example_seg_dicom.nii.gz").to_closest_ras()
+def test_seg_segments_are_the_structures_present_by_name(phantom_case: SegCase) -> None:
+    _assert_segments_are_the_structures_present(phantom_case, 5, ALGORITHM)
+
+
+def test_seg_frames_rebuild_the_label_map_voxel_for_voxel(phantom_case: SegCase) -> None:
+    _assert_frames_rebuild_the_label_map(phantom_case)
+
+
+def _blank_uids(files: list[Path]) -> None:
+    """Blank the UIDs in the data sets, as an anonymiser does; the file meta keeps its own."""
+    for path in files:
+        dataset = pydicom.dcmread(path)
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"):
+            setattr(dataset, keyword, "")
+        dataset.save_as(path)
+
+
+def test_source_whose_uids_were_removed_is_refused(tmp_path: Path) -> None:
+    files = write_phantom_dicom(tmp_path / "ct", PHANTOM_SEED)
+    _blank_uids(files)
     with pytest.raises(DicomSegSourceError, match=r"empty or missing SOPClassUID, SOPInstance"):
         write_dicom_seg(
-            labels,
-            source_files=sorted(folder.iterdir()),
-            label_names={int(v): f"s{v}" for v in np.unique(labels.array)},
+            small_phantom(PHANTOM_SEED)[1],
+            source_files=files,
+            label_names=PHANTOM_LABELS,
             out_path=tmp_path / "seg.dcm",
             algorithm_version=VERSION,
         )
     assert not (tmp_path / "seg.dcm").exists()
 
 
-def test_enhanced_multiframe_source_is_not_implemented(shared_data: Path, tmp_path: Path) -> None:
-    folder = shared_data / "dicom2nifti_tests/tests/data/philips_enhanced/anatomical/001"
-    labels = Volume(np.ones((4, 4, 4), np.uint8), np.eye(4))
-    with pytest.raises(UnsupportedDicomSourceError, match="Enhanced MR Image Storage") as error:
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({"SOPClassUID": EnhancedCTImageStorage}, "Enhanced CT Image Storage with 1 frame"),
+        ({"NumberOfFrames": 2}, "CT Image Storage with 2 frame"),
+    ],
+    ids=["enhanced", "multi-frame"],
+)
+def test_enhanced_or_multiframe_source_is_not_implemented(
+    tmp_path: Path, attributes: dict[str, object], message: str
+) -> None:
+    files = write_phantom_dicom(tmp_path / "ct", PHANTOM_SEED)
+    dataset = pydicom.dcmread(files[3])
+    for keyword, value in attributes.items():
+        setattr(dataset, keyword, value)
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.save_as(files[3])
+    with pytest.raises(UnsupportedDicomSourceError, match=message) as error:
         write_dicom_seg(
-            labels,
-            source_files=sorted(folder.iterdir()),
-            label_names={1: "brain"},
+            small_phantom(PHANTOM_SEED)[1],
+            source_files=files,
+            label_names=PHANTOM_LABELS,
             out_path=tmp_path / "seg.dcm",
             algorithm_version=VERSION,
         )
-    assert "IM-0001-0170-0001.dcm" in str(error.value)
+    assert files[3].name in str(error.value)
+    assert not (tmp_path / "seg.dcm").exists()
 
 
 # --- synthetic series in awkward orientations --------------------------------------------------
@@ -380,3 +415,67 @@ def test_label_maps_that_cannot_become_segments_are_refused(
     with pytest.raises(SegmentationLabelError) as error:
         _write(series, tmp_path / "seg.dcm", labels=labels, label_names=names)
     assert message in str(error.value)
+
+
+# --- reference data (../shared/data) ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_case(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> SegCase:
+    """TotalSegmentator's 20-slice JPEG 2000 CT and its 31-structure segmentation."""
+    tmp = tmp_path_factory.mktemp("real")
+    files = with_restored_uids(shared_data / EXAMPLE / "example_ct_dicom", tmp / "ct")
+    image = read_dicom_series(tmp / "ct", workers=1)
+    labels = read_nifti(shared_data / EXAMPLE / "example_seg_dicom.nii.gz").to_closest_ras()
+    assert labels.same_grid(image)
+    dataset = json.loads((shared_data / REFERENCE / "dataset.json").read_text())
+    names = {int(value): name for value, name in dataset["labels"].items()}
+    names.update(TOTAL_NAMES_MISSING)
+    seg_path = write_dicom_seg(
+        labels,
+        source_files=files,
+        label_names=names,
+        out_path=tmp / "out" / "seg.dcm",
+        algorithm_name="TotalSegmentator",
+        algorithm_version=VERSION,
+    )
+    return SegCase(seg_path, files, labels, names)
+
+
+def test_real_ct_seg_has_its_31_structures_and_rebuilds_voxel_for_voxel(
+    real_case: SegCase,
+) -> None:
+    _assert_segments_are_the_structures_present(real_case, 31, "TotalSegmentator")
+    _assert_frames_rebuild_the_label_map(real_case)
+
+
+def test_real_series_whose_anonymiser_removed_the_uids_is_refused(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    folder = shared_data / EXAMPLE / "example_ct_dicom"
+    labels = read_nifti(shared_data / EXAMPLE / "example_seg_dicom.nii.gz").to_closest_ras()
+    with pytest.raises(DicomSegSourceError, match=r"empty or missing SOPClassUID, SOPInstance"):
+        write_dicom_seg(
+            labels,
+            source_files=sorted(folder.iterdir()),
+            label_names={int(v): f"s{v}" for v in np.unique(labels.array)},
+            out_path=tmp_path / "seg.dcm",
+            algorithm_version=VERSION,
+        )
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_real_enhanced_multiframe_source_is_not_implemented(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    folder = shared_data / "dicom2nifti_tests/tests/data/philips_enhanced/anatomical/001"
+    labels = Volume(np.ones((4, 4, 4), np.uint8), np.eye(4))
+    with pytest.raises(UnsupportedDicomSourceError, match="Enhanced MR Image Storage") as error:
+        write_dicom_seg(
+            labels,
+            source_files=sorted(folder.iterdir()),
+            label_names={1: "brain"},
+            out_path=tmp_path / "seg.dcm",
+            algorithm_version=VERSION,
+        )
+    assert "IM-0001-0170-0001.dcm" in str(error.value)

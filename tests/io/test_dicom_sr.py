@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -18,14 +17,14 @@ from pydicom.uid import Comprehensive3DSRStorage, CTImageStorage, SegmentationSt
 
 from medseg.io.dicom_seg import write_dicom_seg
 from medseg.io.dicom_sr import VolumeReportError, write_volume_report
-from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
-from tests.real_ct import EXAMPLE, EXAMPLE_CT, REFERENCE, with_restored_uids
+from tests.phantoms import PHANTOM_LABELS, small_phantom, stamp_dicom, write_phantom_dicom
 
-ALGORITHM = "TotalSegmentator"
+ALGORITHM = "PhantomSegmenter"
 VERSION = "0.1.0-test"
-MODEL = "models:/total/7"
-KEPT_VALUES = (1, 5, 6, 7)  # spleen, liver, stomach, pancreas: non-contiguous on purpose
+MODEL = "models:/phantom/7"
+PHANTOM_SEED = 4
+KEPT_VALUES = (1, 2, 4, 5)  # liver, spleen, kidney_right, spine: non-contiguous on purpose
 FAKE_PATIENT = {
     "PatientName": "FAKE^VOLUMEPATIENT",
     "PatientID": "FAKE-VOL-0001",
@@ -37,7 +36,7 @@ _PATIENT_STUDY = (*FAKE_PATIENT, "PatientSex", "StudyInstanceUID", "StudyID", "S
 
 @dataclass
 class VolumeCase:
-    """A SEG of four structures of the real CT, its sources and the structures' volumes."""
+    """A SEG of four structures of a phantom CT, its sources and the structures' volumes."""
 
     seg_path: Path
     source_files: list[Path]
@@ -46,20 +45,15 @@ class VolumeCase:
     volumes_ml: dict[str, float]
 
 
-def build_volume_case(shared_data: Path, folder: Path) -> VolumeCase:
-    """Write the SEG of spleen, liver, stomach and pancreas of the real 20-slice CT.
+def build_volume_case(folder: Path) -> VolumeCase:
+    """Write the SEG of liver, spleen, right kidney and spine of a phantom CT series.
 
-    The source copies get fake patient attributes so tests can look for them.
+    The series carries fake patient attributes so tests can look for them.
     """
-    files = with_restored_uids(shared_data / EXAMPLE_CT, folder / "ct")
-    for path in files:
-        dataset = pydicom.dcmread(path)
-        for keyword, value in FAKE_PATIENT.items():
-            setattr(dataset, keyword, value)
-        dataset.save_as(path, enforce_file_format=True)
-    full = read_nifti(shared_data / EXAMPLE / "example_seg_dicom.nii.gz").to_closest_ras()
-    dataset_json = json.loads((shared_data / REFERENCE / "dataset.json").read_text())
-    names = {value: dataset_json["labels"][str(value)] for value in KEPT_VALUES}
+    files = write_phantom_dicom(folder / "ct", PHANTOM_SEED)
+    stamp_dicom(files, **FAKE_PATIENT)
+    full = small_phantom(PHANTOM_SEED)[1]
+    names = {value: PHANTOM_LABELS[value] for value in KEPT_VALUES}
     array = np.where(np.isin(full.array, KEPT_VALUES), full.array, 0).astype(np.uint8)
     labels = Volume(array, full.affine_ras)
     voxel_ml = abs(np.linalg.det(labels.affine_ras[:3, :3])) / 1000.0
@@ -76,8 +70,8 @@ def build_volume_case(shared_data: Path, folder: Path) -> VolumeCase:
 
 
 @pytest.fixture(scope="module")
-def case(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> VolumeCase:
-    return build_volume_case(shared_data, tmp_path_factory.mktemp("sr-case"))
+def case(tmp_path_factory: pytest.TempPathFactory) -> VolumeCase:
+    return build_volume_case(tmp_path_factory.mktemp("sr-case"))
 
 
 @pytest.fixture(scope="module")
@@ -219,12 +213,12 @@ def test_another_seg_gives_another_object(case: VolumeCase, report: Path, tmp_pa
 
 
 MISMATCHES = [
-    ("segment without volume", {"pancreas": None}, r"no volume for segment\(s\) \['pancreas'\]"),
+    ("segment without volume", {"spine": None}, r"no volume for segment\(s\) \['spine'\]"),
     ("volume without segment", {"kidney_left": 120.0}, r"for \['kidney_left'\], which name no"),
-    ("misspelt name", {"pancreas": None, "pancreaz": 3.0}, r"\['pancreas'\].*\['pancreaz'\]"),
+    ("misspelt name", {"spine": None, "spnie": 3.0}, r"\['spine'\].*\['spnie'\]"),
     ("negative volume", {"liver": -1.0}, r"'liver' must be a finite number >= 0 mL"),
     ("not a number", {"spleen": math.nan}, r"'spleen' must be a finite number"),
-    ("text volume", {"stomach": "72.5"}, r"'stomach' must be a finite number"),
+    ("text volume", {"kidney_right": "72.5"}, r"'kidney_right' must be a finite number"),
 ]
 
 
@@ -243,7 +237,7 @@ def test_volumes_that_do_not_match_the_segments_are_refused(
     with pytest.raises(VolumeReportError, match=message) as error:
         _write(case, tmp_path / "sr.dcm", volumes_ml=volumes)
     if "segment" in case_name or "name" in case_name:
-        assert "the SEG's segments are ['spleen', 'liver', 'stomach', 'pancreas']" in str(
+        assert "the SEG's segments are ['liver', 'spleen', 'kidney_right', 'spine']" in str(
             error.value
         )
     assert not (tmp_path / "sr.dcm").exists()

@@ -1,7 +1,7 @@
 """DimseClient against a real Orthanc: C-ECHO, C-FIND, C-GET, C-STORE, refusals, a dead port.
 
-One Orthanc serves the module; it refuses Segmentation Storage (a Lua filter), and holds
-TotalSegmentator's real 20-slice JPEG 2000 CT series (UIDs restored, see tests/real_ct.py).
+One Orthanc serves the module (``pacs`` in conftest.py: it refuses Segmentation Storage), holding a
+phantom CT series in JPEG 2000 (tests/phantoms.py).
 """
 
 from __future__ import annotations
@@ -20,39 +20,30 @@ import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
+from medseg.demo.dicom_writer import TransferSyntax
 from medseg.errors import PacsRefusedError, PacsUnavailableError
 from medseg.pacs.client import SeriesInfo, SeriesQuery, instance_file_name
 from medseg.pacs.config import DimseSettings
 from medseg.pacs.dimse import DimseClient
-from tests.orthanc_server import OrthancServer, free_port, require_orthanc, running_orthanc
-from tests.real_ct import EXAMPLE_CT, with_restored_uids
+from tests.orthanc_server import OrthancServer, free_port
+from tests.phantoms import stamp_dicom, write_phantom_dicom
 
-SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-STUDY_DATE = date(2022, 12, 8)  # of the example CT
+STUDY_DATE = date(2000, 1, 1)  # of every phantom
 PATIENT_NAME, PATIENT_ID = "Doe^Jane", "PID-4711"
+PHANTOM_SEED = 11
 
 
 @pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    """One Orthanc for the module, refusing Segmentation Storage."""
-    require_orthanc()
-    folder = tmp_path_factory.mktemp("orthanc")
-    with running_orthanc(folder, refuse_sop_classes=[SEGMENTATION_STORAGE]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def ct_files(
-    pacs: OrthancServer, shared_data: Path, tmp_path_factory: pytest.TempPathFactory
-) -> list[Path]:
-    """The real CT series, with patient name and ID set, uploaded to the PACS by REST."""
-    files = with_restored_uids(
-        shared_data / EXAMPLE_CT, tmp_path_factory.mktemp("ct") / "ct", seed="test_dimse"
+def ct_files(pacs: OrthancServer, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A phantom CT series (JPEG 2000, a patient name and ID) uploaded to the PACS by REST."""
+    files = write_phantom_dicom(
+        tmp_path_factory.mktemp("ct") / "ct",
+        PHANTOM_SEED,
+        patient_id=PATIENT_ID,
+        patient_name=PATIENT_NAME,
+        transfer_syntax=TransferSyntax.JPEG2000_LOSSLESS,
     )
-    for path in files:
-        dataset = pydicom.dcmread(path)
-        dataset.PatientName, dataset.PatientID = PATIENT_NAME, PATIENT_ID
-        dataset.save_as(path, enforce_file_format=True)
+    stamp_dicom(files, BodyPartExamined="ABDOMEN", SeriesNumber=7)
     assert {answer["Status"] for answer in pacs.upload(files)} == {"Success"}
     return files
 
@@ -86,11 +77,11 @@ def test_find_series_reads_the_filter_attributes(client: DimseClient, ct_files: 
             study_uid=str(first.StudyInstanceUID),
             series_uid=str(first.SeriesInstanceUID),
             modality="CT",
-            body_part="PARTIALBODY",
-            series_description="CT Body 3.0",
+            body_part="ABDOMEN",
+            series_description=f"phantom {PHANTOM_SEED}",
             study_date=STUDY_DATE,
-            series_number=None,  # the example has none
-            instances=20,
+            series_number=7,
+            instances=33,
         )
     ]
 
@@ -101,10 +92,10 @@ def test_find_series_reads_the_filter_attributes(client: DimseClient, ct_files: 
         (SeriesQuery(), True),
         (SeriesQuery(modalities=("MR", "CT")), True),
         (SeriesQuery(modalities=("MR",)), False),
-        (SeriesQuery(study_date_from=date(2022, 12, 1)), True),
-        (SeriesQuery(study_date_to=date(2022, 12, 31)), True),
-        (SeriesQuery(study_date_from=date(2022, 12, 9)), False),
-        (SeriesQuery(study_date_from=date(2022, 1, 1), study_date_to=date(2022, 12, 7)), False),
+        (SeriesQuery(study_date_from=date(1999, 12, 1)), True),
+        (SeriesQuery(study_date_to=date(2000, 1, 31)), True),
+        (SeriesQuery(study_date_from=date(2000, 1, 2)), False),
+        (SeriesQuery(study_date_from=date(1999, 1, 1), study_date_to=date(1999, 12, 31)), False),
         (SeriesQuery(study_uid="1.2.3.4"), False),
     ],
 )
@@ -163,7 +154,7 @@ def _segmentation(source: Path, target: Path) -> Path:
     """A small real SEG (one slice, one segment) of ``source``."""
     image = pydicom.dcmread(source)
     mask = np.zeros((1, image.Rows, image.Columns), dtype=bool)
-    mask[0, 100:200, 100:200] = True
+    mask[0, 10:30, 10:40] = True
     segment = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="liver",

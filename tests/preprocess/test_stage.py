@@ -17,25 +17,19 @@ from medseg.datasets import import_dataset
 from medseg.preprocess.cache import load_cache
 from medseg.preprocess.plan import Plan
 from medseg.preprocess.sampling import BatchSampler
+from tests.phantoms import write_phantom_dataset
 
-CASES = [
-    "hippocampus_001",
-    "hippocampus_003",
-    "hippocampus_004",
-    "hippocampus_006",
-    "hippocampus_008",
-]
+SEEDS = (1, 3, 4, 6, 8)
+CASES = [f"phantom_{seed:03d}" for seed in SEEDS]
 
 
 @pytest.fixture()
-def small_dataset(shared_data: Path, tmp_path: Path) -> Path:
-    root = tmp_path / "hippo"
-    for folder in ("images", "labels"):
-        (root / folder).mkdir(parents=True)
-        for case in CASES:
-            shutil.copy(shared_data / "msd_hippocampus" / folder / f"{case}.nii.gz", root / folder)
-    manifest = tmp_path / "hippo.jsonl"
-    import_dataset(root, manifest_path=manifest, val_fraction=0.2, modality="MR")
+def small_dataset(tmp_path: Path) -> Path:
+    """Five phantom CTs (49 x 39 x 33 voxels at 3 x 3 x 4 mm) in the flat layout."""
+    root = tmp_path / "phantoms"
+    assert write_phantom_dataset(root, SEEDS) == CASES
+    manifest = tmp_path / "phantoms.jsonl"
+    import_dataset(root, manifest_path=manifest, val_fraction=0.2, modality="CT")
     return manifest
 
 
@@ -49,12 +43,12 @@ def test_plan_and_preprocess_then_resume(small_dataset: Path, tmp_path: Path) ->
     planned = _run("plan", str(small_dataset), "--out", str(plan_file), "--workers", "1")
     assert planned.exit_code == 0, planned.output
     plan = Plan.load(plan_file)
-    assert plan.target_spacing == [1.0, 1.0, 1.0] and plan.fingerprint["n_cases"] == 4
+    assert plan.target_spacing == [3.0, 3.0, 4.0] and plan.fingerprint["n_cases"] == 4
     first = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
     assert first.exit_code == 0 and "5 preprocessed" in first.output, first.output
     second = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
     assert "0 preprocessed" in second.output and "5 unchanged" in second.output
-    (cache / "cases/hippocampus_004/done.json").unlink()  # as if killed while writing it
+    (cache / "cases/phantom_004/done.json").unlink()  # as if killed while writing it
     third = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
     assert "1 preprocessed" in third.output and "4 unchanged" in third.output
     assert not list(cache.rglob(".tmp-*"))
@@ -65,19 +59,19 @@ def test_a_corrupt_case_is_reported_and_the_others_are_cached(
 ) -> None:
     plan_file, cache = tmp_path / "plan.json", tmp_path / "cache"
     _run("plan", str(small_dataset), "--out", str(plan_file), "--workers", "1")
-    folder = small_dataset.parent / "hippo"
-    victim = folder / "images/hippocampus_006.nii.gz"
+    folder = small_dataset.parent / "phantoms"
+    victim = folder / "images/phantom_006.nii.gz"
     victim.write_bytes(victim.read_bytes()[:200])
-    # a label from another case: a different grid
-    shutil.copy(folder / "labels/hippocampus_001.nii.gz", folder / "labels/hippocampus_008.nii.gz")
+    # a label from another case: a different grid (each phantom is centred on its anatomy)
+    shutil.copy(folder / "labels/phantom_001.nii.gz", folder / "labels/phantom_008.nii.gz")
     result = _run("preprocess", str(small_dataset), "--plan", str(plan_file), "--out", str(cache))
     assert result.exit_code == 1
-    assert "hippocampus_006" in result.output and "3 preprocessed" in result.output
+    assert "phantom_006" in result.output and "3 preprocessed" in result.output
     report = json.loads((cache / "preprocess_report.json").read_text())
     failed = {o["case_id"]: o["reason"] for o in report["outcomes"] if o["status"] == "failed"}
-    assert sorted(failed) == ["hippocampus_006", "hippocampus_008"]
-    assert "hippocampus_006.nii.gz" in failed["hippocampus_006"]
-    assert "label grid differs" in failed["hippocampus_008"]
+    assert sorted(failed) == ["phantom_006", "phantom_008"]
+    assert "phantom_006.nii.gz" in failed["phantom_006"]
+    assert "label grid differs" in failed["phantom_008"]
     done = sorted(set(CASES) - set(failed))
     assert sorted(c.case_id for c in load_cache(cache)) == done
 
@@ -126,7 +120,7 @@ from medseg.preprocess.stage import preprocess_manifest
 torch.set_num_threads(2)
 torch.nn.functional.interpolate(torch.rand(1, 1, 40, 40, 40), scale_factor=1.3, mode="trilinear")
 manifest, cache = Path(sys.argv[1]), Path(sys.argv[2])
-plan = plan_manifest(manifest, options=PlanOptions(target_spacing=(0.8, 0.8, 0.8)), workers=2)
+plan = plan_manifest(manifest, options=PlanOptions(target_spacing=(2.0, 2.0, 2.0)), workers=2)
 report = preprocess_manifest(manifest, plan=plan, cache_dir=cache, workers=2)
 print(len(report.outcomes), report.exit_code)
 """
