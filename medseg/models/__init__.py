@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from medseg.errors import MedsegError
+from medseg.lookup import look_up_option
 from medseg.models.deeplab import DeepLabV3
 from medseg.models.fcn import FCN, FCN_SKIPS
 from medseg.models.pspnet import PSPNet
@@ -43,11 +44,7 @@ def build_network(*, architecture: str = "unet", **arguments: Any) -> nn.Module:
         MedsegError: unknown architecture (the message lists the known ones) or options the
             architecture does not take (the message lists those it takes).
     """
-    try:
-        builder = ARCHITECTURES[architecture]
-    except KeyError:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise MedsegError(f"unknown architecture {architecture!r}; known: {known}") from None
+    builder = look_up_option(architecture, ARCHITECTURES, what="architecture")
     options = _options(builder)
     unknown = sorted(set(arguments) - set(options))
     if unknown:
