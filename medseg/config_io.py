@@ -57,8 +57,19 @@ def load_json_model(path: Path, model: type[Model]) -> Model:
 
 
 def validation_problems(error: ValidationError) -> str:
-    """``"key.sub: message; ..."`` for every problem pydantic found."""
+    """``"key.sub: message; ..."`` for every problem pydantic found.
+
+    Messages of validators (``raise ValueError(...)``) lose pydantic's "Value error, " prefix.
+    """
     return "; ".join(
-        ": ".join(filter(None, [".".join(str(p) for p in problem["loc"]), problem["msg"]]))
+        ": ".join(
+            filter(
+                None,
+                [
+                    ".".join(str(part) for part in problem["loc"]),
+                    problem["msg"].removeprefix("Value error, "),
+                ],
+            )
+        )
         for problem in error.errors()
     )
