@@ -2,19 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from medseg.errors import MedsegError
+from medseg.lookup import unknown_choice
 
 Model = TypeVar("Model", bound=BaseModel)
 
 
 class ConfigError(MedsegError):
     """A configuration file is unreadable or holds unknown or invalid keys."""
+
+
+class OptionsModel(BaseModel):
+    """Options of one named thing (a loss, an architecture): an unknown option is refused
+    with the valid ones and the likely intended one, e.g. ``unknown option 'gama'; valid
+    options: weight, gamma, class_weights; did you mean 'gamma'?``.
+
+    Attributes:
+        option_kind: how the message calls an option (``"unet option"``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    option_kind: ClassVar[str] = "option"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_options(cls, data: object) -> object:
+        if isinstance(data, Mapping):
+            for option in data:
+                if option not in cls.model_fields:
+                    known = cls.model_fields
+                    raise ValueError(
+                        unknown_choice(
+                            option, known, what=cls.option_kind, known_as="valid options"
+                        )
+                    )
+        return data
 
 
 def load_yaml_model(path: Path | None, model: type[Model], **overrides: Any) -> Model:

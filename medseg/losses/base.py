@@ -8,11 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from torch import Tensor, nn
 
+from medseg.config_io import OptionsModel
 from medseg.errors import MedsegError
-from medseg.lookup import unknown_choice
 
 
 class LossConfigError(MedsegError, ValueError):
@@ -23,14 +23,12 @@ class LossInputError(MedsegError, ValueError):
     """Logits, target or weights handed to a loss have the wrong shape, dtype or values."""
 
 
-class TermSpec(BaseModel):
+class TermSpec(OptionsModel):
     """Options of one term of a loss spec: its weight in the sum and its loss class's options.
 
     A subclass per configurable loss declares the options of that loss's ``__init__`` with the
     same names and defaults. A bare number is the weight (``{"dice_ce": 1.0}``).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     weight: float = Field(1.0, gt=0)
 
@@ -39,16 +37,8 @@ class TermSpec(BaseModel):
     def _weight_shorthand(cls, data: object) -> object:
         if isinstance(data, int | float) and not isinstance(data, bool):
             return {"weight": data}
-        if isinstance(data, BaseModel):
-            return data
-        if not isinstance(data, Mapping):
+        if not isinstance(data, Mapping | BaseModel):
             raise ValueError(f"give a weight or a mapping of options, got {data!r}")
-        for option in data:
-            if option not in cls.model_fields:
-                known = cls.model_fields
-                raise ValueError(
-                    unknown_choice(option, known, what="option", known_as="valid options")
-                )
         return data
 
     def loss_options(self) -> dict[str, Any]:
