@@ -145,7 +145,8 @@ def _stage(path: Path, index: int, raw: Any) -> StageSpec:
     try:
         validated = STAGES[kind].options.model_validate(options)
     except ValidationError as exc:
-        raise ConfigError(f"{where} ({name}): {validation_problems(exc)}") from exc
+        problems = validation_problems(exc, STAGES[kind].options)
+        raise ConfigError(f"{where} ({name}): {problems}") from exc
     return StageSpec(kind=kind, name=name, options=validated)
 
 
