@@ -7,6 +7,14 @@ class MedsegError(Exception):
     """Base class of every error medseg raises on purpose."""
 
 
+class UnknownChoiceError(MedsegError, ValueError):
+    """A name is not among the known choices (an architecture, a loss, a backend...).
+
+    Also a ``ValueError``, so that pydantic validators that look a name up report it as an
+    invalid value of the field.
+    """
+
+
 class LocatedError(MedsegError):
     """An error about one place (a file, a series): the message is ``"<where>: <problem>"``."""
 

@@ -44,8 +44,9 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, UnknownChoiceError
 from medseg.io.atomic import atomic_path
+from medseg.lookup import look_up_option
 from medseg.parallel import process_pool
 from medseg.volume import Volume
 
@@ -115,12 +116,9 @@ def parse_transfer_syntax(value: TransferSyntax | str) -> TransferSyntax:
         DicomWriteError: ``value`` is not one of the supported names.
     """
     try:
-        return TransferSyntax(value)
-    except ValueError:
-        allowed = ", ".join(s.value for s in TransferSyntax)
-        raise DicomWriteError(
-            "transfer_syntax", f"unknown transfer syntax {value!r} ({allowed})"
-        ) from None
+        return look_up_option(value, TransferSyntax, what="transfer syntax")
+    except UnknownChoiceError as error:
+        raise DicomWriteError("transfer_syntax", str(error)) from None
 
 
 def encoding_plugin(transfer_syntax: TransferSyntax | str) -> str:

@@ -29,10 +29,9 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,13 +39,13 @@ from torch import nn
 
 from medseg.errors import MedsegError
 from medseg.infer.choices import Backend, Precision
+from medseg.lookup import look_up_option
 
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 20
 """ONNX opset of exported networks (supported by ONNX Runtime >= 1.17 and OpenVINO >= 2024)."""
 
-_Choice = TypeVar("_Choice", bound=StrEnum)
 
 INSTALL_HINT = "`pip install 'medseg[cpu-inference]'`"
 
@@ -296,8 +295,8 @@ def make_predictor(
         MedsegError: unknown backend or precision, bf16 with another backend than OpenVINO,
             the backend package is not installed, or the export failed.
     """
-    backend = _parse(Backend, backend, what="backend")
-    precision = _parse(Precision, precision, what="precision")
+    backend = look_up_option(backend, Backend)
+    precision = look_up_option(precision, Precision)
     if precision != Precision.FP32 and backend != Backend.OPENVINO:
         raise MedsegError(f"precision {precision.value!r} is only supported by backend 'openvino'")
     if batch_size < 1:
@@ -317,12 +316,3 @@ def make_predictor(
     return OpenVinoPredictor(
         onnx_path=onnx_path, patch_size=patch_size, in_channels=in_channels, precision=precision
     )
-
-
-def _parse(kind: type[_Choice], value: _Choice | str, *, what: str) -> _Choice:
-    """Member of ``kind`` named by ``value``, or a ``MedsegError`` listing the choices."""
-    try:
-        return kind(value)
-    except ValueError:
-        known = ", ".join(member.value for member in kind)
-        raise MedsegError(f"unknown {what} {value!r}; known: {known}") from None

@@ -14,13 +14,16 @@ shapes agree, for equal options, between ``fcn32s``/``fcn16s``/``fcn8s``/``pspne
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from functools import partial
+from collections.abc import Callable, Mapping
+from functools import cache, partial
 from typing import Any
 
+from pydantic import create_model
 from torch import nn
 
+from medseg.config_io import OptionsModel
 from medseg.errors import MedsegError
+from medseg.lookup import look_up_option
 from medseg.models.deeplab import DeepLabV3
 from medseg.models.fcn import FCN, FCN_SKIPS
 from medseg.models.pspnet import PSPNet
@@ -43,11 +46,7 @@ def build_network(*, architecture: str = "unet", **arguments: Any) -> nn.Module:
         MedsegError: unknown architecture (the message lists the known ones) or options the
             architecture does not take (the message lists those it takes).
     """
-    try:
-        builder = ARCHITECTURES[architecture]
-    except KeyError:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise MedsegError(f"unknown architecture {architecture!r}; known: {known}") from None
+    builder = look_up_option(architecture, ARCHITECTURES, what="architecture")
     options = _options(builder)
     unknown = sorted(set(arguments) - set(options))
     if unknown:
@@ -56,6 +55,40 @@ def build_network(*, architecture: str = "unet", **arguments: Any) -> nn.Module:
             f"it takes: {', '.join(options)}"
         )
     return builder(**arguments)
+
+
+PLAN_ARGUMENTS = ("in_channels", "num_classes", "pool_strides", "spatial_dims")
+"""Arguments of every builder that :func:`network_arguments` takes from the plan and the data."""
+
+
+def network_options(architecture: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` of ``architecture`` (a config's ``network:``), checked against its builder.
+
+    Names and types are those of the builder's keyword arguments, less :data:`PLAN_ARGUMENTS`;
+    values come back converted to those types (``16.0`` -> ``16``), in the order given.
+
+    Raises:
+        UnknownChoiceError: unknown architecture (the message lists the known ones).
+        pydantic.ValidationError: an unknown option (the message lists the valid ones) or a
+            value of the wrong type.
+    """
+    validated = _options_model(architecture).model_validate(dict(options))
+    return {name: getattr(validated, name) for name in options}
+
+
+@cache
+def _options_model(architecture: str) -> type[OptionsModel]:
+    """A model of the options ``architecture``'s builder takes beyond the plan's arguments."""
+    builder = look_up_option(architecture, ARCHITECTURES, what="architecture")
+    parameters = inspect.signature(builder, eval_str=True).parameters
+    fields: dict[str, Any] = {
+        name: (parameters[name].annotation, parameters[name].default)
+        for name in _options(builder)
+        if name not in PLAN_ARGUMENTS
+    }
+    model = create_model(f"{architecture}_options", __base__=OptionsModel, **fields)
+    model.option_kind = f"{architecture} option"
+    return model
 
 
 def network_arguments(

@@ -25,7 +25,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from medseg.config_io import ConfigError, validation_problems
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, UnknownChoiceError
+from medseg.lookup import look_up_option
 from medseg.pipeline.stages import STAGES, PipelineError, StageContext, StageDefinition
 
 
@@ -135,14 +136,17 @@ def _stage(path: Path, index: int, raw: Any) -> StageSpec:
     options = dict(raw)
     kind = str(options.pop("stage"))
     name = str(options.pop("name", kind))
-    if kind not in STAGES:
-        raise ConfigError(f"{where}: unknown stage kind {kind!r}; known: {sorted(STAGES)}")
+    try:
+        look_up_option(kind, STAGES, what="stage kind")
+    except UnknownChoiceError as error:
+        raise ConfigError(f"{where}: {error}") from None
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"{where}: stage name {name!r} must be letters, digits, - or _")
     try:
         validated = STAGES[kind].options.model_validate(options)
     except ValidationError as exc:
-        raise ConfigError(f"{where} ({name}): {validation_problems(exc)}") from exc
+        problems = validation_problems(exc, STAGES[kind].options)
+        raise ConfigError(f"{where} ({name}): {problems}") from exc
     return StageSpec(kind=kind, name=name, options=validated)
 
 

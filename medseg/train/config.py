@@ -5,11 +5,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FieldSerializationInfo,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+)
 
 from medseg.config_io import ConfigError, load_yaml_model
 from medseg.errors import MedsegError
+from medseg.lookup import look_up_option
+from medseg.losses import LossSpec
+from medseg.models import ARCHITECTURES, network_options
 from medseg.models.pretrained import PretrainedEncoder
+from medseg.train.augment import AugmentationConfig
 
 if TYPE_CHECKING:
     from medseg.preprocess.plan import Plan
@@ -28,17 +40,26 @@ class ValidationOptions(BaseModel):
 
 
 class TrainConfig(BaseModel):
-    """Everything ``medseg train`` needs beyond the manifest and the plan."""
+    """Everything ``medseg train`` needs beyond the manifest and the plan.
+
+    Every part is checked when the config is read: the architecture against the registry
+    (``medseg.models.ARCHITECTURES``) and ``network`` against that architecture's options,
+    the loss against ``medseg.losses.LOSSES``, the augmentation against
+    :class:`~medseg.train.augment.AugmentationConfig`. Saved (MLflow params, the
+    ``train_config.json`` artifact) in the form it was written: the network and augmentation
+    options that were given, the loss in its short form.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     configuration: Literal["3d", "2d"] = "3d"
     architecture: str = "unet"
-    # options of the architecture's builder (medseg/models); each builder has its own defaults
+    # options of the architecture's builder (medseg/models), as given and converted to the
+    # builder's types; each builder has its own defaults
     network: dict[str, Any] = Field(default_factory=dict)
     # encoder weights from a local file or an MLflow model (medseg/models/pretrained.py)
     pretrained_encoder: PretrainedEncoder | None = None
-    loss: dict[str, Any] | str = "dice_ce"
+    loss: LossSpec = Field(default_factory=lambda: LossSpec.model_validate("dice_ce"))
     optimizer: Literal["sgd", "adamw"] = "sgd"
     learning_rate: float = Field(0.01, gt=0)
     weight_decay: float = Field(3e-5, ge=0)
@@ -54,10 +75,31 @@ class TrainConfig(BaseModel):
     deterministic: bool = False
     amp: bool = True
     cpu_bf16: bool = False
-    augmentation: dict[str, Any] = Field(default_factory=dict)
+    augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     validation: ValidationOptions = ValidationOptions()
     experiment: str = "medseg"
     registered_model_name: str | None = None
+
+    @field_validator("architecture")
+    @classmethod
+    def _registered_architecture(cls, architecture: str) -> str:
+        look_up_option(architecture, ARCHITECTURES, what="architecture")
+        return architecture
+
+    @field_validator("network")
+    @classmethod
+    def _architecture_takes_the_options(
+        cls, options: dict[str, Any], info: ValidationInfo
+    ) -> dict[str, Any]:
+        if "architecture" not in info.data:  # unknown architecture, reported on its own
+            return options
+        return network_options(info.data["architecture"], options)
+
+    @field_serializer("augmentation")
+    def _augmentation_as_given(
+        self, augmentation: AugmentationConfig, info: FieldSerializationInfo
+    ) -> dict[str, Any]:
+        return augmentation.model_dump(mode=info.mode, exclude_unset=True)
 
 
 def load_train_config(path: Path | None, **overrides: Any) -> TrainConfig:
@@ -72,13 +114,12 @@ def load_train_config(path: Path | None, **overrides: Any) -> TrainConfig:
 def check_against_plan(config: TrainConfig, plan: Plan, *, source: Path | None = None) -> None:
     """Refuse a config that cannot train with ``plan``, before anything is preprocessed.
 
-    Checks what only the plan can tell: the planned configuration, the loss, and that the
-    architecture takes the network options (a network is built once, on the CPU).
+    Checks what only the plan can tell: the planned configuration, and that the network
+    builds with the plan's strides and patch (it is built once, on the CPU).
 
     Raises:
         ConfigError: naming ``source`` (the config file) and the offending key.
     """
-    from medseg.losses import build_loss
     from medseg.models import build_network, network_arguments
 
     where = source or "training options"
@@ -88,10 +129,6 @@ def check_against_plan(config: TrainConfig, plan: Plan, *, source: Path | None =
             f"{where}: configuration: {config.configuration!r} is not in the plan, which has "
             f"{sorted(plan.configurations)}"
         )
-    try:
-        build_loss(config.loss)
-    except MedsegError as error:
-        raise ConfigError(f"{where}: loss: {error}") from error
     try:
         build_network(
             **network_arguments(

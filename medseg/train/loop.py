@@ -39,7 +39,7 @@ from medseg.models import build_network, network_arguments
 from medseg.models.pretrained import load_encoder_weights
 from medseg.preprocess.cache import load_cache
 from medseg.preprocess.plan import Plan
-from medseg.train.augment import AugmentationConfig, Augmenter
+from medseg.train.augment import Augmenter
 from medseg.train.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from medseg.train.config import TrainConfig
 from medseg.train.data import BatchSpec, make_loader
@@ -178,7 +178,7 @@ class _Job:
         self.needs_weights = loss.needs_weights
         if loss.needs_weights and not plan.border_weights.enabled:
             raise MedsegError(
-                f"loss {config.loss!r} needs border-weight maps, but the plan has "
+                f"loss {config.loss.model_dump()} needs border-weight maps, but the plan has "
                 "border_weights.enabled: false; set it in the plan options and run preprocess again"
             )
         # the network knows whether it returns a list of logits (e.g. a U-Net too shallow for
@@ -193,7 +193,7 @@ class _Job:
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=self.amp and on_cuda)
         self.checkpoints = run_dir / "checkpoints"
         # test-time mirroring may only flip the axes training mirrored
-        self.mirror_axes = AugmentationConfig(**config.augmentation).mirror_axes
+        self.mirror_axes = config.augmentation.mirror_axes
         self.total_steps = config.epochs * config.steps_per_epoch
 
     def model(self) -> nn.Module:
@@ -376,7 +376,7 @@ def _train_epochs(
     model = job.model().train()
     loader = job.loader(state)
     augmenter = Augmenter(
-        AugmentationConfig(**config.augmentation),
+        config.augmentation,
         seed=config.seed * 1000 + context.rank + state.step,
     )
     session_start = time.monotonic()

@@ -18,9 +18,9 @@ from tests.phantoms import write_phantom_nifti
     [
         ("epochs: 2\nlearning_rat: 0.01\n", "learning_rat: Extra inputs are not permitted"),
         ("configuration: 2d\nepochs: 0\n", "epochs: Input should be greater than or equal to 1"),
-        ("architecture: unett\n", "architecture/network: unknown architecture 'unett'"),
-        ("network: {base_filter: 4}\n", "architecture 'unet' takes no option(s) base_filter"),
-        ("loss: dice_cee\n", "loss: loss spec {'dice_cee': 1.0}: unknown loss 'dice_cee'"),
+        ("architecture: unett\n", "architecture: unknown architecture 'unett'; known: unet,"),
+        ("network: {base_filter: 4}\n", "network: unknown unet option 'base_filter'; valid"),
+        ("loss: dice_cee\n", "loss: unknown loss 'dice_cee'; valid losses: ce, dice_ce,"),
     ],
     ids=["unknown key", "invalid value", "unknown architecture", "unknown network option", "loss"],
 )

@@ -230,8 +230,10 @@ def test_build_network_takes_yaml_options() -> None:
 
 
 def test_unknown_architecture_lists_the_known_ones() -> None:
-    known = "deeplabv3, fcn16s, fcn32s, fcn8s, pspnet, unet, unet_resize"
-    with pytest.raises(MedsegError, match=f"unknown architecture 'vnet'; known: {known}$"):
+    known = "unet, unet_resize, fcn32s, fcn16s, fcn8s, pspnet, deeplabv3"
+    with pytest.raises(
+        MedsegError, match=f"unknown architecture 'vnet'; known: {known}; did you mean 'unet'"
+    ):
         build_network(architecture="vnet")
 
 

@@ -27,7 +27,13 @@ class TrainStageOptions(StageOptions):
 
 
 def _train_inputs(ctx: StageContext, options: TrainStageOptions) -> dict[str, Path]:
-    return {"config": ctx.config(options.config)} if options.config else {}
+    if not options.config:
+        return {}
+    from medseg.train.config import load_train_config
+
+    config = ctx.config(options.config)
+    load_train_config(config)  # a mistake in it is refused before the first stage runs
+    return {"config": config}
 
 
 def _train(ctx: StageContext, options: TrainStageOptions, run: Any) -> StageResult:

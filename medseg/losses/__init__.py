@@ -1,0 +1,54 @@
+"""Segmentation losses with one call signature, selectable from a config.
+
+Every loss is a :class:`SegmentationLoss` called as ``loss(logits, target, weights=None)``:
+
+* ``logits``: float ``(B, K, *spatial)``, raw network output, ``K >= 2`` classes including
+  background, 2D or 3D spatial.
+* ``target``: integer class indices ``(B, *spatial)`` or ``(B, 1, *spatial)``, values ``0..K-1``.
+* ``weights``: optional float per-voxel weights ``(B, *spatial)`` (or ``(B, 1, *spatial)``), the
+  border-weight maps of :mod:`medseg.preprocess.border_weights`. Only losses whose
+  ``needs_weights`` is True use them; the others accept and ignore them, so a training loop can
+  pass the same arguments to any loss and load weight maps only when ``loss.needs_weights``.
+
+Losses are computed in float32 with autocast disabled, so fp16/bf16 logits from mixed-precision
+training give the same value as float32 logits (the gradient is cast back to the logits' dtype).
+
+One family per module: ``cross_entropy``, ``dice``, ``focal``, ``border`` (border-weighted
+cross-entropy), ``compound`` (weighted sums), ``deep_supervision``; ``base`` holds what they
+share and ``registry`` the table of configurable losses (:data:`LOSSES`), the
+:class:`LossSpec` a config writes and :func:`build_loss`.
+
+Config form for :func:`build_loss`: a name (``"dice_ce"``), or a mapping of names to a weight or
+to options (``{"dice_ce": 1.0, "border_ce": 0.5}``, ``{"focal": {"weight": 1.0, "gamma": 3.0}}``).
+"""
+
+from medseg.losses.base import LossConfigError, LossInputError, SegmentationLoss, TermSpec
+from medseg.losses.border import BorderCESpec, BorderWeightedCELoss
+from medseg.losses.compound import CombinedLoss
+from medseg.losses.cross_entropy import CESpec, CrossEntropyLoss
+from medseg.losses.deep_supervision import DeepSupervisionLoss, deep_supervision_weights
+from medseg.losses.dice import DiceCELoss, DiceCESpec
+from medseg.losses.focal import FocalLoss, FocalSpec
+from medseg.losses.registry import LOSSES, LossSpec, build_loss, parse_loss_spec
+
+__all__ = [
+    "LOSSES",
+    "BorderCESpec",
+    "BorderWeightedCELoss",
+    "CESpec",
+    "CombinedLoss",
+    "CrossEntropyLoss",
+    "DeepSupervisionLoss",
+    "DiceCELoss",
+    "DiceCESpec",
+    "FocalLoss",
+    "FocalSpec",
+    "LossConfigError",
+    "LossInputError",
+    "LossSpec",
+    "SegmentationLoss",
+    "TermSpec",
+    "build_loss",
+    "deep_supervision_weights",
+    "parse_loss_spec",
+]

@@ -1,0 +1,168 @@
+"""What every loss shares: the call signature and its input checks, the options model of a
+configurable loss, and class weights."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, Field, model_validator
+from torch import Tensor, nn
+
+from medseg.config_io import OptionsModel
+from medseg.errors import MedsegError
+
+
+class LossConfigError(MedsegError, ValueError):
+    """A loss option or loss spec is unknown or invalid."""
+
+
+class LossInputError(MedsegError, ValueError):
+    """Logits, target or weights handed to a loss have the wrong shape, dtype or values."""
+
+
+class TermSpec(OptionsModel):
+    """Options of one term of a loss spec: its weight in the sum and its loss class's options.
+
+    A subclass per configurable loss declares the options of that loss's ``__init__`` with the
+    same names and defaults. A bare number is the weight (``{"dice_ce": 1.0}``).
+    """
+
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _weight_shorthand(cls, data: object) -> object:
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return {"weight": data}
+        if not isinstance(data, Mapping | BaseModel):
+            raise ValueError(f"give a weight or a mapping of options, got {data!r}")
+        return data
+
+    def loss_options(self) -> dict[str, Any]:
+        """The options given for the loss class (all but the weight; defaults left out)."""
+        return self.model_dump(exclude={"weight"}, exclude_unset=True)
+
+
+class SegmentationLoss(nn.Module):
+    """Base class: validates inputs, casts to float32, disables autocast, calls ``_loss``.
+
+    A loss that can be named in a config also sets ``config_name`` and ``Options`` and is
+    listed in :data:`medseg.losses.registry.LOSSES`.
+
+    Attributes:
+        needs_weights: the loss uses the per-voxel ``weights`` argument.
+        config_name: its name in a loss spec (``"dice_ce"``).
+        Options: its options in a loss spec, a :class:`TermSpec` whose fields (but ``weight``)
+            are the keyword arguments of ``__init__``.
+    """
+
+    needs_weights: bool = False
+    config_name: ClassVar[str]
+    Options: ClassVar[type[TermSpec]]
+
+    def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
+        """Scalar loss of ``logits`` ``(B, K, *spatial)`` against ``target`` ``(B, *spatial)``.
+
+        Raises:
+            LossInputError: on wrong shapes or dtypes, target values outside ``0..K-1``, or
+                missing ``weights`` when ``needs_weights`` is True.
+        """
+        logits, target, weights = _validated_inputs(
+            self, logits, target, weights if self.needs_weights else None
+        )
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            return self._loss(logits, target, weights)
+
+    def _loss(self, logits: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+        """The loss of validated float32 logits, int64 target and float32 weights (or None)."""
+        raise NotImplementedError
+
+
+def class_weight_tensor(class_weights: Sequence[float] | None) -> Tensor | None:
+    """Class weights as a float32 tensor, or None.
+
+    Raises:
+        LossConfigError: on fewer than two, negative, non-finite or all-zero weights.
+    """
+    if class_weights is None:
+        return None
+    values = [float(weight) for weight in class_weights]
+    if len(values) < 2 or not all(math.isfinite(w) and w >= 0 for w in values):
+        raise LossConfigError(
+            f"class_weights: need one finite value >= 0 per class (>= 2 classes), got {values}"
+        )
+    if sum(values) <= 0:
+        raise LossConfigError(f"class_weights: at least one must be > 0, got {values}")
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def class_weights_for(loss: nn.Module, logits: Tensor) -> Tensor | None:
+    """The ``class_weights`` buffer of ``loss`` on the logits' device, checked against them.
+
+    Raises:
+        LossInputError: the number of class weights differs from the logits' classes.
+    """
+    class_weights = loss.class_weights
+    if class_weights is None:
+        return None
+    if class_weights.numel() != logits.shape[1]:
+        raise LossInputError(
+            f"{type(loss).__name__}: {class_weights.numel()} class weights but logits have "
+            f"{logits.shape[1]} classes"
+        )
+    return class_weights.to(device=logits.device)
+
+
+def without_channel(tensor: Tensor, logits_ndim: int) -> Tensor:
+    """Drop a singleton channel axis: ``(B, 1, *spatial)`` -> ``(B, *spatial)``."""
+    if tensor.ndim == logits_ndim and tensor.shape[1] == 1:
+        return tensor.squeeze(1)
+    return tensor
+
+
+def _validated_inputs(
+    loss: SegmentationLoss, logits: Tensor, target: Tensor, weights: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """float32 logits, int64 target ``(B, *spatial)`` and float32 weights (if needed)."""
+    name = type(loss).__name__
+    if not (isinstance(logits, Tensor) and logits.is_floating_point() and logits.ndim >= 3):
+        raise LossInputError(f"{name}: logits must be a float tensor (B, K, *spatial)")
+    n_classes = logits.shape[1]
+    if n_classes < 2:
+        raise LossInputError(
+            f"{name}: logits have {n_classes} class along dim 1; need >= 2 (background + "
+            "foreground) for a softmax loss"
+        )
+    expected = (logits.shape[0], *logits.shape[2:])
+    target = without_channel(target, logits.ndim)
+    if tuple(target.shape) != expected:
+        raise LossInputError(
+            f"{name}: target shape {tuple(target.shape)} does not match logits "
+            f"{tuple(logits.shape)}; expected {expected} or {(expected[0], 1, *expected[1:])}"
+        )
+    if target.is_floating_point() or target.is_complex():
+        raise LossInputError(f"{name}: target must hold integer class indices, got {target.dtype}")
+    target = target.long()
+    # One host-device sync; on CUDA an out-of-range index would otherwise end in an opaque
+    # device-side assert inside cross_entropy or one_hot.
+    if target.numel() and bool(((target < 0) | (target >= n_classes)).any()):
+        raise LossInputError(
+            f"{name}: target values must lie in 0..{n_classes - 1} for {n_classes} classes, "
+            f"got {int(target.min())}..{int(target.max())}"
+        )
+    if loss.needs_weights:
+        if weights is None:
+            raise LossInputError(
+                f"{name}: needs per-voxel weights (B, *spatial), got None; enable border weights "
+                "in the plan and pass the batch's weights"
+            )
+        weights = without_channel(weights, logits.ndim)
+        if tuple(weights.shape) != expected:
+            raise LossInputError(
+                f"{name}: weights shape {tuple(weights.shape)} does not match target {expected}"
+            )
+        weights = weights.float()
+    return logits.float(), target, weights

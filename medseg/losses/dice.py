@@ -1,0 +1,121 @@
+"""Soft Dice plus cross-entropy (``dice_ce`` in a loss spec), per sample or over the batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from medseg.losses.base import (
+    LossConfigError,
+    SegmentationLoss,
+    TermSpec,
+    class_weight_tensor,
+    class_weights_for,
+)
+
+
+class DiceCESpec(TermSpec):
+    """Options of :class:`DiceCELoss`."""
+
+    include_background: bool = False
+    smooth: float = 1e-5
+    batch_dice: bool = False
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    class_weights: tuple[float, ...] | None = None
+
+
+class DiceCELoss(SegmentationLoss):
+    """Soft Dice on softmax probabilities plus cross-entropy.
+
+    ``dice_weight * (1 - mean_c Dice_c) + ce_weight * CE``, where per class ``c``
+    ``Dice_c = (2 * sum(p_c * g_c) + smooth) / (sum(p_c) + sum(g_c) + smooth)``, ``p_c`` the
+    softmax probability and ``g_c`` the one-hot target. The smoothing term keeps empty classes
+    finite: a class absent from target and prediction has Dice 1, a class absent from the target
+    but given probability mass has Dice close to 0.
+
+    Sums run over the spatial axes of each sample (``batch_dice=False``; Dice is then averaged
+    over samples and classes) or over the batch and spatial axes together (``batch_dice=True``,
+    as nnU-Net's 3d_fullres; Dice is averaged over classes only). Batch Dice treats the batch as
+    one large image, so a patch without a small structure does not score that class 0 on its own.
+
+    Example:
+        >>> loss = DiceCELoss(batch_dice=True)
+        >>> logits = torch.randn(2, 3, 8, 8, 8, requires_grad=True)
+        >>> loss(logits, torch.randint(0, 3, (2, 8, 8, 8))).backward()
+
+    Args:
+        include_background: include class 0 in the Dice average.
+        smooth: added to numerator and denominator of every Dice (> 0).
+        batch_dice: sum over the batch before the Dice ratio instead of per sample.
+        dice_weight: weight of the Dice term (>= 0).
+        ce_weight: weight of the cross-entropy term (>= 0).
+        class_weights: class weights of the cross-entropy term only (see
+            :class:`~medseg.losses.cross_entropy.CrossEntropyLoss`); Dice classes are always
+            averaged with equal weight.
+
+    Raises:
+        LossConfigError: on a non-positive ``smooth``, negative term weights, both term weights
+            0, or invalid class weights.
+    """
+
+    config_name = "dice_ce"
+    Options = DiceCESpec
+
+    def __init__(
+        self,
+        *,
+        include_background: bool = False,
+        smooth: float = 1e-5,
+        batch_dice: bool = False,
+        dice_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        class_weights: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if not (math.isfinite(smooth) and smooth > 0):
+            raise LossConfigError(f"smooth: must be finite and > 0, got {smooth}")
+        for name, value in (("dice_weight", dice_weight), ("ce_weight", ce_weight)):
+            if not (math.isfinite(value) and value >= 0):
+                raise LossConfigError(f"{name}: must be finite and >= 0, got {value}")
+        if dice_weight == 0 and ce_weight == 0:
+            raise LossConfigError("dice_weight and ce_weight: at least one must be > 0")
+        self.include_background = include_background
+        self.smooth = float(smooth)
+        self.batch_dice = batch_dice
+        self.dice_weight = float(dice_weight)
+        self.ce_weight = float(ce_weight)
+        self.class_weights: Tensor | None
+        self.register_buffer("class_weights", class_weight_tensor(class_weights), persistent=False)
+
+    def extra_repr(self) -> str:
+        return (
+            f"include_background={self.include_background}, smooth={self.smooth}, "
+            f"batch_dice={self.batch_dice}, dice_weight={self.dice_weight}, "
+            f"ce_weight={self.ce_weight}"
+        )
+
+    def _loss(self, logits: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+        total = logits.new_zeros(())
+        if self.dice_weight:
+            total = total + self.dice_weight * self._dice_loss(logits, target)
+        if self.ce_weight:
+            ce = F.cross_entropy(logits, target, weight=class_weights_for(self, logits))
+            total = total + self.ce_weight * ce
+        return total
+
+    def _dice_loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        probabilities = torch.softmax(logits, dim=1)
+        one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+        if not self.include_background:
+            probabilities, one_hot = probabilities[:, 1:], one_hot[:, 1:]
+        spatial = tuple(range(2, logits.ndim))
+        axes = (0, *spatial) if self.batch_dice else spatial
+        overlap = (probabilities * one_hot).sum(axes)
+        sizes = probabilities.sum(axes) + one_hot.sum(axes)
+        dice = (2.0 * overlap + self.smooth) / (sizes + self.smooth)
+        return 1.0 - dice.mean()
