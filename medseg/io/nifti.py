@@ -107,3 +107,21 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return path
+
+
+class NiftiFormat:
+    """NIfTI-1/2 in the volume format registry (``medseg.io.formats``)."""
+
+    name = "nifti"
+    suffixes = (".nii.gz", ".nii")
+
+    def read(self, path: Path) -> Volume:
+        """``read_nifti``."""
+        return read_nifti(path)
+
+    def write(self, volume: Volume, path: Path) -> Path:
+        """``write_nifti``."""
+        return write_nifti(volume, path)
+
+
+NIFTI = NiftiFormat()
