@@ -31,8 +31,15 @@ from medseg.volume import Volume
 class VolumeFormat(Protocol):
     """A file format medseg reads scans and label maps from and writes them to."""
 
-    name: str
-    suffixes: tuple[str, ...]  # lower case, with the dot; the first is written by default
+    @property
+    def name(self) -> str:
+        """What ``--output-format`` and messages call it: ``"nrrd"``."""
+        ...
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """File name endings, lower case with the dot; the first is written by default."""
+        ...
 
     def read(self, path: Path) -> Volume:
         """The volume in ``path``; raises an ``InputFileError`` naming the file."""
