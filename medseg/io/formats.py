@@ -140,6 +140,14 @@ def volume_stem(path: str | os.PathLike[str]) -> str:
     return name[: -len(match[0])] if match else name
 
 
+def volume_files_named(folder: str | os.PathLike[str], stem: str) -> list[Path]:
+    """The files ``<folder>/<stem><suffix>`` that exist, for every registered suffix (NIfTI
+    first): a label map or prediction found by case id, whatever its format."""
+    folder = Path(folder)
+    candidates = [folder / f"{stem}{s}" for fmt in _FORMATS.values() for s in fmt.suffixes]
+    return [path for path in candidates if path.is_file()]
+
+
 def data_files(path: str | os.PathLike[str]) -> tuple[Path, ...]:
     """Files besides ``path`` that hold its voxels (a detached header's data file)."""
     fmt = format_for_path(path)
