@@ -175,7 +175,7 @@ def write_volume(
     volume: Volume, path: str | os.PathLike[str], volume_format: VolumeFormat | str | None = None
 ) -> Path:
     """Write ``volume`` to ``path`` in ``volume_format`` (a format or its name; default: the
-    one the name calls for); return the path.
+    one the name calls for); return the path. The folder is created if need be.
 
     Raises:
         UnknownFormatError: ``volume_format`` names no registered format.
@@ -194,6 +194,7 @@ def write_volume(
             path,
             f"a {volume_format.name} file name ends in {' or '.join(volume_format.suffixes)}",
         )
+    path.parent.mkdir(parents=True, exist_ok=True)
     return volume_format.write(volume, path)
 
 
