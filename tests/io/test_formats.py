@@ -202,6 +202,7 @@ def test_suffixes_choose_the_format():
     assert format_for_path("case.raw.gz") is None
     assert format_for_path(".nrrd") is None  # a hidden file named like a suffix
     assert volume_stem("x/hippocampus_007.nii.gz") == "hippocampus_007"
+    assert volume_stem("b.NII") == "b"
     assert volume_stem("x/case.1.nrrd") == "case.1"
     assert volume_stem("notes.txt") == "notes.txt"
     assert output_name("case_7", "mha") == "case_7.mha"
