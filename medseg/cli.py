@@ -311,9 +311,22 @@ def train(
         train_summary(result)
 
 
+def _output_format(name: str) -> str:
+    """``--output-format``: a registered volume format (``medseg.io.formats``), else exit 2."""
+    from medseg.errors import UnknownFormatError
+    from medseg.io.formats import format_named
+
+    try:
+        return format_named(name).name
+    except UnknownFormatError as error:
+        raise typer.BadParameter(str(error)) from error
+
+
 @app.command()
 def predict(
-    input_path: Path = typer.Argument(..., exists=True, help="NIfTI file, DICOM folder or tree."),
+    input_path: Path = typer.Argument(
+        ..., exists=True, help="NIfTI, NRRD or MetaImage file, DICOM folder or tree."
+    ),
     model: str = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder."),
     out: Path = typer.Option(..., "--out", "-o", callback=output_folder, help="Output folder."),
     overlap: float = OVERLAP,
@@ -332,6 +345,9 @@ def predict(
     dicom_seg: bool = typer.Option(True, help="Write a DICOM SEG for DICOM inputs."),
     probabilities: bool = typer.Option(
         False, "--probabilities", help="Also write <case>.probabilities.npz (float16)."
+    ),
+    output_format: str = typer.Option(
+        "nifti", callback=_output_format, help="Label map format: nifti, nrrd or mha."
     ),
     case_ids: CaseIdScheme = CASE_IDS,
     non_finite: NonFinitePolicy = NON_FINITE,
@@ -371,6 +387,7 @@ def predict(
             case_ids=case_ids,
             dicom_seg=dicom_seg,
             probabilities=probabilities,
+            output_format=output_format,
             on_progress=progress,
         )
     if not report.outcomes:

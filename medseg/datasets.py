@@ -1,4 +1,7 @@
-"""Import a folder of NIfTI images and labels into a data manifest (see ``medseg.manifest``).
+"""Import a folder of images and labels into a data manifest (see ``medseg.manifest``).
+
+Files of any registered volume format (``medseg.io.formats``: NIfTI, NRRD, MetaImage) are
+taken; an image and its label pair by stem whatever their formats.
 
 Layouts, detected from the folder:
 
@@ -42,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import MedsegError, NiftiError
-from medseg.io.nifti import is_nifti_path, nifti_stem, read_nifti
+from medseg.errors import InputFileError, MedsegError
+from medseg.io.formats import is_volume_path, read_volume, volume_stem
 from medseg.manifest import (
     CaseProblem,
     ManifestRecord,
@@ -194,15 +197,16 @@ def _is_nnunet_v2(metadata: dict[str, Any]) -> bool:
     return "channel_names" in metadata or "file_ending" in metadata or int_labels
 
 
-def _nifti_files(folder: Path) -> dict[str, Path]:
-    """File stem -> NIfTI file in ``folder``; hidden files (``._x.nii.gz``) are skipped."""
+def _volume_files(folder: Path) -> dict[str, Path]:
+    """File stem -> volume file (NIfTI, NRRD...) in ``folder``; hidden files (``._x.nii.gz``)
+    are skipped."""
     files: dict[str, Path] = {}
     if not folder.is_dir():
         return files
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file() or not is_nifti_path(path):
+        if path.name.startswith(".") or not path.is_file() or not is_volume_path(path):
             continue
-        stem = nifti_stem(path)
+        stem = volume_stem(path)
         if stem in files:
             raise DatasetLayoutError(f"{folder}: both {files[stem].name} and {path.name} exist")
         files[stem] = path
@@ -236,8 +240,8 @@ def _collect_cases(
 ) -> tuple[list[_Case], list[Orphan], list[CaseProblem]]:
     """Pair images with labels; ``folders`` are (training images, labels, test images)."""
     image_folder, label_folder, test_folder = folders
-    images = _nifti_files(dataset_dir / image_folder)
-    labels = _nifti_files(dataset_dir / label_folder)
+    images = _volume_files(dataset_dir / image_folder)
+    labels = _volume_files(dataset_dir / label_folder)
     strip = _uses_channel_suffix(images, set(labels), metadata)
     training = _group_channels(images, strip=strip)
     cases, orphans, rejected = [], [], []
@@ -251,7 +255,7 @@ def _collect_cases(
         reason = f"label has no image named {case_id} in {image_folder}/"
         orphans.append(Orphan(case_id, _inside(labels[case_id], dataset_dir), reason))
     if test_folder is not None:
-        test_images = _nifti_files(dataset_dir / test_folder)
+        test_images = _volume_files(dataset_dir / test_folder)
         strip_test = strip and all(_CHANNEL_SUFFIX.match(stem) for stem in test_images)
         for case_id, files in _group_channels(test_images, strip=strip_test).items():
             if case_id in training or case_id in labels:
@@ -313,8 +317,8 @@ def _checked_label_values(
 
 def _read(path: Path, dataset_dir: Path) -> Volume:
     try:
-        return read_nifti(path)
-    except NiftiError as exc:
+        return read_volume(path)
+    except InputFileError as exc:
         detail = f"{_inside(path, dataset_dir)}: {exc.problem}"
         raise _Rejected(ProblemKind.UNREADABLE, detail) from exc
 

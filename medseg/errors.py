@@ -40,6 +40,16 @@ class NiftiError(InputFileError):
     """A NIfTI file is unreadable or has an invalid header/affine."""
 
 
+class VolumeFileError(InputFileError):
+    """A scan file of a registered format other than DICOM (NRRD, MetaImage...) is unreadable,
+    not what its name says, not a 3D image of scalar or per-voxel channel values, or has no
+    reader at all (``medseg.io.formats``)."""
+
+
+class UnknownFormatError(MedsegError):
+    """A volume file format named (e.g. ``--output-format``) is not registered."""
+
+
 class DicomFileError(InputFileError):
     """A single DICOM file is unreadable, malformed, or its pixels cannot be decoded."""
 

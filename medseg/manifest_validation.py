@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import NiftiError
-from medseg.io.nifti import read_nifti
+from medseg.errors import InputFileError
+from medseg.io.formats import read_volume
 from medseg.manifest import (
     SPACING_ATOL_MM,
     CaseProblem,
@@ -65,8 +65,8 @@ def _check_file(
         detail = f"{path}: sha256 is {actual}, manifest says {expected_sha256}"
         problems.append(CaseProblem(case_id, ProblemKind.CHECKSUM_MISMATCH, detail))
     try:
-        return read_nifti(path)
-    except NiftiError as exc:
+        return read_volume(path)
+    except InputFileError as exc:
         problems.append(CaseProblem(case_id, ProblemKind.UNREADABLE, str(exc)))
         return None
 

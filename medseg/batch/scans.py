@@ -26,7 +26,7 @@ from medseg.ingest.discovery import (
     ScanTask,
     dicom_task,
     discover_scans,
-    nifti_task,
+    volume_file_task,
 )
 from medseg.io.dicom import DicomSeries
 
@@ -54,7 +54,7 @@ class BatchScan:
             )
             task.unreadable_beside = self.unreadable_beside
         else:
-            task = nifti_task(self.files[0], root=self.root, scheme=self.case_ids)
+            task = volume_file_task(self.files[0], root=self.root, scheme=self.case_ids)
             task.case_id = self.case_id  # made unique among the tree's scans
         return task
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputFileError, MedsegError
-from medseg.io.nifti import is_nifti_path, nifti_stem, read_nifti
+from medseg.io.formats import is_volume_path, read_volume, volume_files_named, volume_stem
 
 
 @dataclass
@@ -22,31 +22,42 @@ class Pairing:
 
 def _by_case(path: Path) -> dict[str, Path]:
     """Label maps in ``path`` by case: ``<case>.nii.gz`` files, and ``<case>/<case>.nii.gz``
-    (the per-scan folders of ``medseg batch``)."""
+    (the per-scan folders of ``medseg batch``), in any registered volume format (``.nrrd``,
+    ``.mha``...).
+
+    Raises:
+        InputFileError: ``path`` does not exist, or holds two label maps of one case.
+    """
     if path.is_file():
-        return {nifti_stem(path): path}
+        return {volume_stem(path): path}
     if not path.is_dir():
         raise InputFileError(path, "no such file or folder")
-    found = {}
+    found: dict[str, Path] = {}
     for entry in sorted(path.iterdir()):
-        if entry.is_file() and is_nifti_path(entry):
-            found[nifti_stem(entry)] = entry
+        if entry.is_file() and is_volume_path(entry):
+            case = volume_stem(entry)
+            if case in found:
+                raise InputFileError(
+                    path, f"both {found[case].name} and {entry.name} are label maps of {case}"
+                )
+            found[case] = entry
         elif entry.is_dir() and not entry.name.startswith("."):
-            nested = entry / f"{entry.name}.nii.gz"
-            if nested.is_file():
-                found.setdefault(entry.name, nested)
+            nested = volume_files_named(entry, entry.name)
+            if nested:
+                found.setdefault(entry.name, nested[0])
     return found
 
 
 def pair_label_maps(predictions: Path, references: Path) -> Pairing:
-    """Pair by file name without ``.nii``/``.nii.gz``; two single files always pair.
+    """Pair by file name without its format's suffix (``.nii.gz``, ``.nrrd``...); two single
+    files always pair.
 
     Raises:
         InputFileError: a path does not exist, or the references are a folder without label
             maps (predictions without any are reported as missing, case by case).
     """
     if predictions.is_file() and references.is_file():
-        return Pairing(pairs=[(nifti_stem(references), predictions, references)])
+        return Pairing(pairs=[(volume_stem(references), predictions, references)])
     predicted, reference = _by_case(predictions), _by_case(references)
     if not reference:
         raise InputFileError(references, "no label maps (<case>.nii.gz or <case>/<case>.nii.gz)")
@@ -68,7 +79,7 @@ def reference_label_names(pairing: Pairing) -> dict[int, str]:
     values: set[int] = {0}
     for _, _, reference in pairing.pairs:
         try:
-            values |= {int(value) for value in np.unique(read_nifti(reference).array)}
+            values |= {int(value) for value in np.unique(read_volume(reference).array)}
         except MedsegError:
             continue
     return {value: "background" if value == 0 else f"label_{value}" for value in sorted(values)}

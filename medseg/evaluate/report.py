@@ -22,7 +22,7 @@ import numpy as np
 from medseg.evaluate.pairing import Pairing
 from medseg.evaluate.stage import METRICS, EvaluationReport
 from medseg.io.atomic import write_json_atomic, write_text_atomic
-from medseg.io.nifti import read_nifti
+from medseg.io.formats import read_volume, volume_files_named
 from medseg.overlays import save_structure_views
 
 if TYPE_CHECKING:
@@ -108,10 +108,11 @@ def _pictures(
     names = {name: value for value, name in report.label_names.items()}
     written: dict[str, list[Path]] = {}
     for case in report.cases:
-        prediction, reference = (read_nifti(p).to_closest_ras() for p in files[case.case_id])
+        prediction, reference = (read_volume(p).to_closest_ras() for p in files[case.case_id])
         image = None
-        if images is not None and (images / f"{case.case_id}.nii.gz").exists():
-            scan = read_nifti(images / f"{case.case_id}.nii.gz").to_closest_ras()
+        scans = volume_files_named(images, case.case_id) if images is not None else []
+        if scans:
+            scan = read_volume(scans[0]).to_closest_ras()
             image = np.asarray(scan.array) if scan.same_grid(reference) else None
         present = [
             s

@@ -18,7 +18,7 @@ from medseg.errors import GeometryMismatchError, MedsegError
 from medseg.evaluate.grid import grid_difference
 from medseg.evaluate.pairing import Pairing
 from medseg.evaluate.volumes import structure_statistics
-from medseg.io.nifti import read_nifti
+from medseg.io.formats import read_volume
 from medseg.metrics import confusion_matrix, dice_from_confusion, iou_from_confusion
 from medseg.volume import Volume
 
@@ -122,8 +122,8 @@ def evaluate_pairing(
     for case_id, predicted_path, reference_path in pairing.pairs:
         try:
             metrics = evaluate_case(
-                read_nifti(predicted_path),
-                read_nifti(reference_path),
+                read_volume(predicted_path),
+                read_volume(reference_path),
                 label_names=label_names,
                 tolerance_mm=tolerance_mm,
                 names=(f"prediction {predicted_path}", f"reference {reference_path}"),

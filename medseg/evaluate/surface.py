@@ -102,8 +102,8 @@ def surface_metrics(
             tolerance is negative or not finite.
 
     Example:
-        >>> reference = read_nifti("case_001_seg.nii.gz")
-        >>> predicted = read_nifti("case_001_pred.nii.gz")
+        >>> reference = read_volume("case_001_seg.nrrd")
+        >>> predicted = read_volume("case_001_pred.nii.gz")
         >>> per_structure = surface_metrics(
         ...     predicted.array, reference.array, spacing_mm=reference.spacing_mm, labels=[1, 2]
         ... )

@@ -2,7 +2,8 @@
 
 Per scan, named by its case id (``--case-ids hash``, the default: ``ct_<16 hex>``; ``folder``:
 the file or folder name, e.g. ``hippocampus_007``): the label map ``<case_id>.nii.gz`` in the
-scan's geometry, ``<case_id>.volumes.json`` (per-structure volume in mL and mm^3, mean
+scan's geometry (``.nrrd``, ``.mha``... with another ``output_format``: any format registered
+in ``medseg.io.formats``), ``<case_id>.volumes.json`` (per-structure volume in mL and mm^3, mean
 intensity; TotalSegmentator's statistics fields) and, for DICOM inputs, ``<case_id>_seg.dcm``
 (a DICOM SEG referencing the source series). A scan that fails is reported with the reason in
 ``predict_report.json`` and the others go on.
@@ -42,7 +43,7 @@ from medseg.infer.predictor import (
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.discovery import ScanTask, discover_scans
 from medseg.io.atomic import TEMPORARY_PREFIX, atomic_path, write_json_atomic
-from medseg.io.nifti import write_nifti
+from medseg.io.formats import format_named, output_name, registered_formats, write_volume
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -88,13 +89,20 @@ def predict_path(
     case_ids: CaseIdScheme = CaseIdScheme.HASH,
     dicom_seg: bool = True,
     probabilities: bool = False,
+    output_format: str = "nifti",
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> PredictReport:
     """Predict every scan at or under ``input_path`` into ``out_dir``.
 
-    ``probabilities`` also writes ``<case_id>.probabilities.npz``: float16 ``(K, X, Y, Z)`` on the
-    scan's closest-RAS grid with its affine (K x voxels x 2 bytes: large for many classes).
+    ``output_format`` names the label maps' format (``medseg.io.formats``: ``nifti``,
+    ``nrrd``, ``mha``...). ``probabilities`` also writes ``<case_id>.probabilities.npz``:
+    float16 ``(K, X, Y, Z)`` on the scan's closest-RAS grid with its affine (K x voxels x 2
+    bytes: large for many classes).
+
+    Raises:
+        UnknownFormatError: ``output_format`` is not a registered format (before any work).
     """
+    format_named(output_format)
     out_dir = Path(out_dir)
     staging = out_dir / STAGING_FOLDER
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's
@@ -119,10 +127,11 @@ def predict_path(
                 out_dir=staging / task.case_id,
                 dicom_seg=dicom_seg,
                 probabilities=probabilities,
+                output_format=output_format,
                 on_windows=_WindowCounter(on_progress),
             )
             with shutdown.deferred():  # a stop waits until the case's files are all moved
-                _publish(staging / task.case_id, out_dir, task.case_id, outcome)
+                _publish(staging / task.case_id, out_dir, task.case_id, outcome, output_format)
             report.outcomes.append(outcome)
         if on_progress:
             on_progress("Predicting", len(found.tasks), len(found.tasks))
@@ -141,19 +150,24 @@ def predict_path(
     return report
 
 
-def output_names(case_id: str) -> list[str]:
-    """Every file ``predict_task`` may write for ``case_id``, the label map last."""
+def output_names(case_id: str, output_format: str = "nifti") -> list[str]:
+    """Every file ``predict_task`` may write for ``case_id``, the label map (in
+    ``output_format``) last."""
     return [
-        f"{case_id}{suffix}"
-        for suffix in (".volumes.json", "_seg.dcm", ".probabilities.npz", ".nii.gz")
+        *(f"{case_id}{suffix}" for suffix in (".volumes.json", "_seg.dcm", ".probabilities.npz")),
+        output_name(case_id, output_format),
     ]
 
 
-def _publish(staging: Path, out_dir: Path, case_id: str, outcome: ScanOutcome) -> None:
+def _publish(
+    staging: Path, out_dir: Path, case_id: str, outcome: ScanOutcome, output_format: str
+) -> None:
     """Move a finished case's files from ``staging`` into ``out_dir``, the label map last,
-    after removing what an earlier run wrote for it; a failed case only loses the latter."""
-    names = output_names(case_id)
-    for name in [names[-1], *names[:-1]]:  # the old label map first: the case is incomplete
+    after removing what an earlier run wrote for it (its label map in any format first); a
+    failed case only loses the latter."""
+    names = output_names(case_id, output_format)
+    earlier = [output_name(case_id, fmt) for fmt in registered_formats()] + names[:-1]
+    for name in earlier:  # the old label maps first: the case is incomplete
         (out_dir / name).unlink(missing_ok=True)
     if outcome.ok:
         for name in names:
@@ -209,11 +223,13 @@ def predict_task(
     out_dir: Path,
     dicom_seg: bool = True,
     probabilities: bool = False,
+    output_format: str = "nifti",
     on_windows: Callable[[int], None] | None = None,
 ) -> ScanOutcome:
     """Load one scan, predict it and write its outputs into ``out_dir``; never raises.
 
-    Writes ``<case_id>.nii.gz``, ``<case_id>.volumes.json``, ``<case_id>_seg.dcm`` (DICOM
+    Writes ``<case_id>.nii.gz`` (or ``.nrrd``, ``.mha``... for ``output_format``),
+    ``<case_id>.volumes.json``, ``<case_id>_seg.dcm`` (DICOM
     input with ``dicom_seg``) and ``<case_id>.probabilities.npz`` (``probabilities``). Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
     already written stay: write into a staging folder). ``predictor`` comes from
@@ -233,7 +249,8 @@ def predict_task(
             on_windows=on_windows,
             probabilities_out=kept,
         )
-        outputs = [write_nifti(labels, out_dir / f"{task.case_id}.nii.gz")]
+        label_path = out_dir / output_name(task.case_id, output_format)
+        outputs = [write_volume(labels, label_path, output_format)]
         if kept:
             path = out_dir / f"{task.case_id}.probabilities.npz"
             outputs.append(_write_probabilities(path, kept[0], volume))

@@ -1,10 +1,11 @@
 """Case identifiers of ingested volumes.
 
 Default (``hash``): ``<modality>_<16 hex digits>`` from the SeriesInstanceUID (DICOM) or the
-file's path relative to the input folder (NIfTI). It identifies the case without revealing
-anything about the patient. A NIfTI file already named by such an id (an ingested volume,
-``images/ct_0123456789abcdef.nii.gz``) keeps it, so ingest, predict and evaluate agree on the
-names. ``folder`` uses the series folder (or NIfTI file) name, for users who name folders
+file's path relative to the input folder (a NIfTI, NRRD or other volume file, whose modality is
+unknown: ``nifti_``, ``nrrd_``, ``mha_`` after its format). It identifies the case without
+revealing anything about the patient. A volume file already named by such an id (an ingested
+volume, ``images/ct_0123456789abcdef.nii.gz``) keeps it, so ingest, predict and evaluate agree
+on the names. ``folder`` uses the series folder (or file) name, for users who name folders
 themselves and ask for readable ids; it is their choice to make.
 
 Files that are not scans (unreadable, or another format) are named in reports by their path
@@ -18,12 +19,20 @@ from enum import StrEnum
 from pathlib import Path
 
 from medseg.io.dicom import DicomSeries
-from medseg.io.nifti import nifti_stem
+from medseg.io.formats import format_names, volume_stem
 from medseg.phi import hash_identifier
 
-# Ids medseg gives with ``hash``: the modality of a volume medseg reads, 16 hex digits, and the
-# part of a split series or the number of a repeated id. They carry nothing about the patient.
-ANONYMOUS_ID = re.compile(r"(?:ct|mr|pt|nm|ot|scan|nifti)_[0-9a-f]{16}(?:-\d+)?(?:_\d+)?")
+# Ids medseg gives with ``hash``: the modality of a DICOM series (or the format of a volume
+# file), 16 hex digits, and the part of a split series or the number of a repeated id. They
+# carry nothing about the patient.
+_MODALITY_PREFIXES = ("ct", "mr", "pt", "nm", "ot", "scan")
+_ANONYMOUS_TAIL = r"_[0-9a-f]{16}(?:-\d+)?(?:_\d+)?"
+
+
+def is_anonymous_id(name: str) -> bool:
+    """Whether ``name`` is an id medseg gives with ``hash`` (see above)."""
+    prefixes = "|".join(re.escape(p) for p in (*_MODALITY_PREFIXES, *format_names()))
+    return re.fullmatch(rf"(?:{prefixes}){_ANONYMOUS_TAIL}", name) is not None
 
 
 class CaseIdScheme(StrEnum):
@@ -56,13 +65,14 @@ def dicom_case_id(
     return name
 
 
-def nifti_case_id(path: Path, *, root: Path, modality: str, scheme: CaseIdScheme) -> str:
-    """Case id of a NIfTI input file."""
+def volume_file_case_id(path: Path, *, root: Path, prefix: str, scheme: CaseIdScheme) -> str:
+    """Case id of a volume file (NIfTI, NRRD...); ``prefix`` starts a hashed id."""
+    stem = volume_stem(path)
     if scheme is CaseIdScheme.HASH:
-        if ANONYMOUS_ID.fullmatch(nifti_stem(path)):
-            return nifti_stem(path)
-        return f"{_safe(modality.lower())}_{_path_hash(path, root)}"
-    return _safe(nifti_stem(path))
+        if is_anonymous_id(stem):
+            return stem
+        return f"{_safe(prefix.lower())}_{_path_hash(path, root)}"
+    return _safe(stem)
 
 
 def unreadable_case_id(path: Path, *, root: Path, scheme: CaseIdScheme) -> str:

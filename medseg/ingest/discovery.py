@@ -1,4 +1,5 @@
-"""Find every scan under a path: DICOM series (by content) and NIfTI files (by suffix).
+"""Find every scan under a path: DICOM series (by content) and volume files (by suffix: NIfTI,
+NRRD, MetaImage and any format registered in ``medseg.io.formats``).
 
 Shared by the ingest stage, the predictor and the batch: each scan becomes a ``ScanTask`` that
 knows where it came from, its case id, how to read its volume (closest-RAS order, screened for
@@ -26,19 +27,19 @@ from medseg.ingest.case_ids import (
     CaseIdScheme,
     dicom_case_id,
     file_reference,
-    nifti_case_id,
     relative,
     unreadable_case_id,
+    volume_file_case_id,
 )
 from medseg.ingest.non_finite import NonFinitePolicy, screen_non_finite
 from medseg.ingest.walk import FileWalk, walk_files
 from medseg.io.dicom import DicomScan, DicomSeries, load_series, scan_dicom_files
-from medseg.io.nifti import is_nifti_path, read_nifti
+from medseg.io.formats import data_files, format_for_path, is_volume_path, read_volume
 from medseg.phi import REDACTED, redact_scan
 from medseg.volume import Volume
 
 ProgressCallback = Callable[[str, int, int], None]
-NOT_A_SCAN = "neither DICOM nor NIfTI"
+NOT_A_SCAN = "neither DICOM nor a volume file format medseg reads"
 TEMPORARY_FILE = "medseg temporary file or folder (left by an interrupted write)"
 
 
@@ -189,7 +190,10 @@ def discover_scans(
     exclude: Path | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> Discovery:
-    """Every DICOM series and NIfTI file at or under ``input_path`` (``exclude`` left out)."""
+    """Every DICOM series and volume file at or under ``input_path`` (``exclude`` left out).
+
+    The data file a detached header (``.nhdr``, ``.mhd``) names is part of its scan's task, not
+    a file of its own."""
     input_path = Path(input_path).resolve()
     scheme = CaseIdScheme(case_ids)
     root = input_path if input_path.is_dir() else input_path.parent
@@ -198,9 +202,12 @@ def discover_scans(
     else:
         walk = FileWalk(files=[input_path])
     progress = on_progress or (lambda phase, done, total: None)
-    scan = _scan_with_progress([p for p in walk.files if not is_nifti_path(p)], progress, workers)
+    volume_files = [path for path in walk.files if is_volume_path(path)]
+    taken = {*volume_files, *(data for path in volume_files for data in data_files(path))}
+    others = [path for path in walk.files if path not in taken]
+    scan = _scan_with_progress(others, progress, workers)
     tasks = _dicom_tasks(scan.series, root, scheme, workers)
-    tasks += [nifti_task(p, root=root, scheme=scheme) for p in walk.files if is_nifti_path(p)]
+    tasks += [volume_file_task(path, root=root, scheme=scheme) for path in volume_files]
     _make_ids_unique(tasks)
     _mark_unreadable_slices(tasks, [*walk.unreadable, *scan.failed])
     return Discovery(root=root, case_ids=scheme, tasks=tasks, scan=scan, walk=walk)
@@ -220,11 +227,12 @@ def _scan_with_progress(
 
 
 def _mark_unreadable_slices(tasks: list[ScanTask], failed: list[InputFileError]) -> None:
-    """Give each DICOM task the unreadable files (not NIfTI) in the folders of its slices."""
+    """Give each DICOM task the unreadable files (not volume files) in the folders of its
+    slices."""
     by_folder: dict[Path, list[Path]] = {}
     for error in failed:
         path = Path(error.path)
-        if isinstance(error, UnreadableInputError) and not is_nifti_path(path):
+        if isinstance(error, UnreadableInputError) and not is_volume_path(path):
             by_folder.setdefault(path.parent, []).append(path)
     for task in tasks:
         if task.series is not None:
@@ -277,20 +285,23 @@ def _read_series(series: DicomSeries, workers: int | None, name: str) -> Volume:
     return load_series(series, workers=workers, source=name)
 
 
-def _read_nifti_scan(path: Path, name: str) -> Volume:
-    """``name`` is unused: nibabel's errors name the file, which ``redact`` removes."""
-    volume = read_nifti(path).to_closest_ras()
+def _read_volume_file(path: Path, name: str) -> Volume:
+    """``name`` is unused: the readers' errors name the file, which ``redact`` removes."""
+    volume = read_volume(path).to_closest_ras()
     volume.metadata.setdefault("modality", "unknown")
     return volume
 
 
-def nifti_task(path: Path, *, root: Path, scheme: CaseIdScheme) -> ScanTask:
-    """The task of one NIfTI file under ``root``."""
+def volume_file_task(path: Path, *, root: Path, scheme: CaseIdScheme) -> ScanTask:
+    """The task of one volume file (NIfTI, NRRD, ...) under ``root``; its files are ``path``
+    and the data file its header names, if any."""
+    volume_format = format_for_path(path)
+    prefix = volume_format.name if volume_format is not None else "scan"
     return ScanTask(
         source=relative(path, root),
-        case_id=nifti_case_id(path, root=root, modality="nifti", scheme=scheme),
-        files=[path],
-        reader=functools.partial(_read_nifti_scan, path),
+        case_id=volume_file_case_id(path, root=root, prefix=prefix, scheme=scheme),
+        files=[path, *data_files(path)],
+        reader=functools.partial(_read_volume_file, path),
         root=root,
         paths_shown=scheme is CaseIdScheme.FOLDER,
     )

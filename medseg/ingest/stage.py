@@ -1,10 +1,12 @@
-"""The ingest stage: every DICOM series and NIfTI file under a folder becomes a canonical volume.
+"""The ingest stage: every DICOM series and volume file (NIfTI, NRRD, MetaImage) under a folder
+becomes a canonical volume (NIfTI, whatever the input format).
 
 Output layout (``OUT_DIR``)::
 
     images/<case_id>.nii.gz     volume in closest-RAS voxel order (see medseg.volume)
     images/<case_id>.json       sidecar: non-PHI metadata, geometry, corrections, checksums
-    labels/<case_id>.nii.gz     label map, when ``labels_dir`` holds one for the case
+    labels/<case_id>.nii.gz     label map, when ``labels_dir`` holds one for the case (a
+                                ``<case_id>`` file of any volume format: .nii.gz, .nrrd, .mha...)
     manifest.jsonl              one record per volume (medseg.manifest)
     ingest_report.json          every input's outcome: converted, unchanged, skipped, failed
                                 (unreadable files and folders too), and the files that are
@@ -39,7 +41,7 @@ from medseg.ingest.discovery import Discovery, ScanTask, discover_scans
 from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.ingest.sidecar import ConvertedCase, check_label, write_case
 from medseg.io.atomic import TEMPORARY_PREFIX, write_json_atomic
-from medseg.io.nifti import read_nifti
+from medseg.io.formats import read_volume, volume_files_named
 from medseg.manifest import ManifestRecord, write_manifest
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
@@ -82,7 +84,7 @@ class IngestReport:
 
     manifest_path: Path
     outcomes: list[IngestOutcome] = field(default_factory=list)
-    ignored_files: int = 0  # neither DICOM nor NIfTI, or medseg's temporary files
+    ignored_files: int = 0  # neither DICOM nor a volume file, or medseg's temporary files
     unreadable: int = 0  # files and folders that cannot be read (also failed outcomes)
     links_not_followed: int = 0  # symbolic links to folders searched already
     discovery: dict = field(default_factory=dict)  # the report's section on non-scan files
@@ -114,7 +116,8 @@ def ingest(
         input_dir: folder searched recursively; DICOM files are recognised by content.
         out_dir: output folder (created).
         case_ids: naming scheme of the cases (see ``medseg.ingest.case_ids``).
-        labels_dir: optional folder of ``<case_id>.nii.gz`` label maps on the scans' grids.
+        labels_dir: optional folder of ``<case_id>.nii.gz`` (or ``.nrrd``, ``.mha``... any
+            registered volume format) label maps on the scans' grids.
         workers: decoder processes for compressed DICOM (default: all cores).
         force: convert again even when a case's inputs are unchanged.
         non_finite: refuse scans with NaN/Inf voxels, or replace them (``non_finite``).
@@ -190,6 +193,9 @@ def _skipped_and_unreadable(found: Discovery) -> list[IngestOutcome]:
 def _fingerprint(files: list[Path], labels: Path | None, policy: NonFinitePolicy) -> str:
     parts = [__version__, f"non_finite={policy.value}"]
     for path in [*files, *([labels] if labels is not None and labels.exists() else [])]:
+        if not path.exists():  # e.g. the data file of a detached header: reading it fails
+            parts.append(f"{path}|missing")
+            continue
         stat = path.stat()
         parts.append(f"{path}|{stat.st_size}|{stat.st_mtime_ns}")
     return hash_identifier("\n".join(parts))
@@ -203,7 +209,8 @@ def _run_task(
     force: bool,
     policy: NonFinitePolicy,
 ) -> IngestOutcome:
-    label_path = labels_dir / f"{task.case_id}.nii.gz" if labels_dir is not None else None
+    label_files = volume_files_named(labels_dir, task.case_id) if labels_dir is not None else []
+    label_path = label_files[0] if label_files else None
     case = ConvertedCase(out_dir=out_dir, case_id=task.case_id)
     fingerprint = _fingerprint(task.files, label_path, policy)
     source_hash = hash_identifier("\n".join(str(p) for p in task.files))
@@ -217,6 +224,9 @@ def _run_task(
                 files=len(task.files),
                 record=case.record(),
             )
+        if len(label_files) > 1:
+            names = " and ".join(path.name for path in label_files)
+            raise InputFileError(labels_dir, f"labels folder holds {names}: which is the label?")
         volume = task.read(policy)
         label = (
             _load_label(label_path, volume)
@@ -256,7 +266,7 @@ def _problem(error: MedsegError) -> str:
 
 
 def _load_label(path: Path, image: Volume) -> Volume:
-    return check_label(read_nifti(path).to_closest_ras(), image, path=path)
+    return check_label(read_volume(path).to_closest_ras(), image, path=path)
 
 
 def _report_payload(report: IngestReport) -> dict:

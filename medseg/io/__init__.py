@@ -1,1 +1,2 @@
-"""Readers and writers: NIfTI, DICOM series, atomic file output."""
+"""Readers and writers: volume file formats (``formats``: NIfTI, NRRD, MetaImage), DICOM
+series, atomic file output."""

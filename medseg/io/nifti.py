@@ -25,15 +25,6 @@ def is_nifti_path(path: str | os.PathLike[str]) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def nifti_stem(path: str | os.PathLike[str]) -> str:
-    """File name without ``.nii``/``.nii.gz``: ``hippocampus_007.nii.gz`` -> ``hippocampus_007``."""
-    name = Path(path).name
-    for suffix in (".nii.gz", ".nii"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def _scaled_dtype(image: nib.Nifti1Image) -> np.dtype:
     """The dtype that holds the stored values after scl_slope/scl_inter without rounding."""
     slope, inter = image.header.get_slope_inter()
@@ -107,3 +98,21 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return path
+
+
+class NiftiFormat:
+    """NIfTI-1/2 in the volume format registry (``medseg.io.formats``)."""
+
+    name = "nifti"
+    suffixes = (".nii.gz", ".nii")
+
+    def read(self, path: Path) -> Volume:
+        """``read_nifti``."""
+        return read_nifti(path)
+
+    def write(self, volume: Volume, path: Path) -> Path:
+        """``write_nifti``."""
+        return write_nifti(volume, path)
+
+
+NIFTI = NiftiFormat()

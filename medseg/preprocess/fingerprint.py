@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedsegError
-from medseg.io.nifti import read_nifti
+from medseg.io.formats import read_volume
 from medseg.manifest import ManifestRecord, resolve
 from medseg.parallel import process_pool
 from medseg.phi import hash_identifier
@@ -77,8 +77,8 @@ def fingerprint_case(
     image_path, label_path = resolve(record, manifest_path, data_root)
     if label_path is None:
         raise MedsegError(f"{record.case_id}: a fingerprint needs labelled cases")
-    image = read_nifti(image_path).to_closest_ras()
-    label = read_nifti(label_path).to_closest_ras()
+    image = read_volume(image_path).to_closest_ras()
+    label = read_volume(label_path).to_closest_ras()
     box = nonzero_box(image.array)
     cropped_image = crop(image.array, box)
     cropped_label = crop(label.array, box)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_json_atomic
-from medseg.io.nifti import read_nifti
+from medseg.io.formats import read_volume
 from medseg.manifest import ManifestRecord, read_manifest, resolve
 from medseg.parallel import process_pool
 from medseg.preprocess.border_weights import border_weight_map
@@ -125,8 +125,8 @@ def process_one(
         return CaseOutcome(record.case_id, CaseStatus.UNCHANGED)
     try:
         image_path, label_path = resolve(record, manifest_path, data_root)
-        image = read_nifti(image_path)
-        label = read_nifti(label_path) if label_path is not None else None
+        image = read_volume(image_path)
+        label = read_volume(label_path) if label_path is not None else None
         case = preprocess_case(image, label, plan, case_id=record.case_id)
         weights = None
         if case.label is not None and plan.border_weights.enabled:

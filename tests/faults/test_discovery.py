@@ -175,7 +175,10 @@ def test_a_batch_records_broken_links_and_fifos_as_failures_with_hashed_names(
     assert "1 other files ignored" in said(result)
     discovery = json.loads((out / "discovery.json").read_text())
     assert discovery["other_files"] == [
-        {"file": f"file_{hash_identifier('notes.txt')}", "reason": "neither DICOM nor NIfTI"}
+        {
+            "file": f"file_{hash_identifier('notes.txt')}",
+            "reason": "neither DICOM nor a volume file format medseg reads",
+        }
     ]
 
 
@@ -198,7 +201,7 @@ def test_files_that_are_not_scans_are_named_in_the_ingest_report(
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "ingest_report.json").read_text())
     assert report["other_files"] == [
-        {"file": name, "reason": "neither DICOM nor NIfTI"}
+        {"file": name, "reason": "neither DICOM nor a volume file format medseg reads"}
         for name in names  # by path
     ]
     assert "2 other files ignored" in said(result)

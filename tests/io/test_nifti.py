@@ -13,7 +13,7 @@ import pytest
 
 from medseg.demo.phantom import make_phantom
 from medseg.errors import NiftiError
-from medseg.io.nifti import nifti_stem, read_nifti, write_nifti
+from medseg.io.nifti import read_nifti, write_nifti
 from medseg.volume import Volume
 from tests.phantoms import SMALL_SPACING_MM, small_phantom
 
@@ -122,14 +122,6 @@ def test_missing_file_and_wrong_suffix_are_clear_errors(tmp_path: Path) -> None:
         read_nifti(tmp_path / "absent.nii.gz")
     with pytest.raises(NiftiError, match=r"\.nii or \.nii\.gz"):
         write_nifti(Volume(np.zeros((2, 2, 2)), np.eye(4)), tmp_path / "out.img")
-
-
-@pytest.mark.parametrize(
-    ("name", "stem"),
-    [("a/hippocampus_007.nii.gz", "hippocampus_007"), ("b.NII", "b"), ("c.txt", "c.txt")],
-)
-def test_nifti_stem(name: str, stem: str) -> None:
-    assert nifti_stem(name) == stem
 
 
 def test_a_header_without_orientation_is_flagged(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 
 Both take their cases either from a folder under the data root (``input``/``references``) or
 from a split of the pipeline's manifest (``split: test``): the split's images (or labels) are
-linked into the stage folder as ``<case_id>.nii.gz``, so predictions pair with references
-by case id.
+linked into the stage folder as ``<case_id>.nii.gz`` (``.nrrd``, ``.mha``... for files of
+another format), so predictions pair with references by case id.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.non_finite import NonFinitePolicy
+from medseg.io.formats import format_for_path, output_name
 from medseg.pipeline.stages.base import (
     PipelineError,
     StageContext,
@@ -45,7 +46,8 @@ class _FolderOrSplit(StageOptions):
 
 
 def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) -> Path:
-    """Link the images (or labels) of ``split`` as ``folder/<case_id>.nii.gz``."""
+    """Link the images (or labels) of ``split`` as ``folder/<case_id>.nii.gz`` (the suffix of
+    their format)."""
     from medseg.manifest import read_manifest, resolve
 
     manifest = ctx.need("manifest")
@@ -60,7 +62,7 @@ def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) ->
         source = label if labels else image
         if source is None:
             continue
-        link = folder / f"{record.case_id}.nii.gz"
+        link = folder / output_name(record.case_id, format_for_path(source) or "nifti")
         if link.is_symlink() or link.exists():
             link.unlink()
         os.symlink(source, link)
