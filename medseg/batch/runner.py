@@ -186,7 +186,7 @@ def run_batch(
     try:
         if todo:
             pool_size = max(1, min(workers, len(todo)))
-            settings = WorkerSettings(
+            worker_settings = WorkerSettings(
                 model_uri=model_uri,
                 tracking_uri=tracking_uri,
                 options=options,
@@ -199,7 +199,7 @@ def run_batch(
                 environment=dict(os.environ),
                 working_folder=os.getcwd(),
             )
-            _process(todo, settings, pool_size, report, on_progress)
+            _process(todo, worker_settings, pool_size, report, on_progress)
     except ShutdownRequested:
         layout.remove_abandoned_staging(out_dir)
         _add_published(report, todo)
