@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from hippocampus import DEFAULT_DATA_ROOT, REPOSITORY, PreparedHippocampus, prepare_hippocampus
 
-from medseg.infer.crf import CrfSettings, dense_crf
+from medseg.infer.crf import dense_crf
+from medseg.infer.options import CrfSettings
 from medseg.infer.postprocess import keep_largest_component
 from medseg.metrics import confusion_matrix, dice_from_confusion
 from medseg.models import build_network

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from medseg import shutdown
-from medseg.cli_errors import MedsegGroup
+from medseg.cli.errors import MedsegGroup
 
 
 def _signal_myself(signum: int = signal.SIGTERM) -> None:

@@ -16,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from medseg.infer.predictor import PackagedModel, PredictionOptions, predict_scan
+from medseg.infer.options import PredictionOptions
+from medseg.infer.predictor import PackagedModel, predict_scan
 from medseg.preprocess.plan import Plan
 from medseg.sliding_window import (
     gaussian_importance,

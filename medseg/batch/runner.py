@@ -57,7 +57,7 @@ from medseg.batch.worker import (
     start_worker,
 )
 from medseg.errors import InputFileError
-from medseg.infer.predictor import PredictionOptions
+from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.atomic import write_json_atomic
 from medseg.io.dicom_pixels import default_workers
@@ -94,19 +94,26 @@ class BatchReport:
         return 1 if self.failed else 0
 
 
+@dataclass(frozen=True)
+class BatchSettings:
+    """How ``run_batch`` processes its shard (the options of ``medseg batch``)."""
+
+    workers: int = 1  # processes, each loading the model
+    shard: Shard = field(default_factory=Shard)
+    options: PredictionOptions = field(default_factory=PredictionOptions)
+    case_ids: CaseIdScheme = CaseIdScheme.HASH
+    dicom_seg: bool = True  # a DICOM SEG for DICOM inputs
+    force: bool = False  # redo scans whose outputs are complete
+    tracking_uri: str | None = None  # models:/ URIs and the batch run
+    experiment: str = DEFAULT_EXPERIMENT
+
+
 def run_batch(
     scans_root: Path,
     model_uri: str,
     out_dir: Path,
     *,
-    workers: int = 1,
-    shard: Shard | None = None,
-    options: PredictionOptions | None = None,
-    case_ids: CaseIdScheme = CaseIdScheme.HASH,
-    dicom_seg: bool = True,
-    force: bool = False,
-    tracking_uri: str | None = None,
-    experiment: str = DEFAULT_EXPERIMENT,
+    settings: BatchSettings | None = None,
     parent_run_id: str | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> BatchReport:
@@ -116,15 +123,17 @@ def run_batch(
 
     Raises:
         InputFileError: ``scans_root`` does not exist.
-        ModelLoadError: the model cannot be loaded (no scan is recorded as failed for it).
+        ModelLoadError: the model cannot be loaded, or ``keep_largest`` names a structure it
+            lacks (no scan is recorded as failed for it).
         TrackingUnavailableError: a registry or run model URI and an unreachable store.
     """
     started = time.perf_counter()
+    settings = settings or BatchSettings()
+    workers, shard, options = settings.workers, settings.shard, settings.options
+    case_ids, dicom_seg, force = CaseIdScheme(settings.case_ids), settings.dicom_seg, settings.force
+    tracking_uri, experiment = settings.tracking_uri, settings.experiment
     requested_model = model_uri
     model_uri = pinned_model_uri(model_uri, tracking_uri)
-    shard = shard or Shard()
-    options = options or PredictionOptions()
-    case_ids = CaseIdScheme(case_ids)
     scans_root = Path(scans_root).expanduser().resolve()
     if not scans_root.exists():
         raise InputFileError(scans_root, "no such file or folder")
@@ -177,7 +186,7 @@ def run_batch(
     try:
         if todo:
             pool_size = max(1, min(workers, len(todo)))
-            settings = WorkerSettings(
+            worker_settings = WorkerSettings(
                 model_uri=model_uri,
                 tracking_uri=tracking_uri,
                 options=options,
@@ -190,7 +199,7 @@ def run_batch(
                 environment=dict(os.environ),
                 working_folder=os.getcwd(),
             )
-            _process(todo, settings, pool_size, report, on_progress)
+            _process(todo, worker_settings, pool_size, report, on_progress)
     except ShutdownRequested:
         layout.remove_abandoned_staging(out_dir)
         _add_published(report, todo)

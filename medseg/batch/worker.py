@@ -26,13 +26,10 @@ import torch
 from medseg.batch import layout, locks
 from medseg.batch.records import ScanFailure, ScanResult, model_reference
 from medseg.batch.scans import BatchScan
+from medseg.config_io import ConfigError
 from medseg.errors import MedsegError
-from medseg.infer.predictor import (
-    PackagedModel,
-    PredictionOptions,
-    load_packaged_model,
-    model_cache_folder,
-)
+from medseg.infer.options import PredictionOptions
+from medseg.infer.predictor import PackagedModel, load_packaged_model, model_cache_folder
 from medseg.infer.stage import predict_task, scan_predictor
 from medseg.phi import redact_scan
 
@@ -98,6 +95,7 @@ def start_worker(settings: WorkerSettings) -> None:
     torch.set_num_threads(settings.threads)
     try:
         model = load_packaged_model(settings.model_uri, tracking_uri=settings.tracking_uri)
+        _check_kept_structures(settings, model)
         predictor = scan_predictor(
             model, settings.options, cache_dir=model_cache_folder(settings.out_dir)
         )
@@ -111,6 +109,14 @@ def start_worker(settings: WorkerSettings) -> None:
         )
         return
     _worker = _Worker(settings, model, predictor)
+
+
+def _check_kept_structures(settings: WorkerSettings, model: PackagedModel) -> None:
+    """Refuse ``keep_largest`` values the model has no structure for: no scan can be done."""
+    try:
+        settings.options.kept_structures(model.label_names)
+    except ConfigError as error:
+        raise ConfigError(f"{settings.model_uri}: keep_largest: {error}") from error
 
 
 def process_scan(

@@ -35,9 +35,9 @@ from typing import TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.errors import MedsegError
+from medseg.infer.options import CrfSettings
 
 PROBABILITY_FLOOR = 1e-6  # unary at most -log(1e-6) = 13.8 nats: no infinities
 SPATIAL_TRUNCATE = 3.0  # smoothness kernel: taps up to 3 sigma
@@ -52,50 +52,6 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 class CrfInputError(MedsegError, ValueError):
     """The CRF's inputs do not fit together (shapes, spacing) or are not finite."""
-
-
-class CrfSettings(BaseModel):
-    """Settings of the dense CRF (``PredictionOptions.crf``, ``crf:`` in pipeline YAML).
-
-    The defaults assume images normalised to zero mean and unit variance (CT with the plan's
-    foreground statistics, MR per case) on nnU-Net-like grids of about 1 mm, and are
-    deliberately mild: only voxels the network is unsure about should move, so a well-trained
-    network loses little where the CRF has nothing to add. Weights are in nats (the unit of
-    the unary ``-log p``) because the kernels are normalised.
-
-    * ``spatial_sigma_mm=1``, ``spatial_weight=1``: smoothing over the immediate neighbourhood
-      (at 1 mm the 26 nearest neighbours carry two thirds of the weight); it cleans up
-      isolated voxels and one-voxel notches without rounding off structures a few
-      millimetres thick such as the hippocampus.
-    * ``bilateral_sigma_mm=2``, ``max_window_radius=4``: the window reaches 2 sigma = 4 mm,
-      4 voxels at 1 mm, so the default is not truncated on typical grids (128 offset pairs in
-      3D, 24 in 2D). A boundary the network left up to about 2 voxels off an intensity edge,
-      unsure in between, moves onto the edge; a smaller window barely moves it, a larger one
-      costs cubically more in 3D.
-    * ``intensity_sigma=0.5`` (units of the normalised image): tissue contrasts across organ
-      boundaries are about 0.5-2 after normalisation (the hippocampus against its
-      surroundings on MSD T1 about 0.5), neighbour-to-neighbour noise inside a structure
-      about 0.2; voxels across such edges then weigh 0.6 to 0.0003, voxels on the same side
-      0.9.
-    * ``bilateral_weight=2``: with the smoothness term, a voxel whose neighbourhood fully
-      disagrees is pulled by at most 3 nats: with two classes a voxel the network gives less
-      than 0.95 can be overruled, a confident one never is.
-    * ``iterations=5``: the usual number; later iterations change little.
-    * ``per_slice``: for 3D inputs, a 2D CRF on each slice (along the 2D configuration's
-      slice axis, else the coarsest axis) instead of one 3D CRF; nothing mixes across slices.
-      2D inputs are one slice anyway.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    iterations: int = Field(5, ge=0)
-    spatial_sigma_mm: float = Field(1.0, gt=0)
-    spatial_weight: float = Field(1.0, ge=0)
-    bilateral_sigma_mm: float = Field(2.0, gt=0)
-    intensity_sigma: float = Field(0.5, gt=0)
-    bilateral_weight: float = Field(2.0, ge=0)
-    max_window_radius: int = Field(4, ge=1, le=10)
-    per_slice: bool = False
 
 
 def dense_crf(

@@ -14,31 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from medseg.errors import ScanChannelsError
-from medseg.infer.crf import CrfSettings, dense_crf
+from medseg.infer.crf import dense_crf
+from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import keep_largest_component
-from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
 from medseg.sliding_window import predict_probabilities
 from medseg.volume import Volume
-
-
-class PredictionOptions(BaseModel):
-    """How to predict (defaults: nnU-Net's, without test-time mirroring)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    overlap: float = Field(0.5, ge=0, lt=1)
-    batch_size: int = Field(2, ge=1)
-    mirror: bool = False
-    keep_largest: list[int] | None = None  # structures to reduce to their largest component
-    crf: CrfSettings | None = None  # dense CRF on the probabilities before the argmax
-    backend: str = "torch"  # torch, onnxruntime or openvino (medseg.infer.backends)
-    precision: str = "fp32"  # fp32, or bf16 with OpenVINO on CPUs that support it
-    non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # NaN/Inf voxels: refuse or replace
 
 
 @dataclass
@@ -130,8 +114,8 @@ def predict_scan(
             slice_axis=configuration.slice_axis,
         )
     labels = restore_argmax(probabilities.numpy(), case.properties, keep=probabilities_out)
-    if options.keep_largest:
-        labels = labels.with_array(keep_largest_component(labels.array, options.keep_largest))
+    if kept := options.kept_structures(model.label_names):
+        labels = labels.with_array(keep_largest_component(labels.array, kept))
     labels.metadata = {"case_id": case_id, "model": model.source}
     return labels
 

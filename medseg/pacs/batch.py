@@ -22,11 +22,9 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from medseg.batch.runner import BatchReport, run_batch
+from medseg.batch.runner import BatchReport, BatchSettings, ProgressCallback, run_batch
 from medseg.batch.scans import dicom_scan_key
-from medseg.batch.sharding import Shard
 from medseg.pacs.client import SeriesInfo
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.connect import connected
@@ -58,9 +56,9 @@ def run_pacs_batch(
     from_pacs: PacsConfig | None,
     to_pacs: PacsConfig | None,
     scans_root: Path | None = None,
-    tracking_uri: str | None = None,
     keep_pulled: bool = False,
-    **batch_options: Any,
+    settings: BatchSettings | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> PacsBatchReport:
     """Pull (``from_pacs``) or take ``scans_root``, segment, push (``to_pacs``).
 
@@ -72,8 +70,9 @@ def run_pacs_batch(
 
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_uri = pinned_model_uri(model_uri, tracking_uri)
-    shard = batch_options.get("shard") or Shard()
+    settings = settings or BatchSettings()
+    model_uri = pinned_model_uri(model_uri, settings.tracking_uri)
+    shard = settings.shard
     owns = lambda series_uid: shard.owns(dicom_scan_key(series_uid))  # noqa: E731
     pulled = None
     if from_pacs is not None:
@@ -88,7 +87,7 @@ def run_pacs_batch(
             )
     if scans_root is None:
         raise ValueError("give SCANS_ROOT or --from-pacs")
-    batch = run_batch(scans_root, model_uri, out_dir, tracking_uri=tracking_uri, **batch_options)
+    batch = run_batch(scans_root, model_uri, out_dir, settings=settings, on_progress=on_progress)
     report = PacsBatchReport(batch, pulled)
     if to_pacs is not None:
         incoming = scans_root if from_pacs is not None else None

@@ -60,7 +60,18 @@ class PipelineSpec(BaseModel):
         return [stage.name for stage in self.stages]
 
 
-_TOP_LEVEL = {"name", "experiment", "data_root", "config_root", "stages", "description"}
+class PipelineFile(BaseModel):
+    """The top level of a pipeline file as written (paths not yet resolved); unknown keys
+    are refused."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    name: str | None = None  # default: the file's name without .yaml
+    description: str | None = None
+    experiment: str | None = None  # default: medseg-pipelines
+    data_root: str | None = None  # relative to the file
+    config_root: str = ".."  # relative to the file
+    stages: list[Any] = Field(min_length=1)  # each checked against its kind by _stage
 
 
 def load_pipeline(path: Path, overrides: list[str] | None = None) -> PipelineSpec:
@@ -77,11 +88,11 @@ def load_pipeline(path: Path, overrides: list[str] | None = None) -> PipelineSpe
         raise ConfigError(f"{path}: cannot read the pipeline: {exc}") from exc
     if not isinstance(payload, dict):
         raise ConfigError(f"{path}: expected a mapping with 'name' and 'stages'")
-    if unknown := sorted(set(payload) - _TOP_LEVEL):
-        raise ConfigError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(_TOP_LEVEL)}")
-    stages = payload.get("stages")
-    if not isinstance(stages, list) or not stages:
-        raise ConfigError(f"{path}: 'stages' must be a non-empty list")
+    try:
+        top = PipelineFile.model_validate(payload)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_top_level_problems(exc)}") from exc
+    stages = top.stages
     _apply_overrides(path, stages, overrides or [])
     parsed = [_stage(path, index, raw) for index, raw in enumerate(stages)]
     names = [stage.name for stage in parsed]
@@ -90,12 +101,23 @@ def load_pipeline(path: Path, overrides: list[str] | None = None) -> PipelineSpe
     here = path.parent
     return PipelineSpec(
         path=path,
-        name=str(payload.get("name") or path.stem),
-        experiment=str(payload.get("experiment") or "medseg-pipelines"),
-        data_root=(here / payload["data_root"]).resolve() if payload.get("data_root") else None,
-        config_root=(here / payload.get("config_root", "..")).resolve(),
+        name=top.name or path.stem,
+        experiment=top.experiment or "medseg-pipelines",
+        data_root=(here / top.data_root).resolve() if top.data_root else None,
+        config_root=(here / top.config_root).resolve(),
         stages=parsed,
     )
+
+
+def _top_level_problems(error: ValidationError) -> str:
+    """The one-line problem of a pipeline file's top level: unknown keys, the stage list, or
+    invalid values."""
+    problems = error.errors()
+    if unknown := sorted(str(p["loc"][0]) for p in problems if p["type"] == "extra_forbidden"):
+        return f"unknown key(s) {unknown}; allowed: {sorted(PipelineFile.model_fields)}"
+    if any(p["loc"][:1] == ("stages",) for p in problems):
+        return "'stages' must be a non-empty list"
+    return validation_problems(error)
 
 
 def check_stage_inputs(

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from medseg.batch.runner import run_batch
+from medseg.batch.runner import BatchSettings, run_batch
 from medseg.cli import app
 from medseg.ingest.discovery import discover_scans
 from medseg.io.nifti import read_nifti
@@ -112,7 +112,10 @@ def test_a_batch_writes_every_scan_records_the_corrupt_ones_and_resumes(
     # a second run skips every complete scan and rewrites none of their files
     before = {case_id: file_stamps(out / case_id) for case_id in ids.values()}
     again = run_batch(
-        mixed_tree.root, batch_model.uri, out, workers=2, tracking_uri=batch_model.tracking_uri
+        mixed_tree.root,
+        batch_model.uri,
+        out,
+        settings=BatchSettings(workers=2, tracking_uri=batch_model.tracking_uri),
     )
     assert sorted(again.skipped) == sorted(ids.values())
     assert again.done == [] and len(again.failed) == 2 and again.exit_code == 1
@@ -123,9 +126,7 @@ def test_a_batch_writes_every_scan_records_the_corrupt_ones_and_resumes(
         mixed_tree.root,
         batch_model.uri,
         out,
-        workers=2,
-        force=True,
-        tracking_uri=batch_model.tracking_uri,
+        settings=BatchSettings(workers=2, force=True, tracking_uri=batch_model.tracking_uri),
     )
     assert sorted(r.case_id for r in forced.done) == sorted(ids.values())
     for case_id in ids.values():

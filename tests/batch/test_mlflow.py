@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from medseg.batch.runner import run_batch
+from medseg.batch.runner import BatchSettings, run_batch
 from tests.batch.conftest import BatchModel
 from tests.batch.trees import ScanTree
 
@@ -29,7 +29,12 @@ def test_a_batch_is_logged_as_one_run_with_metrics_and_artifacts(
 ) -> None:
     tree = small_tree(tmp_path / "scans")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    report = run_batch(tree.root, str(batch_model.folder), tmp_path / "out", tracking_uri=uri)
+    report = run_batch(
+        tree.root,
+        str(batch_model.folder),
+        tmp_path / "out",
+        settings=BatchSettings(tracking_uri=uri),
+    )
     assert report.tracking.warning is None and report.exit_code == 1
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("medseg-batch")
@@ -81,7 +86,7 @@ def test_an_unreachable_tracking_server_does_not_fail_the_batch(
         tree.root,
         str(batch_model.folder),
         tmp_path / "out",
-        tracking_uri=f"http://127.0.0.1:{_closed_port()}",
+        settings=BatchSettings(tracking_uri=f"http://127.0.0.1:{_closed_port()}"),
     )
     assert report.exit_code == 0 and len(report.done) == 1
     assert report.tracking.run_id is None

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from medseg.batch.runner import run_batch
+from medseg.batch.runner import BatchSettings, run_batch
 from medseg.io.nifti import read_nifti
 from medseg.phi import hash_identifier
 from tests.batch.conftest import BatchModel, batch_command
@@ -61,7 +61,10 @@ def test_a_batch_killed_at_any_moment_ends_with_every_scan_done_once(
     stamps = {case_id: file_stamps(out / case_id) for case_id in done_before}
 
     report = run_batch(
-        tree.root, batch_model.uri, out, workers=2, tracking_uri=batch_model.tracking_uri
+        tree.root,
+        batch_model.uri,
+        out,
+        settings=BatchSettings(workers=2, tracking_uri=batch_model.tracking_uri),
     )
     assert report.exit_code == 0 and report.failed == []
     assert sorted(report.skipped) == sorted(done_before)

@@ -12,7 +12,7 @@ import pytest
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
-from medseg.batch.runner import run_batch
+from medseg.batch.runner import BatchSettings, run_batch
 from tests.batch.conftest import BatchModel, batch_command
 from tests.batch.test_batch_run import file_stamps
 from tests.faults.processes import STOP_SECONDS, MedsegProcess, wait_until_session_ends
@@ -54,7 +54,12 @@ def _assert_rerun_does_the_rest_once(
     scans: Path, out: Path, model: BatchModel, done_before: set[str]
 ) -> None:
     stamps = {case_id: file_stamps(out / case_id) for case_id in done_before}
-    report = run_batch(scans, model.uri, out, workers=2, tracking_uri=model.tracking_uri)
+    report = run_batch(
+        scans,
+        model.uri,
+        out,
+        settings=BatchSettings(workers=2, tracking_uri=model.tracking_uri),
+    )
     assert report.exit_code == 0 and report.failed == []
     assert sorted(report.skipped) == sorted(done_before)
     done_now = [result.case_id for result in report.done]

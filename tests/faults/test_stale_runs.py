@@ -19,7 +19,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
-from medseg.batch.runner import run_batch
+from medseg.batch.runner import BatchSettings, run_batch
 from medseg.pipeline.records import load_record
 from medseg.run_ownership import RUNS_FOLDER, ProcessIdentity
 from medseg.tracking import STALE_REASON, TAG_RESUMED, TAG_STALE
@@ -214,7 +214,12 @@ def test_a_batch_run_left_running_is_marked_by_the_next_batch_in_that_folder(
     client = MlflowClient(uri)
     assert client.get_run(killed_run_id).info.status == "RUNNING"
     (tmp_path / "scans").mkdir()
-    report = run_batch(tmp_path / "scans", str(tmp_path / "model"), out, tracking_uri=uri)
+    report = run_batch(
+        tmp_path / "scans",
+        str(tmp_path / "model"),
+        out,
+        settings=BatchSettings(tracking_uri=uri),
+    )
     assert report.tracking.warning is None
     stale = client.get_run(killed_run_id)
     assert stale.info.status == "FAILED" and stale.data.tags[TAG_STALE] == STALE_REASON

@@ -18,8 +18,9 @@ from scipy.spatial.distance import cdist
 
 from medseg.errors import MedsegError
 from medseg.infer import crf
-from medseg.infer.crf import CrfInputError, CrfSettings, dense_crf
-from medseg.infer.predictor import PackagedModel, PredictionOptions, predict_scan
+from medseg.infer.crf import CrfInputError, dense_crf
+from medseg.infer.options import CrfSettings, PredictionOptions
+from medseg.infer.predictor import PackagedModel, predict_scan
 from medseg.preprocess.case import preprocess_case
 from medseg.preprocess.plan import Plan
 from tests.packaged_model import build_packaged_model
@@ -584,8 +585,8 @@ def test_cli_accepts_crf(
     model_uri, tracking = phantom_model_uri
     seen: list[PredictionOptions] = []
 
-    def refuse(*args, options: PredictionOptions, **kwargs):
-        seen.append(options)
+    def refuse(*args, options: PredictionOptions | None = None, settings=None, **kwargs):
+        seen.append(options or settings.options)  # predict_path, or run_batch's BatchSettings
         raise MedsegError("stopped by the test after parsing")
 
     if command == "predict":  # the real model loads; the scans are not predicted
@@ -608,7 +609,7 @@ def test_pipeline_predict_stage_accepts_crf_settings() -> None:
     options = PredictStageOptions.model_validate({"input": "scans", "crf": {"iterations": 3}})
     assert PredictionOptions(crf=options.crf).crf == CrfSettings(iterations=3)
     assert PredictStageOptions.model_validate({"input": "scans", "crf": True}).crf == (
-        CrfSettings().model_dump()
+        CrfSettings()
     )
     assert PredictStageOptions.model_validate({"input": "scans"}).crf is None
     with pytest.raises(ValueError, match=r"crf\.iteration"):

@@ -8,8 +8,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import keep_largest_component
-from medseg.infer.predictor import PredictionOptions, load_packaged_model
+from medseg.infer.predictor import load_packaged_model
 from medseg.infer.stage import predict_path
 from medseg.io.nifti import read_nifti
 from medseg.tracking import RunTracker

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.infer.predictor import PredictionOptions, load_packaged_model
+from medseg.infer.options import PredictionOptions
+from medseg.infer.predictor import load_packaged_model
 from medseg.infer.stage import predict_path
 from medseg.io.dicom import read_dicom_series
 from medseg.io.nifti import read_nifti

@@ -163,6 +163,8 @@ def test_a_stage_needing_what_no_earlier_stage_gives_fails_clearly(project: Path
     [
         ("name: x\nstages: []\n", "'stages' must be a non-empty list"),
         ("name: x\nstagez: []\n", "unknown key(s) ['stagez']"),
+        ("name: x\nstages: {plan: {}}\n", "'stages' must be a non-empty list"),
+        ("name: [x]\nstages:\n  - {stage: plan}\n", "name: Input should be a valid string"),
         ("name: x\nstages:\n  - {stage: fly}\n", "unknown stage kind 'fly'"),
         ("name: x\nstages:\n  - {stage: plan, colour: red}\n", "stage 1 (plan): colour"),
         (

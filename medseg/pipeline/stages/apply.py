@@ -14,10 +14,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
+from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
-from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.io.formats import format_for_path, output_name
 from medseg.pipeline.stages.base import (
     PipelineError,
@@ -72,34 +72,26 @@ def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) ->
 # --- predict -----------------------------------------------------------------------------------
 
 
-class PredictStageOptions(_FolderOrSplit):
-    """Options of ``stage: predict``; ``model`` overrides the model of the register stage."""
+class PredictStageOptions(_FolderOrSplit, PredictionOptions):
+    """Options of ``stage: predict``: the prediction options (``PredictionOptions``: overlap,
+    batch_size, mirror, keep_largest, crf, backend, precision, non_finite), where the scans are,
+    and ``model``, which overrides the model of the register stage."""
 
     input: str | None = None
     model: str | None = None
     case_ids: CaseIdScheme = CaseIdScheme.HASH
-    overlap: float = Field(0.5, ge=0, lt=1)
-    batch_size: int = Field(2, ge=1)
-    mirror: bool = False
-    crf: dict[str, Any] | None = None  # CrfSettings of a dense CRF; {} or true: the defaults
-    backend: str = "torch"
-    non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # scans with NaN/Inf voxels
     dicom_seg: bool = True
     workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
     def _folder(self) -> str | None:
         return self.input
 
-    @field_validator("crf", mode="before")
-    @classmethod
-    def _crf_settings(cls, value: Any) -> dict[str, Any] | None:
-        """Checked (and completed with the defaults) when the pipeline file is read; torch is
-        imported only when a pipeline asks for the CRF."""
-        if value is None or value is False:
-            return None
-        from medseg.infer.crf import CrfSettings
+    def prediction(self) -> PredictionOptions:
+        """The prediction options alone."""
+        return PredictionOptions(**{name: getattr(self, name) for name in PREDICTION_FIELDS})
 
-        return CrfSettings.model_validate({} if value is True else value).model_dump()
+
+PREDICTION_FIELDS = tuple(PredictionOptions.model_fields)
 
 
 def _predict_needs(options: PredictStageOptions) -> tuple[str, ...]:
@@ -111,8 +103,7 @@ def _predict_inputs(ctx: StageContext, options: PredictStageOptions) -> dict[str
 
 
 def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> StageResult:
-    from medseg.batch.runner import run_batch
-    from medseg.infer.predictor import PredictionOptions
+    from medseg.batch.runner import BatchSettings, run_batch
 
     if options.split:
         scans = _link_split(ctx, options.split, labels=False, folder=ctx.folder / "scans")
@@ -123,23 +114,19 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
     predictions = ctx.folder / "predictions"
     if not ctx.resume and predictions.exists():  # inputs or model changed: start afresh
         shutil.rmtree(predictions)
-    report = run_batch(
-        scans,
-        model_uri,
-        predictions,
+    settings = BatchSettings(
         workers=options.workers,
-        options=PredictionOptions(
-            overlap=options.overlap,
-            batch_size=options.batch_size,
-            mirror=options.mirror,
-            crf=options.crf,
-            backend=options.backend,
-            non_finite=options.non_finite,
-        ),
+        options=options.prediction(),
         case_ids=case_ids,
         dicom_seg=options.dicom_seg,
         tracking_uri=ctx.tracking_uri,
         experiment=ctx.experiment,
+    )
+    report = run_batch(
+        scans,
+        model_uri,
+        predictions,
+        settings=settings,
         parent_run_id=ctx.parent_run_id,
         on_progress=ctx.on_progress,
     )

@@ -1,7 +1,7 @@
-"""Checks of command-line values, and the options several commands share.
+"""Checks of command-line values: option callbacks and parsers.
 
 Most checks run while the arguments are parsed, before a command does any work: a bad value
-is a usage error, printed by ``medseg.cli_errors`` as one line naming the command and the
+is a usage error, printed by ``medseg.cli.errors`` as one line naming the command and the
 option (``error: medseg predict --overlap: 1.5 is not in [0, 1)``). Output folders are
 checked without creating anything.
 """
@@ -19,8 +19,6 @@ import typer
 
 from medseg.errors import InputFileError
 from medseg.infer.choices import Backend, Precision
-from medseg.ingest.case_ids import CaseIdScheme
-from medseg.ingest.non_finite import NonFinitePolicy
 
 Number = TypeVar("Number", int, float)
 
@@ -144,21 +142,6 @@ def check_precision(precision: Precision, backend: Backend) -> None:
         )
 
 
-def keep_largest_structures(text: str | None, label_names: dict[int, str]) -> list[int] | None:
-    """The structure values ``--keep-largest`` names (see ``structure_list``), each the model's."""
-    if not text:
-        return None
-    known = sorted(value for value in label_names if value > 0)
-    if text == "all":
-        return known
-    values = [int(value) for value in text.split(",")]
-    if unknown := sorted(set(values) - set(known)):
-        raise typer.BadParameter(
-            f"the model has no structure {unknown}; it has {known}", param_hint="--keep-largest"
-        )
-    return values
-
-
 def structure_list(text: str | None) -> str | None:
     """Option callback: ``"all"`` or structure values such as ``"1,3"``."""
     if text is None or text == "all":
@@ -172,21 +155,12 @@ def structure_list(text: str | None) -> str | None:
     return text
 
 
-OVERLAP = typer.Option(0.5, callback=interval("[0, 1)"), help="Sliding-window overlap, in [0, 1).")
-BATCH_SIZE = typer.Option(2, min=1, help="Windows per forward pass.")
-BACKEND = typer.Option(Backend.TORCH, help="Inference engine.")
-DATA_ROOT = typer.Option(
-    None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
-)
-PRECISION = typer.Option(Precision.FP32, help="bf16: OpenVINO only, on CPUs with bf16 units.")
-CASE_IDS = typer.Option(
-    CaseIdScheme.HASH,
-    "--case-ids",
-    help="hash: anonymous ids; folder: folder/file names (paths then appear in outputs).",
-)
-NON_FINITE = typer.Option(
-    NonFinitePolicy.ERROR,
-    "--non-finite",
-    help="Scans with NaN/Inf voxels: error (refuse them) or replace-min (the scan's lowest "
-    "finite value; recorded with the case).",
-)
+def volume_format(name: str) -> str:
+    """``--output-format``: the name of a registered volume format (``medseg.io.formats``)."""
+    from medseg.errors import UnknownFormatError
+    from medseg.io.formats import format_named
+
+    try:
+        return format_named(name).name
+    except UnknownFormatError as error:
+        raise typer.BadParameter(str(error)) from error

@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from medseg.cli_options import output_folder
-from medseg.cli_output import console, metric_cell
+from medseg.cli.checks import output_folder
+from medseg.cli.options import tracking_uri_option
+from medseg.cli.render import console, metric_cell, phase_progress
 
 if TYPE_CHECKING:
     from medseg.pipeline.records import StageRecord
@@ -41,9 +42,7 @@ def run(
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a stage option: STAGE.KEY=VALUE (repeatable)."
     ),
-    tracking_uri: str | None = typer.Option(
-        None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns SQLite)."
-    ),
+    tracking_uri: str | None = tracking_uri_option(),
 ) -> None:
     """Run a pipeline: stages in order, each skipped when its inputs and config are unchanged.
 
@@ -53,7 +52,6 @@ def run(
     from medseg.tracking_store import require_tracking_store
 
     require_tracking_store(tracking_uri)  # seconds, before the imports and the first stage
-    from medseg.cli_output import phase_progress
     from medseg.pipeline.runner import RunSelection, run_pipeline
     from medseg.pipeline.spec import load_pipeline
 
@@ -86,8 +84,8 @@ def demo(
     heldout_cases: int = typer.Option(6, min=1, help="Held-out phantoms to predict and score."),
     seed: int = typer.Option(0, help="Seed of the phantom generator."),
     force: bool = typer.Option(False, "--force", help="Run every stage again."),
-    tracking_uri: str | None = typer.Option(
-        None, help="MLflow tracking URI (default: SQLite in OUT/mlruns)."
+    tracking_uri: str | None = tracking_uri_option(
+        "MLflow tracking URI (default: SQLite in OUT/mlruns)."
     ),
 ) -> None:
     """End-to-end demo on synthetic CT phantoms written as real DICOM series.
@@ -98,7 +96,6 @@ def demo(
     """
     import time
 
-    from medseg.cli_output import phase_progress
     from medseg.demo.run import run_demo
 
     started = time.perf_counter()
@@ -122,7 +119,7 @@ def demo(
 def _default_demo_pipeline() -> Path:
     for candidate in (
         Path("pipelines/demo.yaml"),
-        Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml",  # source checkout
+        Path(__file__).resolve().parents[2] / "pipelines" / "demo.yaml",  # source checkout
     ):
         if candidate.is_file():
             return candidate

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from medseg.cli_options import output_folder
-from medseg.cli_output import console
+from medseg.cli.checks import output_folder
+from medseg.cli.render import console
 
 if TYPE_CHECKING:
     from medseg.pacs.config import PacsConfig
@@ -31,7 +31,8 @@ CONFIG_OPTION = typer.Option(
 )
 
 
-def _load(path: Path) -> PacsConfig:
+def load_pacs(path: Path) -> PacsConfig:
+    """The PACS file at ``path`` (refused with one line naming the file and key)."""
     from medseg.pacs.config import load_pacs_config
 
     return load_pacs_config(path)
@@ -42,7 +43,7 @@ def echo(config: Path = CONFIG_OPTION) -> None:
     """Check that the PACS answers with these settings and credentials."""
     from medseg.pacs.connect import connected
 
-    settings = _load(config)
+    settings = load_pacs(config)
     with connected(settings.connection) as client:
         client.echo()
     console.print(f"[green]{settings.connection.name} answers[/green]")
@@ -59,7 +60,7 @@ def query(
     from medseg.pacs.retry import with_retry
     from medseg.pacs.state import series_key
 
-    settings = _load(config)
+    settings = load_pacs(config)
     rules = SeriesFilter(settings.filters)
     with connected(settings.connection) as client:
         found = with_retry(lambda: client.find_series(rules.query()), settings.retry, what="search")
@@ -99,7 +100,7 @@ def pull(
     from medseg.pacs.connect import connected
     from medseg.pacs.pull import pull as pull_series
 
-    settings = _load(config)
+    settings = load_pacs(config)
     with connected(settings.connection) as client:
         report = pull_series(client, settings, out)
     pull_summary(report)
@@ -125,7 +126,7 @@ def push(
     from medseg.pacs.connect import connected
     from medseg.pacs.push import push as push_results
 
-    settings = _load(config)
+    settings = load_pacs(config)
     with connected(settings.connection) as client:
         report = push_results(client, settings, batch_out, incoming=incoming)
     push_summary(report)
@@ -155,26 +156,3 @@ def push_summary(report: PushReport) -> None:
     )
     for failure in report.failed:
         console.print(f"[red]case {failure.case_id}: {failure.reason}[/red]")
-
-
-def pacs_batch(
-    *, from_pacs: Path | None, to_pacs: Path | None, scans_root: Path | None, **options: Any
-) -> None:
-    """``medseg batch`` with --from-pacs and/or --to-pacs: pull, segment, push; exits."""
-    from medseg.cli_output import batch_summary, phase_progress
-    from medseg.pacs.batch import run_pacs_batch
-
-    source = _load(from_pacs) if from_pacs else None
-    target = _load(to_pacs) if to_pacs else None
-    with phase_progress() as progress:
-        report = run_pacs_batch(
-            from_pacs=source, to_pacs=target, scans_root=scans_root, on_progress=progress, **options
-        )
-    if report.pull is not None:
-        pull_summary(report.pull)
-    batch_summary(report.batch)
-    if report.push is not None:
-        push_summary(report.push)
-    if report.removed_pulled:
-        console.print(f"deleted the pulled images of {report.removed_pulled} delivered series")
-    raise typer.Exit(report.exit_code)

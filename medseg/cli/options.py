@@ -1,0 +1,94 @@
+"""The options several commands share, each declared once (name, default, help, check).
+
+A command lists them as defaults of its parameters (``overlap: float = OVERLAP``); the
+prediction options of ``predict`` and ``batch`` become one ``PredictionOptions`` through
+``prediction_options``. Options whose help names the command's purpose are made by a function
+that takes that help.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from medseg.cli.checks import check_precision, interval, structure_list, volume_format
+from medseg.infer.choices import Backend, Precision
+from medseg.ingest.case_ids import CaseIdScheme
+from medseg.ingest.non_finite import NonFinitePolicy
+
+MODEL = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder.")
+DATA_ROOT = typer.Option(
+    None, "--data-root", exists=True, file_okay=False, help="Root of the manifest's paths."
+)
+WORKERS = typer.Option(2, min=1, help="Worker processes.")
+CASE_IDS_HELP = "hash: anonymous ids; folder: folder/file names (paths then appear in outputs)."
+NON_FINITE = typer.Option(
+    NonFinitePolicy.ERROR,
+    "--non-finite",
+    help="Scans with NaN/Inf voxels: error (refuse them) or replace-min (the scan's lowest "
+    "finite value; recorded with the case).",
+)
+TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns SQLite)."
+
+# Prediction options (predict, batch): see medseg.infer.predictor.PredictionOptions.
+OVERLAP = typer.Option(0.5, callback=interval("[0, 1)"), help="Sliding-window overlap, in [0, 1).")
+BATCH_SIZE = typer.Option(2, min=1, help="Windows per forward pass.")
+MIRROR = typer.Option(False, "--mirror", help="Mirroring test-time augmentation.")
+KEEP_LARGEST = typer.Option(
+    None,
+    callback=structure_list,
+    help='Keep only the largest component of these structures: "all" or "1,3".',
+)
+CRF = typer.Option(
+    False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
+)
+BACKEND = typer.Option(Backend.TORCH, help="Inference engine.")
+PRECISION = typer.Option(Precision.FP32, help="bf16: OpenVINO only, on CPUs with bf16 units.")
+DICOM_SEG = typer.Option(True, help="Write a DICOM SEG for DICOM inputs.")
+OUTPUT_FORMAT = typer.Option(
+    "nifti", callback=volume_format, help="Label map format: nifti, nrrd or mha."
+)
+
+
+def case_ids_option(help: str = CASE_IDS_HELP) -> Any:
+    """``--case-ids hash|folder``; ``help`` says what the folder names are in this command."""
+    return typer.Option(CaseIdScheme.HASH, "--case-ids", help=help)
+
+
+def tracking_uri_option(help: str = TRACKING_URI_HELP) -> Any:
+    """``--tracking-uri``; ``help`` says what this command uses the store for."""
+    return typer.Option(None, help=help)
+
+
+def prediction_options(
+    *,
+    overlap: float,
+    batch_size: int,
+    mirror: bool,
+    keep_largest: str | None,
+    crf: bool,
+    backend: Backend,
+    precision: Precision,
+    non_finite: NonFinitePolicy,
+) -> Any:
+    """The ``PredictionOptions`` the prediction options above ask for.
+
+    ``keep_largest`` is kept as ``"all"`` or a list of values: the model checks them.
+
+    Raises:
+        typer.BadParameter: a precision the backend does not offer.
+    """
+    from medseg.infer.options import CrfSettings, PredictionOptions
+
+    check_precision(precision, backend)
+    return PredictionOptions(
+        overlap=overlap,
+        batch_size=batch_size,
+        mirror=mirror,
+        keep_largest=keep_largest,
+        crf=CrfSettings() if crf else None,
+        backend=backend,
+        precision=precision,
+        non_finite=non_finite,
+    )
