@@ -32,7 +32,7 @@ from medseg.metrics import confusion_matrix, dice_from_confusion
 from medseg.models import build_network
 from medseg.preprocess.cache import load_cache
 from medseg.sliding_window import predict_probabilities
-from medseg.tracking import RunTracker
+from medseg.tracking.runs import RunTracker
 from medseg.train.checkpoint import load_checkpoint
 from medseg.train.config import load_train_config
 from medseg.train.loop import train

@@ -277,7 +277,7 @@ def train(
 
     Runs on CUDA when present (with AMP), else CPU; under torchrun with DistributedDataParallel.
     """
-    from medseg.tracking_store import require_tracking_store
+    from medseg.tracking.store import require_tracking_store
 
     require_tracking_store(tracking_uri)  # seconds, before the imports and the preprocessing
     from medseg.cli_output import train_summary
@@ -341,7 +341,7 @@ def predict(
 
     Exit code 0 when every scan was segmented, 1 when some failed (the others are written).
     """
-    from medseg.tracking_store import require_store_for_model
+    from medseg.tracking.store import require_store_for_model
 
     require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
     from medseg.cli_output import phase_progress, predict_summary
@@ -428,7 +428,7 @@ def batch(
     delivery) of the shard is done, 1 when any failed (see OUT/failures.jsonl and
     OUT/.pacs/deliveries.jsonl).
     """
-    from medseg.tracking_store import require_store_for_model
+    from medseg.tracking.store import require_store_for_model
 
     require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
     from medseg.batch.sharding import ShardError, resolve_shard
@@ -537,10 +537,10 @@ def evaluate(
     from medseg.manifest import load_label_names
 
     if run_id:  # the report is logged after the work: the run must be there before it
-        from medseg.tracking_store import require_tracking_store
+        from medseg.tracking.store import require_tracking_store
 
         require_tracking_store(tracking_uri)  # seconds, before importing mlflow
-        from medseg.tracking import require_run
+        from medseg.tracking.client import require_run
 
         require_run(run_id, tracking_uri=tracking_uri)
     pairing = pair_label_maps(predictions, references)

@@ -19,7 +19,7 @@ import torch
 from medseg.infer.predictor import load_packaged_model
 from medseg.preprocess.case import preprocess_case
 from medseg.sliding_window import predict_probabilities
-from medseg.tracking import Alias, register_and_promote
+from medseg.tracking.registry import Alias, register_and_promote
 from tests.mlflow_server import running_mlflow_server
 from tests.packaged_model import log_tiny_unet
 from tests.phantoms import small_phantom

@@ -248,7 +248,8 @@ def _add_published(report: BatchReport, todo: list[BatchScan]) -> None:
 
 def pinned_model_uri(model_uri: str, tracking_uri: str | None) -> str:
     """The alias resolved to a version once, so all workers load the same model."""
-    from medseg.tracking import TrackingError, pin_model_uri
+    from medseg.tracking.client import TrackingError
+    from medseg.tracking.registry import pin_model_uri
 
     try:
         return pin_model_uri(model_uri, tracking_uri=tracking_uri)

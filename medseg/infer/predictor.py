@@ -65,7 +65,7 @@ class PackagedModel:
 
 def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> PackagedModel:
     """Load ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a model folder."""
-    from medseg.tracking import load_segmentation_model
+    from medseg.tracking.packaging import load_segmentation_model
 
     loaded = load_segmentation_model(uri, tracking_uri=tracking_uri)
     plan_fields = dict(loaded.plan)

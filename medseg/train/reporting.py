@@ -57,7 +57,8 @@ class TrainingReporter:
         """
         if not enabled:
             return cls(None, plan, config, run_dir)
-        from medseg.tracking import RunTracker, mark_stale_runs
+        from medseg.tracking.runs import RunTracker
+        from medseg.tracking.stale import mark_stale_runs
 
         mark_stale_runs(run_dir, tracking_uri)
         tracker = RunTracker(tracking_uri=tracking_uri, home=run_dir, role="train")
@@ -123,7 +124,8 @@ class TrainingReporter:
         """Log curves, history and the best model; register it when a name is configured."""
         if self.tracker is None:
             return None
-        from medseg.tracking import log_segmentation_model, register_and_promote
+        from medseg.tracking.packaging import log_segmentation_model
+        from medseg.tracking.registry import register_and_promote
         from medseg.train.checkpoint import load_checkpoint
 
         curves = save_curves(self.run_dir / "curves.png", history)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from medseg.errors import MedsegError
 
 if TYPE_CHECKING:
-    from medseg.tracking import RunTracker
+    from medseg.tracking.runs import RunTracker
 
 ProgressCallback = Callable[[str, int, int], None]
 
