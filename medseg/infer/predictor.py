@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from medseg.errors import ScanChannelsError
 from medseg.infer.crf import CrfSettings, dense_crf
 from medseg.infer.postprocess import keep_largest_component
+from medseg.infer.sliding_window import predict_probabilities
 from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
-from medseg.sliding_window import predict_probabilities
 from medseg.volume import Volume
 
 
