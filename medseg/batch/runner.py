@@ -60,7 +60,7 @@ from medseg.errors import InputFileError
 from medseg.infer.predictor import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.atomic import write_json_atomic
-from medseg.io.dicom_pixels import default_workers
+from medseg.io.dicom.pixels import default_workers
 from medseg.shutdown import ShutdownRequested
 
 logger = logging.getLogger(__name__)

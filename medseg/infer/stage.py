@@ -242,7 +242,7 @@ def predict_task(
         write_json_atomic(volumes_path, statistics)
         outputs.append(volumes_path)
         if dicom_seg and task.series is not None:
-            from medseg.io.dicom_seg import write_dicom_seg
+            from medseg.io.dicom.seg import write_dicom_seg
 
             outputs.append(
                 write_dicom_seg(

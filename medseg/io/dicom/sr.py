@@ -55,7 +55,7 @@ from pydicom.valuerep import DA, TM
 
 from medseg.errors import DicomFileError, MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_seg import (
+from medseg.io.dicom.seg import (
     MANUFACTURER,
     MAX_SERIES_NUMBER,
     SegmentationLabelError,

@@ -58,7 +58,7 @@ from pydicom.uid import (
 
 from medseg.errors import DicomFileError, GeometryMismatchError, LocatedError, MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_geometry import TILT_TOLERANCE_PX
+from medseg.io.dicom.geometry import TILT_TOLERANCE_PX
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
