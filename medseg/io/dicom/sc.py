@@ -58,12 +58,11 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from medseg import __version__
 from medseg.errors import DicomFileError, MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom.seg import MANUFACTURER, _highdicom_quiet
+from medseg.io.dicom.seg import MANUFACTURER, _highdicom_quiet, derived_series_number
 from medseg.io.dicom.sr import (
     SegmentVolume,
     content_time_arguments,
     content_timestamp,
-    derived_series_number,
     derived_uid,
     fix_provenance,
     match_volumes,
