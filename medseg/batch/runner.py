@@ -61,11 +61,11 @@ from medseg.infer.predictor import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.atomic import write_json_atomic
 from medseg.io.dicom.pixels import default_workers
+from medseg.progress import ProgressCallback
 from medseg.shutdown import ShutdownRequested
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[str, int, int], None]
 DISCOVERY_JSON = "discovery.json"  # what the scans tree holds besides scans (every shard)
 
 

@@ -43,6 +43,7 @@ from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.discovery import ScanTask, discover_scans
 from medseg.io.atomic import TEMPORARY_PREFIX, atomic_path, write_json_atomic
 from medseg.io.nifti import write_nifti
+from medseg.progress import ProgressCallback
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def predict_path(
     case_ids: CaseIdScheme = CaseIdScheme.HASH,
     dicom_seg: bool = True,
     probabilities: bool = False,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> PredictReport:
     """Predict every scan at or under ``input_path`` into ``out_dir``.
 
@@ -165,7 +166,7 @@ def _publish(staging: Path, out_dir: Path, case_id: str, outcome: ScanOutcome) -
 class _WindowCounter:
     """Feeds a 'Windows' progress bar from the sliding window's per-batch callback."""
 
-    def __init__(self, on_progress: Callable[[str, int, int], None] | None) -> None:
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
         self.on_progress, self.done = on_progress, 0
 
     def __call__(self, count: int) -> None:

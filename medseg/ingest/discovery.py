@@ -35,9 +35,9 @@ from medseg.ingest.walk import FileWalk, walk_files
 from medseg.io.dicom import DicomScan, DicomSeries, load_series, scan_dicom_files
 from medseg.io.nifti import is_nifti_path, read_nifti
 from medseg.phi import REDACTED, redact_scan
+from medseg.progress import ProgressCallback
 from medseg.volume import Volume
 
-ProgressCallback = Callable[[str, int, int], None]
 NOT_A_SCAN = "neither DICOM nor NIfTI"
 TEMPORARY_FILE = "medseg temporary file or folder (left by an interrupted write)"
 

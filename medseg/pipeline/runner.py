@@ -33,6 +33,7 @@ from medseg.pipeline.records import (
 )
 from medseg.pipeline.spec import PipelineSpec, StageSpec, check_stage_inputs
 from medseg.pipeline.stages import PipelineError, StageContext, StageResult
+from medseg.progress import ProgressCallback
 from medseg.tracking.runs import RunTracker
 from medseg.tracking.stale import mark_stale_runs
 from medseg.tracking.store import tracking_uri
@@ -95,7 +96,7 @@ def run_pipeline(
     selection: RunSelection = RunSelection(),
     tracking: str | None = None,
     on_stage: StageEvent | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> PipelineReport:
     """Run ``spec``'s stages into ``work_dir`` (see the module docstring).
 

@@ -58,9 +58,7 @@ def _train(ctx: StageContext, options: TrainStageOptions, run: Any) -> StageResu
         resume=resume,
         tracking_uri=ctx.tracking_uri,
         parent_run_id=ctx.parent_run_id,
-        on_progress=(lambda step, total: ctx.on_progress("Training", step, total))
-        if ctx.on_progress
-        else None,
+        on_progress=ctx.on_progress,
     )
     return StageResult(
         provides={
