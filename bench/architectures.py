@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from hippocampus import DEFAULT_DATA_ROOT, REPOSITORY, PreparedHippocampus, prepare_hippocampus
 
+from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import CrfSettings
 from medseg.infer.postprocess import keep_largest_component
-from medseg.metrics import confusion_matrix, dice_from_confusion
+from medseg.infer.sliding_window import predict_probabilities
 from medseg.models import build_network
 from medseg.preprocess.cache import load_cache
-from medseg.sliding_window import predict_probabilities
-from medseg.tracking import RunTracker
+from medseg.tracking.runs import RunTracker
 from medseg.train.checkpoint import load_checkpoint
 from medseg.train.config import load_train_config
 from medseg.train.loop import train

@@ -31,7 +31,7 @@ import numpy as np
 
 from medseg.demo.dicom_writer import TransferSyntax, write_dicom_series
 from medseg.io.dicom import load_series, scan_dicom_files
-from medseg.io.dicom_pixels import default_workers
+from medseg.io.dicom.pixels import default_workers
 from medseg.volume import Volume
 
 WORK = Path(__file__).resolve().parent / "_work"

@@ -59,8 +59,8 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 from monai.networks.utils import one_hot
 from scipy import ndimage
 
+from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion
 from medseg.evaluate.surface import surface_metrics
-from medseg.metrics import confusion_matrix, dice_from_confusion
 
 SPEED_GOAL = 50.0
 TOLERANCE = 1e-6

@@ -27,9 +27,9 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from medseg.infer.backends import Backend, make_predictor
+from medseg.infer.sliding_window import sliding_window_predict
 from medseg.io.nifti import read_nifti
 from medseg.models import build_network
-from medseg.sliding_window import sliding_window_predict
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHECKPOINT = Path(__file__).resolve().parent / "_work/quality/run_3d/checkpoints/best.pt"

@@ -12,7 +12,8 @@ from mlflow.models.model import ModelInfo
 
 from medseg.models import build_network, network_arguments
 from medseg.preprocess.plan import Plan
-from medseg.tracking import RunTracker, log_segmentation_model
+from medseg.tracking.packaging import log_segmentation_model
+from medseg.tracking.runs import RunTracker
 
 
 @dataclass(frozen=True)

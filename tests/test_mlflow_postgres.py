@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from medseg.infer.predictor import load_packaged_model
+from medseg.infer.sliding_window import predict_probabilities
 from medseg.preprocess.case import preprocess_case
-from medseg.sliding_window import predict_probabilities
-from medseg.tracking import Alias, register_and_promote
+from medseg.tracking.registry import Alias, register_and_promote
 from tests.mlflow_server import running_mlflow_server
 from tests.packaged_model import log_tiny_unet
 from tests.phantoms import small_phantom

@@ -1,4 +1,4 @@
-"""Log one batch invocation as one MLflow run, through ``medseg.tracking.RunTracker``.
+"""Log one batch invocation as one MLflow run, through ``medseg.tracking.runs.RunTracker``.
 
 Logged: params (model URI, shard, workers and the prediction options), metrics (scans found,
 in this shard, done, skipped, failed, seconds in total and per scan, mean volume per structure
@@ -9,10 +9,11 @@ folders, so they are not uploaded then (tag ``artifacts_withheld``).
 
 Logging never fails a batch: any error (an unreachable server, a refused value) becomes a
 warning in the report, and it comes in seconds: the store is probed first (a refused, unknown
-or silent server is given up after ``medseg.tracking_store.probe_seconds()``), and the
+or silent server is given up after ``medseg.tracking.store.probe_seconds()``), and the
 logging itself runs with MLflow's retries bounded (``bounded_http_retries``) instead of
 MLflow's minutes of backoff. A batch killed while it logs leaves a run file in OUT; the next
-batch there marks that run FAILED before it logs its own (``medseg.tracking.mark_stale_runs``).
+batch there marks that run FAILED before it logs its own
+(``medseg.tracking.stale.mark_stale_runs``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.phi import hash_identifier
-from medseg.tracking_store import (
+from medseg.tracking.store import (
     TrackingUnavailableError,
     bounded_http_retries,
     require_tracking_store,
@@ -74,7 +75,8 @@ def log_batch_run(
     tracker = None
     try:
         require_tracking_store(tracking_uri)  # seconds, and before mlflow is imported
-        from medseg.tracking import RunTracker, mark_stale_runs
+        from medseg.tracking.runs import RunTracker
+        from medseg.tracking.stale import mark_stale_runs
 
         with bounded_http_retries():
             if home is not None:

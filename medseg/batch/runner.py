@@ -60,12 +60,12 @@ from medseg.errors import InputFileError
 from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.atomic import write_json_atomic
-from medseg.io.dicom_pixels import default_workers
+from medseg.io.dicom.pixels import default_workers
+from medseg.progress import ProgressCallback
 from medseg.shutdown import ShutdownRequested
 
 logger = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[str, int, int], None]
 DISCOVERY_JSON = "discovery.json"  # what the scans tree holds besides scans (every shard)
 
 
@@ -257,7 +257,8 @@ def _add_published(report: BatchReport, todo: list[BatchScan]) -> None:
 
 def pinned_model_uri(model_uri: str, tracking_uri: str | None) -> str:
     """The alias resolved to a version once, so all workers load the same model."""
-    from medseg.tracking import TrackingError, pin_model_uri
+    from medseg.tracking.client import TrackingError
+    from medseg.tracking.registry import pin_model_uri
 
     try:
         return pin_model_uri(model_uri, tracking_uri=tracking_uri)

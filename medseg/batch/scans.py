@@ -16,7 +16,6 @@ same SCANS_ROOT, since NIfTI keys are relative to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from medseg.ingest.discovery import (
     volume_file_task,
 )
 from medseg.io.dicom import DicomSeries
+from medseg.progress import ProgressCallback
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 
@@ -96,7 +96,7 @@ def take_inventory(
     *,
     case_ids: CaseIdScheme,
     exclude: Path | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> Inventory:
     """Discover every scan and unreadable or corrupt file under ``scans_root`` (``exclude``
     left out)."""

@@ -72,7 +72,7 @@ class ModelLoadError(MedsegError):
 
 # What a forkserver imports once for all workers: the worker, mlflow's model loading and
 # medseg's own network factories (the import of a packaged model's factory is the slowest part).
-PRELOAD_MODULES = ["medseg.batch.worker", "medseg.tracking", "medseg.models"]
+PRELOAD_MODULES = ["medseg.batch.worker", "medseg.tracking.packaging", "medseg.models"]
 
 
 @dataclass

@@ -83,7 +83,7 @@ def batch(
     delivery) of the shard is done, 1 when any failed (see OUT/failures.jsonl and
     OUT/.pacs/deliveries.jsonl).
     """
-    from medseg.tracking_store import require_store_for_model
+    from medseg.tracking.store import require_store_for_model
 
     require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
     from medseg.batch.sharding import ShardError, resolve_shard

@@ -48,10 +48,10 @@ def evaluate(
     from medseg.manifest import load_label_names
 
     if run_id:  # the report is logged after the work: the run must be there before it
-        from medseg.tracking_store import require_tracking_store
+        from medseg.tracking.store import require_tracking_store
 
         require_tracking_store(tracking_uri)  # seconds, before importing mlflow
-        from medseg.tracking import require_run
+        from medseg.tracking.client import require_run
 
         require_run(run_id, tracking_uri=tracking_uri)
     pairing = pair_label_maps(predictions, references)

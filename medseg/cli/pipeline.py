@@ -49,7 +49,7 @@ def run(
     Exit code 0 when every stage succeeded without problems, 1 when a stage failed (later
     stages do not run) or some scans/cases failed inside a stage.
     """
-    from medseg.tracking_store import require_tracking_store
+    from medseg.tracking.store import require_tracking_store
 
     require_tracking_store(tracking_uri)  # seconds, before the imports and the first stage
     from medseg.pipeline.runner import RunSelection, run_pipeline

@@ -61,7 +61,7 @@ def predict(
 
     Exit code 0 when every scan was segmented, 1 when some failed (the others are written).
     """
-    from medseg.tracking_store import require_store_for_model
+    from medseg.tracking.store import require_store_for_model
 
     require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
     from medseg.config_io import ConfigError

@@ -67,7 +67,7 @@ def preprocess(
             data_root=data_root,
             workers=workers,
             force=force,
-            on_progress=lambda done, total: progress("Preprocessing", done, total),
+            on_progress=progress,
         )
     preprocess_summary(report)
     raise typer.Exit(report.exit_code)

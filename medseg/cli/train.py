@@ -45,7 +45,7 @@ def train(
 
     Runs on CUDA when present (with AMP), else CPU; under torchrun with DistributedDataParallel.
     """
-    from medseg.tracking_store import require_tracking_store
+    from medseg.tracking.store import require_tracking_store
 
     require_tracking_store(tracking_uri)  # seconds, before the imports and the preprocessing
     from medseg.manifest import read_manifest

@@ -12,12 +12,12 @@ every pipeline stage is skipped.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 from medseg.demo.phantom import generate_demo_dataset
 from medseg.pipeline.runner import PipelineReport, RunSelection, StageEvent, run_pipeline
 from medseg.pipeline.spec import load_pipeline
+from medseg.progress import ProgressCallback
 
 HELDOUT_SEED_OFFSET = 1000  # held-out phantoms come from seed + 1000: never a training anatomy
 
@@ -36,7 +36,7 @@ def prepare_demo_data(
     n_train: int,
     n_heldout: int,
     seed: int,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> None:
     """Generate (once) the training and held-out phantoms under ``data_dir``."""
     sets = (
@@ -71,7 +71,7 @@ def run_demo(
     tracking: str | None = None,
     force: bool = False,
     on_stage: StageEvent | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> PipelineReport:
     """Generate the phantoms (once) and run ``pipeline`` on them into ``out_dir/work``."""
     out_dir = Path(out_dir)

@@ -26,7 +26,7 @@ from medseg.io.formats import read_volume, volume_files_named
 from medseg.overlays import save_structure_views
 
 if TYPE_CHECKING:
-    from medseg.tracking import RunTracker
+    from medseg.tracking.runs import RunTracker
 
 logger = logging.getLogger(__name__)
 
@@ -182,14 +182,14 @@ def log_to_run(
     The run keeps its status (a FINISHED training run stays FINISHED). The reports are
     already written, so a failure is a warning, not an error: it is logged and returned
     (None when everything was logged). A server that went away costs seconds, not minutes
-    (``medseg.tracking_store.bounded_http_retries``); check the run before the work with
-    ``medseg.tracking.require_run``.
+    (``medseg.tracking.store.bounded_http_retries``); check the run before the work with
+    ``medseg.tracking.client.require_run``.
     """
-    from medseg.tracking_store import bounded_http_retries, require_tracking_store
+    from medseg.tracking.store import bounded_http_retries, require_tracking_store
 
     try:
         require_tracking_store(tracking_uri)  # seconds, and before mlflow is imported
-        from medseg.tracking import RunTracker
+        from medseg.tracking.runs import RunTracker
 
         with bounded_http_retries():
             tracker = RunTracker(tracking_uri=tracking_uri).attach(run_id)

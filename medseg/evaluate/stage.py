@@ -16,10 +16,10 @@ import numpy as np
 
 from medseg.errors import GeometryMismatchError, MedsegError
 from medseg.evaluate.grid import grid_difference
+from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion, iou_from_confusion
 from medseg.evaluate.pairing import Pairing
 from medseg.evaluate.volumes import structure_statistics
 from medseg.io.formats import read_volume
-from medseg.metrics import confusion_matrix, dice_from_confusion, iou_from_confusion
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)

@@ -27,10 +27,11 @@ two of each other, costs a few lookups per surface voxel. The rare voxels with n
 transform of the box gives the same values but costs O(box volume) per structure: about 8 times
 slower overall on the 120-structure map of ``bench/metrics.py``.)
 
-Empty structures, following ``medseg.metrics``: absent from both prediction and reference, all
-three values are NaN (undefined, left out of means); absent from one side only, HD95 and ASSD
-are ``inf`` and NSD is 0 (the worst values). MONAI agrees except for HD95 in that case, which it
-reports as NaN (torch.quantile of infinite distances), indistinguishable from "both absent".
+Empty structures, following ``medseg.evaluate.metrics``: absent from both prediction and
+reference, all three values are NaN (undefined, left out of means); absent from one side only,
+HD95 and ASSD are ``inf`` and NSD is 0 (the worst values). MONAI agrees except for HD95 in that
+case, which it reports as NaN (torch.quantile of infinite distances), indistinguishable from
+"both absent".
 """
 
 from __future__ import annotations

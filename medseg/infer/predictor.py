@@ -19,9 +19,9 @@ from medseg.errors import ScanChannelsError
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import keep_largest_component
+from medseg.infer.sliding_window import predict_probabilities
 from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
-from medseg.sliding_window import predict_probabilities
 from medseg.volume import Volume
 
 
@@ -49,7 +49,7 @@ class PackagedModel:
 
 def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> PackagedModel:
     """Load ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a model folder."""
-    from medseg.tracking import load_segmentation_model
+    from medseg.tracking.packaging import load_segmentation_model
 
     loaded = load_segmentation_model(uri, tracking_uri=tracking_uri)
     plan_fields = dict(loaded.plan)

@@ -44,6 +44,7 @@ from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.discovery import ScanTask, discover_scans
 from medseg.io.atomic import TEMPORARY_PREFIX, atomic_path, write_json_atomic
 from medseg.io.formats import format_named, output_name, registered_formats, write_volume
+from medseg.progress import ProgressCallback
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def predict_path(
     dicom_seg: bool = True,
     probabilities: bool = False,
     output_format: str = "nifti",
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> PredictReport:
     """Predict every scan at or under ``input_path`` into ``out_dir``.
 
@@ -179,7 +180,7 @@ def _publish(
 class _WindowCounter:
     """Feeds a 'Windows' progress bar from the sliding window's per-batch callback."""
 
-    def __init__(self, on_progress: Callable[[str, int, int], None] | None) -> None:
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
         self.on_progress, self.done = on_progress, 0
 
     def __call__(self, count: int) -> None:
@@ -259,7 +260,7 @@ def predict_task(
         write_json_atomic(volumes_path, statistics)
         outputs.append(volumes_path)
         if dicom_seg and task.series is not None:
-            from medseg.io.dicom_seg import write_dicom_seg
+            from medseg.io.dicom.seg import write_dicom_seg
 
             outputs.append(
                 write_dicom_seg(

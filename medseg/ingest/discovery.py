@@ -36,9 +36,9 @@ from medseg.ingest.walk import FileWalk, walk_files
 from medseg.io.dicom import DicomScan, DicomSeries, load_series, scan_dicom_files
 from medseg.io.formats import data_files, format_for_path, is_volume_path, read_volume
 from medseg.phi import REDACTED, redact_scan
+from medseg.progress import ProgressCallback
 from medseg.volume import Volume
 
-ProgressCallback = Callable[[str, int, int], None]
 NOT_A_SCAN = "neither DICOM nor a volume file format medseg reads"
 TEMPORARY_FILE = "medseg temporary file or folder (left by an interrupted write)"
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import traceback
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -44,14 +43,13 @@ from medseg.io.atomic import TEMPORARY_PREFIX, write_json_atomic
 from medseg.io.formats import read_volume, volume_files_named
 from medseg.manifest import ManifestRecord, write_manifest
 from medseg.phi import hash_identifier
+from medseg.progress import ProgressCallback
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
 
 EXIT_SOME_FAILED = 1
 """Exit code of ``medseg ingest`` when some inputs failed (the others were still written)."""
-
-ProgressCallback = Callable[[str, int, int], None]
 
 
 class OutcomeKind(StrEnum):

@@ -176,7 +176,7 @@ def _read_source(source: str, tracking_uri: str | None) -> Mapping[str, torch.Te
 
 
 def _model_state(uri: str, tracking_uri: str | None) -> dict[str, torch.Tensor]:
-    from medseg.tracking import load_segmentation_model
+    from medseg.tracking.packaging import load_segmentation_model
 
     try:
         network = load_segmentation_model(uri, tracking_uri=tracking_uri).network

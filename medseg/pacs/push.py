@@ -1,8 +1,8 @@
 """Push: send each finished case's results back to the PACS, once per series and model.
 
 For every case of a batch OUT folder that has a DICOM SEG (DICOM inputs), the objects the PACS
-file asks for are sent: the SEG, a DICOM SR of the organ volumes (``medseg.io.dicom_sr``) and a
-secondary capture with the overlay and the volume table (``medseg.io.dicom_sc``); SR and SC are
+file asks for are sent: the SEG, a DICOM SR of the organ volumes (``medseg.io.dicom.sr``) and a
+secondary capture with the overlay and the volume table (``medseg.io.dicom.sc``); SR and SC are
 written into the case folder first. Idempotence, at two levels:
 
 * the delivery record (``medseg.pacs.state``): a series delivered with a model is skipped;
@@ -190,7 +190,7 @@ def _deliver(
     volumes = {name: result.volumes_ml[name] for name in seg.segment_labels}
     case_folder = seg.path.parent
     if ResultKind.SR in config.results:
-        from medseg.io.dicom_sr import write_volume_report
+        from medseg.io.dicom.sr import write_volume_report
 
         objects[ResultKind.SR] = write_volume_report(
             seg.path,
@@ -201,7 +201,7 @@ def _deliver(
             model_reference=result.model,
         )
     if ResultKind.SC in config.results:
-        from medseg.io.dicom_sc import write_overlay_capture
+        from medseg.io.dicom.sc import write_overlay_capture
 
         with _source_files(client, config, seg, incoming, sleep) as source_files:
             objects[ResultKind.SC] = write_overlay_capture(

@@ -5,7 +5,7 @@ name) with one child run per stage, including skipped stages (tagged ``skipped``
 that produced the reused outputs). Stages that train or batch-predict open their own child run.
 The tracking store is checked before the first stage (``TrackingUnavailableError``). A
 pipeline killed mid-run leaves its runs RUNNING and a run file in the work dir; the next
-pipeline run in that work dir first marks them FAILED (``medseg.tracking.mark_stale_runs``),
+pipeline run in that work dir first marks them FAILED (``medseg.tracking.stale.mark_stale_runs``),
 then an interrupted training stage resumes, reopening its run, which then ends FINISHED.
 
 A stage that fails stops the pipeline (later stages need its outputs); what earlier stages
@@ -33,7 +33,10 @@ from medseg.pipeline.records import (
 )
 from medseg.pipeline.spec import PipelineSpec, StageSpec, check_stage_inputs
 from medseg.pipeline.stages import PipelineError, StageContext, StageResult
-from medseg.tracking import RunTracker, mark_stale_runs, tracking_uri
+from medseg.progress import ProgressCallback
+from medseg.tracking.runs import RunTracker
+from medseg.tracking.stale import mark_stale_runs
+from medseg.tracking.store import tracking_uri
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ def run_pipeline(
     selection: RunSelection = RunSelection(),
     tracking: str | None = None,
     on_stage: StageEvent | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> PipelineReport:
     """Run ``spec``'s stages into ``work_dir`` (see the module docstring).
 

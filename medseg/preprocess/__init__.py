@@ -1,1 +1,1 @@
-"""Preprocess stage: fingerprint, plan, resample, normalize, crop, cache, sampling, weights."""
+"""Preprocess stage: fingerprint, plan, resample, normalize, crop, cache, border weights."""

@@ -26,7 +26,6 @@ from medseg import __version__
 from medseg.errors import MedsegError
 from medseg.io.atomic import atomic_path, write_json_atomic
 from medseg.preprocess.case import CaseProperties, PreprocessedCase
-from medseg.preprocess.sampling import SampleSource
 
 
 @dataclass(frozen=True)
@@ -104,18 +103,6 @@ class LoadedCase:
     weights: np.ndarray | None
     class_locations: dict[int, np.ndarray]
     properties: CaseProperties
-
-    def sample_source(self) -> SampleSource:
-        """The case as the training sampler reads it (needs a label)."""
-        if self.label is None:
-            raise MedsegError(f"{self.case_id}: an unlabelled case cannot be sampled for training")
-        return SampleSource(
-            case_id=self.case_id,
-            image=self.image,
-            label=self.label,
-            class_locations=self.class_locations,
-            weights=self.weights,
-        )
 
 
 def load_cache(cache_dir: Path, case_ids: list[str] | None = None) -> list[LoadedCase]:

@@ -9,7 +9,6 @@ statistics (mean, std, 0.5/50/99.5 percentiles, min, max) of the pooled samples.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from medseg.manifest import ManifestRecord, resolve
 from medseg.parallel import process_pool
 from medseg.phi import hash_identifier
 from medseg.preprocess.crop_normalize import crop, nonzero_box
+from medseg.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def fingerprint_dataset(
     samples: int = 10_000,
     seed: int = 0,
     workers: int = 1,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> DatasetFingerprint:
     """Fingerprint the labelled training cases of a manifest (train split if any, else all)."""
     labelled = [r for r in records if r.label is not None]
@@ -127,7 +127,7 @@ def fingerprint_dataset(
         for done, future in enumerate(futures, start=1):
             cases.append(future.result())
             if on_progress:
-                on_progress(done, len(futures))
+                on_progress("Fingerprinting", done, len(futures))
     pooled = np.concatenate([c.foreground_samples for c in cases]).astype(np.float64)
     if pooled.size == 0:
         raise MedsegError(f"{manifest_path}: no labelled voxels in any training case")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +23,7 @@ from medseg.preprocess.border_weights import border_weight_map
 from medseg.preprocess.cache import CachedCase
 from medseg.preprocess.case import preprocess_case
 from medseg.preprocess.plan import Plan
+from medseg.progress import ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def preprocess_manifest(
     data_root: Path | None = None,
     workers: int = 1,
     force: bool = False,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> PreprocessReport:
     """Preprocess every case of ``manifest_path`` into ``cache_dir``."""
     records = read_manifest(manifest_path)
@@ -89,14 +89,14 @@ def preprocess_manifest(
         for done, record in enumerate(records, start=1):
             report.outcomes.append(process_one(record, **jobs))
             if on_progress:
-                on_progress(done, len(records))
+                on_progress("Preprocessing", done, len(records))
     else:
         with process_pool(workers, preload=[__name__]) as pool:
             futures = [pool.submit(process_one, record, **jobs) for record in records]
             for done, future in enumerate(as_completed(futures), start=1):
                 report.outcomes.append(future.result())
                 if on_progress:
-                    on_progress(done, len(futures))
+                    on_progress("Preprocessing", done, len(futures))
     report.outcomes.sort(key=lambda o: o.case_id)
     write_json_atomic(
         cache_dir / "preprocess_report.json",

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medseg.errors import GeometryMismatchError, MedsegError
-from medseg.preprocess.sampling import IMAGE_PAD_VALUE, LABEL_PAD_VALUE, WEIGHTS_PAD_VALUE
+from medseg.train.sampling import IMAGE_PAD_VALUE, LABEL_PAD_VALUE, WEIGHTS_PAD_VALUE
 
 __all__ = [
     "IMAGE_PAD_VALUE",

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from medseg.lifeline import tie_to_parent
 from medseg.preprocess.cache import load_cache
-from medseg.preprocess.sampling import BatchSampler, SampleSource
+from medseg.train.sampling import BatchSampler, SampleSource
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class CacheBatches(IterableDataset):
     def _sources(self) -> list[SampleSource]:
         sources = []
         for case in load_cache(self.cache_dir, self.case_ids):
-            source = case.sample_source()
+            source = SampleSource.from_cached_case(case)
             if not self.spec.with_weights:
                 source.weights = None
             sources.append(source)

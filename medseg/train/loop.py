@@ -21,7 +21,6 @@ import hashlib
 import logging
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ from medseg.models import build_network, network_arguments
 from medseg.models.pretrained import load_encoder_weights
 from medseg.preprocess.cache import load_cache
 from medseg.preprocess.plan import Plan
+from medseg.progress import ProgressCallback
 from medseg.train.augment import Augmenter
 from medseg.train.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from medseg.train.config import TrainConfig
@@ -52,7 +52,7 @@ from medseg.train.distributed import (
     setup_distributed,
     teardown_distributed,
 )
-from medseg.train.reporting import TrainingReporter
+from medseg.train.reporting import TrainedNetwork, TrainingReporter
 from medseg.train.validation import ValidationResult, validate
 
 logger = logging.getLogger(__name__)
@@ -196,6 +196,15 @@ class _Job:
         self.mirror_axes = config.augmentation.mirror_axes
         self.total_steps = config.epochs * config.steps_per_epoch
 
+    def trained_network(self) -> TrainedNetwork:
+        """The network and what rebuilds it, for packaging the model."""
+        return TrainedNetwork(
+            network=self.network,
+            arguments=self.network_arguments,
+            patch_size=self.configuration.patch_size,
+            mirror_axes=self.mirror_axes,
+        )
+
     def model(self) -> nn.Module:
         if self.context.distributed:
             ids = [self.context.device.index] if self.context.device.type == "cuda" else None
@@ -282,7 +291,7 @@ def train(
     resume: bool = False,
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: ProgressCallback | None = None,
 ) -> TrainResult:
     """Train one network as configured; see the module docstring for what is written where.
 
@@ -335,7 +344,10 @@ def train(
                     job.save("best.pt", state, history)
             barrier(context)
             version = reporter.finish(
-                job=job, best_checkpoint=best, history=history, stopped_by=stopped_by
+                trained=job.trained_network(),
+                best_checkpoint=best,
+                history=history,
+                stopped_by=stopped_by,
             )
         except BaseException:
             reporter.close(failed=True)
@@ -358,7 +370,7 @@ def _run_epochs(
     state: TrainingState,
     history: list[dict],
     reporter: TrainingReporter,
-    on_progress: Callable[[int, int], None] | None,
+    on_progress: ProgressCallback | None,
 ) -> str:
     # Stop signals are held while training and acted on between steps (see the module doc).
     with shutdown.deferred():
@@ -370,7 +382,7 @@ def _train_epochs(
     state: TrainingState,
     history: list[dict],
     reporter: TrainingReporter,
-    on_progress: Callable[[int, int], None] | None,
+    on_progress: ProgressCallback | None,
 ) -> str:
     config, context = job.config, job.context
     model = job.model().train()
@@ -393,7 +405,7 @@ def _train_epochs(
             state.step += 1
             state.elapsed_seconds = elapsed_before + time.monotonic() - session_start
             if on_progress:
-                on_progress(state.step, job.total_steps)
+                on_progress("Training", state.step, job.total_steps)
             saved = context.is_main and state.step % config.checkpoint_every_steps == 0
             if saved:
                 job.save("last.pt", state, history)

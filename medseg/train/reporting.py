@@ -8,12 +8,14 @@ are the medseg version, the git commit and the manifest's SHA-256.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from torch import nn
 
 from medseg.io.atomic import atomic_path, write_json_atomic
 from medseg.manifest import sha256_file
@@ -22,10 +24,25 @@ from medseg.preprocess.plan import Plan
 from medseg.train.config import TrainConfig
 from medseg.train.validation import ValidationResult
 
-if TYPE_CHECKING:
-    from medseg.train.loop import _Job
-
 MODEL_FACTORY = "medseg.models:build_network"
+
+
+@dataclass(frozen=True)
+class TrainedNetwork:
+    """What packaging the trained model needs from the training job.
+
+    Args:
+        network: the bare network (not wrapped for DDP); the best weights are loaded into it.
+        arguments: the keyword arguments of ``MODEL_FACTORY`` that rebuild it.
+        patch_size: the spatial patch size it was trained on (shapes the input example).
+        mirror_axes: the axes training mirrored (None: all), the only ones test-time mirroring
+            may flip.
+    """
+
+    network: nn.Module
+    arguments: dict[str, Any]
+    patch_size: Sequence[int]
+    mirror_axes: Sequence[int] | None
 
 
 @dataclass
@@ -57,7 +74,8 @@ class TrainingReporter:
         """
         if not enabled:
             return cls(None, plan, config, run_dir)
-        from medseg.tracking import RunTracker, mark_stale_runs
+        from medseg.tracking.runs import RunTracker
+        from medseg.tracking.stale import mark_stale_runs
 
         mark_stale_runs(run_dir, tracking_uri)
         tracker = RunTracker(tracking_uri=tracking_uri, home=run_dir, role="train")
@@ -104,7 +122,7 @@ class TrainingReporter:
         return metrics
 
     def log_epoch(self, record: dict[str, float]) -> None:
-        """Metrics of one epoch, and the curves so far as a PNG."""
+        """Metrics of one epoch (NaN values left out); ``finish`` logs the curves, once."""
         if self.tracker is None:
             return
         finite = {k: v for k, v in record.items() if k != "epoch" and not _nan(v)}
@@ -118,12 +136,18 @@ class TrainingReporter:
             self.tracker.log_artifact(path, artifact_path=f"validation/{path.parent.name}")
 
     def finish(
-        self, *, job: _Job, best_checkpoint: Path, history: list[dict], stopped_by: str
+        self,
+        *,
+        trained: TrainedNetwork,
+        best_checkpoint: Path,
+        history: list[dict],
+        stopped_by: str,
     ) -> str | None:
         """Log curves, history and the best model; register it when a name is configured."""
         if self.tracker is None:
             return None
-        from medseg.tracking import log_segmentation_model, register_and_promote
+        from medseg.tracking.packaging import log_segmentation_model
+        from medseg.tracking.registry import register_and_promote
         from medseg.train.checkpoint import load_checkpoint
 
         curves = save_curves(self.run_dir / "curves.png", history)
@@ -131,18 +155,18 @@ class TrainingReporter:
         write_json_atomic(self.run_dir / "history.json", history)
         self.tracker.log_artifact(self.run_dir / "history.json")
         self.tracker.set_tags({"stopped_by": stopped_by})
-        load_checkpoint(best_checkpoint, network=job.network)
-        job.network.eval()
-        patch = job.configuration.patch_size
-        example = np.zeros((1, job.network_arguments["in_channels"], *patch), np.float32)
+        load_checkpoint(best_checkpoint, network=trained.network)
+        trained.network.eval()
+        channels = trained.arguments["in_channels"]
+        example = np.zeros((1, channels, *trained.patch_size), np.float32)
         info = log_segmentation_model(
-            job.network.cpu(),
+            trained.network.cpu(),
             factory=MODEL_FACTORY,
-            factory_kwargs=job.network_arguments,
+            factory_kwargs=trained.arguments,
             plan=self.plan.model_dump(mode="json")
             | {
                 "train_configuration": self.config.configuration,
-                "mirror_axes": job.mirror_axes,
+                "mirror_axes": trained.mirror_axes,
             },
             labels=self.plan.label_names,
             input_example=example,

@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.metrics import confusion_matrix, dice_from_confusion, mean_foreground
+from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion, mean_foreground
+from medseg.infer.sliding_window import predict_probabilities
 from medseg.overlays import save_overlay
 from medseg.preprocess.cache import LoadedCase
-from medseg.sliding_window import predict_probabilities
 
 
 @dataclass

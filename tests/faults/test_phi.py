@@ -28,7 +28,7 @@ import pytest
 from medseg.ingest.discovery import discover_scans
 from medseg.io.nifti import write_nifti
 from medseg.preprocess.plan import Plan
-from medseg.tracking import RunTracker
+from medseg.tracking.runs import RunTracker
 from tests.faults.commands import model_options
 from tests.faults.conftest import PhantomPlan
 from tests.faults.inputs import write_phantom_with

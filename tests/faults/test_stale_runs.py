@@ -21,8 +21,8 @@ from mlflow import MlflowClient
 
 from medseg.batch.runner import BatchSettings, run_batch
 from medseg.pipeline.records import load_record
-from medseg.run_ownership import RUNS_FOLDER, ProcessIdentity
-from medseg.tracking import STALE_REASON, TAG_RESUMED, TAG_STALE
+from medseg.tracking.ownership import RUNS_FOLDER, ProcessIdentity
+from medseg.tracking.tags import STALE_REASON, TAG_RESUMED, TAG_STALE
 from tests.mlflow_server import running_mlflow_server
 from tests.phantoms import write_phantom_nifti
 from tests.tiny_dataset import TinyDataset, tiny_config
@@ -49,7 +49,7 @@ TRAIN = tiny_config(  # a checkpoint every step: a kill after step 2 lands mid-t
 LIVE_RUN = """
 import sys, time
 from pathlib import Path
-from medseg.tracking import RunTracker
+from medseg.tracking.runs import RunTracker
 
 tracker = RunTracker(sys.argv[1], home=Path(sys.argv[2]), role="other")
 tracker.start(experiment=sys.argv[3], run_name="live", tags={})

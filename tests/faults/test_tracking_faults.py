@@ -116,7 +116,7 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_the_store_check_names_the_problem_within_seconds(unreachable: tuple[str, str]) -> None:
-    from medseg.tracking_store import TrackingUnavailableError, check_tracking_store
+    from medseg.tracking.store import TrackingUnavailableError, check_tracking_store
 
     uri, problem = unreachable
     started = time.monotonic()
@@ -129,7 +129,7 @@ def test_the_store_check_names_the_problem_within_seconds(unreachable: tuple[str
 
 
 def test_a_database_store_that_refuses_is_named() -> None:
-    from medseg.tracking_store import store_problem
+    from medseg.tracking.store import store_problem
 
     port = _closed_port()
     assert store_problem(f"postgresql+psycopg2://medseg:secret@127.0.0.1:{port}/mlflow") == (
@@ -235,7 +235,7 @@ def test_evaluate_logs_into_a_run_and_keeps_its_status(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     from medseg.evaluate.report import log_to_run
-    from medseg.tracking import RunTracker
+    from medseg.tracking.runs import RunTracker
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = RunTracker(uri).start(experiment="evaluate", run_name="train", tags={})

@@ -13,8 +13,8 @@ from torch import nn
 
 from medseg.errors import MedsegError
 from medseg.infer.backends import Backend, export_onnx, make_predictor
+from medseg.infer.sliding_window import sliding_window_predict
 from medseg.models import build_network
-from medseg.sliding_window import sliding_window_predict
 from tests.phantoms import small_phantom
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from medseg.infer.postprocess import keep_largest_component
 from medseg.infer.predictor import load_packaged_model
 from medseg.infer.stage import predict_path
 from medseg.io.nifti import read_nifti
-from medseg.tracking import RunTracker
+from medseg.tracking.runs import RunTracker
 from tests.packaged_model import build_packaged_model
 from tests.phantoms import small_phantom, write_phantom_dicom, write_phantom_nifti
 from tests.tiny_dataset import TinyDataset

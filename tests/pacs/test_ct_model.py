@@ -11,12 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import load_packaged_model
 from medseg.infer.stage import predict_path
 from medseg.io.dicom import read_dicom_series
 from medseg.io.nifti import read_nifti
-from medseg.metrics import confusion_matrix, dice_from_confusion
 from tests.pacs.ct_model import (
     TrainingScan,
     copy_with_new_uids,

@@ -15,7 +15,7 @@ import pydicom
 import pytest
 
 from medseg.errors import PacsRefusedError, PacsUnavailableError
-from medseg.io.dicom_seg import write_dicom_seg
+from medseg.io.dicom.seg import write_dicom_seg
 from medseg.pacs.config import DicomwebSettings
 from medseg.pacs.dicomweb import DicomwebClient
 from tests.orthanc_server import OrthancServer

@@ -16,7 +16,7 @@ from medseg.cli import app
 from medseg.datasets import import_dataset
 from medseg.preprocess.cache import load_cache
 from medseg.preprocess.plan import Plan
-from medseg.preprocess.sampling import BatchSampler
+from medseg.train.sampling import BatchSampler, SampleSource
 from tests.phantoms import write_phantom_dataset
 
 SEEDS = (1, 3, 4, 6, 8)
@@ -97,7 +97,7 @@ def test_cache_is_memory_mapped_and_feeds_the_sampler(small_dataset: Path, tmp_p
     plan = Plan.load(plan_file)
     config = plan.configurations["3d"]
     sampler = BatchSampler(
-        [c.sample_source() for c in cases],
+        [SampleSource.from_cached_case(c) for c in cases],
         patch_size=tuple(config.patch_size),
         batch_size=config.batch_size,
         foreground_fraction=plan.foreground_fraction,

@@ -16,7 +16,7 @@ from medseg.errors import MedsegError
 from medseg.manifest import read_manifest
 from medseg.models import build_network
 from medseg.preprocess.cache import LoadedCase, load_cache
-from medseg.tracking import load_segmentation_model
+from medseg.tracking.packaging import load_segmentation_model
 from medseg.train.checkpoint import TrainingState, load_checkpoint
 from medseg.train.loop import poly_learning_rate, train, training_progress
 from medseg.train.validation import validate

@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from medseg.errors import MedsegError
+from medseg.progress import ProgressCallback
 
 if TYPE_CHECKING:
-    from medseg.tracking import RunTracker
-
-ProgressCallback = Callable[[str, int, int], None]
+    from medseg.tracking.runs import RunTracker
 
 
 class PipelineError(MedsegError):

@@ -22,13 +22,6 @@ from medseg.pipeline.stages.base import (
     no_inputs,
 )
 
-
-def _progress(ctx: StageContext, phase: str):
-    if ctx.on_progress is None:
-        return None
-    return lambda done, total: ctx.on_progress(phase, done, total)
-
-
 # --- ingest ------------------------------------------------------------------------------------
 
 
@@ -232,7 +225,7 @@ def _preprocess(ctx: StageContext, options: PreprocessStageOptions, run: Any) ->
         cache_dir=ctx.folder / "cache",
         data_root=ctx.provided.get("manifest_data_root"),
         workers=options.workers,
-        on_progress=_progress(ctx, "Preprocessing"),
+        on_progress=ctx.on_progress,
     )
     failed = report.with_status(CaseStatus.FAILED)
     return StageResult(

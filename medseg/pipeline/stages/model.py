@@ -64,9 +64,7 @@ def _train(ctx: StageContext, options: TrainStageOptions, run: Any) -> StageResu
         resume=resume,
         tracking_uri=ctx.tracking_uri,
         parent_run_id=ctx.parent_run_id,
-        on_progress=(lambda step, total: ctx.on_progress("Training", step, total))
-        if ctx.on_progress
-        else None,
+        on_progress=ctx.on_progress,
     )
     return StageResult(
         provides={
@@ -89,14 +87,15 @@ class RegisterOptions(StageOptions):
     """Options of ``stage: register``: the registered model's name.
 
     Every registered version gets the alias ``candidate``; ``champion`` moves to it only when
-    its validation Dice beats the current champion's (``medseg.tracking.register_and_promote``).
+    its validation Dice beats the current champion's
+    (``medseg.tracking.registry.register_and_promote``).
     """
 
     model_name: str
 
 
 def _register(ctx: StageContext, options: RegisterOptions, run: Any) -> StageResult:
-    from medseg.tracking import register_and_promote, register_run_model
+    from medseg.tracking.registry import register_and_promote, register_run_model
 
     version = register_run_model(
         ctx.need("train_run_id"), name=options.model_name, tracking_uri=ctx.tracking_uri

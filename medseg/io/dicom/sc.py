@@ -30,7 +30,7 @@ Decisions:
   reference, then the full Patient and Study modules copied from it, as the SR does.
   ConversionType WSD (workstation); PatientOrientation from the slice's orientation, since the
   slice is drawn unrotated; no PixelSpacing, because the picture is rescaled.
-* Identity and time are deterministic as for the SR (``medseg.io.dicom_sr``): UIDs from the
+* Identity and time are deterministic as for the SR (``medseg.io.dicom.sr``): UIDs from the
   SEG's SOPInstanceUID and ``"sc"``, timestamps from the SEG's content time, so the same SEG
   gives the same bytes and a PACS files a re-sent capture once. Series number: SEG's + 2.
 """
@@ -58,12 +58,11 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from medseg import __version__
 from medseg.errors import DicomFileError, MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_seg import MANUFACTURER, _highdicom_quiet
-from medseg.io.dicom_sr import (
+from medseg.io.dicom.seg import MANUFACTURER, _highdicom_quiet, derived_series_number
+from medseg.io.dicom.sr import (
     SegmentVolume,
     content_time_arguments,
     content_timestamp,
-    derived_series_number,
     derived_uid,
     fix_provenance,
     match_volumes,

@@ -1,5 +1,5 @@
-"""The up-front tracking store check (``medseg.tracking_store``) and the run files of
-``medseg.run_ownership``: real sockets, a real HTTP server, real folders."""
+"""The up-front tracking store check (``medseg.tracking.store``) and the run files of
+``medseg.tracking.ownership``: real sockets, a real HTTP server, real folders."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from medseg.run_ownership import RUNS_FOLDER, record_run, recorded_runs
-from medseg.tracking_store import bounded_http_retries, display_uri, store_problem
+from medseg.tracking.ownership import RUNS_FOLDER, record_run, recorded_runs
+from medseg.tracking.store import bounded_http_retries, display_uri, store_problem
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pydicom.uid import EnhancedCTImageStorage, SegmentationStorage
 from medseg.demo.dicom_writer import FAKE_PHI, TransferSyntax, write_dicom_series
 from medseg.errors import GeometryMismatchError
 from medseg.io.dicom import read_dicom_series
-from medseg.io.dicom_seg import (
+from medseg.io.dicom.seg import (
     DicomSegSourceError,
     SegmentationLabelError,
     UnsupportedDicomSourceError,

@@ -1,4 +1,4 @@
-"""Tests of patch/slice sampling with foreground oversampling (medseg.preprocess.sampling)."""
+"""Tests of patch/slice sampling with foreground oversampling (medseg.train.sampling)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medseg.errors import GeometryMismatchError
-from medseg.preprocess.sampling import (
+from medseg.train.sampling import (
     IMAGE_PAD_VALUE,
     LABEL_PAD_VALUE,
     WEIGHTS_PAD_VALUE,

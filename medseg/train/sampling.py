@@ -37,10 +37,14 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medseg.errors import GeometryMismatchError, MedsegError
+
+if TYPE_CHECKING:
+    from medseg.preprocess.cache import LoadedCase
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +123,23 @@ class SampleSource:
                 )
             present.append(int(value))
         self.foreground_classes = tuple(sorted(present))
+
+    @classmethod
+    def from_cached_case(cls, case: LoadedCase) -> SampleSource:
+        """A case of the preprocessing cache as the sampler reads it (needs a label).
+
+        Raises:
+            MedsegError: the case has no label.
+        """
+        if case.label is None:
+            raise MedsegError(f"{case.case_id}: an unlabelled case cannot be sampled for training")
+        return cls(
+            case_id=case.case_id,
+            image=case.image,
+            label=case.label,
+            class_locations=case.class_locations,
+            weights=case.weights,
+        )
 
     @property
     def shape(self) -> Triple:

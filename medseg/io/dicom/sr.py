@@ -55,12 +55,12 @@ from pydicom.valuerep import DA, TM
 
 from medseg.errors import DicomFileError, MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_seg import (
+from medseg.io.dicom.seg import (
     MANUFACTURER,
-    MAX_SERIES_NUMBER,
     SegmentationLabelError,
     _check_text,
     _highdicom_quiet,
+    derived_series_number,
 )
 
 logger = logging.getLogger(__name__)
@@ -255,17 +255,6 @@ def match_volumes(seg: Dataset, volumes_ml: Mapping[str, float]) -> list[Segment
 def derived_uid(seg: Dataset, product: str, part: str) -> UID:
     """A UID that depends only on the SEG's SOPInstanceUID, the product and the part."""
     return generate_uid(entropy_srcs=[str(seg.SOPInstanceUID), product, part])
-
-
-def derived_series_number(seg: Dataset, offset: int) -> int:
-    """SEG SeriesNumber + ``offset``, or ``offset`` when that leaves the IS range."""
-    try:
-        number = int(seg.get("SeriesNumber") or 0)
-    except (TypeError, ValueError):
-        number = 0
-    if not 0 <= number <= MAX_SERIES_NUMBER - offset:
-        number = 0
-    return number + offset
 
 
 def content_timestamp(seg: Dataset) -> tuple[str, str] | None:

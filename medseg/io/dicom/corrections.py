@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from medseg.io.dicom_geometry import SliceLayout, StackGeometry
+from medseg.io.dicom.geometry import SliceLayout, StackGeometry
 
 
 def correct_tilt(

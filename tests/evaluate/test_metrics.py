@@ -11,13 +11,13 @@ import torch
 from monai.metrics import compute_dice, compute_iou
 from monai.networks.utils import one_hot
 
-from medseg.io.nifti import read_nifti
-from medseg.metrics import (
+from medseg.evaluate.metrics import (
     confusion_matrix,
     dice_from_confusion,
     iou_from_confusion,
     mean_foreground,
 )
+from medseg.io.nifti import read_nifti
 from tests.phantoms import small_phantom
 
 

@@ -3,7 +3,7 @@
 ``scan_dicom_files`` reads headers and groups image frames by SeriesInstanceUID, splitting a
 series whose frames disagree in orientation, pixel size, matrix, image type, echo or temporal
 position. ``load_series`` sorts the frames along the slice normal, validates the spacing
-(see ``medseg.io.dicom_geometry`` for the rules), decodes the pixels, applies the modality LUT
+(see ``medseg.io.dicom.geometry`` for the rules), decodes the pixels, applies the modality LUT
 and returns a volume in the closest-to-RAS voxel order of ``medseg.volume``.
 """
 
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import DicomSeriesError, InputFileError
-from medseg.io.dicom_corrections import correct_tilt, equalize_slices
-from medseg.io.dicom_geometry import affine_lps_to_ras, measure_stack, plan_slice_layout
-from medseg.io.dicom_pixels import apply_modality_lut, decode_stored_values, default_workers
-from medseg.io.dicom_scan import DicomFileHeader, FrameRecord, SkippedFile, read_header
+from medseg.io.dicom.corrections import correct_tilt, equalize_slices
+from medseg.io.dicom.geometry import affine_lps_to_ras, measure_stack, plan_slice_layout
+from medseg.io.dicom.pixels import apply_modality_lut, decode_stored_values, default_workers
+from medseg.io.dicom.scan import DicomFileHeader, FrameRecord, SkippedFile, read_header
 from medseg.parallel import process_pool
 from medseg.phi import hash_identifier
 from medseg.volume import Volume

@@ -6,7 +6,7 @@ A process that opens a run records itself twice: as run tags (``medseg.owner.hos
 is reopened to resume it) and as a run file ``<folder>/.medseg-runs/<run id>.json`` in the
 folder the command works in (the pipeline's work dir, the training run dir, the batch's
 OUT), removed when the run ends. A SIGKILL leaves the file behind; the next command in that
-folder reads it and marks the run FAILED if its owner is gone (``medseg.tracking``).
+folder reads it and marks the run FAILED if its owner is gone (``medseg.tracking.stale``).
 
 "Gone" is decided only where it can be decided: same host name, same kernel boot and same
 PID namespace, and no process with that PID and start time (a zombie counts as gone). A run

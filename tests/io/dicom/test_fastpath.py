@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from medseg.demo.dicom_writer import TransferSyntax
-from medseg.io.dicom_fastpath import Codec, pixel_data_layout, read_pixels
-from medseg.io.dicom_scan import DEFER_BYTES
+from medseg.io.dicom.fastpath import Codec, pixel_data_layout, read_pixels
+from medseg.io.dicom.scan import DEFER_BYTES
 from tests.phantoms import write_phantom_dicom
 
 FILES = "pydicom_test_files/src/pydicom/data/test_files"

@@ -23,8 +23,8 @@ from pydicom.pixels import get_decoder
 from pydicom.uid import UID
 
 from medseg.errors import DicomFileError
-from medseg.io.dicom_fastpath import PixelDataLayout, read_pixels
-from medseg.io.dicom_scan import FrameRecord
+from medseg.io.dicom.fastpath import PixelDataLayout, read_pixels
+from medseg.io.dicom.scan import FrameRecord
 from medseg.parallel import process_pool
 
 PARALLEL_MIN_FILES = 8

@@ -21,22 +21,23 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from medseg import __version__
-from medseg.tracking import (
+from medseg.tracking.client import TrackingError
+from medseg.tracking.packaging import load_segmentation_model, log_segmentation_model
+from medseg.tracking.registry import (
+    Alias,
+    PromotionResult,
+    pin_model_uri,
+    register_and_promote,
+    register_run_model,
+)
+from medseg.tracking.runs import RunTracker
+from medseg.tracking.store import tracking_uri
+from medseg.tracking.tags import (
     TAG_GIT_COMMIT,
     TAG_MANIFEST_SHA256,
     TAG_MEDSEG_VERSION,
-    Alias,
-    PromotionResult,
-    RunTracker,
-    TrackingError,
     flatten_params,
-    load_segmentation_model,
-    log_segmentation_model,
-    pin_model_uri,
     refuse_file_paths,
-    register_and_promote,
-    register_run_model,
-    tracking_uri,
 )
 from tests.mlflow_server import mlflow_server  # noqa: F401
 from tests.tiny_network import TinyNet, build

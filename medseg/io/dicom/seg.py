@@ -58,7 +58,7 @@ from pydicom.uid import (
 
 from medseg.errors import DicomFileError, GeometryMismatchError, LocatedError, MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom_geometry import TILT_TOLERANCE_PX
+from medseg.io.dicom.geometry import TILT_TOLERANCE_PX
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def write_dicom_seg(
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=hd.UID(),
-            series_number=_seg_series_number(first),
+            series_number=derived_series_number(first, SEG_SERIES_NUMBER_OFFSET),
             sop_instance_uid=hd.UID(),
             instance_number=1,
             manufacturer=MANUFACTURER,
@@ -528,12 +528,16 @@ def _check_coverage(labels: Volume, placements: list[_ImagePlacement]) -> None:
         )
 
 
-def _seg_series_number(source: Dataset) -> int:
-    """Source SeriesNumber + ``SEG_SERIES_NUMBER_OFFSET``: lists next to it without clashing."""
+def derived_series_number(source: Dataset, offset: int) -> int:
+    """The SeriesNumber of ``source`` + ``offset``, or ``offset`` when that leaves the IS range.
+
+    A derived series (the SEG of an image series, the SR and capture of a SEG) then lists
+    next to its source without clashing.
+    """
     try:
         number = int(source.get("SeriesNumber") or 0)
     except (TypeError, ValueError):
         number = 0
-    if not 0 <= number <= MAX_SERIES_NUMBER - SEG_SERIES_NUMBER_OFFSET:
+    if not 0 <= number <= MAX_SERIES_NUMBER - offset:
         number = 0
-    return number + SEG_SERIES_NUMBER_OFFSET
+    return number + offset

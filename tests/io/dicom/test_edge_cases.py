@@ -29,7 +29,7 @@ from medseg.errors import (
 )
 from medseg.io.dicom import load_series, read_dicom_series, scan_dicom_files
 from medseg.volume import Volume
-from tests.io.dicom_cases import reference_in_ras
+from tests.io.dicom.cases import reference_in_ras
 from tests.phantoms import small_phantom, stamp_dicom, write_phantom_dicom, write_secondary_capture
 
 FAILING = "dicom2nifti_tests/tests/data/failing"

@@ -18,13 +18,13 @@ from torch import nn
 
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import PackagedModel, predict_scan
-from medseg.preprocess.plan import Plan
-from medseg.sliding_window import (
+from medseg.infer.sliding_window import (
     gaussian_importance,
     predict_probabilities,
     sliding_window_predict,
     window_starts,
 )
+from medseg.preprocess.plan import Plan
 from tests.phantom_plan import plan_phantoms
 from tests.phantoms import small_phantom
 

@@ -21,10 +21,10 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from medseg.errors import DicomFileError, UnreadableInputError
-from medseg.io.dicom_fastpath import PixelDataLayout, pixel_data_layout
-from medseg.io.dicom_geometry import orthonormal_orientation
-from medseg.io.dicom_metadata import series_metadata
-from medseg.io.dicom_mosaic import mosaic_records
+from medseg.io.dicom.fastpath import PixelDataLayout, pixel_data_layout
+from medseg.io.dicom.geometry import orthonormal_orientation
+from medseg.io.dicom.metadata import series_metadata
+from medseg.io.dicom.mosaic import mosaic_records
 
 DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 VOLUME_SOP_CLASSES = {

@@ -94,7 +94,7 @@ def require_tracking_store(explicit: str | None = None, *, write: bool = True) -
     """``tracking_uri(explicit)``, checked usable now: for commands to call before their work.
 
     Raises:
-        TrackingUnavailableError: see ``medseg.tracking_store.check_tracking_store``.
+        TrackingUnavailableError: see ``check_tracking_store``.
     """
     uri = tracking_uri(explicit)
     check_tracking_store(uri, write=write)

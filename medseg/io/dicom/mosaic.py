@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from medseg.errors import DicomFileError
-from medseg.io.dicom_geometry import slice_normal
+from medseg.io.dicom.geometry import slice_normal
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # nibabel.nicom announces itself as experimental

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from medseg.io.dicom import read_dicom_series
-from tests.io.dicom_cases import assert_matches_reference, reference_in_ras, single_file_folder
+from tests.io.dicom.cases import assert_matches_reference, reference_in_ras, single_file_folder
 
 DICOM2NIFTI = "dicom2nifti_tests/tests/data"
 DICOM2NIFTI_CASES = [
