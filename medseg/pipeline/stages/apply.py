@@ -14,11 +14,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from medseg.errors import UnknownFormatError
 from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
-from medseg.io.formats import format_for_path, output_name
+from medseg.io.formats import format_for_path, format_named, is_volume_path, output_name
 from medseg.pipeline.stages.base import (
     PipelineError,
     StageContext,
@@ -75,16 +76,26 @@ def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) ->
 class PredictStageOptions(_FolderOrSplit, PredictionOptions):
     """Options of ``stage: predict``: the prediction options (``PredictionOptions``: overlap,
     batch_size, mirror, keep_largest, crf, backend, precision, non_finite), where the scans are,
-    and ``model``, which overrides the model of the register stage."""
+    ``model``, which overrides the model of the register stage, and the label maps'
+    ``output_format`` (``nifti``, ``nrrd``, ``mha``: as ``batch --output-format``)."""
 
     input: str | None = None
     model: str | None = None
     case_ids: CaseIdScheme = CaseIdScheme.HASH
     dicom_seg: bool = True
+    output_format: str = "nifti"
     workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
     def _folder(self) -> str | None:
         return self.input
+
+    @field_validator("output_format")
+    @classmethod
+    def _registered_format(cls, name: str) -> str:
+        try:
+            return format_named(name).name
+        except UnknownFormatError as error:
+            raise ValueError(str(error)) from error
 
     def prediction(self) -> PredictionOptions:
         """The prediction options alone."""
@@ -119,6 +130,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
         options=options.prediction(),
         case_ids=case_ids,
         dicom_seg=options.dicom_seg,
+        output_format=options.output_format,
         tracking_uri=ctx.tracking_uri,
         experiment=ctx.experiment,
     )
@@ -155,7 +167,7 @@ class EvaluateStageOptions(_FolderOrSplit):
     """Options of ``stage: evaluate``: references and (optional) scans for the pictures."""
 
     references: str | None = None
-    images: str | None = None  # folder of <case_id>.nii.gz scans (default: predict's scans)
+    images: str | None = None  # folder of <case_id>.nii.gz (.nrrd...) scans (default: predict's)
     tolerance_mm: float = Field(1.0, gt=0)
 
     def _folder(self) -> str | None:
@@ -185,7 +197,7 @@ def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> Sta
     pairing = pair_label_maps(ctx.need("predictions"), references)
     names = read_label_names(ctx.need("manifest"))
     report = evaluate_pairing(pairing, label_names=names, tolerance_mm=options.tolerance_mm)
-    images = ctx.data(options.images) if options.images else _nifti_scans(ctx)
+    images = ctx.data(options.images) if options.images else _case_scans(ctx)
     paths = write_reports(report, pairing, out_dir=ctx.folder / "report", images=images)
     result = summary(report)
     if run is not None:
@@ -206,10 +218,13 @@ def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> Sta
     )
 
 
-def _nifti_scans(ctx: StageContext) -> Path | None:
-    """The scans predict read, when they are NIfTI files named after the cases."""
+def _case_scans(ctx: StageContext) -> Path | None:
+    """The scans predict read, when they are volume files (NIfTI, NRRD...) named after the
+    cases."""
     scans = ctx.provided.get("scans")
-    if scans is None or not any(Path(scans).glob("*.nii*")):
+    if scans is None or not Path(scans).is_dir():
+        return None
+    if not any(is_volume_path(path) for path in Path(scans).iterdir()):
         return None
     return Path(scans)
 
