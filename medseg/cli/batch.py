@@ -38,7 +38,9 @@ if TYPE_CHECKING:
 
 def batch(
     scans_root: Path | None = typer.Argument(
-        None, exists=True, help="Tree of DICOM series and NIfTI (not with --from-pacs)."
+        None,
+        exists=True,
+        help="Tree of DICOM series and NIfTI, NRRD or MetaImage files (not with --from-pacs).",
     ),
     model: str = MODEL,
     out: Path = typer.Option(
