@@ -56,7 +56,7 @@ from medseg.manifest import (
     label_values,
     manifest_relative_path,
     manifest_spacing,
-    sha256_file,
+    volume_sha256,
     with_splits,
     write_label_names,
     write_manifest,
@@ -337,12 +337,12 @@ def _import_case(case: _Case, settings: _ImportSettings) -> ManifestRecord:
         extra["label_values"] = _checked_label_values(
             image, label, label_name=_inside(case.label, dataset_dir), named=settings.named_labels
         )
-        label_file, label_sha256 = _stored_path(case.label, settings), sha256_file(case.label)
+        label_file, label_sha256 = _stored_path(case.label, settings), volume_sha256(case.label)
     return ManifestRecord(
         case_id=case.case_id,
         image=_stored_path(image_path, settings),
         label=label_file,
-        sha256=sha256_file(image_path),
+        sha256=volume_sha256(image_path),
         label_sha256=label_sha256,
         modality=settings.modality,
         shape=list(image.shape),

@@ -22,7 +22,10 @@ Other rules:
 
 * Records are written sorted by ``case_id``, one compact JSON object per line; case ids are
   unique. Every field except ``extra`` is required (``null`` where allowed).
-* ``sha256``/``label_sha256`` are SHA-256 hex digests of the files' bytes.
+* ``sha256``/``label_sha256`` are SHA-256 hex digests of the files' bytes
+  (``volume_sha256``); for a detached header (``.nhdr``, ``.mhd``) naming a data file, the
+  digest covers the data file(s) too: SHA-256 of the header's and the data files' digests, so a
+  changed ``.raw`` changes it.
 * ``shape`` is the image's array shape; ``spacing`` the voxel size in mm along i, j, k (column
   norms of the affine, rounded to 1e-6 mm).
 * ``source`` is ``medseg.phi.hash_identifier`` of where the case came from, never a raw path.
@@ -52,6 +55,7 @@ import numpy as np
 
 from medseg.errors import ManifestError
 from medseg.io.atomic import write_text_atomic
+from medseg.io.formats import data_files
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -236,6 +240,25 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     """SHA-256 hex digest of a file's bytes, read in chunks."""
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+def volume_sha256(path: str | os.PathLike[str]) -> str:
+    """The checksum a manifest records for a scan or label map file.
+
+    The file's ``sha256_file``, except for a detached header (``.nhdr``, ``.mhd``) that names
+    data files: then SHA-256 over the 32-byte digests of the header and of each data file, in
+    the header's order.
+
+    Raises:
+        OSError: the file or one of its data files cannot be read (e.g. it is missing).
+    """
+    parts = data_files(path)
+    if not parts:
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for part in (Path(path), *parts):
+        digest.update(bytes.fromhex(sha256_file(part)))
+    return digest.hexdigest()
 
 
 def _base_folder(manifest_path: str | os.PathLike[str], data_root: Path | None) -> Path:

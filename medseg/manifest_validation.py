@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputFileError
-from medseg.io.formats import read_volume
+from medseg.io.formats import data_files, read_volume
 from medseg.manifest import (
     SPACING_ATOL_MM,
     CaseProblem,
@@ -25,7 +25,7 @@ from medseg.manifest import (
     manifest_spacing,
     read_manifest,
     resolve,
-    sha256_file,
+    volume_sha256,
 )
 from medseg.volume import Volume
 
@@ -60,7 +60,12 @@ def _check_file(
     if not path.is_file():
         problems.append(CaseProblem(case_id, ProblemKind.MISSING_FILE, f"{path}: file not found"))
         return None
-    actual = sha256_file(path)
+    for data in data_files(path):  # of a detached header
+        if not data.is_file():
+            detail = f"{path}: its data file {data} is not found"
+            problems.append(CaseProblem(case_id, ProblemKind.MISSING_FILE, detail))
+            return None
+    actual = volume_sha256(path)
     if actual != expected_sha256:
         detail = f"{path}: sha256 is {actual}, manifest says {expected_sha256}"
         problems.append(CaseProblem(case_id, ProblemKind.CHECKSUM_MISMATCH, detail))

@@ -12,6 +12,7 @@ import pytest
 
 from medseg.datasets import import_dataset
 from medseg.errors import ManifestError
+from medseg.io.formats import data_files, write_volume
 from medseg.io.nifti import write_nifti
 from medseg.manifest import (
     ManifestRecord,
@@ -25,13 +26,19 @@ from medseg.manifest import (
     resolve,
     sha256_file,
     split_counts,
+    volume_sha256,
     write_label_names,
     write_manifest,
 )
 from medseg.manifest_validation import validate_manifest
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
-from tests.phantoms import WILD_PAIRS, write_phantom_dataset_in_the_wild
+from tests.phantoms import (
+    WILD_PAIRS,
+    small_phantom,
+    write_phantom_dataset_in_the_wild,
+    write_phantom_dataset_json,
+)
 
 DIGEST_A = "a" * 64
 DIGEST_B = "b" * 64
@@ -308,6 +315,46 @@ def test_validate_manifest_of_a_phantom_dataset_import_is_clean(tmp_path: Path) 
     import_dataset(data / "phantoms", manifest_path=manifest, data_root=data)
     result = validate_manifest(manifest, data_root=data)
     assert (result.ok, result.n_cases, result.problems) == (True, WILD_PAIRS, [])
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_the_checksum_of_a_single_file_volume_is_its_files(tmp_path: Path, suffix: str) -> None:
+    """Manifests written before detached headers were covered stay valid and unchanged."""
+    path = write_volume(small_phantom(1)[0], tmp_path / f"case{suffix}")
+    assert volume_sha256(path) == sha256_file(path)
+
+
+def test_the_checksum_of_a_detached_header_covers_its_data_file(tmp_path: Path) -> None:
+    dataset = tmp_path / "data"
+    for seed in (1, 2):
+        ct, labels = small_phantom(seed)
+        write_volume(ct, dataset / "images" / f"case_{seed}.nhdr")
+        write_volume(labels, dataset / "labels" / f"case_{seed}.mhd")
+    write_phantom_dataset_json(dataset)
+    manifest = tmp_path / "cases.jsonl"
+    import_dataset(dataset, manifest_path=manifest)
+    assert validate_manifest(manifest).ok
+    first, second = read_manifest(manifest)
+    header, label_header = resolve(first, manifest)
+    assert label_header is not None
+    (data,) = data_files(header)
+    assert first.sha256 == volume_sha256(header) != sha256_file(header)
+
+    # Only the voxels of case_1 change (another phantom, same grid): its header is untouched.
+    other = write_volume(small_phantom(2)[0], tmp_path / "other" / header.name)
+    header_bytes = header.read_bytes()
+    data.write_bytes(data_files(other)[0].read_bytes())
+    assert header.read_bytes() == header_bytes
+    (problem,) = validate_manifest(manifest).problems
+    assert (problem.case_id, problem.kind) == ("case_1", ProblemKind.CHECKSUM_MISMATCH)
+
+    # A missing data file is a missing file, named, not a crash.
+    (label_data,) = data_files(label_header)
+    label_data.unlink()
+    problems = validate_manifest(manifest).by_case()["case_1"]
+    assert [p.kind for p in problems] == [ProblemKind.CHECKSUM_MISMATCH, ProblemKind.MISSING_FILE]
+    assert f"its data file {label_data} is not found" in problems[1].detail
+    assert second.case_id not in validate_manifest(manifest).by_case()
 
 
 # --- reference data (../shared/data) ---------------------------------------------------------

@@ -3,6 +3,7 @@
 ::
 
     OUT_DIR/<case_id>/                 outputs of one finished scan, result.json last
+                                       (label map <case_id>.nii.gz, .nrrd, .mha...)
     OUT_DIR/.staging/<case_id>-<pid>-<random>/   a scan being written (or a killed leftover)
     OUT_DIR/.failures/<case_id>.json   the last failure of a scan, removed once it succeeds
     OUT_DIR/.locks/<case_id>.lock      held by the process working on the scan (batch.locks)
@@ -35,6 +36,7 @@ from pathlib import Path
 from medseg.batch.locks import case_lock
 from medseg.batch.records import ScanFailure, ScanResult
 from medseg.io.atomic import write_json_atomic
+from medseg.io.formats import output_name
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,11 @@ def case_folder(out_dir: Path, case_id: str) -> Path:
 def is_complete(out_dir: Path, case_id: str) -> bool:
     """Whether ``case_id`` has a finished output folder."""
     return (case_folder(out_dir, case_id) / RESULT_FILE).is_file()
+
+
+def has_label_map(out_dir: Path, case_id: str, output_format: str) -> bool:
+    """Whether the output folder of ``case_id`` holds its label map in ``output_format``."""
+    return (case_folder(out_dir, case_id) / output_name(case_id, output_format)).is_file()
 
 
 def new_staging_folder(out_dir: Path, case_id: str) -> Path:

@@ -10,8 +10,11 @@
    MLflow (``medseg.batch.mlflow_run``; never fatal).
 
 Resuming is the default: run the same command again after a kill and only the scans without a
-complete output are processed; ``force`` redoes complete ones too. A changed model is not
-detected: use ``force`` or a new OUT_DIR when the model changes.
+complete output are processed; ``force`` redoes complete ones too. A complete scan is one
+with ``result.json``, whatever the format of its label map. A changed model or prediction
+option is not detected: use ``force`` or a new OUT_DIR when they change. A changed
+``output_format`` is warned about (complete scans keep their label map); ``force`` then
+replaces each scan's folder as a whole, so a scan never has label maps in two formats.
 
 Several runs may share one OUT_DIR (a restarted job while the old one still runs, overlapping
 shards): each scan is locked by the process working on it (``medseg.batch.locks``). A run
@@ -61,6 +64,7 @@ from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.atomic import write_json_atomic
 from medseg.io.dicom.pixels import default_workers
+from medseg.io.formats import format_named
 from medseg.progress import ProgressCallback
 from medseg.shutdown import ShutdownRequested
 
@@ -103,6 +107,7 @@ class BatchSettings:
     options: PredictionOptions = field(default_factory=PredictionOptions)
     case_ids: CaseIdScheme = CaseIdScheme.HASH
     dicom_seg: bool = True  # a DICOM SEG for DICOM inputs
+    output_format: str = "nifti"  # of the label maps: a format of medseg.io.formats
     force: bool = False  # redo scans whose outputs are complete
     tracking_uri: str | None = None  # models:/ URIs and the batch run
     experiment: str = DEFAULT_EXPERIMENT
@@ -122,6 +127,7 @@ def run_batch(
     ``parent_run_id`` nests the batch's MLflow run under that run (a pipeline's).
 
     Raises:
+        UnknownFormatError: ``settings.output_format`` is not a registered format.
         InputFileError: ``scans_root`` does not exist.
         ModelLoadError: the model cannot be loaded, or ``keep_largest`` names a structure it
             lacks (no scan is recorded as failed for it).
@@ -132,6 +138,7 @@ def run_batch(
     workers, shard, options = settings.workers, settings.shard, settings.options
     case_ids, dicom_seg, force = CaseIdScheme(settings.case_ids), settings.dicom_seg, settings.force
     tracking_uri, experiment = settings.tracking_uri, settings.experiment
+    output_format = format_named(settings.output_format).name
     requested_model = model_uri
     model_uri = pinned_model_uri(model_uri, tracking_uri)
     scans_root = Path(scans_root).expanduser().resolve()
@@ -166,6 +173,7 @@ def run_batch(
             report.skipped.append(scan.case_id)
         else:
             todo.append(scan)
+    _warn_other_formats(out_dir, report.skipped, output_format)
     run_log = _RunLog(
         params={
             "model_uri": loggable_model_uri(model_uri),
@@ -174,6 +182,7 @@ def run_batch(
             "workers": workers,
             "case_ids": case_ids.value,
             "dicom_seg": dicom_seg,
+            "output_format": output_format,
             "force": force,
             **options.model_dump(),
         },
@@ -193,6 +202,7 @@ def run_batch(
                 scans_root=scans_root,
                 out_dir=out_dir,
                 dicom_seg=dicom_seg,
+                output_format=output_format,
                 with_source=case_ids is CaseIdScheme.FOLDER,
                 replace=force,
                 threads=max(1, default_workers() // pool_size),
@@ -207,6 +217,21 @@ def run_batch(
         raise
     run_log.record(report, started)
     return report
+
+
+def _warn_other_formats(out_dir: Path, skipped: list[str], output_format: str) -> None:
+    """Say so when complete scans, which are kept, have their label map in another format."""
+    other = [
+        case_id for case_id in skipped if not layout.has_label_map(out_dir, case_id, output_format)
+    ]
+    if other:
+        logger.warning(
+            "%d complete scans (e.g. %s) have their label map in another format than %s and "
+            "are kept as they are; --force redoes them",
+            len(other),
+            other[0],
+            output_format,
+        )
 
 
 @dataclass(frozen=True)

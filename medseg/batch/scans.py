@@ -5,13 +5,14 @@ can be sent to a worker process (a ``ScanTask`` holds a closure, which cannot be
 has the key that decides its shard:
 
 * DICOM: ``dicom:<SeriesInstanceUID>`` (plus ``#<part>`` when discovery split the series);
-* NIfTI: ``nifti:<path relative to the scans root>``;
+* a volume file (NIfTI, NRRD, MetaImage...): ``nifti:<path relative to the scans root>`` (the
+  prefix of when NIfTI was the only one, kept so that no scan moves to another shard);
 * a file or folder that cannot be read, or is corrupt (an unreadable DICOM header, or a
   ``.dcm``/``.dicom``/``.ima`` file that is not DICOM at all): ``file:<relative path>``. It
   becomes a failure of its shard.
 
 Keys never leave the process (they hold UIDs and paths); shards of one batch must be given the
-same SCANS_ROOT, since NIfTI keys are relative to it.
+same SCANS_ROOT, since volume file keys are relative to it.
 """
 
 from __future__ import annotations

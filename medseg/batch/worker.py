@@ -44,6 +44,7 @@ class WorkerSettings:
     scans_root: Path  # absolute
     out_dir: Path  # absolute
     dicom_seg: bool
+    output_format: str  # of the label maps (a registered format's name)
     with_source: bool  # --case-ids folder: paths may be written out
     replace: bool  # --force: replace complete outputs
     threads: int
@@ -157,6 +158,7 @@ def _predict_and_publish(
             predictor=worker.predictor,
             out_dir=staging,
             dicom_seg=settings.dicom_seg,
+            output_format=settings.output_format,
         )
         source = scan.source if settings.with_source else None
         if not outcome.ok:

@@ -19,6 +19,7 @@ from medseg.cli.options import (
     MIRROR,
     MODEL,
     NON_FINITE,
+    OUTPUT_FORMAT,
     OVERLAP,
     PRECISION,
     case_ids_option,
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
 def batch(
     scans_root: Path | None = typer.Argument(
-        None, exists=True, help="Tree of DICOM series and NIfTI (not with --from-pacs)."
+        None,
+        exists=True,
+        help="Tree of DICOM series and NIfTI, NRRD or MetaImage files (not with --from-pacs).",
     ),
     model: str = MODEL,
     out: Path = typer.Option(
@@ -58,6 +61,7 @@ def batch(
     backend: Backend = BACKEND,
     precision: Precision = PRECISION,
     dicom_seg: bool = DICOM_SEG,
+    output_format: str = OUTPUT_FORMAT,
     non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = tracking_uri_option(
         "MLflow tracking URI (models:/ URIs and the batch run)."
@@ -112,6 +116,7 @@ def batch(
         options=options,
         case_ids=case_ids,
         dicom_seg=dicom_seg,
+        output_format=output_format,
         force=force,
         tracking_uri=tracking_uri,
         experiment=experiment,

@@ -114,7 +114,7 @@ def refuse_no_scans(path: Path, *, ignored: int | None = None) -> None:
         InputFileError: always, naming ``path`` (and how many other files it holds).
     """
     others = f" ({ignored} other files)" if ignored is not None else ""
-    raise InputFileError(path, f"no DICOM series or NIfTI files found{others}")
+    raise InputFileError(path, f"no DICOM series or NIfTI, NRRD or MetaImage files found{others}")
 
 
 def parse_label_names(text: str) -> dict[int, str]:

@@ -36,14 +36,15 @@ def ingest(
         "--labels",
         exists=True,
         file_okay=False,
-        help="Folder of <case_id>.nii.gz label maps to pair with the scans.",
+        help="Folder of label maps <case_id>.nii.gz (.nrrd, .mha...) to pair with the scans.",
     ),
     case_ids: CaseIdScheme = case_ids_option("hash: anonymous ids; folder: series folder names."),
     workers: int | None = typer.Option(None, min=1, help="Decoder processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Convert again even if unchanged."),
     non_finite: NonFinitePolicy = NON_FINITE,
 ) -> None:
-    """Convert every DICOM series and NIfTI file under INPUT_DIR into canonical volumes.
+    """Convert every DICOM series and NIfTI, NRRD or MetaImage file under INPUT_DIR into
+    canonical volumes.
 
     Exit code 0 when every scan converted (skipped non-scan files are not failures),
     1 when some scans, files or folders failed (the others are still written), 2 when it

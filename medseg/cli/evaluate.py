@@ -30,7 +30,10 @@ def evaluate(
         1.0, callback=interval("(0, inf)"), help="Normalized surface Dice tolerance (mm)."
     ),
     images: Path | None = typer.Option(
-        None, exists=True, file_okay=False, help="Folder of <case>.nii.gz scans for pictures."
+        None,
+        exists=True,
+        file_okay=False,
+        help="Folder of scans <case>.nii.gz (.nrrd, .mha...) for pictures.",
     ),
     run_id: str | None = typer.Option(
         None, envvar="MLFLOW_RUN_ID", help="Log the report into this MLflow run."

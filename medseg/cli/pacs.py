@@ -151,7 +151,7 @@ def push_summary(report: PushReport) -> None:
     colour = "red" if report.failed else "green"
     console.print(
         f"[bold {colour}]push: {len(report.sent)} delivered, {len(report.already_sent)} "
-        f"delivered before, {len(report.without_seg)} without a SEG (NIfTI input), "
+        f"delivered before, {len(report.without_seg)} without a SEG (not DICOM), "
         f"{len(report.failed)} failed[/bold {colour}] in {report.seconds:.1f} s"
     )
     for failure in report.failed:

@@ -63,7 +63,7 @@ class OutcomeKind(StrEnum):
 
 @dataclass
 class IngestOutcome:
-    """The fate of one input (a series, a NIfTI file, or a group of skipped files).
+    """The fate of one input (a series, a volume file, or a group of skipped files).
 
     ``source`` (the path relative to the input folder) is None with ``--case-ids hash``.
     """

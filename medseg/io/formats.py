@@ -140,6 +140,13 @@ def volume_stem(path: str | os.PathLike[str]) -> str:
     return name[: -len(match[0])] if match else name
 
 
+def volume_suffix(path: str | os.PathLike[str]) -> str:
+    """The suffix of ``path`` that its format matched, as written: ``case.nii.gz`` ->
+    ``.nii.gz``, ``case.NHDR`` -> ``.NHDR`` (empty when no format matches)."""
+    name = Path(path).name
+    return name[len(volume_stem(path)) :]
+
+
 def volume_files_named(folder: str | os.PathLike[str], stem: str) -> list[Path]:
     """The files ``<folder>/<stem><suffix>`` that exist, for every registered suffix (NIfTI
     first): a label map or prediction found by case id, whatever its format."""

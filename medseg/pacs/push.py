@@ -64,7 +64,7 @@ class PushReport:
 
     sent: list[str] = field(default_factory=list)  # case ids delivered now
     already_sent: list[str] = field(default_factory=list)  # delivered before, same model
-    without_seg: list[str] = field(default_factory=list)  # NIfTI inputs: nothing to send
+    without_seg: list[str] = field(default_factory=list)  # not DICOM inputs: nothing to send
     failed: list[PushFailure] = field(default_factory=list)
     seconds: float = 0.0
 

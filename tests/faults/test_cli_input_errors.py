@@ -193,7 +193,8 @@ def test_ingest_of_a_folder_without_scans_is_refused(tmp_path: Path) -> None:
     result = run_cli("ingest", tmp_path / "in", "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output  # after the progress bars of the search
     assert result.output.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'in'}: no DICOM series or NIfTI files found (1 other files)"
+        f"error: {tmp_path / 'in'}: no DICOM series or NIfTI, NRRD or MetaImage files found "
+        "(1 other files)"
     )
 
 
@@ -205,7 +206,7 @@ def test_predict_on_a_folder_without_scans_is_refused(phantom_model: str, tmp_pa
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'in'}: no DICOM series or NIfTI files found"
+        f"error: {tmp_path / 'in'}: no DICOM series or NIfTI, NRRD or MetaImage files found"
     )
 
 

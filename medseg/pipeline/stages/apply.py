@@ -3,8 +3,9 @@
 
 Both take their cases either from a folder under the data root (``input``/``references``) or
 from a split of the pipeline's manifest (``split: test``): the split's images (or labels) are
-linked into the stage folder as ``<case_id>.nii.gz`` (``.nrrd``, ``.mha``... for files of
-another format), so predictions pair with references by case id.
+linked into the stage folder as ``<case_id>.nii.gz`` (``.nrrd``, ``.nhdr``, ``.mha``... for
+files of another format; a detached header's data files are linked beside it under the names
+its header gives), so predictions pair with references by case id.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from medseg.errors import UnknownFormatError
 from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
-from medseg.io.formats import format_for_path, output_name
+from medseg.io.formats import (
+    data_files,
+    format_named,
+    is_volume_path,
+    output_name,
+    volume_suffix,
+)
 from medseg.pipeline.stages.base import (
     PipelineError,
     StageContext,
@@ -46,8 +54,14 @@ class _FolderOrSplit(StageOptions):
 
 
 def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) -> Path:
-    """Link the images (or labels) of ``split`` as ``folder/<case_id>.nii.gz`` (the suffix of
-    their format)."""
+    """Link the images (or labels) of ``split`` as ``folder/<case_id>.nii.gz`` (their own
+    suffix: ``.nrrd``, ``.nhdr``...), with the data files of detached headers (``.nhdr``,
+    ``.mhd``) beside them under the names their headers give.
+
+    Raises:
+        PipelineError: the split is empty, or a detached header's data file cannot be linked
+            (outside the header's folder, or named like another case's).
+    """
     from medseg.manifest import read_manifest, resolve
 
     manifest = ctx.need("manifest")
@@ -55,6 +69,7 @@ def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) ->
     if not records:
         raise PipelineError(f"stage {ctx.name!r}: the manifest has no {split!r} cases")
     folder.mkdir(parents=True, exist_ok=True)
+    data_links: dict[Path, str] = {}  # link of a data file -> its case
     for record in records:
         image, label = resolve(
             record, manifest_path=manifest, data_root=ctx.provided.get("manifest_data_root")
@@ -62,11 +77,50 @@ def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) ->
         source = label if labels else image
         if source is None:
             continue
-        link = folder / output_name(record.case_id, format_for_path(source) or "nifti")
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        os.symlink(source, link)
+        _replace_link(folder / f"{record.case_id}{_suffix(source)}", source)
+        for data in data_files(source):
+            link = _data_file_link(ctx, record.case_id, source, data, folder)
+            if link is None:
+                continue
+            if link in data_links:
+                raise PipelineError(
+                    f"stage {ctx.name!r}: cases {data_links[link]} and {record.case_id} both "
+                    f"keep their voxels in a data file named {link.relative_to(folder)}; "
+                    "rename one (and its header's data file field) to link both"
+                )
+            data_links[link] = record.case_id
+            _replace_link(link, data)
     return folder
+
+
+def _data_file_link(
+    ctx: StageContext, case_id: str, header: Path, data: Path, folder: Path
+) -> Path | None:
+    """Where a detached header's data file must be linked for the header's link in ``folder``
+    to find it; None for a data file named by absolute path (found from anywhere)."""
+    try:
+        relative = data.relative_to(header.parent)
+    except ValueError:
+        return None  # an absolute path elsewhere
+    if ".." in relative.parts:
+        raise PipelineError(
+            f"stage {ctx.name!r}: case {case_id}: the data file {relative} of {header.name} is "
+            "outside the header's folder; keep it beside the header or name it by absolute path"
+        )
+    return folder / relative
+
+
+def _suffix(path: Path) -> str:
+    """The file's own suffix in lower case (``.nhdr`` stays a detached header), ``.nii.gz``
+    for a file of no registered format."""
+    return volume_suffix(path).lower() or output_name("", "nifti")
+
+
+def _replace_link(link: Path, target: Path) -> None:
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, link)
 
 
 # --- predict -----------------------------------------------------------------------------------
@@ -75,16 +129,26 @@ def _link_split(ctx: StageContext, split: str, *, labels: bool, folder: Path) ->
 class PredictStageOptions(_FolderOrSplit, PredictionOptions):
     """Options of ``stage: predict``: the prediction options (``PredictionOptions``: overlap,
     batch_size, mirror, keep_largest, crf, backend, precision, non_finite), where the scans are,
-    and ``model``, which overrides the model of the register stage."""
+    ``model``, which overrides the model of the register stage, and the label maps'
+    ``output_format`` (``nifti``, ``nrrd``, ``mha``: as ``batch --output-format``)."""
 
     input: str | None = None
     model: str | None = None
     case_ids: CaseIdScheme = CaseIdScheme.HASH
     dicom_seg: bool = True
+    output_format: str = "nifti"
     workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
     def _folder(self) -> str | None:
         return self.input
+
+    @field_validator("output_format")
+    @classmethod
+    def _registered_format(cls, name: str) -> str:
+        try:
+            return format_named(name).name
+        except UnknownFormatError as error:
+            raise ValueError(str(error)) from error
 
     def prediction(self) -> PredictionOptions:
         """The prediction options alone."""
@@ -119,6 +183,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
         options=options.prediction(),
         case_ids=case_ids,
         dicom_seg=options.dicom_seg,
+        output_format=options.output_format,
         tracking_uri=ctx.tracking_uri,
         experiment=ctx.experiment,
     )
@@ -155,7 +220,7 @@ class EvaluateStageOptions(_FolderOrSplit):
     """Options of ``stage: evaluate``: references and (optional) scans for the pictures."""
 
     references: str | None = None
-    images: str | None = None  # folder of <case_id>.nii.gz scans (default: predict's scans)
+    images: str | None = None  # folder of <case_id>.nii.gz (.nrrd...) scans (default: predict's)
     tolerance_mm: float = Field(1.0, gt=0)
 
     def _folder(self) -> str | None:
@@ -185,7 +250,7 @@ def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> Sta
     pairing = pair_label_maps(ctx.need("predictions"), references)
     names = read_label_names(ctx.need("manifest"))
     report = evaluate_pairing(pairing, label_names=names, tolerance_mm=options.tolerance_mm)
-    images = ctx.data(options.images) if options.images else _nifti_scans(ctx)
+    images = ctx.data(options.images) if options.images else _case_scans(ctx)
     paths = write_reports(report, pairing, out_dir=ctx.folder / "report", images=images)
     result = summary(report)
     if run is not None:
@@ -206,10 +271,13 @@ def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> Sta
     )
 
 
-def _nifti_scans(ctx: StageContext) -> Path | None:
-    """The scans predict read, when they are NIfTI files named after the cases."""
+def _case_scans(ctx: StageContext) -> Path | None:
+    """The scans predict read, when they are volume files (NIfTI, NRRD...) named after the
+    cases."""
     scans = ctx.provided.get("scans")
-    if scans is None or not any(Path(scans).glob("*.nii*")):
+    if scans is None or not Path(scans).is_dir():
+        return None
+    if not any(is_volume_path(path) for path in Path(scans).iterdir()):
         return None
     return Path(scans)
 

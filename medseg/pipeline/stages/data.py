@@ -29,7 +29,7 @@ class IngestOptions(StageOptions):
     """Options of ``stage: ingest``; paths are relative to the data root."""
 
     input: str
-    labels: str | None = None  # folder of <case_id>.nii.gz label maps
+    labels: str | None = None  # folder of <case_id>.nii.gz (.nrrd, .mha...) label maps
     label_names: str | None = None  # JSON {"1": "liver", ...} or a dataset.json with "labels"
     case_ids: CaseIdScheme = CaseIdScheme.HASH
     non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # scans with NaN/Inf voxels
