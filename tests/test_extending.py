@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -301,3 +302,19 @@ def test_the_example_command_is_listed_and_describes_a_volume(tmp_path: Path, de
     refused = _medseg("describe", tmp_path / "notes.txt")
     assert refused.exit_code == 2
     assert refused.output.startswith("error: ") and "notes.txt" in refused.output
+
+
+def test_links_to_the_guide_name_its_sections() -> None:
+    headings = {
+        "-".join(re.sub(r"[^\w\s-]", "", line[3:]).lower().split())
+        for line in (ROOT / "docs/extending.md").read_text().splitlines()
+        if line.startswith("## ")
+    }
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    links = [
+        (source.name, anchor)
+        for source in sources
+        for anchor in re.findall(r"extending\.md#([\w-]+)", source.read_text())
+    ]
+    assert len(links) >= 4
+    assert [link for link in links if link[1] not in headings] == []
