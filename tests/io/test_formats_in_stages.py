@@ -5,7 +5,6 @@ discovery (the worked example of an input format in docs/extending.md)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +26,7 @@ from medseg.io.nifti import read_nifti
 from medseg.manifest import read_manifest
 from medseg.phi import hash_identifier
 from medseg.volume import Volume
+from tests.doc_examples import example_module
 from tests.phantoms import PHANTOM_LABELS, small_phantom, write_phantom_dataset_json
 
 FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "nhdr": ".nhdr", "mha": ".mha", "mhd": ".mhd"}
@@ -148,28 +148,12 @@ def test_evaluate_refuses_two_label_maps_of_one_case(tmp_path):
         pair_label_maps(tmp_path / "pred", tmp_path / "ref")
 
 
-# The worked example of docs/extending.md ("an input format"): a format is an object with a
-# name, suffixes, read and write; one call registers it.
-class NumpyVolumeFormat:
-    """Voxels and RAS affine in one ``.npvol`` file (NumPy's ``.npz``)."""
-
-    name = "npvol"
-    suffixes = (".npvol",)
-
-    def read(self, path: Path) -> Volume:
-        with np.load(path) as stored:
-            return Volume(stored["array"], stored["affine_ras"])
-
-    def write(self, volume: Volume, path: Path) -> Path:
-        with open(path, "wb") as file:
-            np.savez(file, array=volume.array, affine_ras=volume.affine_ras)
-        return path
-
-
 @pytest.fixture
 def npvol_format():
-    yield register_format(NumpyVolumeFormat())
-    unregister_format("npvol")
+    """The worked example of docs/extending.md ("An input format"), registered."""
+    with example_module("format") as example:
+        yield register_format(example.NPVOL)
+        unregister_format("npvol")
 
 
 def test_a_registered_format_is_found_by_discovery_and_ingested(tmp_path, npvol_format):
