@@ -86,7 +86,7 @@ def prediction_options(
         overlap=overlap,
         batch_size=batch_size,
         mirror=mirror,
-        keep_largest=keep_largest,
+        keep_largest=keep_largest,  # type: ignore[arg-type]  # "1,3": a before-validator parses it
         crf=CrfSettings() if crf else None,
         backend=backend,
         precision=precision,

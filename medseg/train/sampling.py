@@ -37,6 +37,7 @@ import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -319,10 +320,11 @@ def _read_window(
             return
         source_slices.append(slice(lo, hi))
         target_slices.append(slice(lo - begin, hi - begin))
-    inside = (Ellipsis, *target_slices)
+    inside: tuple[EllipsisType | slice, ...] = (Ellipsis, *target_slices)
     if out[inside].shape != out.shape:
         out[...] = pad_value
-    out[inside] = array[(Ellipsis, *source_slices)]
+    source: tuple[EllipsisType | slice, ...] = (Ellipsis, *source_slices)
+    out[inside] = array[source]
 
 
 def _read_plan(

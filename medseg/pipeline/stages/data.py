@@ -120,6 +120,7 @@ def _import_inputs(ctx: StageContext, options: ImportOptions) -> dict[str, Path]
         return {"dataset": ctx.data(options.dataset)}
     from medseg.manifest import label_names_path, read_manifest, resolve
 
+    assert options.manifest is not None  # ImportOptions: exactly one of dataset and manifest
     manifest = ctx.config(options.manifest)
     paths = {"manifest": manifest, "label_names": label_names_path(manifest)}
     for record in read_manifest(manifest):  # only the files it names, not the whole data root
@@ -145,6 +146,7 @@ def _import(ctx: StageContext, options: ImportOptions, run: Any) -> StageResult:
         )
         problems = [f"{p.case_id}: {p.detail}" for p in report.rejected]
         return _manifest_result(ctx, report.manifest_path, problems)
+    assert options.manifest is not None  # ImportOptions: exactly one of dataset and manifest
     return _validated_copy(ctx, ctx.config(options.manifest))
 
 
