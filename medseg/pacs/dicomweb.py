@@ -52,7 +52,8 @@ class _Session(requests.Session):
     (psf/requests#3829), so on a machine with either set a private CA would be ignored.
     """
 
-    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+    # unannotated: requests declares these parameters with types from its private _types module
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if verify is None and self.verify is not True:
             settings["verify"] = self.verify

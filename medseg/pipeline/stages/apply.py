@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -39,7 +39,7 @@ class _FolderOrSplit(StageOptions):
         raise NotImplementedError
 
     @model_validator(mode="after")
-    def _one_source(self):
+    def _one_source(self) -> Self:
         if (self._folder() is None) == (self.split is None):
             raise ValueError("give exactly one of a folder under the data root and 'split'")
         return self
