@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from medseg.volume import Volume
@@ -61,5 +63,5 @@ def grid_difference(first: Volume, second: Volume, *, names: tuple[str, str]) ->
     )
 
 
-def _join(values: object, separator: str) -> str:
-    return separator.join(f"{float(value):.4g}" for value in values)  # type: ignore[attr-defined]
+def _join(values: Iterable[float] | np.ndarray, separator: str) -> str:
+    return separator.join(f"{float(value):.4g}" for value in values)

@@ -31,9 +31,10 @@ def resampled_shape(
     shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
 ) -> Shape3:
     """Voxel counts that cover the same field of view at ``target`` spacing (at least 1)."""
-    return tuple(
+    x, y, z = (
         max(1, round(float(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=True)
-    )  # type: ignore[return-value]
+    )
+    return x, y, z
 
 
 def resampled_affine(
