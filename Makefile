@@ -36,9 +36,11 @@ test: provision $(VENV)/.installed-dev
 test-slow: provision $(VENV)/.installed-dev
 	$(BIN)/pytest -n 0 -m slow
 
+# mypy reads its settings (files = medseg, the pydantic plugin) from pyproject.toml.
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench-ingest: $(VENV)/.installed-dev
 	$(BIN)/python bench/ingest.py

@@ -282,7 +282,7 @@ def _detect_layout(dataset_dir: Path) -> _Layout:
             )
         metadata = _read_dataset_json(json_path)
         name = "nnunet_v2" if _is_nnunet_v2(metadata) else "msd"
-        folders = ("imagesTr", "labelsTr", "imagesTs")
+        folders: tuple[str, str, str | None] = ("imagesTr", "labelsTr", "imagesTs")
     elif (dataset_dir / "images").is_dir() and (dataset_dir / "labels").is_dir():
         metadata = _read_dataset_json(json_path) if json_path.is_file() else {}
         name, folders = "flat", ("images", "labels", None)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from medseg.lifeline import tie_to_parent, wait_until_gone
 
@@ -38,7 +38,7 @@ class WorkerPool(ProcessPoolExecutor):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool:
+    ) -> Literal[False]:
         if exc_type is None:
             self.shutdown(wait=True)
         else:

@@ -25,7 +25,7 @@ folder it started with, so pass the worker everything it needs (absolute paths, 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
@@ -57,7 +57,7 @@ def run_isolated(
     initializer: Callable[..., Any] | None = None,
     initargs: tuple[Any, ...] = (),
     preload: Sequence[str] = (),
-) -> Iterator[tuple[T, Any]]:
+) -> Generator[tuple[T, Any], None, None]:
     """Yield ``(item, outcome)`` for every item, in the order they finish (see the module doc).
 
     ``function`` and ``initializer`` must be importable module-level functions; ``initializer``
@@ -96,7 +96,7 @@ def _run_until_broken(
     pending: deque[T],
     workers: int,
     pool_args: tuple[Any, ...],
-) -> Iterator[tuple[T, Any]]:
+) -> Generator[tuple[T, Any], None, list[T]]:
     """Run ``pending`` in one pool until done or broken; returns the suspects (generator)."""
     in_flight: dict[Future, T] = {}
     suspects: list[T] = []

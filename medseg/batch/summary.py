@@ -71,7 +71,8 @@ def summary_csv_text(results: list[ScanResult], failures: list[ScanFailure]) -> 
         [f.case_id, f.status, f.source or "", repr(f.seconds), "", f.time] + [""] * len(structures)
         for f in failures
     ]
-    writer.writerows(sorted(rows, key=lambda row: row[0]))
+    rows.sort(key=lambda row: row[0])
+    writer.writerows(rows)
     return buffer.getvalue()
 
 

@@ -80,7 +80,7 @@ PRELOAD_MODULES = ["medseg.batch.worker", "medseg.tracking.packaging", "medseg.m
 class _Worker:
     settings: WorkerSettings
     model: PackagedModel | None
-    predictor: object
+    predictor: torch.nn.Module | None
     load_error: str = ""
 
 

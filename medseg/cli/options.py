@@ -8,7 +8,7 @@ that takes that help.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,6 +16,9 @@ from medseg.cli.checks import check_precision, interval, structure_list, volume_
 from medseg.infer.choices import Backend, Precision
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.non_finite import NonFinitePolicy
+
+if TYPE_CHECKING:
+    from medseg.infer.options import PredictionOptions
 
 MODEL = typer.Option(..., "--model", help="models:/NAME@ALIAS, models:/NAME/N or folder.")
 DATA_ROOT = typer.Option(
@@ -71,7 +74,7 @@ def prediction_options(
     backend: Backend,
     precision: Precision,
     non_finite: NonFinitePolicy,
-) -> Any:
+) -> PredictionOptions:
     """The ``PredictionOptions`` the prediction options above ask for.
 
     ``keep_largest`` is kept as ``"all"`` or a list of values: the model checks them.
@@ -86,7 +89,7 @@ def prediction_options(
         overlap=overlap,
         batch_size=batch_size,
         mirror=mirror,
-        keep_largest=keep_largest,
+        keep_largest=keep_largest,  # type: ignore[arg-type]  # "1,3": a before-validator parses it
         crf=CrfSettings() if crf else None,
         backend=backend,
         precision=precision,

@@ -10,13 +10,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from medseg.progress import ProgressCallback
 
 console = Console(stderr=False)
 
 
 @contextmanager
-def phase_progress() -> Iterator:
+def phase_progress() -> Iterator[ProgressCallback]:
     """A progress bar per phase; yields a callback ``(phase, done, total)``."""
     with Progress(
         TextColumn("[bold]{task.description}"),
@@ -26,7 +35,7 @@ def phase_progress() -> Iterator:
         console=console,
         transient=False,
     ) as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def update(phase: str, done: int, total: int) -> None:
             if phase not in tasks:

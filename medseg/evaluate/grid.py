@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from medseg.volume import Volume
@@ -28,7 +30,7 @@ def grid_difference(first: Volume, second: Volume, *, names: tuple[str, str]) ->
         same.append(f"shape {shapes[0]} voxels")
     spacings = [np.array(volume.spacing_mm) for volume in (first, second)]
     spacing_text = [_join(spacing, "x") for spacing in spacings]
-    if np.allclose(*spacings, atol=_TOLERANCE_MM):
+    if np.allclose(spacings[0], spacings[1], atol=_TOLERANCE_MM):
         same.append(f"spacing {spacing_text[0]} mm")
     else:
         differences.append(f"spacing {spacing_text[0]} vs {spacing_text[1]} mm")
@@ -61,5 +63,5 @@ def grid_difference(first: Volume, second: Volume, *, names: tuple[str, str]) ->
     )
 
 
-def _join(values: object, separator: str) -> str:
-    return separator.join(f"{float(value):.4g}" for value in values)  # type: ignore[attr-defined]
+def _join(values: Iterable[float] | np.ndarray, separator: str) -> str:
+    return separator.join(f"{float(value):.4g}" for value in values)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -88,7 +88,6 @@ def dense_crf(
         >>> labels = refined.argmax(0)
     """
     settings = settings or CrfSettings()
-    as_numpy = isinstance(probabilities, np.ndarray)
     probs = torch.as_tensor(probabilities)
     device = probs.device
     probs = probs.to(torch.float32)
@@ -99,7 +98,7 @@ def dense_crf(
     else:
         with torch.no_grad():
             refined = _refine(probs, pixels, spacing, settings, slice_axis)
-    return refined.cpu().numpy() if as_numpy else refined
+    return refined.cpu().numpy() if isinstance(probabilities, np.ndarray) else refined
 
 
 def _check_inputs(
@@ -168,7 +167,7 @@ def _mean_field(
     """Mean-field iterations on ``(B, K, *spatial)`` (B independent problems)."""
     log_p = probabilities.clamp_min(PROBABILITY_FLOOR).log()
     q = torch.softmax(log_p, dim=1)
-    kernels = []
+    kernels: list[_Kernel] = []
     if settings.spatial_weight > 0:
         kernels.append(_SmoothnessKernel(q.shape, spacing, settings, q.device))
     if settings.bilateral_weight > 0:
@@ -184,6 +183,14 @@ def _mean_field(
 def _normaliser(neighbour_sum: torch.Tensor) -> torch.Tensor:
     """``(Σ_{j≠i} k_ij)^(-1/2)``; a voxel without neighbours gets no messages."""
     return neighbour_sum.clamp_min(NORM_EPSILON).rsqrt_().mul_(neighbour_sum > NORM_EPSILON)
+
+
+class _Kernel(Protocol):
+    """A pairwise kernel of the mean-field update: its weight and its message to ``q``."""
+
+    weight: float
+
+    def message(self, q: torch.Tensor) -> torch.Tensor: ...
 
 
 class _SmoothnessKernel:

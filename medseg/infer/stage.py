@@ -28,6 +28,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -46,6 +47,9 @@ from medseg.io.atomic import TEMPORARY_PREFIX, atomic_path, write_json_atomic
 from medseg.io.formats import format_named, output_name, registered_formats, write_volume
 from medseg.progress import ProgressCallback
 from medseg.volume import Volume
+
+if TYPE_CHECKING:
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +200,9 @@ def _write_probabilities(path: Path, probabilities: np.ndarray, scan: Volume) ->
     return path
 
 
-def scan_predictor(model: PackagedModel, options: PredictionOptions, *, cache_dir: Path):
+def scan_predictor(
+    model: PackagedModel, options: PredictionOptions, *, cache_dir: Path
+) -> nn.Module:
     """What ``predict_scan`` runs: the torch network, or its export for ``options.backend``
     (exports are cached in ``cache_dir``; build it once per process, not per scan)."""
     if options.backend == "torch":
@@ -220,7 +226,7 @@ def predict_task(
     model: PackagedModel,
     *,
     options: PredictionOptions,
-    predictor,
+    predictor: nn.Module | None,
     out_dir: Path,
     dicom_seg: bool = True,
     probabilities: bool = False,
@@ -234,7 +240,8 @@ def predict_task(
     input with ``dicom_seg``) and ``<case_id>.probabilities.npz`` (``probabilities``). Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
     already written stay: write into a staging folder). ``predictor`` comes from
-    ``scan_predictor``. Reasons and log lines name the scan by ``task.public_name``.
+    ``scan_predictor`` (None: the model's own network). Reasons and log lines name the scan
+    by ``task.public_name``.
     """
     start = time.perf_counter()
     source = task.source if task.paths_shown else None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,7 +216,7 @@ def discover_scans(
 def _scan_with_progress(
     paths: list[Path], progress: ProgressCallback, workers: int | None
 ) -> DicomScan:
-    def counted():
+    def counted() -> Iterator[Path]:
         for done, path in enumerate(paths):
             if done % 50 == 0:
                 progress("Reading headers", done, len(paths))

@@ -69,7 +69,8 @@ def walk_files(root: Path, *, exclude: Path | None = None) -> FileWalk:
     walk = FileWalk()
     excluded = os.path.realpath(exclude) if exclude is not None else None
     searched: set[tuple[int, int]] = set()
-    pending, linked = [Path(root)], []
+    pending: list[Path] = [Path(root)]
+    linked: list[Path] = []
     while pending or linked:
         folder = pending.pop() if pending else linked.pop()
         try:

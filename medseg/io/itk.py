@@ -24,13 +24,16 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medseg.errors import VolumeFileError
 from medseg.io.atomic import TEMPORARY_PREFIX
 from medseg.volume import InvalidAffineError, Volume, validate_affine
+
+if TYPE_CHECKING:
+    import SimpleITK as sitk  # at run time imported inside the functions that use it
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _HEADER_BYTES = 1 << 16  # enough for any header medseg meets; the rest is voxels
@@ -147,7 +150,7 @@ class ItkFormat:
             array = array.astype(array.dtype.newbyteorder("="))
         return Volume(array, affine, {"source_format": self.name, "corrections": []})
 
-    def _check_layout(self, path: Path, reader: Any) -> None:
+    def _check_layout(self, path: Path, reader: sitk.ImageFileReader) -> None:
         import SimpleITK as sitk
 
         dimension, components = reader.GetDimension(), reader.GetNumberOfComponents()
@@ -207,7 +210,7 @@ class ItkFormat:
         return path
 
 
-def _spatial_geometry(path: Path, image: Any) -> tuple[tuple, tuple, tuple]:
+def _spatial_geometry(path: Path, image: sitk.Image) -> tuple[tuple, tuple, tuple]:
     """Origin, spacing and direction of the first three axes of a 4D image."""
     direction = np.asarray(image.GetDirection(), float).reshape(4, 4)
     if np.any(np.abs(direction[:3, 3]) > 1e-6) or np.any(np.abs(direction[3, :3]) > 1e-6):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import torch
 from pydantic import BaseModel, Field, model_validator
@@ -99,7 +99,13 @@ def class_weight_tensor(class_weights: Sequence[float] | None) -> Tensor | None:
     return torch.tensor(values, dtype=torch.float32)
 
 
-def class_weights_for(loss: nn.Module, logits: Tensor) -> Tensor | None:
+class ClassWeighted(Protocol):
+    """A loss holding the ``class_weights`` buffer made by ``class_weight_tensor``."""
+
+    class_weights: Tensor | None
+
+
+def class_weights_for(loss: ClassWeighted, logits: Tensor) -> Tensor | None:
     """The ``class_weights`` buffer of ``loss`` on the logits' device, checked against them.
 
     Raises:

@@ -25,7 +25,8 @@ from torch import nn
 from medseg.errors import MedsegError
 from medseg.models.encoders import ConvNormAct, Encoder
 
-FCN_SKIPS = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}
+FcnVariant = Literal["fcn32s", "fcn16s", "fcn8s"]
+FCN_SKIPS: dict[FcnVariant, int] = {"fcn32s": 0, "fcn16s": 1, "fcn8s": 2}
 """Skip connections of each FCN variant."""
 
 
@@ -82,7 +83,7 @@ class FCN(nn.Module):
     def __init__(
         self,
         *,
-        variant: Literal["fcn32s", "fcn16s", "fcn8s"],
+        variant: FcnVariant,
         in_channels: int,
         num_classes: int,
         pool_strides: list[list[int]],
@@ -116,8 +117,8 @@ class FCN(nn.Module):
             [score(deepest, num_classes, 1)] + [score(c, num_classes, 1) for c in skip_channels]
         )
         for layer in self.scores[1:]:
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            for parameter in layer.parameters():  # its weight and bias
+                nn.init.zeros_(parameter)
         remaining = [
             math.prod(stride[axis] for stride in pool_strides[: levels - skips])
             for axis in range(spatial_dims)

@@ -52,6 +52,7 @@ class _Session(requests.Session):
     (psf/requests#3829), so on a machine with either set a private CA would be ignored.
     """
 
+    # unannotated: requests declares these parameters with types from its private _types module
     def merge_environment_settings(self, url, proxies, stream, verify, cert):  # type: ignore[no-untyped-def]
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
         if verify is None and self.verify is not True:
@@ -229,7 +230,7 @@ def _parse_date(text: str) -> date | None:
 
 
 def _check_stored(
-    answer: Dataset, datasets: list[Dataset], files: Sequence[Path], name: str
+    answer: Dataset, datasets: Sequence[Dataset], files: Sequence[Path], name: str
 ) -> None:
     """Raise PacsRefusedError naming the files the STOW-RS answer does not confirm."""
     confirmed = answer.get("ReferencedSOPSequence", [])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,9 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, build_context, build_role, evt
 from pynetdicom.association import Association
+from pynetdicom.events import EventHandlerType
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import (
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     BasicTextSRStorage,
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
@@ -257,7 +258,7 @@ class DimseClient:
         what: str,
         contexts: list[PresentationContext],
         roles: list[Any] | None = None,
-        handlers: list[tuple[Any, Callable[..., Any]]] | None = None,
+        handlers: list[EventHandlerType] | None = None,
     ) -> Iterator[Association]:
         """An established association; released after success, aborted after an error."""
         settings = self._settings

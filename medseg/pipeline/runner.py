@@ -201,7 +201,7 @@ def _run_or_skip(
         event(stage.name, "skipped", previous)
         return previous
     interrupted = previous is not None and previous.status == "running"
-    context.resume = interrupted and previous.fingerprint == fingerprint
+    context.resume = interrupted and previous is not None and previous.fingerprint == fingerprint
     context.folder.mkdir(parents=True, exist_ok=True)
     event(stage.name, "running", None)
     record = _execute(stage, context, fingerprint)

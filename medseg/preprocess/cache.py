@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -71,13 +72,13 @@ class CachedCase:
         if weights is not None:
             _save_npy(self.file("weights.npy"), weights.astype(np.float32))
         with atomic_path(self.file("locations.npz")) as tmp:
-            np.savez(tmp, **{str(k): v for k, v in case.class_locations.items()})
+            np.savez(tmp, allow_pickle=True, **{str(k): v for k, v in case.class_locations.items()})
         write_json_atomic(self.file("properties.json"), case.properties.to_dict())
         write_json_atomic(self.file("done.json"), record)
 
     def load(self, *, mmap: bool = True) -> LoadedCase:
         """The case's arrays (memory-mapped by default) and records."""
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         label = self.file("label.npy")
         weights = self.file("weights.npy")
         with np.load(self.file("locations.npz")) as archive:

@@ -7,13 +7,21 @@ affine and shape, the crop box in RAS voxel order, and the resampled grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from medseg.errors import GeometryMismatchError
 from medseg.phi import hash_identifier
-from medseg.preprocess.crop_normalize import Normalization, crop, nonzero_box, normalize, uncrop
+from medseg.preprocess.crop_normalize import (
+    Normalization,
+    as_box,
+    crop,
+    nonzero_box,
+    normalize,
+    uncrop,
+)
 from medseg.preprocess.plan import Plan
 from medseg.preprocess.resample import (
     resample_image,
@@ -76,7 +84,7 @@ def preprocess_case(
     box = (
         nonzero_box(ras_image.array)
         if plan.crop_to_nonzero
-        else tuple((0, n) for n in ras_image.shape[:3])
+        else as_box([(0, n) for n in ras_image.shape[:3]])
     )
     cropped = crop(ras_image.array, box)
     crop_affine = ras_image.affine_ras.copy()
@@ -151,10 +159,15 @@ def _cropped_shape(properties: CaseProperties) -> tuple[int, ...]:
     return tuple(hi - lo for lo, hi in properties.crop_box)
 
 
+def _shape3(shape: Sequence[int]) -> tuple[int, int, int]:
+    x, y, z = shape
+    return x, y, z
+
+
 def _onto_original_scan(cropped: np.ndarray, properties: CaseProperties) -> Volume:
     """Undo cropping (outside is background) and reorientation of a label map."""
-    box = tuple(tuple(b) for b in properties.crop_box)
-    ras = uncrop(cropped, box, tuple(properties.ras_shape))  # type: ignore[arg-type]
+    box = as_box(properties.crop_box)
+    ras = uncrop(cropped, box, _shape3(properties.ras_shape))
     restored = Volume(ras, np.array(properties.ras_affine))
     return restored.to_orientation_of(np.array(properties.original_affine))
 
@@ -171,8 +184,8 @@ def restore_argmax(
     are appended to it as one ``(K, *ras_shape)`` array.
     """
     cropped_shape = _cropped_shape(properties)
-    box = tuple(tuple(b) for b in properties.crop_box)
-    ras_shape = tuple(properties.ras_shape)
+    box = as_box(properties.crop_box)
+    ras_shape = _shape3(properties.ras_shape)
     channels: list[np.ndarray] = []
     dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
     best = np.full(cropped_shape, -1.0, np.float32)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from types import EllipsisType
 
 import numpy as np
 
 from medseg.preprocess.config import NormalizationScheme
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+
+
+def as_box(pairs: Sequence[Sequence[int]]) -> Box:
+    """A ``Box`` from three ``(lo, hi)`` pairs (e.g. lists read back from JSON)."""
+    (lo0, hi0), (lo1, hi1), (lo2, hi2) = pairs
+    return (lo0, hi0), (lo1, hi1), (lo2, hi2)
 
 
 def nonzero_box(image: np.ndarray) -> Box:
@@ -20,19 +28,19 @@ def nonzero_box(image: np.ndarray) -> Box:
     channels = image if image.ndim == 4 else image[np.newaxis]
     mask = np.any(channels != 0, axis=0)
     if not mask.any():
-        return tuple((0, n) for n in mask.shape)  # type: ignore[return-value]
+        return as_box([(0, n) for n in mask.shape])
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         present = np.flatnonzero(mask.any(axis=other))
         box.append((int(present[0]), int(present[-1]) + 1))
-    return tuple(box)  # type: ignore[return-value]
+    return as_box(box)
 
 
 def crop(array: np.ndarray, box: Box) -> np.ndarray:
     """The part of ``array``'s last three axes inside ``box``."""
-    slices = tuple(slice(lo, hi) for lo, hi in box)
-    return array[(..., *slices)]
+    index: tuple[EllipsisType | slice, ...] = (..., *(slice(lo, hi) for lo, hi in box))
+    return array[index]
 
 
 def uncrop(
@@ -40,7 +48,8 @@ def uncrop(
 ) -> np.ndarray:
     """Place a cropped array back into a ``full_shape`` array filled with ``fill``."""
     full = np.full((*array.shape[:-3], *full_shape), fill, dtype=array.dtype)
-    full[(..., *(slice(lo, hi) for lo, hi in box))] = array
+    index: tuple[EllipsisType | slice, ...] = (..., *(slice(lo, hi) for lo, hi in box))
+    full[index] = array
     return full
 
 

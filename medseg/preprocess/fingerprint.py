@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -66,6 +67,15 @@ class DatasetFingerprint:
         return asdict(self)
 
 
+class _CaseArguments(TypedDict):
+    """``fingerprint_case``'s keyword arguments, the same for every case."""
+
+    manifest_path: Path
+    data_root: Path | None
+    samples: int
+    seed: int
+
+
 def fingerprint_case(
     record: ManifestRecord, *, manifest_path: Path, data_root: Path | None, samples: int, seed: int
 ) -> CaseFingerprint:
@@ -115,7 +125,7 @@ def fingerprint_dataset(
     training = [r for r in labelled if r.split == "train"] or labelled
     if not training:
         raise MedsegError(f"{manifest_path}: no labelled cases to fingerprint")
-    args = {
+    args: _CaseArguments = {
         "manifest_path": manifest_path,
         "data_root": data_root,
         "samples": samples,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from types import EllipsisType
 
 import numpy as np
 import torch
@@ -30,9 +31,10 @@ def resampled_shape(
     shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
 ) -> Shape3:
     """Voxel counts that cover the same field of view at ``target`` spacing (at least 1)."""
-    return tuple(
+    x, y, z = (
         max(1, round(float(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=True)
-    )  # type: ignore[return-value]
+    )
+    return x, y, z
 
 
 def resampled_affine(
@@ -57,7 +59,8 @@ def resample_nearest(array: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
     if tuple(spatial) == tuple(new_shape):
         return array
     indices = np.ix_(*[_source_indices(o, n) for o, n in zip(spatial, new_shape, strict=True)])
-    return array[(..., *indices)]
+    index: tuple[EllipsisType | np.ndarray, ...] = (..., *indices)
+    return array[index]
 
 
 def resample_image(array: np.ndarray, new_shape: Sequence[int], *, order: int = 1) -> np.ndarray:
@@ -71,10 +74,10 @@ def resample_image(array: np.ndarray, new_shape: Sequence[int], *, order: int = 
     elif order == 1:
         tensor = torch.from_numpy(np.ascontiguousarray(channels))[None]
         with torch.no_grad():
-            result = F.interpolate(
+            interpolated = F.interpolate(
                 tensor, size=tuple(new_shape), mode="trilinear", align_corners=False
             )
-        result = result[0].numpy()
+        result = interpolated[0].numpy()
     else:
         zoom = [1.0] + [n / o for n, o in zip(new_shape, channels.shape[1:], strict=True)]
         result = ndimage.zoom(channels, zoom, order=order, mode="nearest", grid_mode=True)
@@ -101,7 +104,7 @@ def _onehot_linear(labels: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
     for choice in itertools.product((0, 1), repeat=3):
         index = np.ix_(*[axes[a][choice[a]] for a in range(3)])
         corner_labels.append(labels[index])
-        weight = np.ones(tuple(new_shape), np.float32)
+        weight: np.ndarray = np.ones(tuple(new_shape), np.float32)
         for a in range(3):
             w = axes[a][2] if choice[a] else 1.0 - axes[a][2]
             weight = weight * w.reshape([-1 if b == a else 1 for b in range(3)])

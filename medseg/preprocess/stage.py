@@ -13,6 +13,7 @@ from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypedDict
 
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_json_atomic
@@ -78,7 +79,7 @@ def preprocess_manifest(
     cache_dir = Path(cache_dir)
     plan.save(cache_dir / "plan.json")
     report = PreprocessReport(cache_dir=cache_dir)
-    jobs = {
+    jobs: _JobArguments = {
         "manifest_path": Path(manifest_path),
         "data_root": data_root,
         "plan_json": plan.model_dump_json(),
@@ -103,6 +104,16 @@ def preprocess_manifest(
         {"outcomes": [vars(o) | {"status": o.status.value} for o in report.outcomes]},
     )
     return report
+
+
+class _JobArguments(TypedDict):
+    """``process_one``'s keyword arguments, the same for every case."""
+
+    manifest_path: Path
+    data_root: Path | None
+    plan_json: str
+    cache_dir: Path
+    force: bool
 
 
 def process_one(

@@ -80,6 +80,6 @@ def find_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
             if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
             experiment = client.get_experiment_by_name(name)
-    if experiment.lifecycle_stage == "deleted":
+    if experiment is None or experiment.lifecycle_stage == "deleted":  # None: deleted for good
         raise TrackingError(f"experiment {name!r} is deleted; restore it or use another name")
     return experiment.experiment_id

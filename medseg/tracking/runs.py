@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunStatus, RunTag
@@ -39,6 +39,9 @@ from medseg.tracking.tags import (
     refuse_file_paths,
     standard_tags,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class RunTracker:
@@ -181,9 +184,10 @@ class RunTracker:
         if active is not None and active.info.run_id == self.run_id:
             mlflow.end_run(status=status)
         else:
-            self._require_client().set_terminated(self.run_id, status=status)
+            client, run_id = self._require_run()
+            client.set_terminated(run_id, status=status)
         self._running = False
-        if self._home is not None:
+        if self._home is not None and self.run_id is not None:
             forget_run(self._home, self.run_id)
 
     def _require_client(self, *, running: bool = True) -> MlflowClient:
@@ -191,25 +195,32 @@ class RunTracker:
             raise TrackingError("this tracker has no running run: call start() first")
         return self._client
 
+    def _require_run(self) -> tuple[MlflowClient, str]:
+        """The client and the id of the running run (see ``_require_client``)."""
+        client = self._require_client()
+        if self.run_id is None:  # pragma: no cover - a running tracker has a run id
+            raise TrackingError("this tracker has no running run: call start() first")
+        return client, self.run_id
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log (nested) params with dotted keys; values too long for MLflow become artifacts.
 
         A value over MLflow's limit is logged cut, ending in a pointer to the artifact
         ``params/<key>.txt`` that holds it whole. Raises ``TrackingError`` for path-like values.
         """
-        client = self._require_client()
+        client, run_id = self._require_run()
         flat = flatten_params(params)
         refuse_file_paths(flat, kind="param")
         for key, value in flat.items():
             if len(value) > MAX_PARAM_VAL_LENGTH:
-                client.log_text(self.run_id, value, f"params/{key}.txt")
+                client.log_text(run_id, value, f"params/{key}.txt")
                 marker = f"...[truncated; full value in artifact params/{key}.txt]"
                 flat[key] = value[: MAX_PARAM_VAL_LENGTH - len(marker)] + marker
-        client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat.items()])
+        client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Log (nested, dotted) numeric metrics at ``step`` (epoch or iteration)."""
-        client = self._require_client()
+        client, run_id = self._require_run()
         now_ms = int(time.time() * 1000)
         entries = []
         for key, value in flatten_mapping(metrics).items():
@@ -217,22 +228,24 @@ class RunTracker:
                 entries.append(Metric(key, float(value), now_ms, int(step)))
             except (TypeError, ValueError) as error:
                 raise TrackingError(f"metric {key!r} is not a number: {value!r}") from error
-        client.log_batch(self.run_id, metrics=entries)
+        client.log_batch(run_id, metrics=entries)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Set (or overwrite) run tags; path-like values are refused."""
-        client = self._require_client()
+        client, run_id = self._require_run()
         values = {key: str(value) for key, value in tags.items()}
         refuse_file_paths(values, kind="tag")
-        client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in values.items()])
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in values.items()])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload one local file (or folder) under the run's ``artifact_path``."""
-        self._require_client().log_artifact(self.run_id, str(path), artifact_path)
+        client, run_id = self._require_run()
+        client.log_artifact(run_id, str(path), artifact_path)
 
     def log_dict(self, obj: Mapping[str, Any] | list, name: str) -> None:
         """Store ``obj`` as the artifact ``name`` (JSON, or YAML for ``.yaml``/``.yml``)."""
-        self._require_client().log_dict(self.run_id, obj, name)
+        client, run_id = self._require_run()
+        client.log_dict(run_id, obj, name)  # type: ignore[arg-type]  # MLflow writes lists too
 
     def log_image(self, png_path: str | Path, artifact_path: str = "images") -> None:
         """Upload a PNG file (overlay, curve) under ``artifact_path``; other formats are refused."""
@@ -242,6 +255,7 @@ class RunTracker:
                 raise TrackingError(f"{png_path.name}: not a PNG file")
         self.log_artifact(png_path, artifact_path)
 
-    def log_figure(self, figure: Any, name: str) -> None:
+    def log_figure(self, figure: Figure, name: str) -> None:
         """Save a matplotlib figure as the artifact ``name`` (e.g. ``"figures/loss.png"``)."""
-        self._require_client().log_figure(self.run_id, figure, name)
+        client, run_id = self._require_run()
+        client.log_figure(run_id, figure, name)

@@ -137,9 +137,9 @@ def store_problem(uri: str, *, write: bool = True) -> str | None:
 
         return _within(probe_seconds(), lambda: _http_problem(requests, uri, parts))
     if dialect in _DATABASE_PORTS and parts.hostname:
-        port = parts.port or _DATABASE_PORTS[dialect]
+        host, port = parts.hostname, parts.port or _DATABASE_PORTS[dialect]
         server = "MLflow database server not reachable"
-        return _within(probe_seconds(), lambda: _connect_problem(parts.hostname, port, server))
+        return _within(probe_seconds(), lambda: _connect_problem(host, port, server))
     if dialect == "sqlite":
         path = unquote(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else ""
         if not path or path == ":memory:":
@@ -250,8 +250,9 @@ def bounded_http_retries() -> Iterator[None]:
     """
     saved = {name: os.environ.get(name) for name in LATE_LOGGING_LIMITS}
     for name, limit in LATE_LOGGING_LIMITS.items():
+        value = saved[name]
         try:
-            current = int(saved[name]) if saved[name] is not None else None
+            current = int(value) if value is not None else None
         except ValueError:
             current = None
         os.environ[name] = str(limit if current is None else min(current, limit))

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -219,10 +219,11 @@ class AugmentationParameters:
 
     def to(self, device: torch.device | str) -> AugmentationParameters:
         """The same parameters on ``device``."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return AugmentationParameters(
-            **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in moved.items()}
-        )
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        moved: dict[str, Any] = {  # tensors and flags alike
+            k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in values.items()
+        }
+        return AugmentationParameters(**moved)
 
 
 _PER_SAMPLE_FIELDS = (

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,7 +212,7 @@ class _Job:
             return DistributedDataParallel(self.network, device_ids=ids)
         return self.network
 
-    def loader(self, state: TrainingState):
+    def loader(self, state: TrainingState) -> Iterator[dict[str, torch.Tensor]]:
         spec = BatchSpec(
             patch_size=tuple(self.configuration.patch_size),
             batch_size=self.config.batch_size or self.configuration.batch_size,

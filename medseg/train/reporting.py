@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -23,6 +23,9 @@ from medseg.models.pretrained import EncoderTransfer, describe_source
 from medseg.preprocess.plan import Plan
 from medseg.train.config import TrainConfig
 from medseg.train.validation import ValidationResult
+
+if TYPE_CHECKING:
+    from medseg.tracking.runs import RunTracker
 
 MODEL_FACTORY = "medseg.models:build_network"
 
@@ -49,7 +52,7 @@ class TrainedNetwork:
 class TrainingReporter:
     """Logs one training run; a disabled reporter (non-main ranks) does nothing."""
 
-    tracker: Any | None
+    tracker: RunTracker | None
     plan: Plan
     config: TrainConfig
     run_dir: Path

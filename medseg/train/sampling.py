@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -238,7 +239,13 @@ def patch_window(patch_size: Sequence[int], slice_axis: int | None = None) -> Tr
         sizes = (*sizes[:slice_axis], 1, *sizes[slice_axis:])
     if min(sizes) < 1:
         raise ValueError(f"patch_size must be positive, got {patch_size}")
-    return sizes  # type: ignore[return-value]
+    return _triple(sizes)
+
+
+def _triple(values: Iterable[int] | np.ndarray) -> Triple:
+    """Three Python ints from three numbers (numpy integers included)."""
+    x, y, z = (int(v) for v in values)
+    return x, y, z
 
 
 def _start_range(shape: Triple, window: Triple) -> tuple[np.ndarray, np.ndarray]:
@@ -283,19 +290,19 @@ def choose_patch(
         start = np.clip(voxel - offset, low, high)
         return PatchPlan(
             case_id=source.case_id,
-            start=tuple(int(s) for s in start),  # type: ignore[arg-type]
+            start=_triple(start),
             window=window,
             slice_axis=slice_axis,
             foreground_requested=True,
             foreground_class=label_value,
-            foreground_voxel=tuple(int(v) for v in voxel),  # type: ignore[arg-type]
+            foreground_voxel=_triple(voxel),
         )
     if force_foreground:
         logger.debug("case %s has no foreground; drawing a random patch", source.case_id)
     start = rng.integers(low, high, endpoint=True)
     return PatchPlan(
         case_id=source.case_id,
-        start=tuple(int(s) for s in start),  # type: ignore[arg-type]
+        start=_triple(start),
         window=window,
         slice_axis=slice_axis,
         foreground_requested=force_foreground,
@@ -319,10 +326,11 @@ def _read_window(
             return
         source_slices.append(slice(lo, hi))
         target_slices.append(slice(lo - begin, hi - begin))
-    inside = (Ellipsis, *target_slices)
+    inside: tuple[EllipsisType | slice, ...] = (Ellipsis, *target_slices)
     if out[inside].shape != out.shape:
         out[...] = pad_value
-    out[inside] = array[(Ellipsis, *source_slices)]
+    source: tuple[EllipsisType | slice, ...] = (Ellipsis, *source_slices)
+    out[inside] = array[source]
 
 
 def _read_plan(

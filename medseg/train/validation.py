@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def predict_case(
     overlap: float,
     mirror: bool,
     slice_axis: int | None,
-    mirror_axes: list[int] | None = None,
+    mirror_axes: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Label map of one preprocessed image ``(C, X, Y, Z)`` (3D, or 2D slice by slice)."""
     tensor = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)  # memmaps: read-only
@@ -61,7 +62,7 @@ def validate(
     device: torch.device,
     overlap: float = 0.5,
     mirror: bool = False,
-    mirror_axes: list[int] | None = None,
+    mirror_axes: Sequence[int] | None = None,
     slice_axis: int | None = None,
     pictures_dir: Path | None = None,
     pictures: int = 0,

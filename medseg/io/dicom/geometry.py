@@ -98,7 +98,7 @@ def measure_stack(positions: np.ndarray, orientation: np.ndarray) -> StackGeomet
     )
 
 
-def _close(value: np.ndarray | float, reference: float) -> np.ndarray:
+def _close(value: np.ndarray | float, reference: np.ndarray | float) -> np.ndarray:
     return np.abs(np.asarray(value) - reference) <= SPACING_ATOL_MM + SPACING_RTOL * reference
 
 

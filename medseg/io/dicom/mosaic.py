@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -22,10 +23,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # nibabel.nicom announces itself as experimental
     from nibabel.nicom import csareader
 
+if TYPE_CHECKING:
+    from medseg.io.dicom.scan import FrameRecord  # scan.py imports this module
+
 NUMBER_OF_IMAGES_IN_MOSAIC = (0x0019, 0x100A)
 
 
-def mosaic_records(whole: object, dataset: Dataset) -> list:
+def mosaic_records(whole: FrameRecord, dataset: Dataset) -> list[FrameRecord]:
     """Split the record of a mosaic image into one record per tile (slice)."""
     csa = _csa_header(dataset)
     count = _tile_count(dataset, csa, whole)
@@ -49,7 +53,7 @@ def mosaic_records(whole: object, dataset: Dataset) -> list:
         dataclasses.replace(
             whole,
             frame_index=tile,
-            position_lps=tuple(float(v) for v in first + normal * step * tile),
+            position_lps=_point(first + normal * step * tile),
             rows=rows,
             columns=columns,
             instance_uid=f"{whole.instance_uid}#{tile}",
@@ -59,6 +63,11 @@ def mosaic_records(whole: object, dataset: Dataset) -> list:
     ]
 
 
+def _point(vector: np.ndarray) -> tuple[float, float, float]:
+    x, y, z = (float(v) for v in vector)
+    return x, y, z
+
+
 def _csa_header(dataset: Dataset) -> dict | None:
     try:
         return csareader.get_csa_header(dataset, "image")
@@ -66,7 +75,7 @@ def _csa_header(dataset: Dataset) -> dict | None:
         return None
 
 
-def _tile_count(dataset: Dataset, csa: dict | None, whole: object) -> int:
+def _tile_count(dataset: Dataset, csa: dict | None, whole: FrameRecord) -> int:
     count = None
     if csa is not None:
         count = csareader.get_n_mosaic(csa)
@@ -87,7 +96,7 @@ def _csa_normal(csa: dict | None, orientation: np.ndarray) -> np.ndarray:
     return normal / np.linalg.norm(normal)
 
 
-def _slice_step(dataset: Dataset, whole: object) -> float:
+def _slice_step(dataset: Dataset, whole: FrameRecord) -> float:
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):
         value = dataset.get(keyword)
         if value not in (None, "") and float(value) > 0:

@@ -41,6 +41,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import highdicom as hd
 import matplotlib
@@ -50,6 +51,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.transforms import Transform
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, iter_pixels, pixel_array
@@ -168,7 +170,9 @@ def write_overlay_capture(
     fix_provenance(capture, seg)
     timestamp = content_timestamp(seg)
     if timestamp is not None:
-        capture.DateOfSecondaryCapture, capture.TimeOfSecondaryCapture = timestamp
+        # highdicom sets DA/TM values; pydicom stores the DICOM strings as given, as before
+        capture.DateOfSecondaryCapture = timestamp[0]  # type: ignore[assignment]
+        capture.TimeOfSecondaryCapture = timestamp[1]  # type: ignore[assignment]
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         capture.save_as(tmp, enforce_file_format=True)
@@ -315,6 +319,8 @@ def _pixel_aspect(seg: Dataset, source: Dataset | None) -> float:
         shared = (seg.get("SharedFunctionalGroupsSequence") or [Dataset()])[0]
         measures = shared.get("PixelMeasuresSequence") or ()
         spacing = measures[0].get("PixelSpacing") if measures else None
+    if spacing is None:
+        return 1.0
     try:
         row, column = (float(v) for v in spacing)
     except (TypeError, ValueError):
@@ -324,10 +330,10 @@ def _pixel_aspect(seg: Dataset, source: Dataset | None) -> float:
 
 def _palette() -> list[tuple[float, float, float]]:
     """Distinct, saturated colours without greys, for segment numbers 1, 2, ..."""
-    colours = []
+    colours: list[tuple[float, float, float]] = []
     for name in ("tab10", "tab20b", "tab20c", "Dark2"):
         for colour in matplotlib.colormaps[name].colors:  # type: ignore[attr-defined]
-            rgb = tuple(float(c) for c in colour[:3])
+            rgb = (float(colour[0]), float(colour[1]), float(colour[2]))
             if max(rgb) - min(rgb) > 0.15 and rgb not in colours:
                 colours.append(rgb)
     return colours
@@ -415,10 +421,19 @@ def _image_numbers(source: Dataset) -> str:
     return ", ".join(parts) or "unnumbered image"
 
 
+class _TextStyle(TypedDict, total=False):
+    """Keyword arguments shared by several ``Axes.text`` calls."""
+
+    color: str
+    fontsize: float
+    transform: Transform
+    va: str
+
+
 def _orientation_letters(axes: Axes, orientation: np.ndarray) -> None:
     """Patient directions at the four edges of the slice (e.g. R/L, A/P for axial)."""
     row_vector, column_vector = orientation[:3], orientation[3:]
-    style = {"color": "yellow", "fontsize": 12, "transform": axes.transAxes}
+    style: _TextStyle = {"color": "yellow", "fontsize": 12, "transform": axes.transAxes}
     axes.text(0.01, 0.5, _direction_letter(row_vector, sign=-1), ha="left", va="center", **style)
     axes.text(0.99, 0.5, _direction_letter(row_vector), ha="right", va="center", **style)
     axes.text(0.5, 0.99, _direction_letter(column_vector, sign=-1), ha="center", va="top", **style)
@@ -448,7 +463,7 @@ def _volume_table(
     # the name column is ~68% of the table; DejaVu Sans averages ~0.58 em per character
     max_chars = max(8, int(width_px * 0.68 / (font_pt * CAPTURE_DPI / 72 * 0.58)))
     step = row_px / height_px
-    text = {"color": "white", "fontsize": font_pt, "va": "center"}
+    text: _TextStyle = {"color": "white", "fontsize": font_pt, "va": "center"}
     axes.text(0.0, 1 - step / 2, "Structure", weight="bold", **text)
     axes.text(1.0, 1 - step / 2, "Volume (mL)", weight="bold", ha="right", **text)
     for row, segment in enumerate(shown, start=1):
@@ -464,7 +479,8 @@ def _volume_table(
         axes.text(0.08, y, label, **text)
         axes.text(1.0, y, _volume_text(segment.volume_ml), ha="right", **text)
     if note:
-        axes.text(0.0, 1 - (len(shown) + 1.5) * step, note, **{**text, "color": "#c8c8c8"})
+        note_style: _TextStyle = {**text, "color": "#c8c8c8"}
+        axes.text(0.0, 1 - (len(shown) + 1.5) * step, note, **note_style)
 
 
 def _volume_text(volume_ml: float) -> str:

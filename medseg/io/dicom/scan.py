@@ -290,7 +290,7 @@ def _record(
     return FrameRecord(
         path=path,
         frame_index=frame_index,
-        position_lps=tuple(float(v) for v in position),
+        position_lps=(float(position[0]), float(position[1]), float(position[2])),
         orientation=tuple(float(v) for v in unit_orientation),
         pixel_spacing_mm=pixel_spacing,
         rows=int(dataset.Rows),
@@ -307,4 +307,5 @@ def _record(
 def _frame_content(frame_group: Dataset | None, keyword: str) -> Any:
     if frame_group is None or "FrameContentSequence" not in frame_group:
         return None
-    return _first(frame_group.FrameContentSequence).get(keyword)
+    item = _first(frame_group.FrameContentSequence)
+    return item.get(keyword) if item is not None else None

@@ -119,6 +119,7 @@ def _read_headers(paths: list[Path]) -> list[HeaderResult]:
     known_series: set[str] = set()
     results: list[HeaderResult] = []
     for path in paths:
+        result: HeaderResult
         try:
             result = read_header(path, known_series=known_series)
         except InputFileError as error:  # unreadable, or a malformed DICOM header

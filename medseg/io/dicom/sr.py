@@ -44,6 +44,7 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import highdicom as hd
 import pydicom
@@ -268,7 +269,14 @@ def content_timestamp(seg: Dataset) -> tuple[str, str] | None:
     return date, time
 
 
-def content_time_arguments(timestamp: tuple[str, str] | None) -> dict[str, str]:
+class ContentTimeArguments(TypedDict, total=False):
+    """The keyword arguments ``content_time_arguments`` passes to a highdicom constructor."""
+
+    content_date: str
+    content_time: str
+
+
+def content_time_arguments(timestamp: tuple[str, str] | None) -> ContentTimeArguments:
     """``content_date`` and ``content_time`` for a highdicom constructor (none: the clock)."""
     return {} if timestamp is None else {"content_date": timestamp[0], "content_time": timestamp[1]}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
@@ -47,7 +47,7 @@ class _FolderOrSplit(StageOptions):
         raise NotImplementedError
 
     @model_validator(mode="after")
-    def _one_source(self):
+    def _one_source(self) -> Self:
         if (self._folder() is None) == (self.split is None):
             raise ValueError("give exactly one of a folder under the data root and 'split'")
         return self
@@ -173,6 +173,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
         scans = _link_split(ctx, options.split, labels=False, folder=ctx.folder / "scans")
         case_ids = CaseIdScheme.FOLDER  # the manifest's case ids, not patient data
     else:
+        assert options.input is not None  # StageOptions: a split or a folder
         scans, case_ids = ctx.data(options.input), options.case_ids
     model_uri = options.model or ctx.need("model_uri")
     predictions = ctx.folder / "predictions"
@@ -196,6 +197,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
         on_progress=ctx.on_progress,
     )
     done = len(report.done) + len(report.skipped)
+    assert report.summary is not None  # run_batch writes the summary files
     return StageResult(
         provides={"predictions": predictions, "scans": scans, "summary_csv": report.summary.csv},
         problems=[f"{f.case_id}: {f.reason}" for f in report.failed],
@@ -246,6 +248,7 @@ def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> Sta
         folder = ctx.folder / "references"
         references = _link_split(ctx, options.split, labels=True, folder=folder)
     else:
+        assert options.references is not None  # StageOptions: a split or a folder
         references = ctx.data(options.references)
     pairing = pair_label_maps(ctx.need("predictions"), references)
     names = read_label_names(ctx.need("manifest"))

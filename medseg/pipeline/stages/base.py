@@ -64,7 +64,7 @@ class StageContext:
         return path.resolve()
 
 
-def no_inputs(ctx: StageContext, options: Any) -> dict[str, Path]:
+def no_inputs(ctx: StageContext, options: object) -> dict[str, Path]:
     """For stages that read nothing but what earlier stages provide."""
     return {}
 

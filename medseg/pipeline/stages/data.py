@@ -8,7 +8,7 @@ to, or None for the manifest's own folder), ``plan`` and ``cache``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
@@ -21,6 +21,9 @@ from medseg.pipeline.stages.base import (
     StageResult,
     no_inputs,
 )
+
+if TYPE_CHECKING:
+    from medseg.tracking.runs import RunTracker
 
 # --- ingest ------------------------------------------------------------------------------------
 
@@ -48,7 +51,7 @@ def _ingest_inputs(ctx: StageContext, options: IngestOptions) -> dict[str, Path]
     return paths
 
 
-def _ingest(ctx: StageContext, options: IngestOptions, run: Any) -> StageResult:
+def _ingest(ctx: StageContext, options: IngestOptions, run: RunTracker | None) -> StageResult:
     from medseg.ingest import ingest
     from medseg.ingest.stage import OutcomeKind
     from medseg.manifest import (
@@ -120,6 +123,7 @@ def _import_inputs(ctx: StageContext, options: ImportOptions) -> dict[str, Path]
         return {"dataset": ctx.data(options.dataset)}
     from medseg.manifest import label_names_path, read_manifest, resolve
 
+    assert options.manifest is not None  # ImportOptions: exactly one of dataset and manifest
     manifest = ctx.config(options.manifest)
     paths = {"manifest": manifest, "label_names": label_names_path(manifest)}
     for record in read_manifest(manifest):  # only the files it names, not the whole data root
@@ -130,7 +134,7 @@ def _import_inputs(ctx: StageContext, options: ImportOptions) -> dict[str, Path]
     return paths
 
 
-def _import(ctx: StageContext, options: ImportOptions, run: Any) -> StageResult:
+def _import(ctx: StageContext, options: ImportOptions, run: RunTracker | None) -> StageResult:
     if options.dataset is not None:
         from medseg.datasets import import_dataset
 
@@ -145,6 +149,7 @@ def _import(ctx: StageContext, options: ImportOptions, run: Any) -> StageResult:
         )
         problems = [f"{p.case_id}: {p.detail}" for p in report.rejected]
         return _manifest_result(ctx, report.manifest_path, problems)
+    assert options.manifest is not None  # ImportOptions: exactly one of dataset and manifest
     return _validated_copy(ctx, ctx.config(options.manifest))
 
 
@@ -189,7 +194,7 @@ def _plan_inputs(ctx: StageContext, options: PlanStageOptions) -> dict[str, Path
     return {"config": ctx.config(options.config)} if options.config else {}
 
 
-def _plan(ctx: StageContext, options: PlanStageOptions, run: Any) -> StageResult:
+def _plan(ctx: StageContext, options: PlanStageOptions, run: RunTracker | None) -> StageResult:
     from medseg.preprocess.config import load_plan_options
     from medseg.preprocess.plan import plan_manifest
 
@@ -215,7 +220,9 @@ class PreprocessStageOptions(StageOptions):
     workers: int = Field(2, ge=1)
 
 
-def _preprocess(ctx: StageContext, options: PreprocessStageOptions, run: Any) -> StageResult:
+def _preprocess(
+    ctx: StageContext, options: PreprocessStageOptions, run: RunTracker | None
+) -> StageResult:
     from medseg.preprocess.plan import Plan
     from medseg.preprocess.stage import CaseStatus, preprocess_manifest
 

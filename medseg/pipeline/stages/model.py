@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
@@ -16,6 +16,9 @@ from medseg.pipeline.stages.base import (
     StageResult,
     no_inputs,
 )
+
+if TYPE_CHECKING:
+    from medseg.tracking.runs import RunTracker
 
 
 class TrainStageOptions(StageOptions):
@@ -36,7 +39,7 @@ def _train_inputs(ctx: StageContext, options: TrainStageOptions) -> dict[str, Pa
     return {"config": config}
 
 
-def _train(ctx: StageContext, options: TrainStageOptions, run: Any) -> StageResult:
+def _train(ctx: StageContext, options: TrainStageOptions, run: RunTracker | None) -> StageResult:
     from medseg.preprocess.plan import Plan
     from medseg.train.config import load_train_config
     from medseg.train.loop import train
@@ -94,7 +97,7 @@ class RegisterOptions(StageOptions):
     model_name: str
 
 
-def _register(ctx: StageContext, options: RegisterOptions, run: Any) -> StageResult:
+def _register(ctx: StageContext, options: RegisterOptions, run: RunTracker | None) -> StageResult:
     from medseg.tracking.registry import register_and_promote, register_run_model
 
     version = register_run_model(
