@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import InputFileError, MedsegError
+from medseg.errors import DatasetLayoutError, InputFileError
 from medseg.io.formats import is_volume_path, read_volume, volume_stem
 from medseg.manifest import (
     CaseProblem,
@@ -71,10 +71,6 @@ _MR_NAMES = {"MR", "MRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAI
 _MODALITY_CODES = {"CT": "CT", "PET": "PT", "PT": "PT", "US": "US", "XRAY": "DX", "DX": "DX"}
 # nnU-Net v2 channel names that choose a normalisation scheme rather than name a modality.
 _NORMALISATION_NAMES = {"ZSCORE", "NONORM", "RESCALETO01", "RGBTO01"}
-
-
-class DatasetLayoutError(MedsegError):
-    """A dataset folder has no recognised layout or an unusable dataset.json."""
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,7 @@ from typing import Any
 import nibabel.orientations as nio
 import numpy as np
 
-from medseg.errors import MedsegError
-
-
-class InvalidAffineError(MedsegError):
-    """An affine is not a finite, invertible 4x4 homogeneous matrix."""
+from medseg.errors import InvalidAffineError, MedsegError
 
 
 def validate_affine(affine: np.ndarray, *, source: str = "affine") -> np.ndarray:

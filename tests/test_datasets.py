@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.datasets import DatasetLayoutError, ImportReport, import_dataset, normalise_modality
-from medseg.errors import ManifestError
+from medseg.datasets import ImportReport, import_dataset, normalise_modality
+from medseg.errors import DatasetLayoutError, ManifestError
 from medseg.io.nifti import write_nifti
 from medseg.manifest import (
     ProblemKind,

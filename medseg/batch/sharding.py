@@ -24,13 +24,9 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from medseg.errors import MedsegError
+from medseg.errors import ShardError
 
 SHARD_COUNT_VARIABLE = "MEDSEG_SHARD_COUNT"
-
-
-class ShardError(MedsegError):
-    """A shard specification (``--shard`` or the scheduler's variables) is invalid."""
 
 
 @dataclass(frozen=True)

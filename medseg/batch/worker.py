@@ -26,8 +26,7 @@ import torch
 from medseg.batch import layout, locks
 from medseg.batch.records import ScanFailure, ScanResult, model_reference
 from medseg.batch.scans import BatchScan
-from medseg.config_io import ConfigError
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError, ModelLoadError
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import PackagedModel, load_packaged_model, model_cache_folder
 from medseg.infer.stage import predict_task, scan_predictor
@@ -64,10 +63,6 @@ class ScanElsewhere:
 
     case_id: str
     done: bool
-
-
-class ModelLoadError(MedsegError):
-    """The model cannot be loaded in a worker process: no scan can be processed."""
 
 
 # What a forkserver imports once for all workers: the worker, mlflow's model loading and

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import VolumeFileError
+from medseg.errors import InvalidAffineError, VolumeFileError
 from medseg.io.atomic import TEMPORARY_PREFIX
-from medseg.volume import InvalidAffineError, Volume, validate_affine
+from medseg.volume import Volume, validate_affine
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 _HEADER_BYTES = 1 << 16  # enough for any header medseg meets; the rest is voxels

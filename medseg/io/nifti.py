@@ -13,9 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medseg.errors import NiftiError
+from medseg.errors import InvalidAffineError, NiftiError
 from medseg.io.atomic import atomic_path
-from medseg.volume import InvalidAffineError, Volume, validate_affine
+from medseg.volume import Volume, validate_affine
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

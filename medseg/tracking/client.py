@@ -21,12 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from medseg.errors import MedsegError
+from medseg.errors import TrackingError
 from medseg.tracking.store import require_tracking_store, tracking_uri
-
-
-class TrackingError(MedsegError):
-    """A run, model package or registry operation cannot be done as asked."""
 
 
 def require_run(run_id: str, *, tracking_uri: str | None = None) -> str:

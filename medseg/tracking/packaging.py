@@ -27,7 +27,8 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import Schema, TensorSpec
 
 from medseg import __version__
-from medseg.tracking.client import TrackingError, activate
+from medseg.errors import TrackingError
+from medseg.tracking.client import activate
 from medseg.tracking.store import require_store_for_model
 
 MODEL_NAME_IN_RUN = "model"

@@ -21,12 +21,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from medseg import shutdown
-from medseg.tracking.client import (
-    TrackingError,
-    activate,
-    find_or_create_experiment,
-    require_run,
-)
+from medseg.errors import TrackingError
+from medseg.tracking.client import activate, find_or_create_experiment, require_run
 from medseg.tracking.ownership import ProcessIdentity, forget_run, record_run
 from medseg.tracking.store import check_tracking_store, tracking_uri
 from medseg.tracking.tags import (

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg import __version__
-from medseg.tracking.client import TrackingError
+from medseg.errors import TrackingError
 
 TAG_MEDSEG_VERSION = "medseg.version"
 TAG_GIT_COMMIT = "git.commit"

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.errors import GeometryMismatchError, MedsegError
+from medseg.errors import GeometryMismatchError, InvalidSampleSourceError, MedsegError
 
 if TYPE_CHECKING:
     from medseg.preprocess.cache import LoadedCase
@@ -56,10 +56,6 @@ WEIGHTS_PAD_VALUE = 1.0
 """Border-weight value outside the volume: neutral weight."""
 
 Triple = tuple[int, int, int]
-
-
-class InvalidSampleSourceError(MedsegError):
-    """A case handed to the sampler has malformed arrays or foreground locations."""
 
 
 @dataclass(eq=False)

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.errors import GeometryMismatchError
+from medseg.errors import GeometryMismatchError, InvalidSampleSourceError
 from medseg.train.sampling import (
     IMAGE_PAD_VALUE,
     LABEL_PAD_VALUE,
     WEIGHTS_PAD_VALUE,
     Batch,
     BatchSampler,
-    InvalidSampleSourceError,
     PatchPlan,
     SampleSource,
     choose_patch,

@@ -16,16 +16,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from medseg.errors import PipelineError
 from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.formats import format_for_path, output_name
-from medseg.pipeline.stages.base import (
-    PipelineError,
-    StageContext,
-    StageDefinition,
-    StageOptions,
-    StageResult,
-)
+from medseg.pipeline.stages.base import StageContext, StageDefinition, StageOptions, StageResult
 
 Split = Literal["train", "val", "test"]
 

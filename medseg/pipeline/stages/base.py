@@ -10,15 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from medseg.errors import MedsegError
+from medseg.errors import PipelineError
 from medseg.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from medseg.tracking.runs import RunTracker
-
-
-class PipelineError(MedsegError):
-    """A pipeline cannot run as written (missing input, unmet need, failed stage)."""
 
 
 class StageOptions(BaseModel):
