@@ -41,7 +41,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.errors import GeometryMismatchError, InvalidSampleSourceError, MedsegError
+from medseg.errors import (
+    GeometryMismatchError,
+    InvalidSampleSourceError,
+    MissingLabelsError,
+)
 
 if TYPE_CHECKING:
     from medseg.preprocess.cache import LoadedCase
@@ -125,10 +129,12 @@ class SampleSource:
         """A case of the preprocessing cache as the sampler reads it (needs a label).
 
         Raises:
-            MedsegError: the case has no label.
+            MissingLabelsError: the case has no label.
         """
         if case.label is None:
-            raise MedsegError(f"{case.case_id}: an unlabelled case cannot be sampled for training")
+            raise MissingLabelsError(
+                f"{case.case_id}: an unlabelled case cannot be sampled for training"
+            )
         return cls(
             case_id=case.case_id,
             image=case.image,
