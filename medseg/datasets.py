@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import DatasetLayoutError, InputFileError
+from medseg.errors import DatasetLayoutError, InputFileError, NonIntegralLabelError
 from medseg.io.formats import is_volume_path, read_volume, volume_stem
 from medseg.manifest import (
     CaseProblem,
@@ -302,7 +302,7 @@ def _checked_label_values(
         raise _Rejected(ProblemKind.GRID_MISMATCH, f"{label_name}: {mismatch}")
     try:
         values = label_values(label.array)
-    except ValueError as exc:
+    except NonIntegralLabelError as exc:
         raise _Rejected(ProblemKind.NON_INTEGRAL_LABEL, f"{label_name}: {exc}") from exc
     unknown = sorted(set(values) - set(named)) if named is not None else []
     if unknown:
@@ -387,7 +387,7 @@ def import_dataset(
     Raises:
         DatasetLayoutError: the folder has no recognised layout or a bad dataset.json.
         ManifestError: ``data_root`` is given and the dataset is not inside it.
-        ValueError: the fractions are negative or sum to more than 1.
+        SplitFractionsError: the fractions are negative or sum to more than 1.
     """
     # Absolute, so that ``dataset_dir.name`` (hashed into ``source``) is never "" or "..".
     dataset_dir, manifest_path = Path(os.path.abspath(dataset_dir)), Path(manifest_path)

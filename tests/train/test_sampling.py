@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.errors import GeometryMismatchError, InvalidSampleSourceError
+from medseg.errors import GeometryMismatchError, InvalidSampleSourceError, SamplingConfigError
 from medseg.train.sampling import (
     IMAGE_PAD_VALUE,
     LABEL_PAD_VALUE,
@@ -566,7 +566,7 @@ def test_invalid_sources_are_rejected() -> None:
 )
 def test_invalid_sampler_options_are_rejected(options: dict[str, object], message: str) -> None:
     arguments = {"batch_size": 2, "seed": 0} | options
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SamplingConfigError, match=message):
         BatchSampler([make_source()], **arguments)
 
 
@@ -580,5 +580,5 @@ def test_invalid_sampler_options_are_rejected(options: dict[str, object], messag
     ],
 )
 def test_inconsistent_sources_are_rejected(sources: list[SampleSource], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidSampleSourceError, match=message):
         BatchSampler(sources, patch_size=(4, 4, 4), batch_size=2, seed=0)
