@@ -255,7 +255,11 @@ def _add_published(report: BatchReport, todo: list[BatchScan]) -> None:
 
 
 def pinned_model_uri(model_uri: str, tracking_uri: str | None) -> str:
-    """The alias resolved to a version once, so all workers load the same model."""
+    """The alias resolved to a version once, so all workers load the same model.
+
+    Raises:
+        ModelLoadError: the model URI cannot be resolved (e.g. an unknown alias).
+    """
     from medseg.errors import TrackingError
     from medseg.tracking.registry import pin_model_uri
 

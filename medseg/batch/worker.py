@@ -121,6 +121,10 @@ def process_scan(
 
     A scan locked by another process is left to it (``ScanElsewhere``), or with
     ``wait_if_busy`` waited for: then done here only if that process did not finish it.
+
+    Raises:
+        ModelLoadError: the worker could not load the model (no scan can be done).
+        RuntimeError: called outside a worker started by ``start_worker`` (a bug).
     """
     if _worker is None:
         raise RuntimeError("process_scan runs in a worker started by start_worker")

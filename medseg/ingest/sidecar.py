@@ -57,7 +57,11 @@ class ConvertedCase:
         return sidecar.get("label_sha256") is None or self.label_path.exists()
 
     def record(self) -> ManifestRecord:
-        """The manifest record of a completely written case, from its sidecar."""
+        """The manifest record of a completely written case, from its sidecar.
+
+        Raises:
+            ManifestError: the case's sidecar is missing or unreadable.
+        """
         sidecar = self.sidecar()
         if sidecar is None:
             raise ManifestError(f"{self.sidecar_path}: missing or unreadable sidecar")

@@ -168,6 +168,9 @@ class ItkFormat:
 
         A detached header (``.nhdr``, ``.mhd``) gets its data file beside it, moved into place
         before the header. Raises ``VolumeFileError`` for arrays of other than 3 or 4 axes.
+
+        Raises:
+            VolumeFileError: an array of other than 3 or 4 axes, or SimpleITK cannot write it.
         """
         import SimpleITK as sitk
 

@@ -82,6 +82,11 @@ class RunSelection:
     to_stage: str | None = None
 
     def check(self, spec: PipelineSpec) -> None:
+        """Refuse ``--from``/``--to`` values that name no stage of ``spec``.
+
+        Raises:
+            PipelineError: ``from_stage`` or ``to_stage`` is not a stage of ``spec``.
+        """
         names = spec.stage_names()
         for option, value in (("--from", self.from_stage), ("--to", self.to_stage)):
             if value is not None and value not in names:

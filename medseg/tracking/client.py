@@ -63,7 +63,11 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def find_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """Id of the experiment ``name``, created with a sane artifact location if it is new."""
+    """Id of the experiment ``name``, created with a sane artifact location if it is new.
+
+    Raises:
+        TrackingError: the experiment exists but is deleted.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = None

@@ -204,7 +204,11 @@ class RunTracker:
         client.log_batch(self.run_id, params=[Param(k, v) for k, v in flat.items()])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log (nested, dotted) numeric metrics at ``step`` (epoch or iteration)."""
+        """Log (nested, dotted) numeric metrics at ``step`` (epoch or iteration).
+
+        Raises:
+            TrackingError: a metric value is not a number.
+        """
         client = self._require_client()
         now_ms = int(time.time() * 1000)
         entries = []
@@ -231,7 +235,11 @@ class RunTracker:
         self._require_client().log_dict(self.run_id, obj, name)
 
     def log_image(self, png_path: str | Path, artifact_path: str = "images") -> None:
-        """Upload a PNG file (overlay, curve) under ``artifact_path``; other formats are refused."""
+        """Upload a PNG file (overlay, curve) under ``artifact_path``; other formats are refused.
+
+        Raises:
+            TrackingError: ``png_path`` is not a PNG file.
+        """
         png_path = Path(png_path)
         with png_path.open("rb") as handle:
             if handle.read(8) != b"\x89PNG\r\n\x1a\n":

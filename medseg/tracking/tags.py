@@ -75,7 +75,11 @@ def flatten_mapping(values: Mapping[str, Any], prefix: str = "") -> dict[str, An
 
 
 def refuse_file_paths(values: Mapping[str, str], *, kind: str) -> None:
-    """Raise ``TrackingError`` if a value looks like an absolute path (they can identify people)."""
+    """Raise ``TrackingError`` if a value looks like an absolute path (they can identify people).
+
+    Raises:
+        TrackingError: a value looks like an absolute file system path.
+    """
     for key, value in values.items():
         if _ABSOLUTE_PATH.match(str(value)):
             raise TrackingError(

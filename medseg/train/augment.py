@@ -251,6 +251,9 @@ def rotation_scale_affine(rotation_degrees: torch.Tensor, scale: torch.Tensor) -
     Returns:
         float32 affine on the device of ``rotation_degrees``; exactly the identity for zero angles
         and unit scale.
+
+    Raises:
+        AugmentationError: ``rotation_degrees`` is neither ``(B, 1)`` nor ``(B, 3)``.
     """
     angles = torch.deg2rad(rotation_degrees.double())
     cos, sin = torch.cos(angles), torch.sin(angles)

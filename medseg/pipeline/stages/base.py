@@ -47,7 +47,11 @@ class StageContext:
         return self._existing(self.config_root / relative, "config root", relative)
 
     def need(self, key: str) -> Any:
-        """A value provided by an earlier stage."""
+        """A value provided by an earlier stage.
+
+        Raises:
+            PipelineError: no earlier stage provides ``key``.
+        """
         if key not in self.provided:
             raise PipelineError(f"stage {self.name!r}: needs {key!r}, which no earlier stage gives")
         return self.provided[key]
