@@ -9,14 +9,10 @@ from typing import Any, ClassVar, TypeVar, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError
 from medseg.lookup import closest, unknown_choice
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-class ConfigError(MedsegError):
-    """A configuration file is unreadable or holds unknown or invalid keys."""
 
 
 class OptionsModel(BaseModel):

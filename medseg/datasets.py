@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import InputFileError, MedsegError
+from medseg.errors import DatasetLayoutError, InputFileError, NonIntegralLabelError
 from medseg.io.formats import is_volume_path, read_volume, volume_stem
 from medseg.manifest import (
     CaseProblem,
@@ -71,10 +71,6 @@ _MR_NAMES = {"MR", "MRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAI
 _MODALITY_CODES = {"CT": "CT", "PET": "PT", "PT": "PT", "US": "US", "XRAY": "DX", "DX": "DX"}
 # nnU-Net v2 channel names that choose a normalisation scheme rather than name a modality.
 _NORMALISATION_NAMES = {"ZSCORE", "NONORM", "RESCALETO01", "RGBTO01"}
-
-
-class DatasetLayoutError(MedsegError):
-    """A dataset folder has no recognised layout or an unusable dataset.json."""
 
 
 @dataclass(frozen=True)
@@ -306,7 +302,7 @@ def _checked_label_values(
         raise _Rejected(ProblemKind.GRID_MISMATCH, f"{label_name}: {mismatch}")
     try:
         values = label_values(label.array)
-    except ValueError as exc:
+    except NonIntegralLabelError as exc:
         raise _Rejected(ProblemKind.NON_INTEGRAL_LABEL, f"{label_name}: {exc}") from exc
     unknown = sorted(set(values) - set(named)) if named is not None else []
     if unknown:
@@ -391,7 +387,7 @@ def import_dataset(
     Raises:
         DatasetLayoutError: the folder has no recognised layout or a bad dataset.json.
         ManifestError: ``data_root`` is given and the dataset is not inside it.
-        ValueError: the fractions are negative or sum to more than 1.
+        SplitFractionsError: the fractions are negative or sum to more than 1.
     """
     # Absolute, so that ``dataset_dir.name`` (hashed into ``source``) is never "" or "..".
     dataset_dir, manifest_path = Path(os.path.abspath(dataset_dir)), Path(manifest_path)

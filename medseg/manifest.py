@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import ManifestError
+from medseg.errors import ManifestError, NonIntegralLabelError, SplitFractionsError
 from medseg.io.atomic import write_text_atomic
 from medseg.io.formats import data_files
 from medseg.volume import Volume
@@ -303,12 +303,16 @@ def split_counts(n_cases: int, fractions: Sequence[float]) -> tuple[int, int, in
     go to the splits with the largest fractional parts (ties to the earlier split).
 
     Raises:
-        ValueError: ``fractions`` is not three non-negative numbers summing to 1.
+        SplitFractionsError: ``fractions`` is not three non-negative numbers summing to 1.
     """
     if len(fractions) != 3 or not all(_is_number(f) and f >= 0 for f in fractions):
-        raise ValueError(f"fractions must be three non-negative numbers, got {fractions!r}")
+        raise SplitFractionsError(
+            f"fractions must be three non-negative numbers, got {fractions!r}"
+        )
     if abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(f"fractions must sum to 1, got {fractions!r} (sum {sum(fractions)})")
+        raise SplitFractionsError(
+            f"fractions must sum to 1, got {fractions!r} (sum {sum(fractions)})"
+        )
     # Rounding to 9 decimals keeps 10 * 0.7 = 7.000000000000001 from becoming a remainder.
     shares = [round(n_cases * f, 9) for f in fractions]
     counts = [math.floor(share) for share in shares]
@@ -331,11 +335,12 @@ def assign_splits(
     to val, the rest to test.
 
     Raises:
-        ValueError: case ids repeat, or ``fractions`` are invalid.
+        ManifestError: case ids repeat.
+        SplitFractionsError: ``fractions`` are invalid.
     """
     ids = list(case_ids)
     if len(set(ids)) != len(ids):
-        raise ValueError("case ids must be unique")
+        raise ManifestError("case ids must be unique")
     counts = split_counts(len(ids), fractions)
     order = sorted(ids, key=lambda case_id: hashlib.sha256(f"{seed}:{case_id}".encode()).digest())
     splits: dict[str, str] = {}
@@ -353,7 +358,7 @@ def with_splits(
     (``assign_splits``); unlabelled cases go to test.
 
     Raises:
-        ValueError: the fractions are not a valid split.
+        SplitFractionsError: the fractions are not a valid split.
     """
     fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
     split_counts(0, fractions)  # validates
@@ -419,13 +424,15 @@ def label_values(array: np.ndarray) -> list[int]:
     """Sorted distinct values of a label map; float maps are fine if every value is whole.
 
     Raises:
-        ValueError: a value is fractional, NaN or infinite.
+        NonIntegralLabelError: a value is fractional, NaN or infinite.
     """
     values = np.unique(array)
     if values.dtype.kind == "f":
         bad = values[~np.isfinite(values) | (values != np.round(values))]
         if bad.size:
-            raise ValueError(f"label has {bad.size} non-integral value(s), e.g. {bad[0]:g}")
+            raise NonIntegralLabelError(
+                f"label has {bad.size} non-integral value(s), e.g. {bad[0]:g}"
+            )
     return [int(v) for v in values]
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.errors import InputFileError
+from medseg.errors import InputFileError, NonIntegralLabelError
 from medseg.io.formats import data_files, read_volume
 from medseg.manifest import (
     SPACING_ATOL_MM,
@@ -94,7 +94,7 @@ def _check_label(
     problems = []
     try:
         label_values(label.array)
-    except ValueError as exc:
+    except NonIntegralLabelError as exc:
         problems.append(CaseProblem(case_id, ProblemKind.NON_INTEGRAL_LABEL, f"{path}: {exc}"))
     mismatch = grid_mismatch(image, label) if image is not None else None
     if mismatch:

@@ -26,11 +26,7 @@ from typing import Any
 import nibabel.orientations as nio
 import numpy as np
 
-from medseg.errors import MedsegError
-
-
-class InvalidAffineError(MedsegError):
-    """An affine is not a finite, invertible 4x4 homogeneous matrix."""
+from medseg.errors import GeometryMismatchError, InvalidAffineError, VolumeShapeError
 
 
 def validate_affine(affine: np.ndarray, *, source: str = "affine") -> np.ndarray:
@@ -70,7 +66,9 @@ class Volume:
 
     def __post_init__(self) -> None:
         if self.array.ndim < 3:
-            raise MedsegError(f"a Volume needs at least 3 dimensions, got shape {self.array.shape}")
+            raise VolumeShapeError(
+                f"a Volume needs at least 3 dimensions, got shape {self.array.shape}"
+            )
         self.affine_ras = validate_affine(self.affine_ras)
 
     @property
@@ -97,7 +95,7 @@ class Volume:
     def with_array(self, array: np.ndarray) -> Volume:
         """A new volume with the same geometry and metadata but other voxels of the same shape."""
         if array.shape[:3] != self.array.shape[:3]:
-            raise MedsegError(
+            raise GeometryMismatchError(
                 f"spatial shape {array.shape[:3]} differs from {self.array.shape[:3]}"
             )
         return Volume(array, self.affine_ras.copy(), dict(self.metadata))

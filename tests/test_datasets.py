@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.datasets import DatasetLayoutError, ImportReport, import_dataset, normalise_modality
-from medseg.errors import ManifestError
+from medseg.datasets import ImportReport, import_dataset, normalise_modality
+from medseg.errors import DatasetLayoutError, ManifestError, SplitFractionsError
 from medseg.io.nifti import write_nifti
 from medseg.manifest import (
     ProblemKind,
@@ -319,7 +319,7 @@ def test_data_root_must_contain_the_dataset(tmp_path: Path) -> None:
 
 def test_invalid_fractions_raise_before_reading_anything(tmp_path: Path) -> None:
     dataset = _flat_dataset(tmp_path / "data")
-    with pytest.raises(ValueError, match="fractions"):
+    with pytest.raises(SplitFractionsError, match="fractions"):
         import_dataset(
             dataset, manifest_path=tmp_path / "m.jsonl", val_fraction=0.7, test_fraction=0.5
         )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from medseg.datasets import import_dataset
-from medseg.errors import ManifestError
+from medseg.errors import ManifestError, NonIntegralLabelError, SplitFractionsError
 from medseg.io.formats import data_files, write_volume
 from medseg.io.nifti import write_nifti
 from medseg.manifest import (
@@ -184,7 +184,7 @@ def test_split_counts_round_to_exact_totals(
 
 @pytest.mark.parametrize("fractions", [(0.8, 0.3, 0.0), (1.2, -0.2, 0.0), (0.5, 0.5)])
 def test_split_counts_reject_invalid_fractions(fractions: tuple[float, ...]) -> None:
-    with pytest.raises(ValueError, match="fractions"):
+    with pytest.raises(SplitFractionsError, match="fractions"):
         split_counts(10, fractions)
 
 
@@ -203,7 +203,7 @@ def test_assign_splits_depends_on_the_seed() -> None:
 
 
 def test_assign_splits_rejects_repeated_case_ids() -> None:
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(ManifestError, match="unique"):
         assign_splits(["a", "b", "a"], seed=0)
 
 
@@ -233,7 +233,7 @@ def test_label_values_of_integral_maps(array: np.ndarray, expected: list[int]) -
 
 @pytest.mark.parametrize("bad", [0.5, np.nan, np.inf])
 def test_label_values_reject_non_integral_values(bad: float) -> None:
-    with pytest.raises(ValueError, match="non-integral"):
+    with pytest.raises(NonIntegralLabelError, match="non-integral"):
         label_values(np.array([[[0.0, 1.0], [bad, 1.0]]], dtype=np.float32))
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.volume import InvalidAffineError, Volume
+from medseg.errors import InvalidAffineError
+from medseg.volume import Volume
 
 
 def _lps_like_affine() -> np.ndarray:

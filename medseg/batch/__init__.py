@@ -36,6 +36,6 @@ discovery order, which a new file can change (hash ids are stable). A truncated 
 header still parses is classified by discovery as a skipped non-image file, not a failure.
 """
 
-from medseg.batch.sharding import Shard, ShardError, resolve_shard, shard_from_environment
+from medseg.batch.sharding import Shard, resolve_shard, shard_from_environment
 
-__all__ = ["Shard", "ShardError", "resolve_shard", "shard_from_environment"]
+__all__ = ["Shard", "resolve_shard", "shard_from_environment"]

@@ -30,14 +30,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from medseg.errors import MedsegError
+from medseg.errors import WorkerDiedError
 from medseg.parallel import WorkerPool, process_pool
 
 T = TypeVar("T")
-
-
-class WorkerDiedError(MedsegError):
-    """The worker process running an item ended abruptly, also when the item ran alone."""
 
 
 def _pool(

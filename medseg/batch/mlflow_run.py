@@ -24,12 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medseg.errors import TrackingUnavailableError
 from medseg.phi import hash_identifier
-from medseg.tracking.store import (
-    TrackingUnavailableError,
-    bounded_http_retries,
-    require_tracking_store,
-)
+from medseg.tracking.store import bounded_http_retries, require_tracking_store
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from medseg.batch import layout
-from medseg.batch.executor import WorkerDiedError, run_isolated
+from medseg.batch.executor import run_isolated
 from medseg.batch.mlflow_run import (
     DEFAULT_EXPERIMENT,
     TrackingOutcome,
@@ -53,13 +53,12 @@ from medseg.batch.sharding import Shard
 from medseg.batch.summary import SummaryFiles, write_summary
 from medseg.batch.worker import (
     PRELOAD_MODULES,
-    ModelLoadError,
     ScanElsewhere,
     WorkerSettings,
     process_scan,
     start_worker,
 )
-from medseg.errors import InputFileError
+from medseg.errors import InputFileError, ModelLoadError, WorkerDiedError
 from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.atomic import write_json_atomic
@@ -281,8 +280,12 @@ def _add_published(report: BatchReport, todo: list[BatchScan]) -> None:
 
 
 def pinned_model_uri(model_uri: str, tracking_uri: str | None) -> str:
-    """The alias resolved to a version once, so all workers load the same model."""
-    from medseg.tracking.client import TrackingError
+    """The alias resolved to a version once, so all workers load the same model.
+
+    Raises:
+        ModelLoadError: the model URI cannot be resolved (e.g. an unknown alias).
+    """
+    from medseg.errors import TrackingError
     from medseg.tracking.registry import pin_model_uri
 
     try:

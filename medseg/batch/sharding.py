@@ -24,13 +24,9 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from medseg.errors import MedsegError
+from medseg.errors import ShardError
 
 SHARD_COUNT_VARIABLE = "MEDSEG_SHARD_COUNT"
-
-
-class ShardError(MedsegError):
-    """A shard specification (``--shard`` or the scheduler's variables) is invalid."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +51,9 @@ class Shard:
         Example:
             >>> Shard.parse("2/5")
             Shard(index=2, count=5)
+
+        Raises:
+            ShardError: ``text`` is not of the form ``I/N`` with ``0 <= I < N``.
         """
         index, slash, count = text.strip().partition("/")
         try:
@@ -90,7 +89,11 @@ def _integer(env: Mapping[str, str], name: str, default: int | None = None) -> i
 
 
 def shard_from_environment(env: Mapping[str, str]) -> Shard:
-    """The shard a Slurm array task or Kubernetes Indexed Job pod is; ``0/1`` outside both."""
+    """The shard a Slurm array task or Kubernetes Indexed Job pod is; ``0/1`` outside both.
+
+    Raises:
+        ShardError: the scheduler's variables do not give a valid shard.
+    """
     if env.get("SLURM_ARRAY_TASK_ID"):
         task = _integer(env, "SLURM_ARRAY_TASK_ID")
         first = _integer(env, "SLURM_ARRAY_TASK_MIN", 0)

@@ -26,8 +26,7 @@ import torch
 from medseg.batch import layout, locks
 from medseg.batch.records import ScanFailure, ScanResult, model_reference
 from medseg.batch.scans import BatchScan
-from medseg.config_io import ConfigError
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError, ModelLoadError
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import PackagedModel, load_packaged_model, model_cache_folder
 from medseg.infer.stage import predict_task, scan_predictor
@@ -65,10 +64,6 @@ class ScanElsewhere:
 
     case_id: str
     done: bool
-
-
-class ModelLoadError(MedsegError):
-    """The model cannot be loaded in a worker process: no scan can be processed."""
 
 
 # What a forkserver imports once for all workers: the worker, mlflow's model loading and
@@ -127,6 +122,10 @@ def process_scan(
 
     A scan locked by another process is left to it (``ScanElsewhere``), or with
     ``wait_if_busy`` waited for: then done here only if that process did not finish it.
+
+    Raises:
+        ModelLoadError: the worker could not load the model (no scan can be done).
+        RuntimeError: called outside a worker started by ``start_worker`` (a bug).
     """
     if _worker is None:
         raise RuntimeError("process_scan runs in a worker started by start_worker")

@@ -90,7 +90,8 @@ def batch(
     from medseg.tracking.store import require_store_for_model
 
     require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
-    from medseg.batch.sharding import ShardError, resolve_shard
+    from medseg.batch.sharding import resolve_shard
+    from medseg.errors import ShardError
 
     try:
         chosen = resolve_shard(shard, os.environ)

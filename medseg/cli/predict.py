@@ -64,7 +64,7 @@ def predict(
     from medseg.tracking.store import require_store_for_model
 
     require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
-    from medseg.config_io import ConfigError
+    from medseg.errors import ConfigError
     from medseg.infer.predictor import load_packaged_model
     from medseg.infer.stage import predict_path
 

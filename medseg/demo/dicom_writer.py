@@ -44,7 +44,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import format_number_as_ds
 
-from medseg.errors import MedsegError, UnknownChoiceError
+from medseg.errors import DicomWriteError, UnknownChoiceError
 from medseg.io.atomic import atomic_path
 from medseg.lookup import look_up_option
 from medseg.parallel import process_pool
@@ -68,15 +68,6 @@ FAKE_PHI: dict[str, str] = {
     "ReferringPhysicianName": "FAKE^REFERRER",
     "OperatorsName": "FAKE^OPERATOR",
 }
-
-
-class DicomWriteError(MedsegError):
-    """A volume cannot be written as the requested DICOM series."""
-
-    def __init__(self, target: object, problem: str) -> None:
-        self.target = str(target)
-        self.problem = problem
-        super().__init__(f"{self.target}: {problem}")
 
 
 class TransferSyntax(enum.StrEnum):

@@ -27,7 +27,7 @@ from medseg.demo.dicom_writer import (
     write_dicom_series,
 )
 from medseg.demo.shapes import Ellipsoid, EllipticTube, local_coordinates
-from medseg.errors import MedsegError
+from medseg.errors import PhantomError
 from medseg.io.atomic import write_json_atomic
 from medseg.io.nifti import write_nifti
 from medseg.volume import Volume
@@ -69,10 +69,6 @@ _AXIS_CODES: dict[str, tuple[float, float, float]] = {
     "S": (0.0, 0.0, 1.0),
     "I": (0.0, 0.0, -1.0),
 }
-
-
-class PhantomError(MedsegError):
-    """Invalid phantom parameters (orientation code, spacing, shape)."""
 
 
 @dataclass(frozen=True)

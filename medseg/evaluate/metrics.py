@@ -11,11 +11,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from medseg.errors import GeometryMismatchError
+
 
 def confusion_matrix(
     prediction: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int
 ) -> np.ndarray:
-    """K x K counts: rows are reference labels, columns predicted labels."""
+    """K x K counts: rows are reference labels, columns predicted labels.
+
+    Raises:
+        GeometryMismatchError: the two label maps have different numbers of voxels.
+    """
     if isinstance(prediction, torch.Tensor):
         prediction = prediction.detach().cpu().numpy()
     if isinstance(target, torch.Tensor):
@@ -23,7 +29,9 @@ def confusion_matrix(
     prediction = np.asarray(prediction, dtype=np.int64).ravel()
     target = np.asarray(target, dtype=np.int64).ravel()
     if prediction.shape != target.shape:
-        raise ValueError(f"prediction has {prediction.size} voxels, reference {target.size}")
+        raise GeometryMismatchError(
+            f"prediction has {prediction.size} voxels, reference {target.size}"
+        )
     counts = np.bincount(target * num_classes + prediction, minlength=num_classes * num_classes)
     return counts[: num_classes * num_classes].reshape(num_classes, num_classes)
 

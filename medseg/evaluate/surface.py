@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import KDTree
 
-from medseg.errors import GeometryMismatchError
+from medseg.errors import GeometryMismatchError, MetricOptionError
 
 HD_PERCENTILE = 95.0
 # The offset search covers distances up to this many times the largest voxel size, with at
@@ -99,7 +99,7 @@ def surface_metrics(
 
     Raises:
         GeometryMismatchError: the two maps have different shapes.
-        ValueError: the spacing does not give one positive finite size per axis, or the
+        MetricOptionError: the spacing does not give one positive finite size per axis, or the
             tolerance is negative or not finite.
 
     Example:
@@ -118,12 +118,12 @@ def surface_metrics(
         )
     spacing = np.asarray(spacing_mm, dtype=np.float64)
     if spacing.shape != (prediction.ndim,) or not np.all(np.isfinite(spacing) & (spacing > 0)):
-        raise ValueError(
+        raise MetricOptionError(
             f"spacing_mm must hold {prediction.ndim} positive finite sizes (one per axis of "
             f"shape {prediction.shape}), got {list(spacing_mm)}"
         )
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
-        raise ValueError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm}")
+        raise MetricOptionError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm}")
 
     labels = [int(label) for label in labels]
     prediction_boxes = _bounding_boxes(prediction, labels)

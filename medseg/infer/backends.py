@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.errors import MedsegError
+from medseg.errors import BackendError, MissingDependencyError
 from medseg.infer.choices import Backend, Precision
 from medseg.lookup import look_up_option
 
@@ -66,7 +66,7 @@ def _require(module: str, *, purpose: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as error:
-        raise MedsegError(
+        raise MissingDependencyError(
             f"{purpose} needs the Python package {module!r}, which is not "
             f"installed ({error}); install it with `pip install {module}` or {INSTALL_HINT}"
         ) from error
@@ -115,7 +115,8 @@ def export_onnx(
         Path of the ``.onnx`` file (weights embedded, no external data files).
 
     Raises:
-        MedsegError: ``onnx``/``onnxscript`` missing, or the export failed.
+        MissingDependencyError: ``onnx``/``onnxscript`` missing.
+        BackendError: the export failed.
     """
     network.eval()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -154,7 +155,7 @@ def export_onnx(
         os.replace(partial, path)
     except Exception as error:
         partial.unlink(missing_ok=True)
-        raise MedsegError(
+        raise BackendError(
             f"exporting {type(network).__name__} to {path} failed: {error}"
         ) from error
     logger.info("exported network to %s in %.1f s", path, time.perf_counter() - started)
@@ -186,7 +187,7 @@ class _ExportedPredictor(nn.Module):
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, *patch)`` of a batch ``(B, C, *patch)``, on the batch's device."""
         if tuple(batch.shape[1:]) != self.input_shape:
-            raise MedsegError(
+            raise BackendError(
                 f"{type(self).__name__} ({self.onnx_path.name}) takes batches of shape "
                 f"(B, {', '.join(map(str, self.input_shape))}); got {tuple(batch.shape)}"
             )
@@ -239,7 +240,8 @@ class OpenVinoPredictor(_ExportedPredictor):
         """Compile for the CPU with an explicit precision hint (OpenVINO's default is bf16).
 
         Raises:
-            MedsegError: ``openvino`` missing, or bf16 requested on a CPU without bf16 support.
+            MissingDependencyError: ``openvino`` missing.
+            BackendError: bf16 requested on a CPU without bf16 support.
         """
         super().__init__(onnx_path=onnx_path, patch_size=patch_size, in_channels=in_channels)
         openvino = _require("openvino", purpose="backend 'openvino'")
@@ -247,7 +249,7 @@ class OpenVinoPredictor(_ExportedPredictor):
         if precision == Precision.BF16:
             capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
             if "BF16" not in capabilities:
-                raise MedsegError(
+                raise BackendError(
                     f"precision 'bf16' requested but this CPU supports only {capabilities}"
                 )
         config: dict[str, Any] = {
@@ -292,15 +294,17 @@ def make_predictor(
         Module whose ``forward`` maps ``(B, C, *patch)`` float32 to logits ``(B, K, *patch)``.
 
     Raises:
-        MedsegError: unknown backend or precision, bf16 with another backend than OpenVINO,
-            the backend package is not installed, or the export failed.
+        UnknownChoiceError: unknown backend or precision.
+        BackendError: bf16 with another backend than OpenVINO, a batch size below 1, or the
+            export failed.
+        MissingDependencyError: the backend package is not installed.
     """
     backend = look_up_option(backend, Backend)
     precision = look_up_option(precision, Precision)
     if precision != Precision.FP32 and backend != Backend.OPENVINO:
-        raise MedsegError(f"precision {precision.value!r} is only supported by backend 'openvino'")
+        raise BackendError(f"precision {precision.value!r} is only supported by backend 'openvino'")
     if batch_size < 1:
-        raise MedsegError(f"batch_size must be at least 1, got {batch_size}")
+        raise BackendError(f"batch_size must be at least 1, got {batch_size}")
     network.eval()
     if backend == Backend.TORCH:
         return network

@@ -36,7 +36,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 import torch
 
-from medseg.errors import MedsegError
+from medseg.errors import CrfInputError
 from medseg.infer.options import CrfSettings
 
 PROBABILITY_FLOOR = 1e-6  # unary at most -log(1e-6) = 13.8 nats: no infinities
@@ -48,10 +48,6 @@ SUM_TOLERANCE = 1e-2  # probabilities must sum to 1 within this (float16 storage
 NORM_EPSILON = 1e-12
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-
-
-class CrfInputError(MedsegError, ValueError):
-    """The CRF's inputs do not fit together (shapes, spacing) or are not finite."""
 
 
 def dense_crf(

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medseg.config_io import ConfigError
+from medseg.errors import ConfigError
 from medseg.infer.choices import Backend, Precision
 from medseg.ingest.non_finite import NonFinitePolicy
 

@@ -85,7 +85,7 @@ class ScanTask:
         Raises:
             UnreadableSliceError: files beside its slices cannot be read.
             NonFiniteVoxelsError: non-finite voxels (with ``ERROR``), or no finite voxel.
-            MedsegError: the scan cannot be read.
+            InputError: the scan cannot be read.
         """
         if self.unreadable_beside:
             names = ", ".join(

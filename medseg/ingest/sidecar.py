@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from medseg import __version__
-from medseg.errors import GeometryMismatchError, ManifestError
+from medseg.errors import GeometryMismatchError, ManifestError, NonIntegralLabelError
 from medseg.io.atomic import write_json_atomic
 from medseg.io.nifti import write_nifti
 from medseg.manifest import ManifestRecord, label_values, manifest_spacing, sha256_file
@@ -57,7 +57,11 @@ class ConvertedCase:
         return sidecar.get("label_sha256") is None or self.label_path.exists()
 
     def record(self) -> ManifestRecord:
-        """The manifest record of a completely written case, from its sidecar."""
+        """The manifest record of a completely written case, from its sidecar.
+
+        Raises:
+            ManifestError: the case's sidecar is missing or unreadable.
+        """
         sidecar = self.sidecar()
         if sidecar is None:
             raise ManifestError(f"{self.sidecar_path}: missing or unreadable sidecar")
@@ -92,7 +96,7 @@ def check_label(label: Volume, image: Volume, *, path: Path) -> Volume:
         )
     try:
         values = label_values(label.array)
-    except ValueError as exc:
+    except NonIntegralLabelError as exc:
         raise GeometryMismatchError(f"{path}: label map is not integral: {exc}") from exc
     dtype = np.uint8 if max(values, default=0) < 256 and min(values, default=0) >= 0 else np.int32
     return label.with_array(label.array.astype(dtype))

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.errors import VolumeFileError
+from medseg.errors import InvalidAffineError, VolumeFileError
 from medseg.io.atomic import TEMPORARY_PREFIX
-from medseg.volume import InvalidAffineError, Volume, validate_affine
+from medseg.volume import Volume, validate_affine
 
 if TYPE_CHECKING:
     import SimpleITK as sitk  # at run time imported inside the functions that use it
@@ -171,6 +171,9 @@ class ItkFormat:
 
         A detached header (``.nhdr``, ``.mhd``) gets its data file beside it, moved into place
         before the header. Raises ``VolumeFileError`` for arrays of other than 3 or 4 axes.
+
+        Raises:
+            VolumeFileError: an array of other than 3 or 4 axes, or SimpleITK cannot write it.
         """
         import SimpleITK as sitk
 

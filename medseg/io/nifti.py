@@ -13,9 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from medseg.errors import NiftiError
+from medseg.errors import InvalidAffineError, NiftiError
 from medseg.io.atomic import atomic_path
-from medseg.volume import InvalidAffineError, Volume, validate_affine
+from medseg.volume import Volume, validate_affine
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -81,6 +81,9 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
     """Write ``volume`` to ``path`` (``.nii`` or ``.nii.gz``) atomically; return the path.
 
     Both sform and qform carry the affine (code 1, scanner coordinates); spatial units mm.
+
+    Raises:
+        NiftiError: ``path`` does not end in ``.nii`` or ``.nii.gz``.
     """
     path = Path(path)
     if not is_nifti_path(path):

@@ -22,7 +22,7 @@ Config form for :func:`build_loss`: a name (``"dice_ce"``), or a mapping of name
 to options (``{"dice_ce": 1.0, "border_ce": 0.5}``, ``{"focal": {"weight": 1.0, "gamma": 3.0}}``).
 """
 
-from medseg.losses.base import LossConfigError, LossInputError, SegmentationLoss, TermSpec
+from medseg.losses.base import SegmentationLoss, TermSpec
 from medseg.losses.border import BorderCESpec, BorderWeightedCELoss
 from medseg.losses.compound import CombinedLoss
 from medseg.losses.cross_entropy import CESpec, CrossEntropyLoss
@@ -43,8 +43,6 @@ __all__ = [
     "DiceCESpec",
     "FocalLoss",
     "FocalSpec",
-    "LossConfigError",
-    "LossInputError",
     "LossSpec",
     "SegmentationLoss",
     "TermSpec",

@@ -12,15 +12,7 @@ from pydantic import BaseModel, Field, model_validator
 from torch import Tensor, nn
 
 from medseg.config_io import OptionsModel
-from medseg.errors import MedsegError
-
-
-class LossConfigError(MedsegError, ValueError):
-    """A loss option or loss spec is unknown or invalid."""
-
-
-class LossInputError(MedsegError, ValueError):
-    """Logits, target or weights handed to a loss have the wrong shape, dtype or values."""
+from medseg.errors import LossConfigError, LossInputError
 
 
 class TermSpec(OptionsModel):

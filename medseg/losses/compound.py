@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from medseg.losses.base import LossConfigError, SegmentationLoss
+from medseg.errors import LossConfigError
+from medseg.losses.base import SegmentationLoss
 
 
 class CombinedLoss(SegmentationLoss):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medseg.losses.base import LossConfigError, LossInputError, SegmentationLoss, without_channel
+from medseg.errors import LossConfigError, LossInputError
+from medseg.losses.base import SegmentationLoss, without_channel
 
 
 def deep_supervision_weights(n_outputs: int, *, drop_lowest: bool = False) -> tuple[float, ...]:

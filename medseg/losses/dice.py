@@ -9,13 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medseg.losses.base import (
-    LossConfigError,
-    SegmentationLoss,
-    TermSpec,
-    class_weight_tensor,
-    class_weights_for,
-)
+from medseg.errors import LossConfigError
+from medseg.losses.base import SegmentationLoss, TermSpec, class_weight_tensor, class_weights_for
 
 
 class DiceCESpec(TermSpec):

@@ -9,13 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medseg.losses.base import (
-    LossConfigError,
-    SegmentationLoss,
-    TermSpec,
-    class_weight_tensor,
-    class_weights_for,
-)
+from medseg.errors import LossConfigError
+from medseg.losses.base import SegmentationLoss, TermSpec, class_weight_tensor, class_weights_for
 
 # Floor of (1 - p_t) in the focal term: keeps the gradient of (1 - p_t)^gamma finite for
 # gamma < 1 where p_t rounds to 1 (those voxels contribute ~0 to the loss anyway).

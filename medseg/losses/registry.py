@@ -14,8 +14,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_serializer, m
 from pydantic_core import InitErrorDetails
 
 from medseg.config_io import validation_problems
+from medseg.errors import LossConfigError
 from medseg.lookup import look_up_option
-from medseg.losses.base import LossConfigError, SegmentationLoss, TermSpec
+from medseg.losses.base import SegmentationLoss, TermSpec
 from medseg.losses.border import BorderWeightedCELoss
 from medseg.losses.compound import CombinedLoss
 from medseg.losses.cross_entropy import CrossEntropyLoss

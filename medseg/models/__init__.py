@@ -22,7 +22,7 @@ from pydantic import create_model
 from torch import nn
 
 from medseg.config_io import OptionsModel
-from medseg.errors import MedsegError
+from medseg.errors import ArchitectureError
 from medseg.lookup import look_up_option
 from medseg.models.deeplab import DeepLabV3
 from medseg.models.fcn import FCN, FCN_SKIPS
@@ -43,14 +43,15 @@ def build_network(*, architecture: str = "unet", **arguments: Any) -> nn.Module:
     """Build the registered ``architecture`` with its keyword arguments.
 
     Raises:
-        MedsegError: unknown architecture (the message lists the known ones) or options the
-            architecture does not take (the message lists those it takes).
+        UnknownChoiceError: unknown architecture (the message lists the known ones).
+        ArchitectureError: options the architecture does not take (the message lists those
+            it takes), or invalid values of its options.
     """
     builder = look_up_option(architecture, ARCHITECTURES, what="architecture")
     options = _options(builder)
     unknown = sorted(set(arguments) - set(options))
     if unknown:
-        raise MedsegError(
+        raise ArchitectureError(
             f"architecture {architecture!r} takes no option(s) {', '.join(unknown)}; "
             f"it takes: {', '.join(options)}"
         )

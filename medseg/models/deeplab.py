@@ -27,7 +27,7 @@ from monai.networks.layers.factories import Conv, Norm
 from torch import nn
 from torch.nn import functional
 
-from medseg.errors import MedsegError
+from medseg.errors import ArchitectureError
 from medseg.models.encoders import ContextHeadNetwork, ConvNormAct, Encoder, dilated_levels_for
 
 _CONVOLUTION = {2: functional.conv2d, 3: functional.conv3d}
@@ -74,7 +74,7 @@ class AtrousSpatialPyramidPooling(nn.Module):
     ) -> None:
         super().__init__()
         if not rates or min(rates) < 1:
-            raise MedsegError(f"deeplabv3 rates must be positive integers; got {list(rates)}")
+            raise ArchitectureError(f"deeplabv3 rates must be positive integers; got {list(rates)}")
         self.rates = tuple(rates)
         self.pointwise = ConvNormAct(spatial_dims, in_channels, out_channels, kernel_size=1)
         self.atrous = nn.ModuleList(

@@ -26,7 +26,7 @@ from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 from torch.nn import functional
 
-from medseg.errors import MedsegError
+from medseg.errors import ArchitectureError
 
 LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
 """``torch.nn.functional.interpolate`` mode of linear interpolation per number of spatial axes."""
@@ -87,7 +87,7 @@ class Encoder(nn.Module):
         dilated_levels: how many of the deepest levels dilate instead of pooling.
 
     Raises:
-        MedsegError: strides that do not match ``spatial_dims`` or too many dilated levels.
+        ArchitectureError: strides that do not match ``spatial_dims`` or too many dilated levels.
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class Encoder(nn.Module):
         _check_strides(pool_strides, spatial_dims)
         self.spatial_dims = spatial_dims
         if not 0 <= dilated_levels <= len(pool_strides):
-            raise MedsegError(
+            raise ArchitectureError(
                 f"dilated_levels must be between 0 and the {len(pool_strides)} levels of "
                 f"pool_strides; got {dilated_levels}"
             )
@@ -154,12 +154,12 @@ def dilated_levels_for(pool_strides: Sequence[Sequence[int]], output_stride: int
     then ``output_stride`` 8 or 16 dilates nothing and the encoder is the plain one.
 
     Raises:
-        MedsegError: ``output_stride`` below 1.
+        ArchitectureError: ``output_stride`` below 1.
     """
     if output_stride is None:
         return min(1, len(pool_strides))
     if output_stride < 1:
-        raise MedsegError(f"output_stride must be at least 1; got {output_stride}")
+        raise ArchitectureError(f"output_stride must be at least 1; got {output_stride}")
     levels = len(pool_strides)
     # cumulative strides only grow, so the levels within output_stride are the shallowest ones
     pooled = sum(
@@ -200,10 +200,10 @@ def _per_axis(value: Sequence[int] | int, spatial_dims: int) -> tuple[int, ...]:
 
 def _check_strides(pool_strides: Sequence[Sequence[int]], spatial_dims: int) -> None:
     if spatial_dims not in LINEAR_MODE:
-        raise MedsegError(f"spatial_dims must be 2 or 3; got {spatial_dims}")
+        raise ArchitectureError(f"spatial_dims must be 2 or 3; got {spatial_dims}")
     for level, stride in enumerate(pool_strides, start=1):
         if len(stride) != spatial_dims or any(int(step) < 1 for step in stride):
-            raise MedsegError(
+            raise ArchitectureError(
                 f"pool_strides level {level} is {list(stride)}: expected {spatial_dims} "
                 "positive integers (one per spatial axis)"
             )

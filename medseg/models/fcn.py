@@ -22,7 +22,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from medseg.errors import MedsegError
+from medseg.errors import ArchitectureError
 from medseg.models.encoders import ConvNormAct, Encoder
 
 FcnVariant = Literal["fcn32s", "fcn16s", "fcn8s"]
@@ -74,7 +74,7 @@ class FCN(nn.Module):
         max_filters: cap of the encoder filters (default 320 in 3D, 512 in 2D).
 
     Raises:
-        MedsegError: fewer levels in ``pool_strides`` than the variant's skips need.
+        ArchitectureError: fewer levels in ``pool_strides`` than the variant's skips need.
     """
 
     deep_supervision = False
@@ -95,7 +95,7 @@ class FCN(nn.Module):
         skips = FCN_SKIPS[variant]
         levels = len(pool_strides)
         if levels < skips:
-            raise MedsegError(
+            raise ArchitectureError(
                 f"{variant} needs at least {skips} downsampling levels (entries of pool_strides) "
                 f"for its {skips} skip connection(s); the plan has {levels}"
             )

@@ -29,15 +29,11 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, PretrainedEncoderError
 
 logger = logging.getLogger(__name__)
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-
-
-class PretrainedEncoderError(MedsegError):
-    """Encoder weights could not be read or do not fit the network."""
 
 
 class PretrainedEncoder(BaseModel):

@@ -22,7 +22,7 @@ import torch
 from monai.networks.layers.factories import Conv
 from torch import nn
 
-from medseg.errors import MedsegError
+from medseg.errors import ArchitectureError
 from medseg.models.encoders import (
     ContextHeadNetwork,
     ConvNormAct,
@@ -56,7 +56,7 @@ class PyramidPooling(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, bins: Sequence[int]) -> None:
         super().__init__()
         if not bins or min(bins) < 1:
-            raise MedsegError(f"pspnet bins must be positive integers; got {list(bins)}")
+            raise ArchitectureError(f"pspnet bins must be positive integers; got {list(bins)}")
         self.bins = tuple(bins)
         branch_channels = max(1, in_channels // len(self.bins))
         self.branches = nn.ModuleList(

@@ -20,7 +20,7 @@ from monai.networks.layers.factories import Conv
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from medseg.errors import MedsegError
+from medseg.errors import ArchitectureError
 from medseg.models.encoders import LINEAR_MODE
 from medseg.models.unet import UNet, build_unet
 
@@ -64,10 +64,12 @@ def build_resize_unet(
     """The U-Net of ``build_unet`` with resize-convolution upsampling (``upsample_mode``).
 
     Raises:
-        MedsegError: ``upsample_mode`` other than ``"nearest"`` or ``"linear"``.
+        ArchitectureError: ``upsample_mode`` other than ``"nearest"`` or ``"linear"``.
     """
     if upsample_mode not in ("nearest", "linear"):
-        raise MedsegError(f"upsample_mode must be 'nearest' or 'linear'; got {upsample_mode!r}")
+        raise ArchitectureError(
+            f"upsample_mode must be 'nearest' or 'linear'; got {upsample_mode!r}"
+        )
     unet = build_unet(
         in_channels=in_channels,
         num_classes=num_classes,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from medseg.batch.runner import BatchReport, BatchSettings, ProgressCallback, run_batch
 from medseg.batch.scans import dicom_scan_key
+from medseg.errors import ConfigError
 from medseg.pacs.client import SeriesInfo
 from medseg.pacs.config import PacsConfig
 from medseg.pacs.connect import connected
@@ -63,6 +64,7 @@ def run_pacs_batch(
     """Pull (``from_pacs``) or take ``scans_root``, segment, push (``to_pacs``).
 
     Raises:
+        ConfigError: neither ``scans_root`` nor ``from_pacs`` is given.
         PacsError: the source PACS cannot be searched.
         ModelLoadError: the model URI cannot be resolved or loaded.
     """
@@ -86,7 +88,7 @@ def run_pacs_batch(
                 owns=owns,
             )
     if scans_root is None:
-        raise ValueError("give SCANS_ROOT or --from-pacs")
+        raise ConfigError("give SCANS_ROOT or --from-pacs")
     batch = run_batch(scans_root, model_uri, out_dir, settings=settings, on_progress=on_progress)
     report = PacsBatchReport(batch, pulled)
     if to_pacs is not None:

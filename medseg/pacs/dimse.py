@@ -211,6 +211,10 @@ class DimseClient:
         """C-STORE each file as it is encoded (its own SOP class and transfer syntax).
 
         Every file is tried; then PacsRefusedError names each refused file and its status.
+
+        Raises:
+            PacsRefusedError: the PACS refused some files (each named with its status).
+            PacsUnavailableError: the association was lost during the transfer.
         """
         kinds = {Path(path): _file_kind(Path(path)) for path in files}
         refused: list[str] = []

@@ -32,7 +32,7 @@ import pydicom
 from medseg import __version__
 from medseg.batch.layout import read_results
 from medseg.batch.records import ScanResult
-from medseg.errors import MedsegError, PacsError, PacsUnavailableError
+from medseg.errors import InputFileError, MedsegError, PacsError, PacsUnavailableError
 from medseg.pacs.client import PacsClient, SeriesInfo
 from medseg.pacs.config import PacsConfig, ResultKind
 from medseg.pacs.pull import is_pulled, pulled_series_folder
@@ -183,9 +183,10 @@ def _deliver(
     objects = {ResultKind.SEG: seg.path} if ResultKind.SEG in config.results else {}
     missing = [name for name in seg.segment_labels if name not in result.volumes_ml]
     if missing:
-        raise MedsegError(
-            f"{seg.path}: segments {missing} have no volume in the case's result.json "
-            f"(it has {sorted(result.volumes_ml)}); was the SEG replaced by hand?"
+        raise InputFileError(
+            seg.path,
+            f"segments {missing} have no volume in the case's result.json "
+            f"(it has {sorted(result.volumes_ml)}); was the SEG replaced by hand?",
         )
     volumes = {name: result.volumes_ml[name] for name in seg.segment_labels}
     case_folder = seg.path.parent

@@ -12,11 +12,7 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from medseg.errors import PacsError
-
-
-class SecretError(PacsError):
-    """A credential the PACS file names is missing, empty or not private."""
+from medseg.errors import SecretError
 
 
 def read_secret(

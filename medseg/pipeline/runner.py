@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, PipelineError
 from medseg.manifest import sha256_file
 from medseg.pipeline.records import (
     StageRecord,
@@ -32,7 +32,7 @@ from medseg.pipeline.records import (
     stage_fingerprint,
 )
 from medseg.pipeline.spec import PipelineSpec, StageSpec, check_stage_inputs
-from medseg.pipeline.stages import PipelineError, StageContext, StageResult
+from medseg.pipeline.stages import StageContext, StageResult
 from medseg.progress import ProgressCallback
 from medseg.tracking.runs import RunTracker
 from medseg.tracking.stale import mark_stale_runs
@@ -82,6 +82,11 @@ class RunSelection:
     to_stage: str | None = None
 
     def check(self, spec: PipelineSpec) -> None:
+        """Refuse ``--from``/``--to`` values that name no stage of ``spec``.
+
+        Raises:
+            PipelineError: ``from_stage`` or ``to_stage`` is not a stage of ``spec``.
+        """
         names = spec.stage_names()
         for option, value in (("--from", self.from_stage), ("--to", self.to_stage)):
             if value is not None and value not in names:

@@ -24,10 +24,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from medseg.config_io import ConfigError, validation_problems
-from medseg.errors import MedsegError, UnknownChoiceError
+from medseg.config_io import validation_problems
+from medseg.errors import ConfigError, MedsegError, PipelineError, UnknownChoiceError
 from medseg.lookup import look_up_option
-from medseg.pipeline.stages import STAGES, PipelineError, StageContext, StageDefinition
+from medseg.pipeline.stages import STAGES, StageContext, StageDefinition
 
 
 class StageSpec(BaseModel):

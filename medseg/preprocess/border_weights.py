@@ -39,17 +39,13 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from medseg.errors import MedsegError
+from medseg.errors import BorderWeightError
 
 logger = logging.getLogger(__name__)
 
 # Border terms smaller than this (absolute weight) are dropped; it bounds the error of the
 # bounding-box computation against a full one.
 _NEGLIGIBLE_TERM = 1e-6
-
-
-class BorderWeightError(MedsegError, ValueError):
-    """A label map or a parameter of a border-weight map is invalid."""
 
 
 def label_structures(labels: np.ndarray) -> tuple[np.ndarray, int]:

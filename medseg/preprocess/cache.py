@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import InputFileError
 from medseg.io.atomic import atomic_path, write_json_atomic
 from medseg.preprocess.case import CaseProperties, PreprocessedCase
 
@@ -110,7 +110,7 @@ def load_cache(cache_dir: Path, case_ids: list[str] | None = None) -> list[Loade
     """Memory-map the complete cases of a cache (all, or ``case_ids`` in that order).
 
     Raises:
-        MedsegError: a requested case is missing or incomplete.
+        InputFileError: a requested case is missing or incomplete.
     """
     root = Path(cache_dir)
     if case_ids is None:
@@ -119,7 +119,7 @@ def load_cache(cache_dir: Path, case_ids: list[str] | None = None) -> list[Loade
     for case_id in case_ids:
         cached = CachedCase(root, case_id)
         if not cached.file("done.json").exists():
-            raise MedsegError(f"{cached.folder}: case missing or incomplete in the cache")
+            raise InputFileError(cached.folder, "case missing or incomplete in the cache")
         cases.append(cached.load())
     return cases
 

@@ -15,7 +15,7 @@ from typing import TypedDict
 
 import numpy as np
 
-from medseg.errors import MedsegError
+from medseg.errors import MissingLabelsError
 from medseg.io.formats import read_volume
 from medseg.manifest import ManifestRecord, resolve
 from medseg.parallel import process_pool
@@ -82,11 +82,12 @@ def fingerprint_case(
     """Fingerprint one labelled case.
 
     Raises:
-        MedsegError: the case has no label, or a file cannot be read.
+        MissingLabelsError: the case has no label.
+        InputError: a file cannot be read.
     """
     image_path, label_path = resolve(record, manifest_path, data_root)
     if label_path is None:
-        raise MedsegError(f"{record.case_id}: a fingerprint needs labelled cases")
+        raise MissingLabelsError(f"{record.case_id}: a fingerprint needs labelled cases")
     image = read_volume(image_path).to_closest_ras()
     label = read_volume(label_path).to_closest_ras()
     box = nonzero_box(image.array)
@@ -120,11 +121,16 @@ def fingerprint_dataset(
     workers: int = 1,
     on_progress: ProgressCallback | None = None,
 ) -> DatasetFingerprint:
-    """Fingerprint the labelled training cases of a manifest (train split if any, else all)."""
+    """Fingerprint the labelled training cases of a manifest (train split if any, else all).
+
+    Raises:
+        MissingLabelsError: no labelled case, or no labelled voxel in any training case.
+        InputError: a case's image or label cannot be read.
+    """
     labelled = [r for r in records if r.label is not None]
     training = [r for r in labelled if r.split == "train"] or labelled
     if not training:
-        raise MedsegError(f"{manifest_path}: no labelled cases to fingerprint")
+        raise MissingLabelsError(f"{manifest_path}: no labelled cases to fingerprint")
     args: _CaseArguments = {
         "manifest_path": manifest_path,
         "data_root": data_root,
@@ -140,7 +146,7 @@ def fingerprint_dataset(
                 on_progress("Fingerprinting", done, len(futures))
     pooled = np.concatenate([c.foreground_samples for c in cases]).astype(np.float64)
     if pooled.size == 0:
-        raise MedsegError(f"{manifest_path}: no labelled voxels in any training case")
+        raise MissingLabelsError(f"{manifest_path}: no labelled voxels in any training case")
     p00_5, p50, p99_5 = np.percentile(pooled, [0.5, 50.0, 99.5])
     modalities = {r.modality for r in training}
     return DatasetFingerprint(

@@ -11,8 +11,7 @@ Modules, one job each:
   take minutes). Imports no mlflow, so commands call it before the slow import.
 - ``ownership``: who owns a run, whether that process lives, the run files in a command's
   folder. No mlflow either.
-- ``client``: the mlflow client pointed at a store, experiment and run look-up,
-  ``TrackingError``.
+- ``client``: the mlflow client pointed at a store, experiment and run look-up.
 - ``tags``: standard tags, params flattening, refusal of path-like values. Nothing here logs
   file system paths: callers log hashes (``medseg.phi.hash_identifier``) and manifest
   digests instead, and the ``mlflow.source.name`` tag keeps only the script's name.

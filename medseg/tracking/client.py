@@ -21,12 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from medseg.errors import MedsegError
+from medseg.errors import TrackingError
 from medseg.tracking.store import require_tracking_store, tracking_uri
-
-
-class TrackingError(MedsegError):
-    """A run, model package or registry operation cannot be done as asked."""
 
 
 def require_run(run_id: str, *, tracking_uri: str | None = None) -> str:
@@ -67,7 +63,11 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def find_or_create_experiment(client: MlflowClient, uri: str, name: str) -> str:
-    """Id of the experiment ``name``, created with a sane artifact location if it is new."""
+    """Id of the experiment ``name``, created with a sane artifact location if it is new.
+
+    Raises:
+        TrackingError: the experiment exists but is deleted.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         location = None

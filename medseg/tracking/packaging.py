@@ -27,7 +27,8 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import Schema, TensorSpec
 
 from medseg import __version__
-from medseg.tracking.client import TrackingError, activate
+from medseg.errors import TrackingError
+from medseg.tracking.client import activate
 from medseg.tracking.store import require_store_for_model
 
 MODEL_NAME_IN_RUN = "model"
@@ -44,7 +45,12 @@ class LoadedModel:
 
 
 def build_network(factory: str, factory_kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    """Call the factory ``"package.module:function"`` with ``factory_kwargs``."""
+    """Call the factory ``"package.module:function"`` with ``factory_kwargs``.
+
+    Raises:
+        TrackingError: the factory is malformed, cannot be imported, or does not return a
+            ``torch.nn.Module``.
+    """
     module_name, _, attribute = factory.partition(":")
     if not module_name or not attribute:
         raise TrackingError(f"network factory {factory!r} is not of the form 'module:function'")
@@ -98,7 +104,11 @@ class SegmentationPyfuncModel(PythonModel):
         model_input: np.ndarray,
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
-        """Softmax probabilities, float32, same batch and spatial shape as ``model_input``."""
+        """Softmax probabilities, float32, same batch and spatial shape as ``model_input``.
+
+        Raises:
+            TrackingError: ``model_input`` is not ``(B, C, *spatial)``.
+        """
         array = np.asarray(model_input)
         if array.ndim < 3:
             raise TrackingError(f"model input must be (B, C, *spatial), got shape {array.shape}")

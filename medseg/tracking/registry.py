@@ -14,7 +14,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from medseg import __version__
-from medseg.tracking.client import TrackingError, activate
+from medseg.errors import TrackingError
+from medseg.tracking.client import activate
 from medseg.tracking.packaging import MODEL_NAME_IN_RUN
 from medseg.tracking.store import require_store_for_model
 from medseg.tracking.tags import TAG_MEDSEG_VERSION

@@ -21,12 +21,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from medseg import shutdown
-from medseg.tracking.client import (
-    TrackingError,
-    activate,
-    find_or_create_experiment,
-    require_run,
-)
+from medseg.errors import TrackingError
+from medseg.tracking.client import activate, find_or_create_experiment, require_run
 from medseg.tracking.ownership import ProcessIdentity, forget_run, record_run
 from medseg.tracking.store import check_tracking_store, tracking_uri
 from medseg.tracking.tags import (
@@ -219,7 +215,11 @@ class RunTracker:
         client.log_batch(run_id, params=[Param(k, v) for k, v in flat.items()])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Log (nested, dotted) numeric metrics at ``step`` (epoch or iteration)."""
+        """Log (nested, dotted) numeric metrics at ``step`` (epoch or iteration).
+
+        Raises:
+            TrackingError: a metric value is not a number.
+        """
         client, run_id = self._require_run()
         now_ms = int(time.time() * 1000)
         entries = []
@@ -248,7 +248,11 @@ class RunTracker:
         client.log_dict(run_id, obj, name)  # type: ignore[arg-type]  # MLflow writes lists too
 
     def log_image(self, png_path: str | Path, artifact_path: str = "images") -> None:
-        """Upload a PNG file (overlay, curve) under ``artifact_path``; other formats are refused."""
+        """Upload a PNG file (overlay, curve) under ``artifact_path``; other formats are refused.
+
+        Raises:
+            TrackingError: ``png_path`` is not a PNG file.
+        """
         png_path = Path(png_path)
         with png_path.open("rb") as handle:
             if handle.read(8) != b"\x89PNG\r\n\x1a\n":

@@ -32,7 +32,7 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
-from medseg.errors import LocatedError
+from medseg.errors import TrackingUnavailableError
 
 PROBE_SECONDS_ENV = "MEDSEG_TRACKING_PROBE_SECONDS"
 DEFAULT_PROBE_SECONDS = 5.0
@@ -48,10 +48,6 @@ SERVED_BY_STORE = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 _DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
 _UNREACHABLE = "MLflow tracking server not reachable"
-
-
-class TrackingUnavailableError(LocatedError):
-    """The tracking store cannot be reached or written: ``"<uri>: <problem>"``."""
 
 
 def probe_seconds() -> float:

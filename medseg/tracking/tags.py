@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg import __version__
-from medseg.tracking.client import TrackingError
+from medseg.errors import TrackingError
 
 TAG_MEDSEG_VERSION = "medseg.version"
 TAG_GIT_COMMIT = "git.commit"
@@ -75,7 +75,11 @@ def flatten_mapping(values: Mapping[str, Any], prefix: str = "") -> dict[str, An
 
 
 def refuse_file_paths(values: Mapping[str, str], *, kind: str) -> None:
-    """Raise ``TrackingError`` if a value looks like an absolute path (they can identify people)."""
+    """Raise ``TrackingError`` if a value looks like an absolute path (they can identify people).
+
+    Raises:
+        TrackingError: a value looks like an absolute file system path.
+    """
     for key, value in values.items():
         if _ABSOLUTE_PATH.match(str(value)):
             raise TrackingError(

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medseg.errors import GeometryMismatchError, MedsegError
+from medseg.errors import AugmentationError, GeometryMismatchError
 from medseg.train.sampling import IMAGE_PAD_VALUE, LABEL_PAD_VALUE, WEIGHTS_PAD_VALUE
 
 __all__ = [
@@ -56,10 +56,6 @@ __all__ = [
 
 _EPS = 1e-8
 Range = tuple[float, float]
-
-
-class AugmentationError(MedsegError):
-    """Augmentation options or parameters do not fit the batch they are used with."""
 
 
 class AugmentationConfig(BaseModel):
@@ -256,6 +252,9 @@ def rotation_scale_affine(rotation_degrees: torch.Tensor, scale: torch.Tensor) -
     Returns:
         float32 affine on the device of ``rotation_degrees``; exactly the identity for zero angles
         and unit scale.
+
+    Raises:
+        AugmentationError: ``rotation_degrees`` is neither ``(B, 1)`` nor ``(B, 3)``.
     """
     angles = torch.deg2rad(rotation_degrees.double())
     cos, sin = torch.cos(angles), torch.sin(angles)

@@ -15,8 +15,8 @@ from pydantic import (
     field_validator,
 )
 
-from medseg.config_io import ConfigError, load_yaml_model
-from medseg.errors import MedsegError
+from medseg.config_io import load_yaml_model
+from medseg.errors import ConfigError, MedsegError
 from medseg.lookup import look_up_option
 from medseg.losses import LossSpec
 from medseg.models import ARCHITECTURES, network_options

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from medseg import shutdown
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError
 from medseg.io.atomic import write_json_atomic
 from medseg.losses import DeepSupervisionLoss, build_loss
 from medseg.manifest import read_manifest
@@ -178,7 +178,7 @@ class _Job:
         loss = build_loss(config.loss)
         self.needs_weights = loss.needs_weights
         if loss.needs_weights and not plan.border_weights.enabled:
-            raise MedsegError(
+            raise ConfigError(
                 f"loss {config.loss.model_dump()} needs border-weight maps, but the plan has "
                 "border_weights.enabled: false; set it in the plan options and run preprocess again"
             )

@@ -42,7 +42,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medseg.errors import GeometryMismatchError, MedsegError
+from medseg.errors import (
+    GeometryMismatchError,
+    InvalidSampleSourceError,
+    MissingLabelsError,
+    SamplingConfigError,
+)
 
 if TYPE_CHECKING:
     from medseg.preprocess.cache import LoadedCase
@@ -57,10 +62,6 @@ WEIGHTS_PAD_VALUE = 1.0
 """Border-weight value outside the volume: neutral weight."""
 
 Triple = tuple[int, int, int]
-
-
-class InvalidSampleSourceError(MedsegError):
-    """A case handed to the sampler has malformed arrays or foreground locations."""
 
 
 @dataclass(eq=False)
@@ -130,10 +131,12 @@ class SampleSource:
         """A case of the preprocessing cache as the sampler reads it (needs a label).
 
         Raises:
-            MedsegError: the case has no label.
+            MissingLabelsError: the case has no label.
         """
         if case.label is None:
-            raise MedsegError(f"{case.case_id}: an unlabelled case cannot be sampled for training")
+            raise MissingLabelsError(
+                f"{case.case_id}: an unlabelled case cannot be sampled for training"
+            )
         return cls(
             case_id=case.case_id,
             image=case.image,
@@ -225,20 +228,25 @@ def patch_window(patch_size: Sequence[int], slice_axis: int | None = None) -> Tr
     """Spatial window ``(X, Y, Z)`` of a 3D patch size, or of a 2D size with its slice axis.
 
     Raises:
-        ValueError: wrong number of sizes for the mode, non-positive size or bad slice axis.
+        SamplingConfigError: wrong number of sizes for the mode, non-positive size or bad slice
+            axis.
     """
     sizes = tuple(int(n) for n in patch_size)
     if slice_axis is None:
         if len(sizes) != 3:
-            raise ValueError(f"patch_size must have 3 sizes for 3D patches, got {patch_size}")
+            raise SamplingConfigError(
+                f"patch_size must have 3 sizes for 3D patches, got {patch_size}"
+            )
     else:
         if slice_axis not in (0, 1, 2):
-            raise ValueError(f"slice_axis must be 0, 1, 2 or None, got {slice_axis}")
+            raise SamplingConfigError(f"slice_axis must be 0, 1, 2 or None, got {slice_axis}")
         if len(sizes) != 2:
-            raise ValueError(f"patch_size must have 2 sizes for 2D slices, got {patch_size}")
+            raise SamplingConfigError(
+                f"patch_size must have 2 sizes for 2D slices, got {patch_size}"
+            )
         sizes = (*sizes[:slice_axis], 1, *sizes[slice_axis:])
     if min(sizes) < 1:
-        raise ValueError(f"patch_size must be positive, got {patch_size}")
+        raise SamplingConfigError(f"patch_size must be positive, got {patch_size}")
     return _triple(sizes)
 
 
@@ -357,9 +365,12 @@ def extract_patch(source: SampleSource, plan: PatchPlan) -> Sample:
         A :class:`Sample` with fresh (non-memmap, writable) arrays: image float32 ``(C, ...)``,
         label ``(...)`` in the label dtype, weights float32 ``(...)`` or None, where ``...`` is
         ``plan.patch_shape``. Outside the volume the documented pad values are used.
+
+    Raises:
+        InvalidSampleSourceError: ``plan`` was made for another case.
     """
     if plan.case_id != source.case_id:
-        raise ValueError(f"plan is for case {plan.case_id}, not {source.case_id}")
+        raise InvalidSampleSourceError(f"plan is for case {plan.case_id}, not {source.case_id}")
     image = np.empty((source.image.shape[0], *plan.window), dtype=np.float32)
     label = np.empty(plan.window, dtype=source.label.dtype)
     weights = None if source.weights is None else np.empty(plan.window, dtype=np.float32)
@@ -383,10 +394,12 @@ def forced_foreground_count(batch_size: int, foreground_fraction: float) -> int:
     The forced samples are the last ones of the batch, as in nnU-Net.
 
     Raises:
-        ValueError: ``foreground_fraction`` outside ``[0, 1]``.
+        SamplingConfigError: ``foreground_fraction`` outside ``[0, 1]``.
     """
     if not 0.0 <= foreground_fraction <= 1.0:
-        raise ValueError(f"foreground_fraction must be in [0, 1], got {foreground_fraction}")
+        raise SamplingConfigError(
+            f"foreground_fraction must be in [0, 1], got {foreground_fraction}"
+        )
     exact = batch_size * foreground_fraction
     # Snap float noise to the integer (10 * 0.7 is 7.000000000000001, which must give 7, not 8).
     count = round(exact) if abs(exact - round(exact)) < 1e-9 else math.ceil(exact)
@@ -412,8 +425,9 @@ class BatchSampler:
         seed: seed of the generator.
 
     Raises:
-        ValueError: empty sources, bad sizes or fraction, mixed channels or weights, or
-            duplicate case ids.
+        InvalidSampleSourceError: empty sources, mixed channels or weights, or duplicate case
+            ids.
+        SamplingConfigError: bad sizes, batch size or fraction.
 
     Example:
         >>> sampler = BatchSampler(sources, patch_size=(96, 96, 96), batch_size=2, seed=0)
@@ -431,9 +445,9 @@ class BatchSampler:
         seed: int,
     ) -> None:
         if not sources:
-            raise ValueError("sources must hold at least one case")
+            raise InvalidSampleSourceError("sources must hold at least one case")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise SamplingConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.window = patch_window(patch_size, slice_axis)
         self.patch_size = tuple(int(n) for n in patch_size)
         self.slice_axis = slice_axis
@@ -443,18 +457,20 @@ class BatchSampler:
         self.sources = tuple(sources)
         channels = {s.image.shape[0] for s in self.sources}
         if len(channels) != 1:
-            raise ValueError(f"sources have different channel counts {sorted(channels)}")
+            raise InvalidSampleSourceError(
+                f"sources have different channel counts {sorted(channels)}"
+            )
         self.channels = channels.pop()
         without_weights = [s.case_id for s in self.sources if s.weights is None]
         if without_weights and len(without_weights) != len(self.sources):
-            raise ValueError(
+            raise InvalidSampleSourceError(
                 f"either all or no sources must have weights; without: {without_weights[:5]}"
             )
         self.has_weights = not without_weights
         self.label_dtype = np.result_type(*(s.label.dtype for s in self.sources))
         self._by_id = {s.case_id: s for s in self.sources}
         if len(self._by_id) != len(self.sources):
-            raise ValueError("case_id of the sources must be unique")
+            raise InvalidSampleSourceError("case_id of the sources must be unique")
         self._rng = np.random.default_rng(seed)
 
     def plan_batch(self) -> tuple[PatchPlan, ...]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from medseg.batch.executor import WorkerDiedError, run_isolated
+from medseg.batch.executor import run_isolated
+from medseg.errors import WorkerDiedError
 from tests.batch.crashing import square_but_die_on_3
 
 

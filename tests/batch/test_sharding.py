@@ -10,14 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medseg.batch.sharding import (
-    Shard,
-    ShardError,
-    resolve_shard,
-    shard_from_environment,
-    shard_of,
-)
+from medseg.batch.sharding import Shard, resolve_shard, shard_from_environment, shard_of
 from medseg.cli import app
+from medseg.errors import ShardError
 from tests.batch.conftest import BatchModel, batch_command
 from tests.batch.trees import PHANTOM_SEEDS, ScanTree
 

@@ -12,12 +12,12 @@ from scipy.spatial.transform import Rotation
 
 from medseg.demo.dicom_writer import (
     FAKE_PHI,
-    DicomWriteError,
     TransferSyntax,
     encoding_plugin,
     to_dicom_slice_order,
     write_dicom_series,
 )
+from medseg.errors import DicomWriteError
 from medseg.volume import Volume
 from tests.demo.series_readback import read_series
 

@@ -14,11 +14,11 @@ from medseg.demo.phantom import (
     PHANTOM_LABELS,
     TISSUE_HU,
     DemoDataset,
-    PhantomError,
     generate_demo_dataset,
     make_phantom,
     sample_anatomy,
 )
+from medseg.errors import PhantomError
 from medseg.io.dicom import read_dicom_series
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume

@@ -19,7 +19,7 @@ from monai.metrics import (
 )
 from scipy import ndimage
 
-from medseg.errors import GeometryMismatchError
+from medseg.errors import GeometryMismatchError, MetricOptionError
 from medseg.evaluate.surface import SurfaceMetrics, _percentile_as_torch, surface_metrics
 from medseg.io.nifti import read_nifti
 from tests.phantoms import small_phantom
@@ -165,7 +165,7 @@ def test_label_not_in_either_map_is_nan_next_to_present_ones() -> None:
 def test_invalid_arguments_are_rejected(
     prediction_shape: tuple[int, int], spacing: tuple[float, ...], tolerance: float, message: str
 ) -> None:
-    expected = GeometryMismatchError if message == "shape" else ValueError
+    expected = GeometryMismatchError if message == "shape" else MetricOptionError
     with pytest.raises(expected, match=message):
         surface_metrics(
             np.zeros(prediction_shape, np.uint8),

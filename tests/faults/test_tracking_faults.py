@@ -116,7 +116,8 @@ def _one_error_line(stderr: str) -> str:
 
 
 def test_the_store_check_names_the_problem_within_seconds(unreachable: tuple[str, str]) -> None:
-    from medseg.tracking.store import TrackingUnavailableError, check_tracking_store
+    from medseg.errors import TrackingUnavailableError
+    from medseg.tracking.store import check_tracking_store
 
     uri, problem = unreachable
     started = time.monotonic()

@@ -16,9 +16,9 @@ import torch
 from scipy import ndimage, special
 from scipy.spatial.distance import cdist
 
-from medseg.errors import MedsegError
+from medseg.errors import CrfInputError, MedsegError
 from medseg.infer import crf
-from medseg.infer.crf import CrfInputError, dense_crf
+from medseg.infer.crf import dense_crf
 from medseg.infer.options import CrfSettings, PredictionOptions
 from medseg.infer.predictor import PackagedModel, predict_scan
 from medseg.preprocess.case import preprocess_case

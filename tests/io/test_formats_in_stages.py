@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from medseg.datasets import DatasetLayoutError, import_dataset
-from medseg.errors import InputFileError
+from medseg.datasets import import_dataset
+from medseg.errors import DatasetLayoutError, InputFileError
 from medseg.evaluate.pairing import pair_label_maps
 from medseg.evaluate.stage import evaluate_pairing
 from medseg.ingest import OutcomeKind, ingest

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medseg.errors import LossInputError
 from medseg.losses import (
     BorderWeightedCELoss,
     CrossEntropyLoss,
     DiceCELoss,
     FocalLoss,
-    LossInputError,
     SegmentationLoss,
     build_loss,
 )

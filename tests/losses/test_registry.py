@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from medseg.errors import LossConfigError
 from medseg.losses import (
     LOSSES,
     BorderWeightedCELoss,
@@ -18,7 +19,6 @@ from medseg.losses import (
     DiceCESpec,
     FocalLoss,
     FocalSpec,
-    LossConfigError,
     LossSpec,
     SegmentationLoss,
     build_loss,

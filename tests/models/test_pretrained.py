@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from medseg.errors import PretrainedEncoderError
 from medseg.models import build_network
 from medseg.models.pretrained import (
     PretrainedEncoder,
-    PretrainedEncoderError,
     encoder_state,
     load_encoder_weights,
     save_encoder_weights,

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from medseg.config_io import ConfigError
-from medseg.errors import PacsRefusedError, PacsUnavailableError
+from medseg.errors import ConfigError, PacsRefusedError, PacsUnavailableError, SecretError
 from medseg.pacs.client import SeriesInfo
 from medseg.pacs.config import FilterRules, RetrySettings, load_pacs_config
 from medseg.pacs.filters import SeriesFilter
 from medseg.pacs.retry import backoff_delays, with_retry
-from medseg.pacs.secrets import SecretError, read_secret
+from medseg.pacs.secrets import read_secret
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from medseg.config_io import ConfigError
+from medseg.errors import ConfigError
 from medseg.io.nifti import read_nifti
 from medseg.manifest import read_manifest
 from medseg.pipeline.records import load_record

@@ -6,12 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg.preprocess.border_weights import (
-    BorderWeightError,
-    border_weight_map,
-    class_balance_map,
-    label_structures,
-)
+from medseg.errors import BorderWeightError
+from medseg.preprocess.border_weights import border_weight_map, class_balance_map, label_structures
 
 # Two one-voxel objects (j = 1 and j = 5) with a gap of three background voxels between them.
 STRIP = np.array([[0, 1, 0, 0, 0, 1, 0]])

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.config_io import ConfigError
+from medseg.errors import ConfigError
 from medseg.preprocess.config import (
     NormalizationScheme,
     PlanOptions,

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from medseg import __version__
-from medseg.tracking.client import TrackingError
+from medseg.errors import TrackingError
 from medseg.tracking.packaging import load_segmentation_model, log_segmentation_model
 from medseg.tracking.registry import (
     Alias,

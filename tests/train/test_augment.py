@@ -9,11 +9,10 @@ import pydantic
 import pytest
 import torch
 
-from medseg.errors import GeometryMismatchError
+from medseg.errors import AugmentationError, GeometryMismatchError
 from medseg.train.augment import (
     WEIGHTS_PAD_VALUE,
     AugmentationConfig,
-    AugmentationError,
     AugmentationParameters,
     Augmenter,
     apply,

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.errors import GeometryMismatchError
+from medseg.errors import GeometryMismatchError, InvalidSampleSourceError, SamplingConfigError
 from medseg.train.sampling import (
     IMAGE_PAD_VALUE,
     LABEL_PAD_VALUE,
     WEIGHTS_PAD_VALUE,
     Batch,
     BatchSampler,
-    InvalidSampleSourceError,
     PatchPlan,
     SampleSource,
     choose_patch,
@@ -567,7 +566,7 @@ def test_invalid_sources_are_rejected() -> None:
 )
 def test_invalid_sampler_options_are_rejected(options: dict[str, object], message: str) -> None:
     arguments = {"batch_size": 2, "seed": 0} | options
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(SamplingConfigError, match=message):
         BatchSampler([make_source()], **arguments)
 
 
@@ -581,5 +580,5 @@ def test_invalid_sampler_options_are_rejected(options: dict[str, object], messag
     ],
 )
 def test_inconsistent_sources_are_rejected(sources: list[SampleSource], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidSampleSourceError, match=message):
         BatchSampler(sources, patch_size=(4, 4, 4), batch_size=2, seed=0)

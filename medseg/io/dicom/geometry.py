@@ -43,7 +43,11 @@ def slice_normal(orientation: np.ndarray) -> np.ndarray:
 
 
 def orthonormal_orientation(orientation: np.ndarray, *, source: str) -> np.ndarray:
-    """Return the two direction cosines as unit vectors; error if they are not perpendicular."""
+    """Return the two direction cosines as unit vectors; error if they are not perpendicular.
+
+    Raises:
+        DicomSeriesError: the direction cosines are not unit vectors or not perpendicular.
+    """
     row, col = np.asarray(orientation[:3], float), np.asarray(orientation[3:], float)
     row_norm, col_norm = np.linalg.norm(row), np.linalg.norm(col)
     if row_norm < 1e-6 or col_norm < 1e-6:
@@ -118,6 +122,11 @@ def plan_slice_layout(
         single_slice_spacing_mm: slice spacing to use when there is only one slice.
         source: names the series in error messages.
         slice_labels: one label (file name) per sorted slice, for error messages.
+
+    Raises:
+        DuplicateSlicePositionError: different images at one slice position.
+        MissingSlicesError: slices missing from an otherwise regular series.
+        DicomSeriesError: slices that do not make one regular grid.
     """
     distances = stack.distance_mm
     if len(distances) == 1:

@@ -30,7 +30,11 @@ NUMBER_OF_IMAGES_IN_MOSAIC = (0x0019, 0x100A)
 
 
 def mosaic_records(whole: FrameRecord, dataset: Dataset) -> list[FrameRecord]:
-    """Split the record of a mosaic image into one record per tile (slice)."""
+    """Split the record of a mosaic image into one record per tile (slice).
+
+    Raises:
+        DicomFileError: the mosaic's tiles do not fit the image.
+    """
     csa = _csa_header(dataset)
     count = _tile_count(dataset, csa, whole)
     grid = math.ceil(math.sqrt(count))

@@ -58,7 +58,7 @@ from pydicom.pixels import apply_modality_lut, iter_pixels, pixel_array
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
 from medseg import __version__
-from medseg.errors import DicomFileError, MedsegError
+from medseg.errors import DicomFileError, OverlayCaptureError
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom.seg import MANUFACTURER, _highdicom_quiet, derived_series_number
 from medseg.io.dicom.sr import (
@@ -83,10 +83,6 @@ _IMAGE_BOX = (0.01, 0.03, 0.66, 0.86)  # left, bottom, width, height in figure f
 _TABLE_BOX = (0.69, 0.03, 0.30, 0.86)
 _MAX_ROW_PX, _MIN_ROW_PX = 24.0, 15.0
 _LPS_LETTERS = (("R", "L"), ("A", "P"), ("F", "H"))  # (negative, positive) along x, y, z
-
-
-class OverlayCaptureError(MedsegError):
-    """The SEG and source images cannot make the overlay picture (wrong series, no frames...)."""
 
 
 @dataclass(frozen=True)

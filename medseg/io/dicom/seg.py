@@ -56,7 +56,13 @@ from pydicom.uid import (
     PositronEmissionTomographyImageStorage,
 )
 
-from medseg.errors import DicomFileError, GeometryMismatchError, LocatedError, MedsegError
+from medseg.errors import (
+    DicomFileError,
+    DicomSegSourceError,
+    GeometryMismatchError,
+    SegmentationLabelError,
+    UnsupportedDicomSourceError,
+)
 from medseg.io.atomic import atomic_path
 from medseg.io.dicom.geometry import TILT_TOLERANCE_PX
 from medseg.volume import Volume
@@ -97,18 +103,6 @@ _REQUIRED_UIDS = (
 )
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])  # and back: negate x and y
 _NOT_ON_GRID = "label map is not on the grid of the source series"
-
-
-class DicomSegSourceError(LocatedError):
-    """The source images cannot be referenced by a SEG (missing UIDs, mixed series...)."""
-
-
-class UnsupportedDicomSourceError(DicomSegSourceError):
-    """The source is not a classic single-frame CT/MR/PET image (e.g. enhanced multi-frame)."""
-
-
-class SegmentationLabelError(MedsegError):
-    """The label map or its names cannot become SEG segments."""
 
 
 @dataclass(frozen=True)

@@ -54,15 +54,9 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import UID, SegmentationStorage, generate_uid
 from pydicom.valuerep import DA, TM
 
-from medseg.errors import DicomFileError, MedsegError
+from medseg.errors import DicomFileError, SegmentationLabelError, VolumeReportError
 from medseg.io.atomic import atomic_path
-from medseg.io.dicom.seg import (
-    MANUFACTURER,
-    SegmentationLabelError,
-    _check_text,
-    _highdicom_quiet,
-    derived_series_number,
-)
+from medseg.io.dicom.seg import MANUFACTURER, _check_text, _highdicom_quiet, derived_series_number
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +64,6 @@ SR_SERIES_NUMBER_OFFSET = 1  # SR series number = SEG series number + this
 SERIES_DESCRIPTION = "medseg organ volumes"
 SUPPORTED_SEGMENTATION_TYPES = frozenset({"BINARY", "FRACTIONAL"})
 MILLILITER = hd.sr.CodedConcept(value="ml", scheme_designator="UCUM", meaning="milliliter")
-
-
-class VolumeReportError(MedsegError):
-    """The SEG or the volumes cannot become a report (names do not match, bad values...)."""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,7 @@
 """Every stage kind a pipeline file may name, by kind."""
 
 from medseg.pipeline.stages.apply import APPLY_STAGES
-from medseg.pipeline.stages.base import (
-    PipelineError,
-    StageContext,
-    StageDefinition,
-    StageOptions,
-    StageResult,
-)
+from medseg.pipeline.stages.base import StageContext, StageDefinition, StageOptions, StageResult
 from medseg.pipeline.stages.data import DATA_STAGES
 from medseg.pipeline.stages.model import MODEL_STAGES
 
@@ -17,7 +11,6 @@ STAGES: dict[str, StageDefinition] = {
 
 __all__ = [
     "STAGES",
-    "PipelineError",
     "StageContext",
     "StageDefinition",
     "StageOptions",

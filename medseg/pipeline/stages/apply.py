@@ -17,7 +17,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
-from medseg.errors import UnknownFormatError
+from medseg.errors import PipelineError, UnknownFormatError
 from medseg.infer.options import PredictionOptions
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.formats import (
@@ -27,13 +27,7 @@ from medseg.io.formats import (
     output_name,
     volume_suffix,
 )
-from medseg.pipeline.stages.base import (
-    PipelineError,
-    StageContext,
-    StageDefinition,
-    StageOptions,
-    StageResult,
-)
+from medseg.pipeline.stages.base import StageContext, StageDefinition, StageOptions, StageResult
 
 Split = Literal["train", "val", "test"]
 

@@ -10,15 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from medseg.errors import MedsegError
+from medseg.errors import PipelineError
 from medseg.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from medseg.tracking.runs import RunTracker
-
-
-class PipelineError(MedsegError):
-    """A pipeline cannot run as written (missing input, unmet need, failed stage)."""
 
 
 class StageOptions(BaseModel):
@@ -51,7 +47,11 @@ class StageContext:
         return self._existing(self.config_root / relative, "config root", relative)
 
     def need(self, key: str) -> Any:
-        """A value provided by an earlier stage."""
+        """A value provided by an earlier stage.
+
+        Raises:
+            PipelineError: no earlier stage provides ``key``.
+        """
         if key not in self.provided:
             raise PipelineError(f"stage {self.name!r}: needs {key!r}, which no earlier stage gives")
         return self.provided[key]

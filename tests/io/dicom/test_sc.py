@@ -12,13 +12,9 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, SecondaryCaptureImageStorage, SegmentationStorage
 
 from medseg import __version__
-from medseg.io.dicom.sc import (
-    CAPTURE_HEIGHT,
-    CAPTURE_WIDTH,
-    OverlayCaptureError,
-    write_overlay_capture,
-)
-from medseg.io.dicom.sr import VolumeReportError, derived_uid
+from medseg.errors import OverlayCaptureError, VolumeReportError
+from medseg.io.dicom.sc import CAPTURE_HEIGHT, CAPTURE_WIDTH, write_overlay_capture
+from medseg.io.dicom.sr import derived_uid
 from tests.io.dicom.test_sr import FAKE_PATIENT, VolumeCase, build_volume_case
 
 PATIENT_KEYWORDS = {"PatientName", "PatientID", "PatientBirthDate", "AccessionNumber"}

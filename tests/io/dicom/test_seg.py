@@ -18,14 +18,14 @@ import pytest
 from pydicom.uid import EnhancedCTImageStorage, SegmentationStorage
 
 from medseg.demo.dicom_writer import FAKE_PHI, TransferSyntax, write_dicom_series
-from medseg.errors import GeometryMismatchError
-from medseg.io.dicom import read_dicom_series
-from medseg.io.dicom.seg import (
+from medseg.errors import (
     DicomSegSourceError,
+    GeometryMismatchError,
     SegmentationLabelError,
     UnsupportedDicomSourceError,
-    write_dicom_seg,
 )
+from medseg.io.dicom import read_dicom_series
+from medseg.io.dicom.seg import write_dicom_seg
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
 from tests.phantoms import PHANTOM_LABELS, small_phantom, write_phantom_dicom

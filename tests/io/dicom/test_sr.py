@@ -15,8 +15,9 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, CTImageStorage, SegmentationStorage
 
+from medseg.errors import VolumeReportError
 from medseg.io.dicom.seg import write_dicom_seg
-from medseg.io.dicom.sr import VolumeReportError, write_volume_report
+from medseg.io.dicom.sr import write_volume_report
 from medseg.volume import Volume
 from tests.phantoms import PHANTOM_LABELS, small_phantom, stamp_dicom, write_phantom_dicom
 
