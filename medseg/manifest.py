@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -93,11 +93,11 @@ class ManifestRecord:
         return json.dumps(asdict(self), separators=(",", ":"), ensure_ascii=False)
 
 
-def _is_text(value: Any) -> bool:
+def _is_text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and value != ""
 
 
-def _is_relative_path(value: Any) -> bool:
+def _is_relative_path(value: object) -> bool:
     return (
         _is_text(value)
         and not PurePosixPath(value).is_absolute()
@@ -105,15 +105,15 @@ def _is_relative_path(value: Any) -> bool:
     )
 
 
-def _is_digest(value: Any) -> bool:
+def _is_digest(value: object) -> bool:
     return isinstance(value, str) and len(value) == 64 and set(value) <= set("0123456789abcdef")
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _is_shape(value: Any) -> bool:
+def _is_shape(value: object) -> bool:
     return (
         isinstance(value, list)
         and len(value) in (3, 4)
@@ -121,18 +121,18 @@ def _is_shape(value: Any) -> bool:
     )
 
 
-def _is_spacing(value: Any) -> bool:
+def _is_spacing(value: object) -> bool:
     return (
         isinstance(value, list) and len(value) == 3 and all(_is_number(v) and v > 0 for v in value)
     )
 
 
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+def _optional(check: Callable[[object], bool]) -> Callable[[object], bool]:
     return lambda value: value is None or check(value)
 
 
 # Field name -> (check, what the value must be). Order follows ManifestRecord.
-_FIELD_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+_FIELD_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
     "case_id": (_is_text, "a non-empty string"),
     "image": (_is_relative_path, "a relative path"),
     "label": (_optional(_is_relative_path), "a relative path or null"),

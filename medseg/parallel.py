@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from types import TracebackType
-from typing import Any, Literal
+from typing import Literal
 
 from medseg.lifeline import tie_to_parent, wait_until_gone
 
@@ -69,8 +69,8 @@ def process_pool(
     workers: int,
     *,
     preload: Sequence[str] = (),
-    initializer: Callable[..., Any] | None = None,
-    initargs: tuple[Any, ...] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[object, ...] = (),
     start_method: str | None = "forkserver",
 ) -> WorkerPool:
     """A pool of ``workers`` processes tied to this one (see the module doc).
@@ -91,7 +91,7 @@ def process_pool(
 
 
 def _start_worker(
-    parent_pid: int, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...]
+    parent_pid: int, initializer: Callable[..., object] | None, initargs: tuple[object, ...]
 ) -> None:
     tie_to_parent(parent_pid)
     if initializer is not None:

@@ -38,8 +38,8 @@ T = TypeVar("T")
 
 def _pool(
     workers: int,
-    initializer: Callable[..., Any] | None,
-    initargs: tuple[Any, ...],
+    initializer: Callable[..., object] | None,
+    initargs: tuple[object, ...],
     preload: Sequence[str],
 ) -> WorkerPool:
     return process_pool(workers, preload=preload, initializer=initializer, initargs=initargs)
@@ -50,8 +50,8 @@ def run_isolated(
     items: Iterable[T],
     *,
     workers: int,
-    initializer: Callable[..., Any] | None = None,
-    initargs: tuple[Any, ...] = (),
+    initializer: Callable[..., object] | None = None,
+    initargs: tuple[object, ...] = (),
     preload: Sequence[str] = (),
 ) -> Generator[tuple[T, Any], None, None]:
     """Yield ``(item, outcome)`` for every item, in the order they finish (see the module doc).
