@@ -8,7 +8,7 @@ its own options, and returns logits of the input's spatial size. Every network h
 ``deep_supervision`` (whether training-mode output is a list of logits, full resolution first)
 and ``encoder_prefixes`` (state_dict key prefixes of its encoder's parameters). Encoder keys and
 shapes agree, for equal options, between ``fcn32s``/``fcn16s``/``fcn8s``/``pspnet``/``deeplabv3``
-(``medseg.models.encoders``) and between ``unet``/``unet_resize``.
+(``medseg.models.encoders``) and between ``unet``/``unet_resize``; ``resenc_unet`` has its own.
 """
 
 from __future__ import annotations
@@ -27,12 +27,14 @@ from medseg.lookup import look_up_option
 from medseg.models.deeplab import DeepLabV3
 from medseg.models.fcn import FCN, FCN_SKIPS
 from medseg.models.pspnet import PSPNet
+from medseg.models.resenc_unet import ResEncUNet
 from medseg.models.resize_unet import build_resize_unet
 from medseg.models.unet import build_unet
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unet": build_unet,
     "unet_resize": build_resize_unet,
+    "resenc_unet": ResEncUNet,
     **{variant: partial(FCN, variant=variant) for variant in FCN_SKIPS},
     "pspnet": PSPNet,
     "deeplabv3": DeepLabV3,

@@ -48,6 +48,12 @@ class UNet(nn.Module):
         return output
 
 
+def deep_supervision_heads(levels: int, deep_supervision: bool) -> int:
+    """Auxiliary outputs of a U-Net with ``levels`` levels: ``levels - 3`` (at least 1), none
+    when ``deep_supervision`` is off or there are at most two levels."""
+    return max(1, levels - 3) if deep_supervision and levels > 2 else 0
+
+
 def build_unet(
     *,
     in_channels: int,
@@ -74,7 +80,7 @@ def build_unet(
         filters=filters,
         norm_name=("INSTANCE", {"affine": True}),
         act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
-        deep_supervision=deep_supervision and levels > 2,
+        deep_supervision=deep_supervision_heads(levels, deep_supervision) > 0,
         deep_supr_num=max(1, levels - 3),
         res_block=False,
     )

@@ -17,7 +17,7 @@ from medseg.models.fcn import bilinear_upsampling
 from medseg.models.pspnet import adaptive_average_pool
 
 NAMES = sorted(ARCHITECTURES)
-NEW_NAMES = ["fcn32s", "fcn16s", "fcn8s", "unet_resize", "pspnet", "deeplabv3"]
+NEW_NAMES = ["fcn32s", "fcn16s", "fcn8s", "unet_resize", "pspnet", "deeplabv3", "resenc_unet"]
 SMALL = {"base_filters": 4, "max_filters": 16}
 
 # (patch, pool_strides): patch sides are divisible by the product of the strides per axis
@@ -125,7 +125,7 @@ def test_unet_resize_deep_supervision_is_a_list_full_resolution_first() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_deep_supervision_attribute(name: str) -> None:
-    assert _network(name, HIPPOCAMPUS_3D).deep_supervision is name.startswith("unet")
+    assert _network(name, HIPPOCAMPUS_3D).deep_supervision is ("unet" in name)
 
 
 def _encoder_dilations(network: nn.Module) -> list[tuple[int, ...]]:
@@ -230,7 +230,7 @@ def test_build_network_takes_yaml_options() -> None:
 
 
 def test_unknown_architecture_lists_the_known_ones() -> None:
-    known = "unet, unet_resize, fcn32s, fcn16s, fcn8s, pspnet, deeplabv3"
+    known = "unet, unet_resize, resenc_unet, fcn32s, fcn16s, fcn8s, pspnet, deeplabv3"
     with pytest.raises(
         MedsegError, match=f"unknown architecture 'vnet'; known: {known}; did you mean 'unet'"
     ):
@@ -301,7 +301,13 @@ def test_a_few_steps_reduce_the_loss_on_a_two_class_problem(name: str) -> None:
     assert losses[-1] < 0.8 * losses[0]
 
 
-ONNX_FAST = {("fcn8s", "2d"), ("unet_resize", "2d"), ("pspnet", "3d"), ("deeplabv3", "3d")}
+ONNX_FAST = {
+    ("fcn8s", "2d"),
+    ("unet_resize", "2d"),
+    ("pspnet", "3d"),
+    ("deeplabv3", "3d"),
+    ("resenc_unet", "3d"),
+}
 
 
 @pytest.mark.parametrize(
