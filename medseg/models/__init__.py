@@ -29,6 +29,7 @@ from medseg.models.fcn import FCN, FCN_SKIPS
 from medseg.models.pspnet import PSPNet
 from medseg.models.resenc_unet import ResEncUNet
 from medseg.models.resize_unet import build_resize_unet
+from medseg.models.tiramisu import TIRAMISU_PRESETS, build_tiramisu
 from medseg.models.unet import build_unet
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -36,6 +37,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "unet_resize": build_resize_unet,
     "resenc_unet": ResEncUNet,
     **{variant: partial(FCN, variant=variant) for variant in FCN_SKIPS},
+    **{preset: partial(build_tiramisu, preset=preset) for preset in TIRAMISU_PRESETS},
     "pspnet": PSPNet,
     "deeplabv3": DeepLabV3,
 }

@@ -18,7 +18,9 @@ from medseg.models.pspnet import adaptive_average_pool
 
 NAMES = sorted(ARCHITECTURES)
 NEW_NAMES = ["fcn32s", "fcn16s", "fcn8s", "unet_resize", "pspnet", "deeplabv3", "resenc_unet"]
+NEW_NAMES += ["fcdensenet56", "fcdensenet67", "fcdensenet103"]
 SMALL = {"base_filters": 4, "max_filters": 16}
+SMALL_TIRAMISU = {"base_filters": 4, "growth_rate": 2}
 
 # (patch, pool_strides): patch sides are divisible by the product of the strides per axis
 HIPPOCAMPUS_3D = ([40, 56, 40], [[2, 2, 2], [2, 2, 2], [1, 2, 1]])
@@ -41,7 +43,7 @@ def _network(
         in_channels=2,
         num_classes=num_classes,
         configuration={"patch_size": patch, "pool_strides": strides},
-        **(SMALL | options),
+        **((SMALL_TIRAMISU if name.startswith("fcdensenet") else SMALL) | options),
     )
     return build_network(**arguments)
 
@@ -230,7 +232,10 @@ def test_build_network_takes_yaml_options() -> None:
 
 
 def test_unknown_architecture_lists_the_known_ones() -> None:
-    known = "unet, unet_resize, resenc_unet, fcn32s, fcn16s, fcn8s, pspnet, deeplabv3"
+    known = (
+        "unet, unet_resize, resenc_unet, fcn32s, fcn16s, fcn8s, fcdensenet56, fcdensenet67, "
+        "fcdensenet103, pspnet, deeplabv3"
+    )
     with pytest.raises(
         MedsegError, match=f"unknown architecture 'vnet'; known: {known}; did you mean 'unet'"
     ):
@@ -307,6 +312,7 @@ ONNX_FAST = {
     ("pspnet", "3d"),
     ("deeplabv3", "3d"),
     ("resenc_unet", "3d"),
+    ("fcdensenet103", "3d"),
 }
 
 
