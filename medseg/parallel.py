@@ -58,7 +58,9 @@ class WorkerPool(ProcessPoolExecutor):
         for process in processes:
             with contextlib.suppress(OSError, ValueError):  # already gone, or closed
                 process.kill()
-        self.shutdown(wait=True, cancel_futures=True)
+        # a stop signal can interrupt the start of the pool's manager thread: it cannot be joined
+        manager = getattr(self, "_executor_manager_thread", None)
+        self.shutdown(wait=manager is None or manager.ident is not None, cancel_futures=True)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         for process in processes:
             if process.pid is not None:

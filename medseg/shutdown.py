@@ -157,6 +157,23 @@ def raise_if_requested() -> None:
         stop(_state.signum)
 
 
+def reraise_if_stopping(error: BaseException) -> None:
+    """Raise again the ``ShutdownRequested`` that ``error`` replaced, if it replaced one.
+
+    A stop signal that lands in cleanup code can turn into another exception there (a thread
+    pool joining a thread whose start the signal interrupted raises ``RuntimeError``). An
+    ``except Exception`` that reports one bad case calls this first, so the stop is not
+    reported as that case's failure.
+    """
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ShutdownRequested):
+            raise cause from error
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+
+
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Hold stop signals until the block ends; then raise ``ShutdownRequested`` if one came.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures.process
 import os
 import signal
 import subprocess
@@ -10,10 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from medseg import shutdown
 from medseg.parallel import process_pool
-from tests.faults.processes import MedsegProcess, session_processes, wait_until_session_ends
+from tests.faults.processes import (
+    MedsegProcess,
+    session_processes,
+    wait_until_gone,
+    wait_until_session_ends,
+)
 from tests.parallel_tasks import sleep_after_saying_so
 
+ManagerThread = concurrent.futures.process._ExecutorManagerThread
 START_METHODS = ["forkserver", "default"]  # default: fork on Linux, for the decoder pools
 
 
@@ -48,6 +56,48 @@ def test_leaving_a_pool_by_an_exception_kills_its_busy_workers(
     assert time.monotonic() - started < 10
     assert not any(_alive(pid) for pid in workers)
     assert len(list(tmp_path.iterdir())) == 2  # the queued items never started
+
+
+def test_a_stop_while_the_pool_starts_its_manager_thread_stays_a_stop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The signal lands before the pool's manager thread started: that thread cannot be joined,
+    and the RuntimeError saying so must not replace the stop (a case then failed "unexpectedly"
+    and the command exited 1 instead of 143)."""
+
+    workers: list[int] = []
+
+    def signalled_before_starting(thread: ManagerThread) -> None:
+        workers.extend(thread.processes)  # forked already, before the manager thread starts
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler raises here, in the main thread
+        raise AssertionError("the signal did not arrive")
+
+    monkeypatch.setattr(
+        concurrent.futures.process._ExecutorManagerThread, "start", signalled_before_starting
+    )
+    with (
+        shutdown.stop_signals(),
+        pytest.raises(shutdown.ShutdownRequested),
+        process_pool(2, start_method=None) as pool,
+    ):
+        pool.submit(abs, -1)
+    assert len(workers) == 2
+    assert wait_until_gone(workers) == []
+
+
+def test_an_error_that_replaced_a_stop_raises_the_stop_again() -> None:
+    stop = shutdown.ShutdownRequested(signal.SIGTERM)
+    try:
+        try:
+            raise stop
+        except shutdown.ShutdownRequested:
+            raise RuntimeError("cannot join thread before it is started")  # noqa: B904
+    except RuntimeError as error:
+        with pytest.raises(shutdown.ShutdownRequested) as raised:
+            shutdown.reraise_if_stopping(error)
+    assert raised.value is stop
+    shutdown.reraise_if_stopping(RuntimeError("a plain bug"))  # no stop behind it: returns
 
 
 @pytest.mark.parametrize("start_method", START_METHODS)

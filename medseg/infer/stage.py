@@ -282,6 +282,7 @@ def predict_task(
         reason, error_type = task.error_message(error), type(error).__name__
         logger.warning("%s", reason)
     except Exception as error:  # one bad scan must never stop the others
+        shutdown.reraise_if_stopping(error)
         reason = task.error_message(RuntimeError(f"unexpected {type(error).__name__}: {error}"))
         error_type = type(error).__name__
         logger.error("%s", reason)

@@ -242,6 +242,7 @@ def _run_task(
             OutcomeKind.FAILED, source, reason=reason, case_id=task.case_id, files=len(task.files)
         )
     except Exception as error:  # one bad scan must never stop the batch
+        shutdown.reraise_if_stopping(error)
         reason = task.redact(f"unexpected {type(error).__name__}: {error}")
         logger.error("%s: %s", task.public_name, reason)
         logger.debug("%s", task.redact(traceback.format_exc()))

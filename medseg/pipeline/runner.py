@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medseg import shutdown
 from medseg.errors import MedsegError, PipelineError
 from medseg.manifest import sha256_file
 from medseg.pipeline.records import (
@@ -236,6 +237,7 @@ def _execute(stage: StageSpec, context: StageContext, fingerprint: str) -> Stage
         logger.error("stage %s failed: %s", stage.name, error)
         record.status, record.error = "failed", str(error)
     except Exception as error:  # a stage's bug must still leave a record and a failed run
+        shutdown.reraise_if_stopping(error)
         logger.exception("stage %s failed unexpectedly", stage.name)
         record.status, record.error = "failed", f"unexpected {type(error).__name__}: {error}"
     else:

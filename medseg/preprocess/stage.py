@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypedDict
 
+from medseg import shutdown
 from medseg.errors import MedsegError
 from medseg.io.atomic import write_json_atomic
 from medseg.io.formats import read_volume
@@ -154,6 +155,7 @@ def process_one(
         logger.warning("%s: %s", record.case_id, error)
         return CaseOutcome(record.case_id, CaseStatus.FAILED, reason=str(error))
     except Exception as error:  # one bad case must not stop the others
+        shutdown.reraise_if_stopping(error)
         logger.exception("unexpected error in %s", record.case_id)
         return CaseOutcome(
             record.case_id, CaseStatus.FAILED, reason=f"unexpected {type(error).__name__}: {error}"
