@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,52 +12,59 @@ import typer
 from medseg.cli.checks import interval, output_folder
 from medseg.cli.options import DATA_ROOT, tracking_uri_option
 from medseg.cli.render import console
+from medseg.train.folds import DEFAULT_FOLDS
 
 if TYPE_CHECKING:
+    from medseg.preprocess.plan import Plan
+    from medseg.train.config import TrainConfig
     from medseg.train.loop import TrainResult
 
 
-def train(
-    manifest: Path = typer.Option(..., "--manifest", "-m", exists=True, dir_okay=False),
-    plan_file: Path = typer.Option(..., "--plan", "-p", exists=True, dir_okay=False),
-    config: Path | None = typer.Option(
-        None, "--config", "-c", exists=True, dir_okay=False, help="configs/train/*.yaml"
-    ),
-    cache: Path | None = typer.Option(
-        None,
-        callback=output_folder,
-        help="Preprocessing cache (default: 'cache' beside the plan; built if missing).",
-    ),
-    run_dir: Path = typer.Option(
-        Path("runs/train"), callback=output_folder, help="Checkpoints, pictures, curves."
-    ),
-    data_root: Path | None = DATA_ROOT,
-    resume: bool = typer.Option(False, "--resume", help="Continue from run-dir's last checkpoint."),
-    max_minutes: float | None = typer.Option(
-        None, callback=interval("(0, inf)"), help="Time budget (overrides the config)."
-    ),
-    epochs: int | None = typer.Option(None, min=1, help="Epochs (overrides the config)."),
-    registered_model_name: str | None = typer.Option(
-        None, "--register", help="Register the model under this name (overrides the config)."
-    ),
-    tracking_uri: str | None = tracking_uri_option(),
-) -> None:
-    """Train a 2D/3D network from the cache; everything is tracked in MLflow.
+MANIFEST = typer.Option(..., "--manifest", "-m", exists=True, dir_okay=False)
+PLAN = typer.Option(..., "--plan", "-p", exists=True, dir_okay=False)
+CONFIG = typer.Option(
+    None, "--config", "-c", exists=True, dir_okay=False, help="configs/train/*.yaml"
+)
+CACHE = typer.Option(
+    None,
+    callback=output_folder,
+    help="Preprocessing cache (default: 'cache' beside the plan; built if missing).",
+)
+MAX_MINUTES = typer.Option(
+    None, callback=interval("(0, inf)"), help="Time budget (overrides the config)."
+)
+EPOCHS = typer.Option(None, min=1, help="Epochs (overrides the config).")
+FOLDS = typer.Option(
+    DEFAULT_FOLDS, "--folds", min=2, help="Cross-validation folds (splits.json beside the plan)."
+)
 
-    Runs on CUDA when present (with AMP), else CPU; under torchrun with DistributedDataParallel.
-    """
+
+@dataclass(frozen=True)
+class _Prepared:
+    settings: TrainConfig
+    plan: Plan
+    cache_dir: Path
+
+
+def _prepare(
+    *,
+    manifest: Path,
+    plan_file: Path,
+    config: Path | None,
+    cache: Path | None,
+    data_root: Path | None,
+    tracking_uri: str | None,
+    **overrides: object,
+) -> _Prepared:
+    """Check everything before the (long) preprocessing, then build the cache if needed."""
     from medseg.tracking.store import require_tracking_store
 
     require_tracking_store(tracking_uri)  # seconds, before the imports and the preprocessing
     from medseg.manifest import read_manifest
     from medseg.preprocess.plan import Plan
     from medseg.train.config import check_against_plan, load_train_config
-    from medseg.train.loop import train as run_training
 
-    # Everything is checked before the (long) preprocessing starts.
-    settings = load_train_config(
-        config, max_minutes=max_minutes, epochs=epochs, registered_model_name=registered_model_name
-    )
+    settings = load_train_config(config, **overrides)
     plan_model = Plan.load(plan_file)
     check_against_plan(settings, plan_model, source=config)
     read_manifest(manifest)
@@ -65,17 +73,154 @@ def train(
         from medseg.preprocess.stage import preprocess_manifest
 
         preprocess_manifest(manifest, plan=plan_model, cache_dir=cache_dir, data_root=data_root)
+    return _Prepared(settings, plan_model, cache_dir)
+
+
+def train(
+    manifest: Path = MANIFEST,
+    plan_file: Path = PLAN,
+    config: Path | None = CONFIG,
+    cache: Path | None = CACHE,
+    run_dir: Path = typer.Option(
+        Path("runs/train"), callback=output_folder, help="Checkpoints, pictures, curves."
+    ),
+    data_root: Path | None = DATA_ROOT,
+    resume: bool = typer.Option(False, "--resume", help="Continue from run-dir's last checkpoint."),
+    max_minutes: float | None = MAX_MINUTES,
+    epochs: int | None = EPOCHS,
+    registered_model_name: str | None = typer.Option(
+        None, "--register", help="Register the model under this name (overrides the config)."
+    ),
+    fold: int | None = typer.Option(
+        None,
+        "--fold",
+        min=0,
+        help="Train this cross-validation fold in RUN_DIR/fold_K (a finished fold is skipped, "
+        "a killed one continues) and keep its out-of-fold probabilities.",
+    ),
+    folds: int = FOLDS,
+    tracking_uri: str | None = tracking_uri_option(),
+) -> None:
+    """Train a 2D/3D network from the cache; everything is tracked in MLflow.
+
+    Runs on CUDA when present (with AMP), else CPU; under torchrun with DistributedDataParallel.
+    """
+    if fold is not None and registered_model_name:
+        raise typer.BadParameter(
+            "a fold is not registered alone: see medseg ensemble", param_hint="--register"
+        )
+    ready = _prepare(
+        manifest=manifest,
+        plan_file=plan_file,
+        config=config,
+        cache=cache,
+        data_root=data_root,
+        tracking_uri=tracking_uri,
+        max_minutes=max_minutes,
+        epochs=epochs,
+        registered_model_name=registered_model_name,
+    )
+    if fold is not None:
+        _train_one_fold(fold, folds, ready, manifest, plan_file, run_dir, tracking_uri)
+        return
+    from medseg.train.loop import train as run_training
+
     result = run_training(
         manifest_path=manifest,
-        plan=plan_model,
-        cache_dir=cache_dir,
-        config=settings,
+        plan=ready.plan,
+        cache_dir=ready.cache_dir,
+        config=ready.settings,
         run_dir=run_dir,
         resume=resume,
         tracking_uri=tracking_uri,
     )
     if os.environ.get("RANK", "0") == "0":
         train_summary(result)
+
+
+def _train_one_fold(
+    fold: int,
+    folds: int,
+    ready: _Prepared,
+    manifest: Path,
+    plan_file: Path,
+    run_dir: Path,
+    tracking_uri: str | None,
+) -> None:
+    from medseg.train.cross_validation import fold_folder, train_fold
+    from medseg.train.folds import load_or_make_folds
+
+    split = load_or_make_folds(plan_file, manifest, folds=folds, seed=ready.plan.seed)
+    record, trained = train_fold(
+        fold,
+        folds=split,
+        manifest_path=manifest,
+        plan=ready.plan,
+        cache_dir=ready.cache_dir,
+        config=ready.settings,
+        run_dir=run_dir,
+        tracking_uri=tracking_uri,
+    )
+    state = "trained" if trained else "finished earlier, skipped"
+    console.print(
+        f"[bold]Fold {fold} of {folds}[/bold] {state}: out-of-fold mean Dice "
+        f"{record.mean_dice:.4f} on {len(record.val)} cases; {fold_folder(run_dir, fold)}   "
+        f"MLflow run: {record.run_id}"
+    )
+
+
+def cross_validate(
+    manifest: Path = MANIFEST,
+    plan_file: Path = PLAN,
+    config: Path | None = CONFIG,
+    cache: Path | None = CACHE,
+    run_dir: Path = typer.Option(
+        Path("runs/cv"), callback=output_folder, help="One folder per fold, summary.json."
+    ),
+    data_root: Path | None = DATA_ROOT,
+    folds: int = FOLDS,
+    max_minutes: float | None = typer.Option(
+        None, callback=interval("(0, inf)"), help="Time budget of each fold (overrides the config)."
+    ),
+    epochs: int | None = EPOCHS,
+    tracking_uri: str | None = tracking_uri_option(),
+) -> None:
+    """Train every cross-validation fold in sequence and report the per-structure CV Dice.
+
+    Resumable: run it again and finished folds are skipped, a killed fold continues from its
+    last checkpoint. One MLflow parent run, a child run per fold.
+    """
+    ready = _prepare(
+        manifest=manifest,
+        plan_file=plan_file,
+        config=config,
+        cache=cache,
+        data_root=data_root,
+        tracking_uri=tracking_uri,
+        max_minutes=max_minutes,
+        epochs=epochs,
+    )
+    from medseg.train.cross_validation import cross_validate as run_cross_validation
+    from medseg.train.folds import load_or_make_folds
+
+    result = run_cross_validation(
+        folds=load_or_make_folds(plan_file, manifest, folds=folds, seed=ready.plan.seed),
+        manifest_path=manifest,
+        plan=ready.plan,
+        cache_dir=ready.cache_dir,
+        config=ready.settings,
+        run_dir=run_dir,
+        tracking_uri=tracking_uri,
+    )
+    skipped = len(result.folds) - len(result.trained)
+    console.print(
+        f"[bold]Cross-validation of {len(result.folds)} folds[/bold] "
+        f"({len(result.trained)} trained now, {skipped} finished earlier): CV mean Dice "
+        f"{result.mean_dice:.4f}"
+    )
+    for name, dice in result.dice.items():
+        console.print(f"  {name}: {dice:.4f}")
+    console.print(f"folder: {result.run_dir}   MLflow parent run: {result.run_id}")
 
 
 def train_summary(result: TrainResult) -> None:

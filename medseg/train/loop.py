@@ -84,11 +84,12 @@ class CaseSplit:
 
 
 def split_cases(manifest_path: Path) -> CaseSplit:
-    """Labelled train/val cases; with no splits in the manifest, all labelled cases train."""
+    """Labelled train/val cases; with no train split in the manifest, every labelled case that
+    is neither validation nor test trains."""
     records = [r for r in read_manifest(manifest_path) if r.label is not None]
     train = [r.case_id for r in records if r.split == "train"]
     val = [r.case_id for r in records if r.split == "val"]
-    return CaseSplit(train or [r.case_id for r in records if r.split != "val"], val)
+    return CaseSplit(train or [r.case_id for r in records if r.split not in ("val", "test")], val)
 
 
 def _optimizer(network: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -293,18 +294,21 @@ def train(
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
     on_progress: ProgressCallback | None = None,
+    split: CaseSplit | None = None,
+    fold: int | None = None,
 ) -> TrainResult:
     """Train one network as configured; see the module docstring for what is written where.
 
     ``parent_run_id`` nests the MLflow run under that run (a pipeline's parent run, active in
-    this thread).
+    this thread). ``split`` replaces the manifest's train/val split (a cross-validation fold,
+    whose number ``fold`` is then logged with the run).
     """
     context = setup_distributed()
     try:
         if config.threads:
             torch.set_num_threads(config.threads)
         _seed_everything(config.seed + context.rank, deterministic=config.deterministic)
-        split = split_cases(manifest_path)
+        split = split or split_cases(manifest_path)
         job = _Job(
             plan=plan,
             config=config,
@@ -331,6 +335,7 @@ def train(
             run_dir=job.run_dir,
             run_id=state.run_id,
             parent_run_id=parent_run_id,
+            fold=fold,
         )
         state.run_id = reporter.run_id
         if job.encoder_transfer is not None and not resume:

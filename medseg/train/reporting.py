@@ -69,6 +69,7 @@ class TrainingReporter:
         run_dir: Path,
         run_id: str | None,
         parent_run_id: str | None = None,
+        fold: int | None = None,
     ) -> TrainingReporter:
         """Open (or, when resuming, reopen) the MLflow run and log params and tags.
 
@@ -82,10 +83,12 @@ class TrainingReporter:
 
         mark_stale_runs(run_dir, tracking_uri)
         tracker = RunTracker(tracking_uri=tracking_uri, home=run_dir, role="train")
+        in_fold = {} if fold is None else {"medseg.fold": str(fold)}
         tracker.start(
             experiment=config.experiment,
-            run_name=f"train-{config.configuration}-{config.architecture}",
-            tags={"medseg.stage": "train"},
+            run_name=f"train-{config.configuration}-{config.architecture}"
+            + ("" if fold is None else f"-fold{fold}"),
+            tags={"medseg.stage": "train", **in_fold},
             manifest_sha256=sha256_file(manifest_path),
             run_id=run_id,
             parent_run_id=parent_run_id if run_id is None else None,
@@ -96,7 +99,8 @@ class TrainingReporter:
             if config.pretrained_encoder is not None:  # no local paths in MLflow
                 source = describe_source(config.pretrained_encoder.source)
                 logged["pretrained_encoder"]["source"] = source
-            tracker.log_params({"config": logged, "plan": _plan_params(plan)})
+            fold_param = {} if fold is None else {"fold": fold}
+            tracker.log_params({"config": logged, "plan": _plan_params(plan), **fold_param})
             tracker.log_dict(logged, "config/train_config.json")
             tracker.log_dict(plan.model_dump(mode="json"), "config/plan.json")
         return cls(tracker, plan, config, run_dir)

@@ -26,7 +26,7 @@ class ValidationResult:
     pictures: list[Path] = field(default_factory=list)
 
 
-def predict_case(
+def predict_case_probabilities(
     network: nn.Module,
     image: np.ndarray,
     *,
@@ -37,10 +37,11 @@ def predict_case(
     mirror: bool,
     slice_axis: int | None,
     mirror_axes: Sequence[int] | None = None,
-) -> np.ndarray:
-    """Label map of one preprocessed image ``(C, X, Y, Z)`` (3D, or 2D slice by slice)."""
+) -> torch.Tensor:
+    """Class probabilities ``(K, X, Y, Z)`` of one preprocessed image ``(C, X, Y, Z)`` (3D, or
+    2D slice by slice), on ``device``."""
     tensor = torch.from_numpy(np.array(image, dtype=np.float32)).to(device)  # memmaps: read-only
-    probabilities = predict_probabilities(
+    return predict_probabilities(
         network,
         tensor,
         patch_size=patch_size,
@@ -50,7 +51,6 @@ def predict_case(
         mirror_axes=mirror_axes,
         slice_axis=slice_axis,
     )
-    return probabilities.argmax(0).cpu().numpy().astype(np.uint8)
 
 
 def validate(
@@ -75,7 +75,7 @@ def validate(
     written: list[Path] = []
     for number, case in enumerate(cases):
         assert case.label is not None
-        prediction = predict_case(
+        probabilities = predict_case_probabilities(
             network,
             case.image,
             patch_size=patch_size,
@@ -86,6 +86,7 @@ def validate(
             mirror_axes=mirror_axes,
             slice_axis=slice_axis,
         )
+        prediction = probabilities.argmax(0).cpu().numpy().astype(np.uint8)
         matrix = confusion_matrix(prediction, case.label, num_classes)
         total += matrix
         per_case[case.case_id] = mean_foreground(dice_from_confusion(matrix))

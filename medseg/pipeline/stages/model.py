@@ -1,5 +1,6 @@
-"""Model stages: ``train`` (provides ``train_run_id``, ``best_mean_dice``) and ``register``
-(provides ``model_uri`` = ``models:/NAME/VERSION`` of the version it registered)."""
+"""Model stages: ``train`` (provides ``train_run_id``, ``best_mean_dice``), ``cross_validate``
+(provides ``cv_dir``, ``cv_mean_dice``, ``cv_run_id``) and ``register`` (provides
+``model_uri`` = ``models:/NAME/VERSION`` of the version it registered)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from medseg.pipeline.stages.base import (
     StageResult,
     no_inputs,
 )
+from medseg.train.folds import DEFAULT_FOLDS
 
 if TYPE_CHECKING:
     from medseg.tracking.runs import RunTracker
@@ -86,6 +88,60 @@ def _train(ctx: StageContext, options: TrainStageOptions, run: RunTracker | None
     )
 
 
+class CrossValidateOptions(TrainStageOptions):
+    """Options of ``stage: cross_validate``: a train config, overrides (``max_minutes`` per
+    fold) and the number of folds (``splits.json`` beside the plan)."""
+
+    folds: int = Field(DEFAULT_FOLDS, ge=2)
+
+
+def _cross_validate(
+    ctx: StageContext, options: CrossValidateOptions, run: RunTracker | None
+) -> StageResult:
+    from medseg.preprocess.plan import Plan
+    from medseg.train.config import load_train_config
+    from medseg.train.cross_validation import cross_validate
+    from medseg.train.folds import load_or_make_folds
+
+    settings = load_train_config(
+        ctx.config(options.config) if options.config else None,
+        max_minutes=options.max_minutes,
+        epochs=options.epochs,
+    ).model_copy(update={"experiment": ctx.experiment, "registered_model_name": None})
+    if not ctx.resume:  # run again from the start: nothing of an earlier attempt is kept
+        for old in ctx.folder.iterdir():
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    plan_path = ctx.need("plan")
+    plan = Plan.load(plan_path)
+    result = cross_validate(
+        folds=load_or_make_folds(
+            plan_path, ctx.need("manifest"), folds=options.folds, seed=plan.seed
+        ),
+        manifest_path=ctx.need("manifest"),
+        plan=plan,
+        cache_dir=ctx.need("cache"),
+        config=settings,
+        run_dir=ctx.folder,
+        tracking_uri=ctx.tracking_uri,
+        parent_run_id=ctx.parent_run_id,
+        on_progress=ctx.on_progress,
+    )
+    return StageResult(
+        provides={
+            "cv_dir": ctx.folder,
+            "cv_mean_dice": result.mean_dice,
+            "cv_run_id": result.run_id,
+        },
+        metrics={"cv_mean_dice": result.mean_dice},
+        run_id=result.run_id,
+        summary={
+            "folds": f"{len(result.folds)} ({len(result.trained)} trained now)",
+            "CV mean Dice": round(result.mean_dice, 4),
+            **{f"CV Dice {name}": round(dice, 4) for name, dice in result.dice.items()},
+        },
+    )
+
+
 class RegisterOptions(StageOptions):
     """Options of ``stage: register``: the registered model's name.
 
@@ -129,6 +185,15 @@ MODEL_STAGES = (
         lambda o: ("manifest", "plan", "cache"),
         _train_inputs,
         _train,
+        own_run=True,
+        deterministic=False,
+    ),
+    StageDefinition(
+        "cross_validate",
+        CrossValidateOptions,
+        lambda o: ("manifest", "plan", "cache"),
+        _train_inputs,
+        _cross_validate,
         own_run=True,
         deterministic=False,
     ),
