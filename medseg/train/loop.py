@@ -175,7 +175,7 @@ class _Job:
                 self.network, config.pretrained_encoder, tracking_uri=tracking_uri
             )
         self.network = self.network.to(context.device)
-        loss = build_loss(config.loss)
+        loss = build_loss(config.loss).ignoring(plan.ignore_label)
         self.needs_weights = loss.needs_weights
         if loss.needs_weights and not plan.border_weights.enabled:
             raise ConfigError(
