@@ -257,6 +257,7 @@ class _Job:
             slice_axis=self.configuration.slice_axis,
             pictures_dir=self.run_dir / "pictures" / f"epoch_{epoch:04d}",
             pictures=options.overlay_pictures,
+            ignore_label=self.plan.ignore_label,
         )
 
 
