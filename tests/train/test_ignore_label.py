@@ -24,9 +24,11 @@ from medseg.manifest import label_names_path, read_manifest
 from medseg.models import build_network
 from medseg.preprocess.cache import load_cache
 from medseg.preprocess.case import class_locations, preprocess_case
-from medseg.preprocess.config import PlanOptions
+from medseg.preprocess.config import LabelResampling, PlanOptions
 from medseg.preprocess.plan import Plan, plan_manifest
+from medseg.preprocess.resample import resample_labels
 from medseg.preprocess.stage import preprocess_manifest
+from medseg.train.augment import AugmentationConfig, Augmenter
 from medseg.train.checkpoint import load_checkpoint
 from medseg.train.loop import train
 from medseg.train.sampling import SampleSource, choose_patch
@@ -103,6 +105,19 @@ def test_a_case_labelled_only_with_background_and_ignore_draws_random_patches() 
         source, patch_size=(8, 8, 8), force_foreground=True, rng=np.random.default_rng(0)
     )
     assert draw.fell_back and draw.foreground_class is None
+
+
+@pytest.mark.parametrize("mode", list(LabelResampling))
+def test_resampling_and_augmentation_keep_the_ignore_value(mode: LabelResampling) -> None:
+    labels = np.zeros((16, 16, 12), np.uint8)
+    labels[4:12, 4:12, 2:10] = 1
+    labels[:, :, 1::EVERY] = IGNORE
+    resampled = resample_labels(labels, (23, 21, 17), mode=mode)
+    assert set(np.unique(resampled)) == {0, 1, IGNORE}
+    always = AugmentationConfig(rotation_probability=1, scale_probability=1)
+    batch = torch.from_numpy(resampled.astype(np.int64))[None]
+    augmented = Augmenter(always, seed=3)(image=torch.rand(1, 1, 23, 21, 17), label=batch).label
+    assert set(augmented.unique().tolist()) == {0, 1, IGNORE}  # nearest: no value in between
 
 
 def _dice_on_full_references(
