@@ -26,7 +26,8 @@ Decisions:
 * Label names are dataset-wide: ``ImportReport.label_names`` and the sidecar
   ``label_names_path(manifest_path)``. Each record's ``extra["label_values"]`` lists the values
   present in that case. Without dataset.json, 0 is ``"background"`` and every other value
-  found is ``"label_<n>"``.
+  found is ``"label_<n>"``. A label named ``ignore`` (nnU-Net v2's ignore label, for sparse or
+  partial annotations) is kept in the sidecar and must be the highest value.
 * Modality: the ``modality`` argument, else dataset.json's channel "0" (``channel_names`` or
   ``modality``) as a DICOM code (``"MRI"``, ``"T1"``... -> ``"MR"``), else ``"unknown"``.
 * Splits: labelled cases get train/val/test by ``assign_splits`` with fractions
@@ -53,6 +54,7 @@ from medseg.manifest import (
     ProblemKind,
     Split,
     grid_mismatch,
+    ignore_label_value,
     label_values,
     manifest_relative_path,
     manifest_spacing,
@@ -176,6 +178,7 @@ def _label_names_from_json(metadata: dict[str, Any], path: Path) -> dict[int, st
         if number in names:
             raise DatasetLayoutError(f"{path}: label value {number} is named twice")
         names[number] = name
+    ignore_label_value(names, where=path)
     return names
 
 

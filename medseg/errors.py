@@ -197,6 +197,11 @@ class UnknownFormatError(ConfigError):
     """A volume file format named (e.g. ``--output-format``) is not registered."""
 
 
+class IgnoreLabelError(ConfigError):
+    """Label names declare an ignore label (a label named ``ignore``) that is not the single,
+    highest, non-zero label value."""
+
+
 class LossConfigError(ConfigError, ValueError):
     """A loss option or loss spec is unknown or invalid.
 

@@ -32,7 +32,8 @@ Other rules:
 * ``split`` is ``"train"``, ``"val"``, ``"test"`` or null; a case without label is never
   ``"train"`` or ``"val"``.
 * Label names are dataset-wide, so they live in a sidecar ``<name>.labels.json`` beside
-  ``<name>.jsonl`` (``label_names_path``), not in every record.
+  ``<name>.jsonl`` (``label_names_path``), not in every record. A label named ``ignore``, the
+  highest value, marks unannotated voxels (``ignore_label_value``).
 * ``extra`` holds anything else, e.g. ``label_values``: the label values present in the case.
 """
 
@@ -53,7 +54,12 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from medseg.errors import ManifestError, NonIntegralLabelError, SplitFractionsError
+from medseg.errors import (
+    IgnoreLabelError,
+    ManifestError,
+    NonIntegralLabelError,
+    SplitFractionsError,
+)
 from medseg.io.atomic import write_text_atomic
 from medseg.io.formats import data_files
 from medseg.volume import Volume
@@ -369,6 +375,10 @@ def with_splits(
     ]
 
 
+IGNORE_LABEL_NAME = "ignore"
+"""The label name (any case) that marks unannotated voxels (:func:`ignore_label_value`)."""
+
+
 def label_names_path(manifest_path: str | os.PathLike[str]) -> Path:
     """The label-name sidecar of a manifest: ``cases.jsonl`` -> ``cases.labels.json``."""
     return Path(manifest_path).with_suffix(".labels.json")
@@ -387,15 +397,19 @@ def read_label_names(manifest_path: str | os.PathLike[str]) -> dict[int, str]:
 
     Raises:
         ManifestError: the sidecar is missing or malformed.
+        IgnoreLabelError: its ignore label is not the highest value (see
+            :func:`ignore_label_value`).
     """
     path = label_names_path(manifest_path)
     try:
         labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
-        return {int(value): str(name) for value, name in labels.items()}
+        names = {int(value): str(name) for value, name in labels.items()}
     except FileNotFoundError as exc:
         raise ManifestError(f"{path}: label names not found beside the manifest") from exc
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ManifestError(f'{path}: expected {{"labels": {{"<value>": "<name>"}}}}') from exc
+    ignore_label_value(names, where=path)
+    return names
 
 
 def load_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
@@ -404,15 +418,55 @@ def load_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
 
     Raises:
         ManifestError: unreadable file or not such a mapping.
+        IgnoreLabelError: its ignore label is not the highest value.
     """
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
         mapping = payload.get("labels", payload)
         if all(isinstance(v, int) for v in mapping.values()):  # nnU-Net v2: {"name": value}
             mapping = {v: k for k, v in mapping.items()}
-        return {int(value): str(name) for value, name in mapping.items()}
+        names = {int(value): str(name) for value, name in mapping.items()}
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ManifestError(f'{path}: expected label names {{"<value>": "<name>"}}: {exc}') from exc
+    ignore_label_value(names, where=path)
+    return names
+
+
+def ignore_label_value(names: Mapping[int, str], *, where: object) -> int | None:
+    """The value of the ignore label in ``names``, or None when no label is named ``ignore``.
+
+    As in nnU-Net v2, a label named :data:`IGNORE_LABEL_NAME` (any case) marks voxels that are
+    not annotated: they count in neither the training loss nor the metrics, and no network
+    predicts them. It must be the highest label value, so the real labels stay ``0..K-1``.
+
+    Raises:
+        IgnoreLabelError: several labels are named ``ignore``, or the ignore label is 0 or not
+            the highest value; the message starts with ``where`` (the file of the names).
+    """
+    ignored = sorted(value for value, name in names.items() if _is_ignore_name(name))
+    if not ignored:
+        return None
+    if len(ignored) > 1:
+        raise IgnoreLabelError(
+            f"{where}: {len(ignored)} labels are named {IGNORE_LABEL_NAME!r} "
+            f"(values {ignored}); name one only"
+        )
+    value, highest = ignored[0], max(names)
+    if value != highest or value == 0:
+        raise IgnoreLabelError(
+            f"{where}: the label named {IGNORE_LABEL_NAME!r} has value {value}, but the ignore "
+            f"label must be the highest label value and not 0 (highest: {highest}); renumber it"
+        )
+    return value
+
+
+def without_ignore_label(names: Mapping[int, str]) -> dict[int, str]:
+    """``names`` without the ignore label: the labels a network predicts and reports name."""
+    return {value: name for value, name in names.items() if not _is_ignore_name(name)}
+
+
+def _is_ignore_name(name: str) -> bool:
+    return name.strip().lower() == IGNORE_LABEL_NAME
 
 
 def manifest_spacing(volume: Volume) -> list[float]:

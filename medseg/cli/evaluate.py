@@ -91,6 +91,12 @@ def evaluation_summary(report: EvaluationReport, paths: dict) -> None:
     for name, values in report.structure_means().items():
         table.add_row(name, *(metric_cell(values[m]) for m in _EVALUATION_COLUMNS.values()))
     console.print(table)
+    if report.ignore_label is not None:
+        ignored = sum(case.ignored_voxels for case in report.cases)
+        console.print(
+            f"{ignored} reference voxels of the ignore label {report.ignore_label} left out of "
+            "Dice and IoU (per case: summary.json 'ignored_voxels')"
+        )
     for case, reason in report.failed.items():
         console.print(f"[red]{case}: {reason}[/red]")
     for case in report.missing_prediction:

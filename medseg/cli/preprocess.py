@@ -91,6 +91,8 @@ def plan_summary(plan: Plan, path: object) -> None:
             f" ({len(configuration.pool_strides)} poolings)",
         )
     table.add_row("labels", ", ".join(f"{k}: {v}" for k, v in plan.label_names.items()))
+    if plan.ignore_label is not None:
+        table.add_row("ignore label", f"{plan.ignore_label} (in no loss or metric)")
     console.print(table)
 
 

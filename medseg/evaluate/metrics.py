@@ -3,7 +3,8 @@
 A ``bincount`` over ``target * K + prediction`` gives the K x K confusion matrix; every
 per-structure Dice and IoU follows from its diagonal and margins. Rule for empty structures:
 when a structure is absent from both prediction and reference its Dice/IoU is NaN (undefined,
-left out of means); absent from one side only, it is 0.
+left out of means); absent from one side only, it is 0. Reference voxels of the ignore label
+(unannotated, see :func:`medseg.manifest.ignore_label_value`) are left out of the matrix.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from medseg.errors import GeometryMismatchError
 
 
 def confusion_matrix(
-    prediction: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor, num_classes: int
+    prediction: np.ndarray | torch.Tensor,
+    target: np.ndarray | torch.Tensor,
+    num_classes: int,
+    *,
+    ignore_label: int | None = None,
 ) -> np.ndarray:
     """K x K counts: rows are reference labels, columns predicted labels.
+
+    Voxels where ``target`` holds ``ignore_label`` are counted nowhere.
 
     Raises:
         GeometryMismatchError: the two label maps have different numbers of voxels.
@@ -32,6 +39,9 @@ def confusion_matrix(
         raise GeometryMismatchError(
             f"prediction has {prediction.size} voxels, reference {target.size}"
         )
+    if ignore_label is not None:
+        annotated = target != ignore_label
+        prediction, target = prediction[annotated], target[annotated]
     counts = np.bincount(target * num_classes + prediction, minlength=num_classes * num_classes)
     return counts[: num_classes * num_classes].reshape(num_classes, num_classes)
 

@@ -72,6 +72,8 @@ def summary(report: EvaluationReport) -> dict:
         "structures": {
             name: {m: defined(v) for m, v in values.items()} for name, values in means.items()
         },
+        "ignore_label": report.ignore_label,
+        "ignored_voxels": {case.case_id: case.ignored_voxels for case in report.cases},
         "failed": report.failed,
         "missing_prediction": report.missing_prediction,
         "missing_reference": report.missing_reference,
@@ -163,6 +165,14 @@ def _html(report: EvaluationReport, result: dict, pictures: dict[str, list[Path]
         f"mean Dice {cell(mean['dice'])}, IoU {cell(mean['iou'])}, "
         f"HD95 {cell(mean['hd95_mm'])} mm, NSD {cell(mean['nsd'])}"
     )
+    if report.ignore_label is not None:
+        counts = ", ".join(
+            f"{html.escape(case)} {count}" for case, count in result["ignored_voxels"].items()
+        )
+        means += (
+            f"</p><p>reference voxels of the ignore label {report.ignore_label}, left out of "
+            f"Dice and IoU: {counts or 'no case'}"
+        )
     style = "body{font-family:sans-serif} td,th{padding:2px 8px;text-align:right}"
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>medseg evaluation</title>"

@@ -4,6 +4,11 @@ Dice and IoU of every structure come from one confusion matrix per case; surface
 the voxel spacing (mm). Empty structures: absent from both maps -> every metric undefined
 (NaN, left out of means); absent from one side -> Dice/IoU 0 (surface rule: see
 ``medseg.evaluate.surface``). Means are over cases per structure, then over structures.
+
+Ignore label (label names with a label named ``ignore``, the highest value): reference voxels
+of that value are left out of the confusion matrix (Dice, IoU) and counted per case
+(``CaseResult.ignored_voxels``); surface metrics and volumes take the reference's structures
+as they are (an ignored voxel belongs to no structure).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion, iou_f
 from medseg.evaluate.pairing import Pairing
 from medseg.evaluate.volumes import structure_statistics
 from medseg.io.formats import read_volume
+from medseg.manifest import ignore_label_value, without_ignore_label
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ class CaseResult:
 
     case_id: str
     metrics: dict[str, dict[str, float]]
+    ignored_voxels: int = 0  # reference voxels of the ignore label, in no metric
 
 
 @dataclass
@@ -40,6 +47,7 @@ class EvaluationReport:
     """Everything an evaluation found."""
 
     label_names: dict[int, str]
+    ignore_label: int | None = None
     cases: list[CaseResult] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     missing_prediction: list[str] = field(default_factory=list)
@@ -72,8 +80,12 @@ def evaluate_case(
     label_names: dict[int, str],
     tolerance_mm: float,
     names: tuple[str, str] = ("prediction", "reference"),
+    ignore_label: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics per structure name of one case (both maps on the same grid).
+
+    ``label_names`` are the real structures (without the ignore label); reference voxels of
+    ``ignore_label`` count in neither Dice nor IoU.
 
     Raises:
         GeometryMismatchError: the maps are not on the same voxel grid; the message calls them
@@ -85,7 +97,7 @@ def evaluate_case(
     if not prediction.same_grid(reference):
         raise GeometryMismatchError(grid_difference(prediction, reference, names=names))
     size = max(max(label_names), int(prediction.array.max()), int(reference.array.max())) + 1
-    matrix = confusion_matrix(prediction.array, reference.array, size)
+    matrix = confusion_matrix(prediction.array, reference.array, size, ignore_label=ignore_label)
     dice, iou = dice_from_confusion(matrix), iou_from_confusion(matrix)
     structures = [v for v in sorted(label_names) if v > 0]
     surfaces = surface_metrics(
@@ -113,24 +125,38 @@ def evaluate_case(
 def evaluate_pairing(
     pairing: Pairing, *, label_names: dict[int, str], tolerance_mm: float = 1.0
 ) -> EvaluationReport:
-    """Evaluate every pair; a pair that cannot be read or compared is reported, not fatal."""
+    """Evaluate every pair; a pair that cannot be read or compared is reported, not fatal.
+
+    ``label_names`` may name an ignore label (see :func:`medseg.manifest.ignore_label_value`):
+    it is no structure, and its reference voxels are counted per case instead of scored.
+
+    Raises:
+        IgnoreLabelError: the ignore label of ``label_names`` is not the highest value.
+    """
+    ignore_label = ignore_label_value(label_names, where="label names")
     report = EvaluationReport(
-        label_names=label_names,
+        label_names=without_ignore_label(label_names),
+        ignore_label=ignore_label,
         missing_prediction=pairing.missing_prediction,
         missing_reference=pairing.missing_reference,
     )
     for case_id, predicted_path, reference_path in pairing.pairs:
         try:
+            reference = read_volume(reference_path)
             metrics = evaluate_case(
                 read_volume(predicted_path),
-                read_volume(reference_path),
-                label_names=label_names,
+                reference,
+                label_names=report.label_names,
                 tolerance_mm=tolerance_mm,
                 names=(f"prediction {predicted_path}", f"reference {reference_path}"),
+                ignore_label=ignore_label,
             )
         except MedsegError as error:
             logger.warning("%s: %s", case_id, error)
             report.failed[case_id] = str(error)
             continue
-        report.cases.append(CaseResult(case_id, metrics))
+        ignored = (
+            0 if ignore_label is None else int(np.count_nonzero(reference.array == ignore_label))
+        )
+        report.cases.append(CaseResult(case_id, metrics, ignored_voxels=ignored))
     return report

@@ -4,7 +4,9 @@ Every loss is a :class:`SegmentationLoss` called as ``loss(logits, target, weigh
 
 * ``logits``: float ``(B, K, *spatial)``, raw network output, ``K >= 2`` classes including
   background, 2D or 3D spatial.
-* ``target``: integer class indices ``(B, *spatial)`` or ``(B, 1, *spatial)``, values ``0..K-1``.
+* ``target``: integer class indices ``(B, *spatial)`` or ``(B, 1, *spatial)``, values ``0..K-1``
+  (and the ignore label of partial annotations, left out of every loss, after
+  ``loss.ignoring(value)``).
 * ``weights``: optional float per-voxel weights ``(B, *spatial)`` (or ``(B, 1, *spatial)``), the
   border-weight maps of :mod:`medseg.preprocess.border_weights`. Only losses whose
   ``needs_weights`` is True use them; the others accept and ignore them, so a training loop can

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import torch
 from pydantic import BaseModel, Field, model_validator
@@ -44,33 +44,94 @@ class SegmentationLoss(nn.Module):
     A loss that can be named in a config also sets ``config_name`` and ``Options`` and is
     listed in :data:`medseg.losses.registry.LOSSES`.
 
+    Ignore label (sparse or partial annotations, the plan's ``ignore_label``): after
+    :meth:`ignoring`, target voxels of that value count in neither the loss nor its gradient.
+    The base class sets them to class 0 and hands ``_loss`` a ``labelled`` mask (1 where
+    annotated, 0 where ignored) that every loss applies to its sums and means.
+
     Attributes:
         needs_weights: the loss uses the per-voxel ``weights`` argument.
+        ignore_label: target value of unannotated voxels, or None (every voxel counts).
         config_name: its name in a loss spec (``"dice_ce"``).
         Options: its options in a loss spec, a :class:`TermSpec` whose fields (but ``weight``)
             are the keyword arguments of ``__init__``.
     """
 
     needs_weights: bool = False
+    ignore_label: int | None = None
     config_name: ClassVar[str]
     Options: ClassVar[type[TermSpec]]
+
+    def ignoring(self, ignore_label: int | None) -> Self:
+        """Leave target voxels of ``ignore_label`` out of this loss and every loss inside it.
+
+        Returns:
+            This loss, for chaining: ``build_loss(spec).ignoring(plan.ignore_label)``.
+
+        Raises:
+            LossConfigError: ``ignore_label`` is not None and below 1 (0 is background).
+        """
+        if ignore_label is not None and ignore_label < 1:
+            raise LossConfigError(
+                f"ignore_label: must be a label value >= 1 (0 is background), got {ignore_label}"
+            )
+        for module in self.modules():
+            if isinstance(module, SegmentationLoss):
+                module.ignore_label = ignore_label
+        return self
 
     def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         """Scalar loss of ``logits`` ``(B, K, *spatial)`` against ``target`` ``(B, *spatial)``.
 
         Raises:
-            LossInputError: on wrong shapes or dtypes, target values outside ``0..K-1``, or
-                missing ``weights`` when ``needs_weights`` is True.
+            LossInputError: on wrong shapes or dtypes, target values outside ``0..K-1`` (and
+                not the ignore label), or missing ``weights`` when ``needs_weights`` is True.
         """
         logits, target, weights = _validated_inputs(
             self, logits, target, weights if self.needs_weights else None
         )
+        labelled = None
+        if self.ignore_label is not None:
+            ignored = target == self.ignore_label
+            target = target.masked_fill(ignored, 0)  # never a class index
+            labelled = (~ignored).float()
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return self._loss(logits, target, weights)
+            return self._loss(logits, target, weights, labelled)
 
-    def _loss(self, logits: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
-        """The loss of validated float32 logits, int64 target and float32 weights (or None)."""
+    def _loss(
+        self, logits: Tensor, target: Tensor, weights: Tensor | None, labelled: Tensor | None
+    ) -> Tensor:
+        """The loss of validated float32 logits, int64 target ``0..K-1``, float32 weights (or
+        None) and the float32 ``labelled`` mask ``(B, *spatial)`` (None: every voxel counts)."""
         raise NotImplementedError
+
+
+def voxel_average(values: Tensor, voxel_weights: Tensor | None) -> Tensor:
+    """``sum(values * w) / sum(w)`` over all voxels, or the plain mean when ``w`` is None.
+
+    0 (not NaN) when every weight is 0, e.g. a batch whose voxels are all ignored; voxels of
+    weight 0 get an exactly zero gradient.
+    """
+    if voxel_weights is None:
+        return values.mean()
+    total = voxel_weights.sum().clamp_min(torch.finfo(voxel_weights.dtype).tiny)
+    return (values * voxel_weights).sum() / total
+
+
+def voxel_weights(
+    class_weights: Tensor | None, target: Tensor, labelled: Tensor | None
+) -> Tensor | None:
+    """Weight of every voxel in a class-weighted mean: ``class_weights[target]`` times the
+    ``labelled`` mask, either factor left out when None (None when both are)."""
+    if class_weights is None:
+        return labelled
+    weights = class_weights[target]
+    return weights if labelled is None else weights * labelled
+
+
+def labelled_only(tensor: Tensor, labelled: Tensor | None) -> Tensor:
+    """``tensor`` ``(B, K, *spatial)`` zeroed at ignored voxels (``labelled`` is 0 there)."""
+    return tensor if labelled is None else tensor * labelled.unsqueeze(1)
 
 
 def class_weight_tensor(class_weights: Sequence[float] | None) -> Tensor | None:
@@ -146,10 +207,14 @@ def _validated_inputs(
     target = target.long()
     # One host-device sync; on CUDA an out-of-range index would otherwise end in an opaque
     # device-side assert inside cross_entropy or one_hot.
-    if target.numel() and bool(((target < 0) | (target >= n_classes)).any()):
+    outside = (target < 0) | (target >= n_classes)
+    if loss.ignore_label is not None:
+        outside &= target != loss.ignore_label
+    if target.numel() and bool(outside.any()):
+        ignoring = "" if loss.ignore_label is None else f" or the ignore label {loss.ignore_label}"
         raise LossInputError(
-            f"{name}: target values must lie in 0..{n_classes - 1} for {n_classes} classes, "
-            f"got {int(target.min())}..{int(target.max())}"
+            f"{name}: target values must lie in 0..{n_classes - 1} for {n_classes} classes"
+            f"{ignoring}, got {int(target.min())}..{int(target.max())}"
         )
     if loss.needs_weights:
         if weights is None:

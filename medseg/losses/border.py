@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from medseg.losses.base import SegmentationLoss, TermSpec
+from medseg.losses.base import SegmentationLoss, TermSpec, voxel_average
 
 
 class BorderCESpec(TermSpec):
@@ -20,7 +20,8 @@ class BorderWeightedCELoss(SegmentationLoss):
     so every voxel's gradient is proportional to its own weight, independent of how many border
     voxels share its batch, and the value equals plain cross-entropy when all weights are 1.
     Its scale is that of cross-entropy times the mean weight (class balancing and border peaks
-    of ``1 + w0`` make it typically a few times larger). The maps come from
+    of ``1 + w0`` make it typically a few times larger). Ignored voxels are left out (the
+    mean runs over the labelled voxels). The maps come from
     :mod:`medseg.preprocess.border_weights`.
 
     Example:
@@ -38,6 +39,8 @@ class BorderWeightedCELoss(SegmentationLoss):
     Options = BorderCESpec
     needs_weights = True
 
-    def _loss(self, logits: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+    def _loss(
+        self, logits: Tensor, target: Tensor, weights: Tensor | None, labelled: Tensor | None
+    ) -> Tensor:
         assert weights is not None  # guaranteed by _validated_inputs since needs_weights is True
-        return (weights * F.cross_entropy(logits, target, reduction="none")).mean()
+        return voxel_average(weights * F.cross_entropy(logits, target, reduction="none"), labelled)

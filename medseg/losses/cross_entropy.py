@@ -7,7 +7,14 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from medseg.losses.base import SegmentationLoss, TermSpec, class_weight_tensor, class_weights_for
+from medseg.losses.base import (
+    SegmentationLoss,
+    TermSpec,
+    class_weight_tensor,
+    class_weights_for,
+    voxel_average,
+    voxel_weights,
+)
 
 
 class CESpec(TermSpec):
@@ -20,7 +27,8 @@ class CrossEntropyLoss(SegmentationLoss):
     """Softmax cross-entropy averaged over voxels, like ``torch.nn.functional.cross_entropy``.
 
     With ``class_weights`` the average is weighted as in torch:
-    ``sum(w[y] * ce) / sum(w[y])`` over voxels.
+    ``sum(w[y] * ce) / sum(w[y])`` over voxels. Ignored voxels (see
+    :meth:`~medseg.losses.base.SegmentationLoss.ignoring`) are left out of both sums.
 
     Example:
         >>> loss = CrossEntropyLoss(class_weights=[1.0, 3.0])
@@ -43,5 +51,20 @@ class CrossEntropyLoss(SegmentationLoss):
         self.class_weights: Tensor | None
         self.register_buffer("class_weights", class_weight_tensor(class_weights), persistent=False)
 
-    def _loss(self, logits: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
-        return F.cross_entropy(logits, target, weight=class_weights_for(self, logits))
+    def _loss(
+        self, logits: Tensor, target: Tensor, weights: Tensor | None, labelled: Tensor | None
+    ) -> Tensor:
+        return cross_entropy(
+            logits, target, class_weights=class_weights_for(self, logits), labelled=labelled
+        )
+
+
+def cross_entropy(
+    logits: Tensor, target: Tensor, *, class_weights: Tensor | None, labelled: Tensor | None
+) -> Tensor:
+    """Cross-entropy averaged over the labelled voxels, class-weighted as in torch; 0 when no
+    voxel is labelled."""
+    if labelled is None:
+        return F.cross_entropy(logits, target, weight=class_weights)
+    voxelwise = F.cross_entropy(logits, target, reduction="none")
+    return voxel_average(voxelwise, voxel_weights(class_weights, target, labelled))

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medseg.errors import LossConfigError
-from medseg.losses.base import SegmentationLoss, TermSpec, class_weight_tensor, class_weights_for
+from medseg.losses.base import (
+    SegmentationLoss,
+    TermSpec,
+    class_weight_tensor,
+    class_weights_for,
+    labelled_only,
+)
+from medseg.losses.cross_entropy import cross_entropy
 
 
 class DiceCESpec(TermSpec):
@@ -37,6 +44,8 @@ class DiceCELoss(SegmentationLoss):
     over samples and classes) or over the batch and spatial axes together (``batch_dice=True``,
     as nnU-Net's 3d_fullres; Dice is averaged over classes only). Batch Dice treats the batch as
     one large image, so a patch without a small structure does not score that class 0 on its own.
+    Ignored voxels are in none of the sums (a sample with every voxel ignored has Dice 1) nor in
+    the cross-entropy average.
 
     Example:
         >>> loss = DiceCELoss(batch_dice=True)
@@ -94,18 +103,23 @@ class DiceCELoss(SegmentationLoss):
             f"ce_weight={self.ce_weight}"
         )
 
-    def _loss(self, logits: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+    def _loss(
+        self, logits: Tensor, target: Tensor, weights: Tensor | None, labelled: Tensor | None
+    ) -> Tensor:
         total = logits.new_zeros(())
         if self.dice_weight:
-            total = total + self.dice_weight * self._dice_loss(logits, target)
+            total = total + self.dice_weight * self._dice_loss(logits, target, labelled)
         if self.ce_weight:
-            ce = F.cross_entropy(logits, target, weight=class_weights_for(self, logits))
+            ce = cross_entropy(
+                logits, target, class_weights=class_weights_for(self, logits), labelled=labelled
+            )
             total = total + self.ce_weight * ce
         return total
 
-    def _dice_loss(self, logits: Tensor, target: Tensor) -> Tensor:
-        probabilities = torch.softmax(logits, dim=1)
+    def _dice_loss(self, logits: Tensor, target: Tensor, labelled: Tensor | None) -> Tensor:
+        probabilities = labelled_only(torch.softmax(logits, dim=1), labelled)
         one_hot = F.one_hot(target, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+        one_hot = labelled_only(one_hot, labelled)
         if not self.include_background:
             probabilities, one_hot = probabilities[:, 1:], one_hot[:, 1:]
         spatial = tuple(range(2, logits.ndim))

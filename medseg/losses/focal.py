@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medseg.errors import LossConfigError
-from medseg.losses.base import SegmentationLoss, TermSpec, class_weight_tensor, class_weights_for
+from medseg.losses.base import (
+    SegmentationLoss,
+    TermSpec,
+    class_weight_tensor,
+    class_weights_for,
+    voxel_average,
+    voxel_weights,
+)
 
 # Floor of (1 - p_t) in the focal term: keeps the gradient of (1 - p_t)^gamma finite for
 # gamma < 1 where p_t rounds to 1 (those voxels contribute ~0 to the loss anyway).
@@ -31,6 +38,7 @@ class FocalLoss(SegmentationLoss):
     paper's alpha and are averaged like
     :class:`~medseg.losses.cross_entropy.CrossEntropyLoss` does (``sum(a[y] * fl) /
     sum(a[y])``), so ``gamma=0`` gives exactly the cross-entropy with the same class weights.
+    Ignored voxels are left out of both sums.
 
     Example:
         >>> loss = FocalLoss(gamma=2.0)
@@ -60,14 +68,13 @@ class FocalLoss(SegmentationLoss):
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}"
 
-    def _loss(self, logits: Tensor, target: Tensor, weights: Tensor | None) -> Tensor:
+    def _loss(
+        self, logits: Tensor, target: Tensor, weights: Tensor | None, labelled: Tensor | None
+    ) -> Tensor:
         log_p_t = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
         focal = -log_p_t
         if self.gamma:
             # -expm1(log p) is 1 - p without cancellation when p is close to 1.
             focal = (-torch.expm1(log_p_t)).clamp_min(_FOCAL_FLOOR).pow(self.gamma) * focal
-        class_weights = class_weights_for(self, logits)
-        if class_weights is None:
-            return focal.mean()
-        alpha = class_weights[target]
-        return (alpha * focal).sum() / alpha.sum()
+        alpha = class_weights_for(self, logits)
+        return voxel_average(focal, voxel_weights(alpha, target, labelled))

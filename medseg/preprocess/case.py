@@ -118,21 +118,27 @@ def preprocess_case(
         image=np.ascontiguousarray(channels, dtype=np.float32),
         label=labels,
         properties=properties,
-        class_locations=class_locations(labels, seed=plan.seed, case_id=case_id)
+        class_locations=class_locations(
+            labels, seed=plan.seed, case_id=case_id, ignore_label=plan.ignore_label
+        )
         if labels is not None
         else {},
     )
 
 
-def class_locations(labels: np.ndarray, *, seed: int, case_id: str) -> dict[int, np.ndarray]:
+def class_locations(
+    labels: np.ndarray, *, seed: int, case_id: str, ignore_label: int | None = None
+) -> dict[int, np.ndarray]:
     """Up to ``CLASS_LOCATION_SAMPLES`` voxel coordinates (N, 3) per foreground label value.
 
     One pass over the volume: foreground voxel indices sorted (stably) by label value, then
-    split per value, so coordinates come in C order within each label.
+    split per value, so coordinates come in C order within each label. ``ignore_label`` is no
+    class: it gets no locations, so foreground oversampling never centres a patch on it.
     """
     rng = np.random.default_rng([seed, int(hash_identifier(case_id), 16) % (2**32)])
     flat = labels.ravel()
-    foreground = np.flatnonzero(flat)
+    classes = flat != 0 if ignore_label is None else (flat != 0) & (flat != ignore_label)
+    foreground = np.flatnonzero(classes)
     order = np.argsort(flat[foreground], kind="stable")
     indices = foreground[order]
     starts = np.flatnonzero(np.diff(flat[indices])) + 1

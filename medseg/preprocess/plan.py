@@ -35,9 +35,16 @@ from pydantic import BaseModel, ConfigDict
 
 from medseg import __version__
 from medseg.config_io import load_json_model
-from medseg.errors import MedsegError
+from medseg.errors import ManifestError
 from medseg.io.atomic import write_text_atomic
-from medseg.manifest import read_label_names, read_manifest, sha256_file
+from medseg.manifest import (
+    ignore_label_value,
+    label_names_path,
+    read_label_names,
+    read_manifest,
+    sha256_file,
+    without_ignore_label,
+)
 from medseg.preprocess.config import (
     BorderWeightOptions,
     LabelResampling,
@@ -89,6 +96,7 @@ class Plan(BaseModel):
     manifest_sha256: str
     modality: str
     label_names: dict[int, str]
+    ignore_label: int | None = None  # unannotated voxels: in no loss or metric, never predicted
     target_spacing: list[float]
     median_shape: list[int]
     normalization: NormalizationPlan
@@ -184,8 +192,13 @@ def make_plan(
     options: PlanOptions,
     label_names: dict[int, str],
     manifest_sha256: str,
+    ignore_label: int | None = None,
 ) -> Plan:
-    """Derive the plan from the fingerprint, applying ``options``' overrides."""
+    """Derive the plan from the fingerprint, applying ``options``' overrides.
+
+    ``label_names`` are the labels the networks predict; ``ignore_label`` is the value of
+    unannotated voxels (see :func:`medseg.manifest.ignore_label_value`), not among them.
+    """
     spacing = list(
         options.target_spacing
         or target_spacing(fingerprint, anisotropy_threshold=options.anisotropy_threshold)
@@ -236,6 +249,7 @@ def make_plan(
         manifest_sha256=manifest_sha256,
         modality=fingerprint.modality,
         label_names={int(k): v for k, v in label_names.items()},
+        ignore_label=ignore_label,
         target_spacing=spacing,
         median_shape=median,
         normalization=_normalization(fingerprint, options),
@@ -273,7 +287,11 @@ def plan_manifest(
     data_root: Path | None = None,
     workers: int = 1,
 ) -> Plan:
-    """Fingerprint a manifest's training cases and derive its plan."""
+    """Fingerprint a manifest's training cases and derive its plan.
+
+    Raises:
+        IgnoreLabelError: the label names' ignore label is not the highest value.
+    """
     records = read_manifest(manifest_path)
     fingerprint = fingerprint_dataset(
         records,
@@ -285,13 +303,14 @@ def plan_manifest(
     )
     try:
         label_names = read_label_names(manifest_path)
-    except MedsegError:
+    except ManifestError:
         label_names = {
             v: ("background" if v == 0 else f"label_{v}") for v in fingerprint.label_values
         }
     return make_plan(
         fingerprint,
         options=options,
-        label_names=label_names,
+        label_names=without_ignore_label(label_names),
         manifest_sha256=sha256_file(manifest_path),
+        ignore_label=ignore_label_value(label_names, where=label_names_path(manifest_path)),
     )

@@ -248,7 +248,9 @@ def write_out_of_fold(
         with atomic_path(out_dir / f"{case.case_id}.npy") as tmp, open(tmp, "wb") as file:
             np.save(file, stored)
         # scored as stored, so the CV Dice is what the kept probabilities give
-        matrix = confusion_matrix(stored.argmax(0), case.label, num_classes)
+        matrix = confusion_matrix(
+            stored.argmax(0), case.label, num_classes, ignore_label=plan.ignore_label
+        )
         total += matrix
         per_case[case.case_id] = mean_foreground(dice_from_confusion(matrix))
     return total, per_case

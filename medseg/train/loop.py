@@ -176,7 +176,7 @@ class _Job:
                 self.network, config.pretrained_encoder, tracking_uri=tracking_uri
             )
         self.network = self.network.to(context.device)
-        loss = build_loss(config.loss)
+        loss = build_loss(config.loss).ignoring(plan.ignore_label)
         self.needs_weights = loss.needs_weights
         if loss.needs_weights and not plan.border_weights.enabled:
             raise ConfigError(
@@ -258,6 +258,7 @@ class _Job:
             slice_axis=self.configuration.slice_axis,
             pictures_dir=self.run_dir / "pictures" / f"epoch_{epoch:04d}",
             pictures=options.overlay_pictures,
+            ignore_label=self.plan.ignore_label,
         )
 
 

@@ -66,8 +66,12 @@ def validate(
     slice_axis: int | None = None,
     pictures_dir: Path | None = None,
     pictures: int = 0,
+    ignore_label: int | None = None,
 ) -> ValidationResult:
-    """Predict every case, accumulate one confusion matrix, report Dice per structure."""
+    """Predict every case, accumulate one confusion matrix, report Dice per structure.
+
+    Reference voxels of ``ignore_label`` (unannotated) count in no confusion matrix.
+    """
     was_training = network.training
     network.eval()
     total = np.zeros((num_classes, num_classes), np.int64)
@@ -87,7 +91,7 @@ def validate(
             slice_axis=slice_axis,
         )
         prediction = probabilities.argmax(0).cpu().numpy().astype(np.uint8)
-        matrix = confusion_matrix(prediction, case.label, num_classes)
+        matrix = confusion_matrix(prediction, case.label, num_classes, ignore_label=ignore_label)
         total += matrix
         per_case[case.case_id] = mean_foreground(dice_from_confusion(matrix))
         if pictures_dir is not None and number < pictures:
