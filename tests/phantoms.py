@@ -206,14 +206,15 @@ def _ball(centre: np.ndarray, radius: float) -> np.ndarray:
 def two_channel_phantom(seed: int = 0) -> tuple[tuple[Volume, Volume], Volume]:
     """``((t1, t2), labels)``: a structure visible only by combining two channels.
 
-    On a 32^3 grid at 2 mm, two overlapping balls of radius 9 voxels, 10 voxels apart (centres
-    jittered by the seed): channel "T1" is bright (200) in ball A, channel "T2" bright (300)
-    in ball B, both on a noisy background (100, 150; noise sd 10). The label (1, "overlap") is
-    A and B together: neither channel alone shows where it ends.
+    On a 32^3 grid at 2 mm, two overlapping balls of radius 9 voxels, 7 to 11 voxels apart in a
+    random direction (seeded): channel "T1" is bright (200) in ball A, channel "T2" bright
+    (300) in ball B, both on a noisy background (100, 150; noise sd 10). The label (1,
+    "overlap") is where A and B overlap: neither channel alone shows where it is.
     """
     rng = np.random.default_rng(seed)
-    centre = np.array(TWO_CHANNEL_GRID, np.float32) / 2 + rng.uniform(-3, 3, 3)
-    offset = np.array([5.0, 0.0, 0.0])
+    centre = np.array(TWO_CHANNEL_GRID, np.float32) / 2 + rng.uniform(-2, 2, 3)
+    direction = rng.normal(size=3)
+    offset = direction / np.linalg.norm(direction) * rng.uniform(3.5, 5.5)
     in_a, in_b = _ball(centre - offset, 9.0), _ball(centre + offset, 9.0)
     t1 = np.where(in_a, 200.0, 100.0) + rng.normal(0, 10, TWO_CHANNEL_GRID)
     t2 = np.where(in_b, 300.0, 150.0) + rng.normal(0, 10, TWO_CHANNEL_GRID)
