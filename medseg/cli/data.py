@@ -195,6 +195,8 @@ def import_summary(report: ImportReport) -> None:
         f"{len(report.rejected)} pairs rejected, {len(report.orphans)} orphans left out"
     )
     console.print(f"labels: {report.label_names}")
+    if report.channel_names:
+        console.print(f"channels: {', '.join(report.channel_names)} (stacked into 4D cases)")
     for title, rows in (
         ("Orphans (left out)", [(o.case_id, o.path, o.reason) for o in report.orphans]),
         ("Rejected pairs", [(p.case_id, p.kind.value, p.detail) for p in report.rejected]),
