@@ -1,8 +1,10 @@
 """A network trained on two-channel phantoms (the structure is where both channels are bright)
-takes both channels from the cache and predicts a 4D scan."""
+takes both channels from the cache and predicts a 4D scan, or a folder of nnU-Net channel
+files."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,8 @@ from medseg.datasets import import_dataset
 from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import load_packaged_model, predict_scan
+from medseg.infer.stage import predict_path
+from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.formats import read_volume
 from medseg.manifest import read_manifest, resolve
 from medseg.preprocess.config import PlanOptions
@@ -24,6 +28,7 @@ from tests.tiny_dataset import learning_config
 # 0.71 at 0.003). Seeing one channel only, the best guess is a whole ball: Dice 0.38-0.56 on
 # these phantoms (the overlap is where the balls meet, in a random direction).
 LEARNT_OVERLAP_DICE = 0.7
+FOLDER = CaseIdScheme.FOLDER
 
 
 def test_two_channel_network_learns_a_structure_only_both_channels_show(tmp_path: Path) -> None:
@@ -53,4 +58,24 @@ def test_two_channel_network_learns_a_structure_only_both_channels_show(tmp_path
     assert predicted.same_grid(scan)
     score = float(dice_from_confusion(confusion_matrix(predicted.array, reference.array, 2))[1])
     assert score >= LEARNT_OVERLAP_DICE, score
-    assert np.count_nonzero(predicted.array) > 0
+    # The nnU-Net layout: a folder of <case>_0000/_0001 files; a case missing a channel fails
+    # alone, naming what is missing.
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for number in range(2):
+        name = f"{held_out.case_id}_{number:04d}.nii.gz"
+        shutil.copy(tmp_path / "data" / "imagesTr" / name, scans / name)
+    shutil.copy(tmp_path / "data" / "imagesTr" / "twoch_000_0000.nii.gz", scans)
+    report = predict_path(
+        scans, model, out_dir=tmp_path / "out", options=PredictionOptions(), case_ids=FOLDER
+    )
+    by_case = {outcome.case_id: outcome for outcome in report.outcomes}
+    assert sorted(by_case) == sorted([held_out.case_id, "twoch_000"])
+    assert by_case[held_out.case_id].ok
+    from_folder = read_volume(tmp_path / "out" / f"{held_out.case_id}.nii.gz")
+    assert np.array_equal(from_folder.array, predicted.array)
+    failed = by_case["twoch_000"]
+    assert (failed.ok, failed.error_type) == (False, "ChannelsError")
+    assert failed.reason == (
+        "twoch_000_0000.nii.gz: channel files _0000: the model takes 2 channels (missing _0001)"
+    )
