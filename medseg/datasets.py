@@ -9,8 +9,7 @@ Layouts, detected from the folder:
   ``imagesTs/``. The dialect is read from dataset.json (nnU-Net v2 has ``channel_names``,
   ``file_ending`` or labels as ``{"background": 0}``; MSD has labels as ``{"0": "background"}``);
   both ``labels`` forms are accepted either way. nnU-Net image names carry a channel suffix
-  (``case_0000``) which is stripped to pair them with labels; only single-channel cases are
-  supported, a case with ``_0001``... files is rejected.
+  (``case_0000``) which is stripped to pair them with labels.
 * ``flat``: ``images/`` and ``labels/`` paired by file stem; a ``dataset.json`` beside them is
   used for label names and modality when present.
 
@@ -28,6 +27,15 @@ Decisions:
   present in that case. Without dataset.json, 0 is ``"background"`` and every other value
   found is ``"label_<n>"``. A label named ``ignore`` (nnU-Net v2's ignore label, for sparse or
   partial annotations) is kept in the sidecar and must be the highest value.
+* Channels: dataset.json's ``channel_names`` (nnU-Net v2) or ``modality`` (MSD) with more than
+  one entry declares a multi-channel dataset (e.g. ``{"0": "T1", "1": "T2"}``). A case is
+  then either one file per channel (``case_0000``, ``case_0001``...) or one 4D file with the
+  channels on its 4th axis (MSD Task01). Channel files are stacked (``medseg.io.channels``)
+  into one 4D NIfTI in closest-RAS order, ``channel_folder(manifest_path)/<case>.nii.gz``,
+  which the record's ``image`` names; its ``shape`` is ``[X, Y, Z, C]`` and
+  ``extra["channel_names"]`` the declared names in channel order. A case is rejected when a
+  channel file is missing or extra, when a channel is not on channel 0's grid (the message
+  names the file and what differs), or when a 4D file has another number of channels.
 * Modality: the ``modality`` argument, else dataset.json's channel "0" (``channel_names`` or
   ``modality``) as a DICOM code (``"MRI"``, ``"T1"``... -> ``"MR"``), else ``"unknown"``.
 * Splits: labelled cases get train/val/test by ``assign_splits`` with fractions
@@ -46,8 +54,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import DatasetLayoutError, InputFileError, NonIntegralLabelError
-from medseg.io.formats import is_volume_path, read_volume, volume_stem
+from medseg.errors import (
+    ChannelsError,
+    DatasetLayoutError,
+    InputFileError,
+    NonIntegralLabelError,
+)
+from medseg.io.channels import CHANNEL_SUFFIX, channel_number, stack_channels
+from medseg.io.formats import is_volume_path, read_volume, volume_stem, write_volume
 from medseg.manifest import (
     CaseProblem,
     ManifestRecord,
@@ -68,7 +82,6 @@ from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
 
-_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _MR_NAMES = {"MR", "MRI", "T1", "T1W", "T1GD", "T1C", "T1CE", "T2", "T2W", "FLAIR", "ADC", "DWI"}
 _MODALITY_CODES = {"CT": "CT", "PET": "PT", "PT": "PT", "US": "US", "XRAY": "DX", "DX": "DX"}
 # nnU-Net v2 channel names that choose a normalisation scheme rather than name a modality.
@@ -95,6 +108,7 @@ class ImportReport:
     rejected: list[CaseProblem]
     label_names: dict[int, str]
     modality: str
+    channel_names: list[str] | None = None  # a multi-channel dataset's, in channel order
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -126,6 +140,7 @@ class _ImportSettings:
     data_root: Path | None
     modality: str
     named_labels: dict[int, str] | None
+    channel_names: list[str] | None
 
 
 class _Rejected(Exception):
@@ -190,6 +205,29 @@ def _modality_from_json(metadata: dict[str, Any]) -> str:
     return "unknown"
 
 
+def _channel_names_from_json(metadata: dict[str, Any], path: Path) -> list[str] | None:
+    """The channel names of a multi-channel dataset (``channel_names`` or ``modality`` with
+    entries "0", "1"...), in channel order; None for a single-channel dataset."""
+    for key in ("channel_names", "modality"):
+        channels = metadata.get(key)
+        if not isinstance(channels, dict) or len(channels) < 2:
+            continue
+        if sorted(channels) != [str(n) for n in range(len(channels))] or not all(
+            isinstance(name, str) and name for name in channels.values()
+        ):
+            raise DatasetLayoutError(
+                f'{path}: \'{key}\' must map "0", "1"... to channel names, got {channels!r}'
+            )
+        return [channels[str(n)] for n in range(len(channels))]
+    return None
+
+
+def channel_folder(manifest_path: Path) -> Path:
+    """Where the import writes stacked multi-channel cases (``cases.jsonl`` ->
+    ``cases.channels/``)."""
+    return Path(manifest_path).with_suffix(".channels")
+
+
 def _is_nnunet_v2(metadata: dict[str, Any]) -> bool:
     labels = metadata.get("labels")
     int_labels = isinstance(labels, dict) and any(isinstance(v, int) for v in labels.values())
@@ -216,12 +254,12 @@ def _uses_channel_suffix(
     images: dict[str, Path], label_stems: set[str], metadata: dict[str, Any]
 ) -> bool:
     """True when image stems end in nnU-Net's ``_0000`` channel number."""
-    if not images or not all(_CHANNEL_SUFFIX.match(stem) for stem in images):
+    if not images or not all(CHANNEL_SUFFIX.match(stem) for stem in images):
         return False
     if "channel_names" in metadata:
         return True
     # An MSD-style dataset.json says nothing about channels: strip only if that pairs more.
-    stripped = {_CHANNEL_SUFFIX.sub(r"\g<case>", stem) for stem in images}
+    stripped = {CHANNEL_SUFFIX.sub(r"\g<case>", stem) for stem in images}
     return len(stripped & label_stems) > len(set(images) & label_stems)
 
 
@@ -229,7 +267,7 @@ def _group_channels(images: dict[str, Path], *, strip: bool) -> dict[str, tuple[
     """Case id -> its image files (one per channel, in channel order)."""
     grouped: dict[str, list[Path]] = {}
     for stem, path in sorted(images.items()):
-        match = _CHANNEL_SUFFIX.match(stem) if strip else None
+        match = CHANNEL_SUFFIX.match(stem) if strip else None
         grouped.setdefault(match["case"] if match else stem, []).append(path)
     return {case_id: tuple(paths) for case_id, paths in grouped.items()}
 
@@ -255,7 +293,7 @@ def _collect_cases(
         orphans.append(Orphan(case_id, _inside(labels[case_id], dataset_dir), reason))
     if test_folder is not None:
         test_images = _volume_files(dataset_dir / test_folder)
-        strip_test = strip and all(_CHANNEL_SUFFIX.match(stem) for stem in test_images)
+        strip_test = strip and all(CHANNEL_SUFFIX.match(stem) for stem in test_images)
         for case_id, files in _group_channels(test_images, strip=strip_test).items():
             if case_id in training or case_id in labels:
                 detail = (
@@ -322,14 +360,60 @@ def _read(path: Path, dataset_dir: Path) -> Volume:
         raise _Rejected(ProblemKind.UNREADABLE, detail) from exc
 
 
+def _checked_channel_files(case: _Case, settings: _ImportSettings) -> None:
+    """Raise ``_Rejected`` unless a case's files are one per declared channel (or one file)."""
+    names = settings.channel_names or [settings.modality]
+    if len(case.images) == 1 and (channel_number(case.images[0]) is None or len(names) == 1):
+        return  # one file: a 3D scan or a 4D file, checked once read
+    numbers = [channel_number(path) for path in case.images]
+    missing = [n for n in range(len(names)) if n not in numbers]
+    if missing:
+        absent = ", ".join(f"{case.case_id}_{n:04d} ({names[n]})" for n in missing)
+        raise _Rejected(ProblemKind.MISSING_FILE, f"channel file(s) {absent} missing")
+    extra = [
+        _inside(path, settings.dataset_dir)
+        for path, number in zip(case.images, numbers, strict=True)
+        if number is None or number >= len(names)
+    ]
+    if extra:
+        declared = (
+            f"{len(names)} channels ({', '.join(names)})"
+            if settings.channel_names
+            else "one channel (channel_names declares more)"
+        )
+        raise _Rejected(
+            ProblemKind.UNSUPPORTED, f"{', '.join(extra)}: dataset.json declares {declared}"
+        )
+
+
+def _case_image(case: _Case, settings: _ImportSettings) -> tuple[Volume, Path]:
+    """A case's image (channels stacked) and the file the manifest names; raises ``_Rejected``."""
+    dataset_dir = settings.dataset_dir
+    _checked_channel_files(case, settings)
+    if len(case.images) == 1:
+        image = _read(case.images[0], dataset_dir)
+        channels = image.shape[3] if image.array.ndim == 4 else 1
+        declared = len(settings.channel_names or [settings.modality])
+        if channels != declared:
+            detail = (
+                f"{_inside(case.images[0], dataset_dir)}: has {channels} channel(s), "
+                f"dataset.json declares {declared}"
+            )
+            raise _Rejected(ProblemKind.SHAPE_MISMATCH, detail)
+        return image, case.images[0]
+    volumes = [(_inside(path, dataset_dir), _read(path, dataset_dir)) for path in case.images]
+    try:
+        image = stack_channels(volumes)
+    except ChannelsError as exc:
+        raise _Rejected(ProblemKind.GRID_MISMATCH, str(exc)) from exc
+    stacked = write_volume(image, channel_folder(settings.manifest_path) / f"{case.case_id}.nii.gz")
+    return image, stacked
+
+
 def _import_case(case: _Case, settings: _ImportSettings) -> ManifestRecord:
     """Check one case and build its record (split not yet set); raises ``_Rejected``."""
     dataset_dir = settings.dataset_dir
-    if len(case.images) != 1:
-        names = ", ".join(path.name for path in case.images)
-        raise _Rejected(ProblemKind.UNSUPPORTED, f"multi-channel case ({names}) is not supported")
-    image_path = case.images[0]
-    image = _read(image_path, dataset_dir)
+    image, image_path = _case_image(case, settings)
     label_file, label_sha256, extra = None, None, {}
     if case.label is not None:
         label = _read(case.label, dataset_dir)
@@ -346,9 +430,9 @@ def _import_case(case: _Case, settings: _ImportSettings) -> ManifestRecord:
         modality=settings.modality,
         shape=list(image.shape),
         spacing=manifest_spacing(image),
-        source=hash_identifier(f"{dataset_dir.name}/{_inside(image_path, dataset_dir)}"),
+        source=hash_identifier(f"{dataset_dir.name}/{_inside(case.images[0], dataset_dir)}"),
         split=None,
-        extra=extra,
+        extra=extra | ({"channel_names": settings.channel_names} if settings.channel_names else {}),
     )
 
 
@@ -400,12 +484,19 @@ def import_dataset(
     manifest_relative_path(dataset_dir, manifest_path=manifest_path, data_root=data_root)
     layout = _detect_layout(dataset_dir)
     named = _label_names_from_json(layout.metadata, dataset_dir / "dataset.json")
+    channel_names = _channel_names_from_json(layout.metadata, dataset_dir / "dataset.json")
+    if channel_names and any(len(case.images) > 1 for case in layout.cases):
+        # Stacked cases are written there: refuse now if the manifest could not name them.
+        manifest_relative_path(
+            channel_folder(manifest_path), manifest_path=manifest_path, data_root=data_root
+        )
     settings = _ImportSettings(
         dataset_dir=dataset_dir,
         manifest_path=manifest_path,
         data_root=data_root,
         modality=modality or _modality_from_json(layout.metadata),
         named_labels=named,
+        channel_names=channel_names,
     )
     records: list[ManifestRecord] = []
     rejected = list(layout.rejected)
@@ -438,4 +529,5 @@ def import_dataset(
         rejected=sorted(rejected, key=lambda problem: problem.case_id),
         label_names=label_names,
         modality=settings.modality,
+        channel_names=channel_names,
     )

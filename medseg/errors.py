@@ -125,6 +125,11 @@ class ScanChannelsError(InputError, LocatedError):
     """A scan has another number of channels (4th axis) than the model takes."""
 
 
+class ChannelsError(InputError, LocatedError):
+    """The channels of a multi-channel case do not fit together: a channel file is missing,
+    is not co-registered with channel 0, or cases name their channels differently."""
+
+
 class DicomSegSourceError(InputError, LocatedError):
     """The source images cannot be referenced by a SEG (missing UIDs, mixed series...)."""
 

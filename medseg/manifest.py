@@ -34,7 +34,9 @@ Other rules:
 * Label names are dataset-wide, so they live in a sidecar ``<name>.labels.json`` beside
   ``<name>.jsonl`` (``label_names_path``), not in every record. A label named ``ignore``, the
   highest value, marks unannotated voxels (``ignore_label_value``).
-* ``extra`` holds anything else, e.g. ``label_values``: the label values present in the case.
+* ``extra`` holds anything else, e.g. ``label_values``: the label values present in the case,
+  and for a multi-channel case (``shape`` ``[X, Y, Z, C]``) ``channel_names``: one name per
+  channel, in order (``["T1", "T2"]``); checked when present.
 """
 
 from __future__ import annotations
@@ -175,6 +177,17 @@ def _check_payload(payload: Mapping[str, Any], *, where: str) -> None:
             raise ManifestError(f"{where}: field '{name}' must be {expected}, got {got}")
     if (payload["label"] is None) != (payload["label_sha256"] is None):
         raise ManifestError(f"{where}: 'label' and 'label_sha256' must both be set or both null")
+    channel_names = payload.get("extra", {}).get("channel_names")
+    if channel_names is not None and not (
+        isinstance(channel_names, list)
+        and all(_is_text(name) for name in channel_names)
+        and len(payload["shape"]) == 4
+        and len(channel_names) == payload["shape"][3]
+    ):
+        raise ManifestError(
+            f"{where}: 'extra.channel_names' must list one name per channel of a 4D 'shape' "
+            f"[X, Y, Z, C], got {reprlib.repr(channel_names)} for shape {payload['shape']}"
+        )
     if payload["label"] is None and payload["split"] in (Split.TRAIN, Split.VAL):
         raise ManifestError(
             f"{where}: a case without label cannot be in split '{payload['split']}'"

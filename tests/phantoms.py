@@ -24,17 +24,20 @@ from medseg.volume import Volume
 __all__ = [
     "PHANTOM_LABELS",
     "SMALL_SPACING_MM",
+    "TWO_CHANNEL_NAMES",
     "WILD_FLOAT_LABELS",
     "WILD_ORPHANS",
     "WILD_PAIRS",
     "small_phantom",
     "stamp_dicom",
+    "two_channel_phantom",
     "write_phantom_dataset",
     "write_phantom_dataset_in_the_wild",
     "write_phantom_dataset_json",
     "write_phantom_dicom",
     "write_phantom_nifti",
     "write_secondary_capture",
+    "write_two_channel_dataset",
 ]
 
 SMALL_SPACING_MM = (3.0, 3.0, 4.0)
@@ -187,3 +190,59 @@ def write_secondary_capture(path: Path, *, patient_name: str = "PHANTOM^TEST") -
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     dataset.save_as(path, enforce_file_format=True)
     return Path(path)
+
+
+TWO_CHANNEL_NAMES = ("T1", "T2")
+TWO_CHANNEL_GRID = (32, 32, 32)
+TWO_CHANNEL_AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _ball(centre: np.ndarray, radius: float) -> np.ndarray:
+    grid = np.indices(TWO_CHANNEL_GRID, dtype=np.float32)
+    distance = np.sqrt(sum((grid[a] - centre[a]) ** 2 for a in range(3)))
+    return distance <= radius
+
+
+def two_channel_phantom(seed: int = 0) -> tuple[tuple[Volume, Volume], Volume]:
+    """``((t1, t2), labels)``: a structure visible only by combining two channels.
+
+    On a 32^3 grid at 2 mm, two overlapping balls of radius 9 voxels, 7 to 11 voxels apart in a
+    random direction (seeded): channel "T1" is bright (200) in ball A, channel "T2" bright
+    (300) in ball B, both on a noisy background (100, 150; noise sd 10). The label (1,
+    "overlap") is where A and B overlap: neither channel alone shows where it is.
+    """
+    rng = np.random.default_rng(seed)
+    centre = np.array(TWO_CHANNEL_GRID, np.float32) / 2 + rng.uniform(-2, 2, 3)
+    direction = rng.normal(size=3)
+    offset = direction / np.linalg.norm(direction) * rng.uniform(3.5, 5.5)
+    in_a, in_b = _ball(centre - offset, 9.0), _ball(centre + offset, 9.0)
+    t1 = np.where(in_a, 200.0, 100.0) + rng.normal(0, 10, TWO_CHANNEL_GRID)
+    t2 = np.where(in_b, 300.0, 150.0) + rng.normal(0, 10, TWO_CHANNEL_GRID)
+    channels = tuple(
+        Volume(array.astype(np.float32), TWO_CHANNEL_AFFINE.copy()) for array in (t1, t2)
+    )
+    labels = Volume((in_a & in_b).astype(np.uint8), TWO_CHANNEL_AFFINE.copy())
+    return (channels[0], channels[1]), labels
+
+
+def write_two_channel_dataset(folder: Path, seeds: Iterable[int]) -> list[str]:
+    """An nnU-Net v2 dataset of ``two_channel_phantom`` cases in ``folder``: ``imagesTr/``
+    ``twoch_<seed:03d>_0000.nii.gz`` (T1) and ``_0001`` (T2), ``labelsTr/``, and a dataset.json
+    with ``channel_names`` ``{"0": "T1", "1": "T2"}``. Returns the case ids, in seed order."""
+    folder = Path(folder)
+    case_ids = []
+    for seed in seeds:
+        case_id = f"twoch_{seed:03d}"
+        channels, labels = two_channel_phantom(seed)
+        for number, channel in enumerate(channels):
+            write_nifti(channel, folder / "imagesTr" / f"{case_id}_{number:04d}.nii.gz")
+        write_nifti(labels, folder / "labelsTr" / f"{case_id}.nii.gz")
+        case_ids.append(case_id)
+    metadata = {
+        "channel_names": {str(n): name for n, name in enumerate(TWO_CHANNEL_NAMES)},
+        "labels": {"background": 0, "overlap": 1},
+        "numTraining": len(case_ids),
+        "file_ending": ".nii.gz",
+    }
+    (folder / "dataset.json").write_text(json.dumps(metadata, indent=2))
+    return case_ids

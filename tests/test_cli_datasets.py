@@ -14,7 +14,12 @@ from typer.testing import CliRunner, Result
 
 from medseg.cli import app
 from medseg.manifest import read_label_names, read_manifest
-from tests.phantoms import WILD_ORPHANS, WILD_PAIRS, write_phantom_dataset_in_the_wild
+from tests.phantoms import (
+    WILD_ORPHANS,
+    WILD_PAIRS,
+    write_phantom_dataset_in_the_wild,
+    write_two_channel_dataset,
+)
 
 
 def _text(result: Result) -> str:
@@ -61,6 +66,22 @@ def test_import_counts_the_pairs_and_names_the_three_orphans(tmp_path: Path) -> 
         splits="8 train, 2 val",
         orphans=[case_id for case_id, _ in WILD_ORPHANS],
     )
+
+
+def test_import_of_a_two_channel_dataset_names_the_channels_and_a_rejected_case(
+    tmp_path: Path,
+) -> None:
+    write_two_channel_dataset(tmp_path / "twoch", range(3))
+    (tmp_path / "twoch" / "imagesTr" / "twoch_001_0001.nii.gz").unlink()
+    result = CliRunner().invoke(
+        app, ["import-dataset", str(tmp_path / "twoch"), "--out", str(tmp_path / "t.jsonl")]
+    )
+    assert result.exit_code == 1, result.output
+    text = _text(result)
+    assert "2 cases (nnunet_v2 layout, modality MR)" in text
+    assert "channels: T1, T2 (stacked into 4D cases)" in text
+    assert "channel file(s) twoch_001_0001 (T2) missing" in text
+    assert [r.shape for r in read_manifest(tmp_path / "t.jsonl")] == [[32, 32, 32, 2]] * 2
 
 
 def test_validate_manifest_reports_a_changed_file_and_exits_1(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from medseg.datasets import ImportReport, import_dataset, normalise_modality
 from medseg.errors import DatasetLayoutError, ManifestError, SplitFractionsError
-from medseg.io.nifti import write_nifti
+from medseg.io.nifti import read_nifti, write_nifti
 from medseg.manifest import (
     ProblemKind,
     read_label_names,
@@ -29,11 +29,14 @@ from tests.phantoms import (
     WILD_FLOAT_LABELS,
     WILD_ORPHANS,
     WILD_PAIRS,
+    two_channel_phantom,
     write_phantom_dataset_in_the_wild,
+    write_two_channel_dataset,
 )
 
 AFFINE = np.diag([0.8, 0.8, 2.0, 1.0])
 SHAPE = (6, 5, 4)
+_SHIFT = np.pad(np.array([[0.5], [0.0], [0.0]]), ((0, 1), (3, 0)))  # +0.5 mm along x
 
 
 def _image(seed: int = 0) -> Volume:
@@ -258,18 +261,114 @@ def test_nnunet_channel_suffix_is_stripped_to_pair_with_labels(tmp_path: Path) -
     assert report.orphans == []
 
 
-def test_multi_channel_nnunet_case_is_rejected(tmp_path: Path) -> None:
+def test_two_channel_nnunet_dataset_imports_as_4d_cases(tmp_path: Path) -> None:
+    data = tmp_path / "Dataset003_Twoch"
+    case_ids = write_two_channel_dataset(data, range(3))
+    manifest = tmp_path / "m.jsonl"
+    report = import_dataset(data, manifest_path=manifest)
+    assert (report.layout, report.rejected, report.orphans) == ("nnunet_v2", [], [])
+    assert report.channel_names == ["T1", "T2"] and report.modality == "MR"
+    assert [r.case_id for r in read_manifest(manifest)] == case_ids
+    for record in read_manifest(manifest):
+        assert record.shape == [32, 32, 32, 2] and record.spacing == [2.0, 2.0, 2.0]
+        assert record.extra["channel_names"] == ["T1", "T2"]
+        assert record.image == f"m.channels/{record.case_id}.nii.gz"
+        image_path, _ = resolve(record, manifest)
+        assert record.sha256 == sha256_file(image_path)
+        stacked = read_nifti(image_path)
+        for number in range(2):
+            channel = read_nifti(data / "imagesTr" / f"{record.case_id}_{number:04d}.nii.gz")
+            assert np.array_equal(stacked.array[..., number], channel.array)
+            assert np.array_equal(stacked.affine_ras, channel.affine_ras)
+        source = f"Dataset003_Twoch/imagesTr/{record.case_id}_0000.nii.gz"
+        assert record.source == hash_identifier(source)
+
+
+@pytest.mark.parametrize(
+    ("bad", "detail"),
+    [
+        (
+            Volume(np.zeros((32, 32, 32), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]) + _SHIFT),
+            "affine differs from channel 0's by up to 0.5 mm",
+        ),
+        (
+            Volume(np.zeros((32, 32, 30), np.float32), np.diag([2.0, 2.0, 2.0, 1.0])),
+            "shape (32, 32, 30) differs from channel 0's (32, 32, 32)",
+        ),
+    ],
+)
+def test_misregistered_channel_rejects_its_case_naming_the_file(
+    tmp_path: Path, bad: Volume, detail: str
+) -> None:
+    data = tmp_path / "Dataset003_Twoch"
+    write_two_channel_dataset(data, range(3))
+    write_nifti(bad, data / "imagesTr" / "twoch_001_0001.nii.gz")
+    report = import_dataset(data, manifest_path=tmp_path / "m.jsonl")
+    assert [r.case_id for r in report.records] == ["twoch_000", "twoch_002"]
+    (problem,) = report.rejected
+    assert (problem.case_id, problem.kind) == ("twoch_001", ProblemKind.GRID_MISMATCH)
+    assert problem.detail.startswith("imagesTr/twoch_001_0001.nii.gz: not co-registered with ")
+    assert detail in problem.detail
+
+
+def test_missing_or_undeclared_channel_file_rejects_its_case(tmp_path: Path) -> None:
+    data = tmp_path / "Dataset003_Twoch"
+    write_two_channel_dataset(data, range(3))
+    (data / "imagesTr" / "twoch_000_0001.nii.gz").unlink()
+    _, labels = two_channel_phantom(2)
+    write_nifti(labels, data / "imagesTr" / "twoch_002_0002.nii.gz")
+    report = import_dataset(data, manifest_path=tmp_path / "m.jsonl")
+    assert [r.case_id for r in report.records] == ["twoch_001"]
+    missing, undeclared = report.rejected
+    assert (missing.case_id, missing.kind) == ("twoch_000", ProblemKind.MISSING_FILE)
+    assert missing.detail == "channel file(s) twoch_000_0001 (T2) missing"
+    assert (undeclared.case_id, undeclared.kind) == ("twoch_002", ProblemKind.UNSUPPORTED)
+    assert undeclared.detail == (
+        "imagesTr/twoch_002_0002.nii.gz: dataset.json declares 2 channels (T1, T2)"
+    )
+
+
+def test_msd_4d_files_import_with_channel_names_from_modality(tmp_path: Path) -> None:
+    root = tmp_path / "Task01_BrainTumour"
+    four_d = np.stack([_image(0).array, _image(1).array], axis=-1)
+    _write(Volume(four_d, AFFINE), root / "imagesTr" / "BRATS_001.nii.gz")
+    _write(
+        Volume(np.concatenate([four_d, four_d[..., :1]], -1), AFFINE),
+        root / "imagesTr" / "BRATS_002.nii.gz",
+    )
+    for case_id in ("BRATS_001", "BRATS_002"):
+        _write(_label(), root / "labelsTr" / f"{case_id}.nii.gz")
+    dataset_json = {
+        "labels": {"0": "bg", "1": "a", "2": "b"},
+        "modality": {"0": "FLAIR", "1": "T1w"},
+    }
+    (root / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
+    report = import_dataset(root, manifest_path=tmp_path / "m.jsonl")
+    (record,) = report.records
+    assert record.image == "Task01_BrainTumour/imagesTr/BRATS_001.nii.gz"
+    assert record.shape == [6, 5, 4, 2] and record.extra["channel_names"] == ["FLAIR", "T1w"]
+    (problem,) = report.rejected
+    assert (problem.case_id, problem.kind) == ("BRATS_002", ProblemKind.SHAPE_MISMATCH)
+    assert problem.detail == (
+        "imagesTr/BRATS_002.nii.gz: has 3 channel(s), dataset.json declares 2"
+    )
+
+
+def test_channel_files_without_declared_channels_are_rejected(tmp_path: Path) -> None:
     root = tmp_path / "Dataset002"
     for channel in ("0000", "0001"):
         _write(_image(), root / "imagesTr" / f"brain_001_{channel}.nii.gz")
     _write(_label(), root / "labelsTr" / "brain_001.nii.gz")
-    dataset_json = {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"bg": 0, "a": 1, "b": 2}}
+    dataset_json = {"channel_names": {"0": "T1"}, "labels": {"bg": 0, "a": 1, "b": 2}}
     (root / "dataset.json").write_text(json.dumps(dataset_json), encoding="utf-8")
     report = import_dataset(root, manifest_path=tmp_path / "m.jsonl")
     assert report.records == []
     (problem,) = report.rejected
     assert (problem.case_id, problem.kind) == ("brain_001", ProblemKind.UNSUPPORTED)
-    assert "brain_001_0000.nii.gz, brain_001_0001.nii.gz" in problem.detail
+    assert problem.detail == (
+        "imagesTr/brain_001_0001.nii.gz: dataset.json declares one channel "
+        "(channel_names declares more)"
+    )
 
 
 def test_case_ids_ending_in_four_digits_are_kept_without_channel_names(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from tests.phantoms import (
     small_phantom,
     write_phantom_dataset_in_the_wild,
     write_phantom_dataset_json,
+    write_two_channel_dataset,
 )
 
 DIGEST_A = "a" * 64
@@ -108,6 +109,14 @@ MALFORMED_LINES = [
     (_line(label_sha256=None), r"m\.jsonl:2: 'label' and 'label_sha256' must both be set"),
     (_line(label=None, label_sha256=None), r"m\.jsonl:2: a case without label cannot be in"),
     (_line(case_id="case_0"), r"m\.jsonl:2: case_id 'case_0' already used on line 1"),
+    (
+        _line(extra={"channel_names": ["T1", "T2"]}),
+        r"m\.jsonl:2: 'extra.channel_names' must list one name per channel of a 4D 'shape'",
+    ),
+    (
+        _line(shape=[4, 5, 6, 3], extra={"channel_names": ["T1", "T2"]}),
+        r"got \['T1', 'T2'\] for shape \[4, 5, 6, 3\]",
+    ),
 ]
 
 
@@ -315,6 +324,24 @@ def test_validate_manifest_of_a_phantom_dataset_import_is_clean(tmp_path: Path) 
     import_dataset(data / "phantoms", manifest_path=manifest, data_root=data)
     result = validate_manifest(manifest, data_root=data)
     assert (result.ok, result.n_cases, result.problems) == (True, WILD_PAIRS, [])
+
+
+def test_validate_manifest_of_a_two_channel_import_is_clean(tmp_path: Path) -> None:
+    write_two_channel_dataset(tmp_path / "data", range(2))
+    manifest = tmp_path / "twoch.jsonl"
+    import_dataset(tmp_path / "data", manifest_path=manifest)
+    result = validate_manifest(manifest)
+    assert (result.ok, result.n_cases, result.problems) == (True, 2, [])
+
+
+def test_import_refuses_a_data_root_that_cannot_hold_stacked_channels(tmp_path: Path) -> None:
+    write_two_channel_dataset(tmp_path / "data" / "twoch", range(2))
+    manifest = tmp_path / "manifests" / "twoch.jsonl"
+    with pytest.raises(ManifestError, match=r"twoch\.channels: not inside the data root"):
+        import_dataset(
+            tmp_path / "data" / "twoch", manifest_path=manifest, data_root=tmp_path / "data"
+        )
+    assert not manifest.exists()
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])

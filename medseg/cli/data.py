@@ -42,6 +42,9 @@ def ingest(
     workers: int | None = typer.Option(None, min=1, help="Decoder processes (default: all cores)."),
     force: bool = typer.Option(False, "--force", help="Convert again even if unchanged."),
     non_finite: NonFinitePolicy = NON_FINITE,
+    channels: Path | None = typer.Option(
+        None, "--channels", exists=True, dir_okay=False, help="Channel rule YAML (DICOM series)."
+    ),
 ) -> None:
     """Convert every DICOM series and NIfTI, NRRD or MetaImage file under INPUT_DIR into
     canonical volumes.
@@ -51,7 +54,9 @@ def ingest(
     cannot start (e.g. --labels is not a folder).
     """
     from medseg.ingest import ingest as run_ingest
+    from medseg.ingest.channel_rule import load_channel_rule
 
+    rule = load_channel_rule(channels) if channels is not None else None
     with phase_progress() as progress:
         report = run_ingest(
             input_dir,
@@ -62,6 +67,7 @@ def ingest(
             force=force,
             non_finite=non_finite,
             on_progress=progress,
+            channel_rule=rule,
         )
     if not report.outcomes:
         refuse_no_scans(input_dir, ignored=report.ignored_files)
@@ -195,6 +201,8 @@ def import_summary(report: ImportReport) -> None:
         f"{len(report.rejected)} pairs rejected, {len(report.orphans)} orphans left out"
     )
     console.print(f"labels: {report.label_names}")
+    if report.channel_names:
+        console.print(f"channels: {', '.join(report.channel_names)} (stacked into 4D cases)")
     for title, rows in (
         ("Orphans (left out)", [(o.case_id, o.path, o.reason) for o in report.orphans]),
         ("Rejected pairs", [(p.case_id, p.kind.value, p.detail) for p in report.rejected]),

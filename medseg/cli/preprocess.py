@@ -79,9 +79,11 @@ def plan_summary(plan: Plan, path: object) -> None:
     table.add_column("choice")
     table.add_column("value", overflow="fold")
     table.add_row("cases fingerprinted", str(plan.fingerprint["n_cases"]))
-    table.add_row(
-        "modality / normalization", f"{plan.modality} / {plan.normalization.scheme.value}"
+    normalizations = ", ".join(
+        f"{name}: {normalization.scheme.value}"
+        for name, normalization in zip(plan.channel_names, plan.channel_normalization, strict=True)
     )
+    table.add_row("modality / normalization", f"{plan.modality} / {normalizations}")
     table.add_row("target spacing (mm)", " x ".join(f"{v:.3g}" for v in plan.target_spacing))
     table.add_row("median shape", "x".join(str(v) for v in plan.median_shape))
     for name, configuration in plan.configurations.items():

@@ -21,7 +21,8 @@ from medseg.volume import Volume
 def structure_statistics(
     labels: Volume, *, label_names: Mapping[int, str], image: Volume | None = None
 ) -> dict[str, dict[str, float]]:
-    """Volume (mm^3 and mL), voxel count and mean intensity of every named structure > 0.
+    """Volume (mm^3 and mL), voxel count and mean intensity of every named structure > 0 (of
+    channel 0 for a multi-channel image ``(X, Y, Z, C)``).
 
     Raises:
         GeometryMismatchError: ``image`` is not on the label map's grid.
@@ -35,8 +36,9 @@ def structure_statistics(
     if image is not None:
         if not image.same_grid(labels):
             raise GeometryMismatchError("the scan and the label map are on different grids")
+        first_channel = image.array if image.array.ndim == 3 else image.array[..., 0]
         sums = np.bincount(
-            values, weights=np.asarray(image.array, np.float64).ravel(), minlength=size
+            values, weights=np.asarray(first_channel, np.float64).ravel(), minlength=size
         )
     voxel_mm3 = labels.voxel_volume_ml * 1000.0
     statistics = {}

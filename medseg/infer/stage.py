@@ -112,7 +112,11 @@ def predict_path(
     staging = out_dir / STAGING_FOLDER
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's
     found = discover_scans(
-        input_path, case_ids=case_ids, exclude=out_dir.resolve(), on_progress=on_progress
+        input_path,
+        case_ids=case_ids,
+        exclude=out_dir.resolve(),
+        on_progress=on_progress,
+        channels=model.in_channels,
     )
     predictor = scan_predictor(model, options, cache_dir=model_cache_folder(out_dir))
     report = PredictReport(out_dir=out_dir)

@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import InputFileError, UnreadableInputError, UnreadableSliceError
+from medseg.errors import (
+    ChannelsError,
+    InputFileError,
+    UnreadableInputError,
+    UnreadableSliceError,
+)
 from medseg.ingest.case_ids import (
     CaseIdScheme,
     dicom_case_id,
@@ -33,8 +38,16 @@ from medseg.ingest.case_ids import (
 )
 from medseg.ingest.non_finite import NonFinitePolicy, screen_non_finite
 from medseg.ingest.walk import FileWalk, walk_files
+from medseg.io.channels import CHANNEL_SUFFIX, channel_number, stack_channels
 from medseg.io.dicom import DicomScan, DicomSeries, load_series, scan_dicom_files
-from medseg.io.formats import data_files, format_for_path, is_volume_path, read_volume
+from medseg.io.formats import (
+    data_files,
+    format_for_path,
+    is_volume_path,
+    read_volume,
+    volume_stem,
+    volume_suffix,
+)
 from medseg.phi import REDACTED, redact_scan
 from medseg.progress import ProgressCallback
 from medseg.volume import Volume
@@ -189,11 +202,14 @@ def discover_scans(
     workers: int | None = None,
     exclude: Path | None = None,
     on_progress: ProgressCallback | None = None,
+    channels: int = 1,
 ) -> Discovery:
     """Every DICOM series and volume file at or under ``input_path`` (``exclude`` left out).
 
     The data file a detached header (``.nhdr``, ``.mhd``) names is part of its scan's task, not
-    a file of its own."""
+    a file of its own. With ``channels`` > 1 (a multi-channel model), the nnU-Net channel
+    files of one case in one folder (``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``...) are
+    one scan (``channel_files_task``)."""
     input_path = Path(input_path).resolve()
     scheme = CaseIdScheme(case_ids)
     root = input_path if input_path.is_dir() else input_path.parent
@@ -207,7 +223,7 @@ def discover_scans(
     others = [path for path in walk.files if path not in taken]
     scan = _scan_with_progress(others, progress, workers)
     tasks = _dicom_tasks(scan.series, root, scheme, workers)
-    tasks += [volume_file_task(path, root=root, scheme=scheme) for path in volume_files]
+    tasks += _volume_tasks(volume_files, root=root, scheme=scheme, channels=channels)
     _make_ids_unique(tasks)
     _mark_unreadable_slices(tasks, [*walk.unreadable, *scan.failed])
     return Discovery(root=root, case_ids=scheme, tasks=tasks, scan=scan, walk=walk)
@@ -302,6 +318,65 @@ def volume_file_task(path: Path, *, root: Path, scheme: CaseIdScheme) -> ScanTas
         case_id=volume_file_case_id(path, root=root, prefix=prefix, scheme=scheme),
         files=[path, *data_files(path)],
         reader=functools.partial(_read_volume_file, path),
+        root=root,
+        paths_shown=scheme is CaseIdScheme.FOLDER,
+    )
+
+
+def _volume_tasks(
+    volume_files: list[Path], *, root: Path, scheme: CaseIdScheme, channels: int
+) -> list[ScanTask]:
+    """One task per volume file, or per case's channel files when ``channels`` > 1."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for path in volume_files:
+        match = CHANNEL_SUFFIX.match(volume_stem(path)) if channels > 1 else None
+        key = (path.parent, match["case"]) if match else (path, "")
+        groups.setdefault(key, []).append(path)
+    return [
+        channel_files_task(paths, root=root, scheme=scheme, channels=channels)
+        if case
+        else volume_file_task(paths[0], root=root, scheme=scheme)
+        for (_, case), paths in groups.items()
+    ]
+
+
+def _read_channel_files(paths: tuple[Path, ...], channels: int, name: str) -> Volume:
+    numbers = [channel_number(path) for path in paths]
+    missing = [f"_{n:04d}" for n in range(channels) if n not in numbers]
+    beyond = [f"_{n:04d}" for n in numbers if n is not None and n >= channels]
+    if missing or beyond:
+        found = ", ".join(f"_{n:04d}" for n in numbers if n is not None)
+        problem = f"missing {', '.join(missing)}" if missing else f"{', '.join(beyond)} too many"
+        raise ChannelsError(
+            name, f"channel files {found}: the model takes {channels} channels ({problem})"
+        )
+    volume = stack_channels([(str(path), read_volume(path)) for path in paths])
+    volume.metadata.setdefault("modality", "unknown")
+    return volume
+
+
+def channel_files_task(
+    paths: list[Path], *, root: Path, scheme: CaseIdScheme, channels: int
+) -> ScanTask:
+    """The task of one case's channel files (``<case>_0000``... in one folder), read as one
+    ``(X, Y, Z, C)`` volume; named like a file ``<case>`` (its channel 0 file in reports).
+    Reading it fails (``ChannelsError``) unless the files are channels 0 to ``channels`` - 1,
+    co-registered."""
+    paths = sorted(paths, key=lambda path: channel_number(path) or 0)
+    first = paths[0]
+    match = CHANNEL_SUFFIX.match(volume_stem(first))
+    case = match["case"] if match else volume_stem(first)
+    volume_format = format_for_path(first)
+    return ScanTask(
+        source=relative(first, root),
+        case_id=volume_file_case_id(
+            first.with_name(case + volume_suffix(first)),
+            root=root,
+            prefix=volume_format.name if volume_format is not None else "scan",
+            scheme=scheme,
+        ),
+        files=[file for path in paths for file in (path, *data_files(path))],
+        reader=functools.partial(_read_channel_files, tuple(paths), channels),
         root=root,
         paths_shown=scheme is CaseIdScheme.FOLDER,
     )

@@ -77,9 +77,7 @@ class ConvertedCase:
             spacing=list(sidecar["spacing"]),
             source=sidecar["source"],
             split=None,
-            extra={"corrections": sidecar.get("corrections", [])}
-            if sidecar.get("corrections")
-            else {},
+            extra=_record_extra(sidecar),
         )
 
 
@@ -100,6 +98,16 @@ def check_label(label: Volume, image: Volume, *, path: Path) -> Volume:
         raise GeometryMismatchError(f"{path}: label map is not integral: {exc}") from exc
     dtype = np.uint8 if max(values, default=0) < 256 and min(values, default=0) >= 0 else np.int32
     return label.with_array(label.array.astype(dtype))
+
+
+def _record_extra(sidecar: dict) -> dict:
+    """A record's ``extra``: the corrections made, and a multi-channel case's channel names."""
+    extra = {}
+    if sidecar.get("corrections"):
+        extra["corrections"] = sidecar["corrections"]
+    if "channel_names" in sidecar.get("metadata", {}):
+        extra["channel_names"] = sidecar["metadata"]["channel_names"]
+    return extra
 
 
 def write_case(

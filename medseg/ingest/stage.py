@@ -36,6 +36,7 @@ from pathlib import Path
 from medseg import __version__, shutdown
 from medseg.errors import InputFileError, MedsegError, UnreadableInputError
 from medseg.ingest.case_ids import CaseIdScheme, relative
+from medseg.ingest.channel_rule import ChannelRule, assemble_channels
 from medseg.ingest.discovery import Discovery, ScanTask, discover_scans
 from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.ingest.sidecar import ConvertedCase, check_label, write_case
@@ -107,6 +108,7 @@ def ingest(
     force: bool = False,
     non_finite: NonFinitePolicy = NonFinitePolicy.ERROR,
     on_progress: ProgressCallback | None = None,
+    channel_rule: ChannelRule | None = None,
 ) -> IngestReport:
     """Convert every scan under ``input_dir`` into ``out_dir`` and write the manifest.
 
@@ -135,7 +137,7 @@ def ingest(
     found = discover_scans(
         input_dir, case_ids=case_ids, workers=workers, exclude=out_dir, on_progress=progress
     )
-    tasks = found.tasks
+    tasks = found.tasks if channel_rule is None else assemble_channels(found.tasks, channel_rule)
     report = IngestReport(
         manifest_path=out_dir / "manifest.jsonl",
         ignored_files=len(found.scan.not_dicom) + len(found.walk.temporary),

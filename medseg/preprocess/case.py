@@ -12,14 +12,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from medseg.errors import GeometryMismatchError
+from medseg.errors import GeometryMismatchError, ScanChannelsError
 from medseg.phi import hash_identifier
 from medseg.preprocess.crop_normalize import (
     Normalization,
     as_box,
+    channels_first,
     crop,
     nonzero_box,
-    normalize,
+    normalize_channels,
     uncrop,
 )
 from medseg.preprocess.plan import Plan
@@ -48,7 +49,8 @@ class CaseProperties:
     resampled_shape: list[int]
     resampled_affine: list[list[float]]
     spacing: list[float]
-    normalization: dict[str, float] = field(default_factory=dict)
+    normalization: dict[str, float] = field(default_factory=dict)  # the first channel's
+    channel_normalization: list[dict[str, float]] = field(default_factory=list)
     label_values: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -76,17 +78,26 @@ def preprocess_case(
 
     Raises:
         GeometryMismatchError: image and label are not on the same grid.
+        ScanChannelsError: the image has another number of channels than the plan.
     """
+    channels = image.shape[3] if image.array.ndim == 4 else 1
+    if channels != len(plan.channel_names):
+        raise ScanChannelsError(
+            case_id,
+            f"the scan has {channels} channel(s), the plan has {len(plan.channel_names)} "
+            f"({', '.join(plan.channel_names)})",
+        )
     ras_image = image.to_closest_ras()
     ras_label = label.to_closest_ras() if label is not None else None
     if ras_label is not None and not ras_label.same_grid(ras_image):
         raise GeometryMismatchError(f"{case_id}: label grid differs from the image grid")
+    voxels = channels_first(ras_image.array)
     box = (
-        nonzero_box(ras_image.array)
+        nonzero_box(voxels)
         if plan.crop_to_nonzero
         else as_box([(0, n) for n in ras_image.shape[:3]])
     )
-    cropped = crop(ras_image.array, box)
+    cropped = crop(voxels, box)
     crop_affine = ras_image.affine_ras.copy()
     crop_affine[:3, 3] = (
         ras_image.affine_ras[:3, :3] @ [lo for lo, _ in box] + ras_image.affine_ras[:3, 3]
@@ -94,7 +105,9 @@ def preprocess_case(
     spacing = [float(s) for s in ras_image.spacing_mm]
     new_shape = resampled_shape(cropped.shape[-3:], spacing, plan.target_spacing)
     resampled = resample_image(cropped, new_shape, order=plan.image_resample_order)
-    normalized, parameters = normalize(resampled, Normalization(**plan.normalization.model_dump()))
+    normalized, parameters = normalize_channels(
+        resampled, [Normalization(**n.model_dump()) for n in plan.channel_normalization]
+    )
     labels = None
     if ras_label is not None:
         labels = resample_labels(crop(ras_label.array, box), new_shape, mode=plan.label_resampling)
@@ -110,12 +123,12 @@ def preprocess_case(
         resampled_shape=list(new_shape),
         resampled_affine=affine.tolist(),
         spacing=[float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)],
-        normalization=parameters,
+        normalization=parameters[0],
+        channel_normalization=parameters,
         label_values=[int(v) for v in np.unique(labels)] if labels is not None else [],
     )
-    channels = normalized if normalized.ndim == 4 else normalized[np.newaxis]
     return PreprocessedCase(
-        image=np.ascontiguousarray(channels, dtype=np.float32),
+        image=np.ascontiguousarray(normalized, dtype=np.float32),
         label=labels,
         properties=properties,
         class_locations=class_locations(

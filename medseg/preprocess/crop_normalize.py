@@ -1,4 +1,4 @@
-"""Crop to the non-zero region and normalize intensities (CT vs MR)."""
+"""Crop to the non-zero region and normalize intensities (CT vs MR), channel by channel."""
 
 from __future__ import annotations
 
@@ -35,6 +35,14 @@ def nonzero_box(image: np.ndarray) -> Box:
         present = np.flatnonzero(mask.any(axis=other))
         box.append((int(present[0]), int(present[-1]) + 1))
     return as_box(box)
+
+
+def channels_first(array: np.ndarray) -> np.ndarray:
+    """A volume's voxels as ``(C, X, Y, Z)``: a 3D array gets one channel, a 4D array (channels
+    on its last axis, the ``Volume`` convention) has that axis moved to the front."""
+    if array.ndim == 3:
+        return array[np.newaxis]
+    return np.moveaxis(array, -1, 0)
 
 
 def crop(array: np.ndarray, box: Box) -> np.ndarray:
@@ -82,3 +90,15 @@ def normalize(
             image /= np.float32(std)
         return image, {"mean": mean, "std": std}
     return image, {}
+
+
+def normalize_channels(
+    image: np.ndarray, normalizations: Sequence[Normalization]
+) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Normalize each channel of a ``(C, X, Y, Z)`` image with its own normalization (one per
+    channel, in order)."""
+    results = [
+        normalize(channel, normalization)
+        for channel, normalization in zip(image, normalizations, strict=True)
+    ]
+    return np.stack([array for array, _ in results]), [parameters for _, parameters in results]

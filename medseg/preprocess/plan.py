@@ -20,18 +20,25 @@ Rules:
   the budget allows for two 128^3 samples, at least 2, at most 5% of the dataset's voxels.
 * pooling: an axis is downsampled (stride 2) at a level while its feature map stays >= 4
   voxels and its spacing is at most twice the finest current spacing; at most 5 levels.
-* normalization: CT clips to the foreground 0.5-99.5 percentiles and z-scores with the
-  foreground mean/std; every other modality is z-scored per case.
+* normalization, per input channel (``channel_names``: the manifest's, as dataset.json's
+  ``channel_names`` or ``modality`` named them; one channel named after the modality for a
+  single-channel dataset): a channel named CT clips to its foreground 0.5-99.5 percentiles and
+  z-scores with its foreground mean/std; a channel named ``noNorm`` (nnU-Net's name) is left
+  as is; every other channel is z-scored per case. ``PlanOptions.normalization`` overrides
+  the scheme of every channel. ``normalization`` is the first channel's (plans from before
+  multi-channel cases hold only it, and load as one channel named after ``modality``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from medseg import __version__
 from medseg.config_io import load_json_model
@@ -51,7 +58,11 @@ from medseg.preprocess.config import (
     NormalizationScheme,
     PlanOptions,
 )
-from medseg.preprocess.fingerprint import DatasetFingerprint, fingerprint_dataset
+from medseg.preprocess.fingerprint import (
+    ChannelFingerprint,
+    DatasetFingerprint,
+    fingerprint_dataset,
+)
 
 REFERENCE_PATCH_VOXELS_3D = 128**3
 REFERENCE_PATCH_VOXELS_2D = 512**2
@@ -100,6 +111,8 @@ class Plan(BaseModel):
     target_spacing: list[float]
     median_shape: list[int]
     normalization: NormalizationPlan
+    channel_names: list[str]
+    channel_normalization: list[NormalizationPlan]
     image_resample_order: int
     label_resampling: LabelResampling
     crop_to_nonzero: bool
@@ -108,6 +121,27 @@ class Plan(BaseModel):
     configurations: dict[str, Configuration]
     fingerprint: dict
     seed: int
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_channel_default(cls, data: Any) -> Any:
+        """A plan from before multi-channel cases: one channel named after the modality."""
+        if isinstance(data, dict) and "channel_names" not in data and "modality" in data:
+            data = {**data, "channel_names": [data["modality"]]}
+        if isinstance(data, dict) and "channel_normalization" not in data:
+            data = {**data, "channel_normalization": [data.get("normalization")]}
+        return data
+
+    @model_validator(mode="after")
+    def _one_normalization_per_channel(self) -> Plan:
+        if not self.channel_names or len(self.channel_normalization) != len(self.channel_names):
+            raise ValueError(
+                f"channel_normalization has {len(self.channel_normalization)} entries for "
+                f"{len(self.channel_names)} channel_names (one per channel, at least one)"
+            )
+        if self.channel_normalization[0] != self.normalization:
+            raise ValueError("normalization must equal channel_normalization[0]")
+        return self
 
     def digest(self) -> str:
         """SHA-256 of the plan's canonical JSON: a cache built with another plan is stale."""
@@ -219,6 +253,7 @@ def make_plan(
             REFERENCE_PATCH_VOXELS_2D * scale,
         )
     )
+    normalizations = [_normalization(channel, options) for channel in fingerprint.channel_list()]
     configurations = {
         "3d": Configuration(
             name="3d",
@@ -252,7 +287,9 @@ def make_plan(
         ignore_label=ignore_label,
         target_spacing=spacing,
         median_shape=median,
-        normalization=_normalization(fingerprint, options),
+        normalization=normalizations[0],
+        channel_names=[channel.name for channel in fingerprint.channel_list()],
+        channel_normalization=normalizations,
         image_resample_order=options.image_resample_order,
         label_resampling=options.label_resampling,
         crop_to_nonzero=options.crop_to_nonzero,
@@ -264,13 +301,22 @@ def make_plan(
     )
 
 
-def _normalization(fingerprint: DatasetFingerprint, options: PlanOptions) -> NormalizationPlan:
-    scheme = options.normalization or (
-        NormalizationScheme.CT if fingerprint.modality == "CT" else NormalizationScheme.ZSCORE
-    )
+# Channel names (upper case, no separators) that choose a scheme; any other name: z-score.
+_CHANNEL_SCHEMES = {"CT": NormalizationScheme.CT, "NONORM": NormalizationScheme.NONE}
+
+
+def channel_scheme(name: str) -> NormalizationScheme:
+    """The normalization a channel's name calls for, as nnU-Net's ``channel_names`` choose:
+    ``"CT"`` -> CT, ``"noNorm"`` -> none, anything else (``"T1"``, ``"MR"``...) -> z-score."""
+    key = re.sub(r"[\s_\-.]", "", name).upper()
+    return _CHANNEL_SCHEMES.get(key, NormalizationScheme.ZSCORE)
+
+
+def _normalization(channel: ChannelFingerprint, options: PlanOptions) -> NormalizationPlan:
+    scheme = options.normalization or channel_scheme(channel.name)
     if scheme is not NormalizationScheme.CT:
         return NormalizationPlan(scheme=scheme)
-    stats = fingerprint.intensity
+    stats = channel.intensity
     return NormalizationPlan(
         scheme=scheme,
         clip_low=stats.percentile_00_5,

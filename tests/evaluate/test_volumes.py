@@ -68,6 +68,17 @@ def test_volume_follows_the_affine_not_the_voxel_count() -> None:
     assert stats["absent"] == {"volume": 0.0, "volume_ml": 0.0, "voxels": 0, "intensity": 0.0}
 
 
+def test_intensity_of_a_multi_channel_scan_is_channel_0s() -> None:
+    labels = np.zeros((4, 4, 4), np.uint8)
+    labels[:2] = 1
+    image = np.stack([np.full((4, 4, 4), 10.0), np.full((4, 4, 4), 99.0)], axis=-1)
+    image[:2, ..., 0] = 40.0
+    stats = structure_statistics(
+        Volume(labels, np.eye(4)), label_names={1: "a"}, image=Volume(image, np.eye(4))
+    )
+    assert stats["a"] == {"volume": 32.0, "volume_ml": 0.032, "voxels": 32, "intensity": 40.0}
+
+
 def test_scan_on_another_grid_is_refused() -> None:
     labels = Volume(np.zeros((4, 4, 4), np.uint8), np.eye(4))
     image = Volume(np.zeros((4, 4, 4)), np.diag([2.0, 1.0, 1.0, 1.0]))

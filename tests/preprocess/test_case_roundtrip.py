@@ -226,7 +226,7 @@ def test_fingerprint_statistics_equal_numpy_over_all_labelled_voxels(
     )
     image, label = read_nifti(root / image_name), read_nifti(root / label_name)
     expected = np.sort(image.array[label.array > 0].astype(np.float32))
-    assert np.array_equal(np.sort(case.foreground_samples), expected)
+    assert np.array_equal(np.sort(case.foreground_samples[0]), expected)
     assert case.spacing == spacing and case.shape == shape
     sampled = fingerprint_case(
         record, manifest_path=root / "manifest.jsonl", data_root=None, samples=samples, seed=0
