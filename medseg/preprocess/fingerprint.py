@@ -109,12 +109,19 @@ class _CaseArguments(TypedDict):
     data_root: Path | None
     samples: int
     seed: int
+    ignore_label: int | None
 
 
 def fingerprint_case(
-    record: ManifestRecord, *, manifest_path: Path, data_root: Path | None, samples: int, seed: int
+    record: ManifestRecord,
+    *,
+    manifest_path: Path,
+    data_root: Path | None,
+    samples: int,
+    seed: int,
+    ignore_label: int | None = None,
 ) -> CaseFingerprint:
-    """Fingerprint one labelled case.
+    """Fingerprint one labelled case (voxels of ``ignore_label`` are not foreground).
 
     Raises:
         MissingLabelsError: the case has no label.
@@ -129,7 +136,10 @@ def fingerprint_case(
     box = nonzero_box(voxels)
     cropped_image = crop(voxels, box)
     cropped_label = crop(label.array, box)
-    foreground = cropped_image[:, cropped_label > 0]
+    annotated = cropped_label > 0
+    if ignore_label is not None:
+        annotated &= cropped_label != ignore_label
+    foreground = cropped_image[:, annotated]
     rng = np.random.default_rng([seed, int(hash_identifier(record.case_id), 16) % (2**32)])
     if foreground.shape[1] > samples:
         foreground = foreground[:, rng.choice(foreground.shape[1], size=samples, replace=False)]
@@ -152,8 +162,10 @@ def fingerprint_dataset(
     seed: int = 0,
     workers: int = 1,
     on_progress: ProgressCallback | None = None,
+    ignore_label: int | None = None,
 ) -> DatasetFingerprint:
-    """Fingerprint the labelled training cases of a manifest (train split if any, else all).
+    """Fingerprint the labelled training cases of a manifest (train split if any, else all);
+    voxels of ``ignore_label`` (unannotated) are not foreground.
 
     Raises:
         MissingLabelsError: no labelled case, or no labelled voxel in any training case.
@@ -168,6 +180,7 @@ def fingerprint_dataset(
         "data_root": data_root,
         "samples": samples,
         "seed": seed,
+        "ignore_label": ignore_label,
     }
     cases: list[CaseFingerprint] = []
     with process_pool(workers, preload=[__name__]) as pool:

@@ -339,6 +339,15 @@ def plan_manifest(
         IgnoreLabelError: the label names' ignore label is not the highest value.
     """
     records = read_manifest(manifest_path)
+    try:
+        label_names: dict[int, str] | None = read_label_names(manifest_path)
+    except ManifestError:
+        label_names = None
+    ignore_label = (
+        ignore_label_value(label_names, where=label_names_path(manifest_path))
+        if label_names is not None
+        else None
+    )
     fingerprint = fingerprint_dataset(
         records,
         manifest_path=manifest_path,
@@ -346,10 +355,9 @@ def plan_manifest(
         samples=options.intensity_samples_per_case,
         seed=options.seed,
         workers=workers,
+        ignore_label=ignore_label,
     )
-    try:
-        label_names = read_label_names(manifest_path)
-    except ManifestError:
+    if label_names is None:
         label_names = {
             v: ("background" if v == 0 else f"label_{v}") for v in fingerprint.label_values
         }
@@ -358,5 +366,5 @@ def plan_manifest(
         options=options,
         label_names=without_ignore_label(label_names),
         manifest_sha256=sha256_file(manifest_path),
-        ignore_label=ignore_label_value(label_names, where=label_names_path(manifest_path)),
+        ignore_label=ignore_label,
     )

@@ -32,7 +32,7 @@ from medseg.train.augment import AugmentationConfig, Augmenter
 from medseg.train.checkpoint import load_checkpoint
 from medseg.train.loop import train
 from medseg.train.sampling import SampleSource, choose_patch
-from medseg.train.validation import predict_case
+from medseg.train.validation import predict_case_probabilities
 from medseg.volume import Volume
 from tests.tiny_dataset import PLAN_OPTIONS, TinyDataset, learning_config, write_tiny_dataset
 
@@ -79,6 +79,19 @@ def test_the_plan_records_the_ignore_label_apart_from_the_labels_to_predict(
     del payload["ignore_label"]
     (tmp_path / "old.json").write_text(json.dumps(payload))
     assert Plan.load(tmp_path / "old.json").ignore_label is None
+
+
+def test_unannotated_voxels_do_not_count_as_foreground_in_the_fingerprint(
+    partial_dataset: TinyDataset, tiny_dataset: TinyDataset
+) -> None:
+    """Counted as foreground, the air and fat of the ignored slices pulled the CT clip range
+    to -1024 HU; annotated voxels only give the range of the fully labelled phantoms."""
+    partial, full = partial_dataset.plan.normalization, tiny_dataset.plan.normalization
+    assert partial.clip_low is not None and full.clip_low is not None
+    assert partial.clip_low > -500
+    assert abs(partial.clip_low - full.clip_low) < 50
+    assert partial.mean is not None and full.mean is not None
+    assert abs(partial.mean - full.mean) < 25
 
 
 def test_the_cache_keeps_the_ignore_value_but_never_centres_a_patch_on_it(
@@ -133,10 +146,10 @@ def _dice_on_full_references(
             dataset.plan,
             case_id=case_id,
         )
-        prediction = predict_case(
+        prediction = predict_case_probabilities(
             network, case.image, patch_size=dataset.plan.configurations["3d"].patch_size,
             num_classes=6, device=torch.device("cpu"), overlap=0.5, mirror=False, slice_axis=None,
-        )  # fmt: skip
+        ).argmax(0).numpy()  # fmt: skip
         assert prediction.max() < IGNORE  # no channel for the ignore label
         total += confusion_matrix(prediction, case.label, 6)
     dice = dice_from_confusion(total)
