@@ -154,13 +154,18 @@ def score(predictions: Path, bench: Bench, out: Path) -> dict[str, Any]:
 
 
 def prepare_nnunet(bench: Bench) -> dict[str, Any]:
-    """Raw dataset, plan and preprocess (once) and the one-fold split; seconds taken."""
+    """Raw dataset, plan and preprocess, and the one-fold split (train = manifest train, val =
+    manifest val); reused when an earlier run left plans and the same split. Seconds taken."""
     folder = bench.work / "nnunet"
     env = nnunet_environment(folder)
     preprocessed = Path(env["nnUNet_preprocessed"]) / NNUNET_DATASET
-    if (preprocessed / "nnUNetPlans.json").exists():
+    split = [{s: [r.case_id for r in bench.split(s)] for s in ("train", "val")}]
+    splits_file = preprocessed / "splits_final.json"
+    done = (preprocessed / "nnUNetPlans.json").exists() and splits_file.exists()
+    if done and json.loads(splits_file.read_text()) == split:
         LOG.info("nnU-Net: reusing %s", preprocessed)
         return {"seconds": 0.0, "reused": True}
+    shutil.rmtree(preprocessed, ignore_errors=True)
     training = []
     for record in bench.split("train") + bench.split("val"):
         image, label = resolve(record, MANIFEST, bench.data_root)
@@ -188,13 +193,7 @@ def prepare_nnunet(bench: Bench) -> dict[str, Any]:
         log=folder / "plan_and_preprocess.log",
         env=env,
     )
-    split = [
-        {
-            "train": [r.case_id for r in bench.split("train")],
-            "val": [r.case_id for r in bench.split("val")],
-        }
-    ]
-    (preprocessed / "splits_final.json").write_text(json.dumps(split, indent=1))
+    splits_file.write_text(json.dumps(split, indent=1))
     return {"seconds": round(seconds, 1), "reused": False}
 
 
@@ -398,6 +397,8 @@ def markdown_table(results: list[dict[str, Any]], structures: list[str]) -> str:
 
 
 def main() -> None:
+    """Run the rows at every budget and print the table; a failed step ends it with
+    ``error: <step>: <what>`` and exit code 1."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[30.0, 60.0])
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
@@ -411,6 +412,14 @@ def main() -> None:
     test = sorted((r for r in records if r.split == "test"), key=lambda r: r.case_id)
     chosen = {r.case_id for r in test[: args.test_cases]}
     records = [r for r in records if r.split != "test" or r.case_id in chosen]
+    try:
+        compare(args, records)
+    except (RuntimeError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+
+def compare(args: argparse.Namespace, records: list[ManifestRecord]) -> None:
+    """Prepare each row once, then train and score every row at every budget."""
     bench = link_test_cases(args.work.resolve(), records, args.data_root.resolve())
     work = bench.work
     report: dict[str, Any] = {
