@@ -119,6 +119,9 @@ def medseg_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "medseg", *arguments]
 
 
+MEDSEG_ENV = {**os.environ, "COLUMNS": "300"}  # console lines unwrapped in the logs
+
+
 def nnunet_command(*arguments: str) -> list[str]:
     """bench/nnunet_budget_trainer.py with ``arguments`` (train or predict, 2 torch threads)."""
     return [sys.executable, str(NNUNET_SCRIPT), *arguments]
@@ -305,6 +308,7 @@ def medseg_3d_row(bench: Bench, minutes: float) -> dict[str, Any]:
             tracking,
         ),
         log=folder / "train.log",
+        env=MEDSEG_ENV,
     )
     predictions = folder / "predictions"
     inference_seconds = run_step(
@@ -396,13 +400,19 @@ def markdown_table(results: list[dict[str, Any]], structures: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
 def main() -> None:
     """Run the rows at every budget and print the table; a failed step ends it with
     ``error: <step>: <what>`` and exit code 1."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[30.0, 60.0])
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
-    parser.add_argument("--test-cases", type=int, help="only the first N test cases")
+    parser.add_argument("--test-cases", type=_positive, help="only the first N test cases")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--work", type=Path, default=REPOSITORY / "bench/_work/vs_nnunet")
     args = parser.parse_args()
