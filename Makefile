@@ -71,5 +71,15 @@ $(BENCH_VENV)/.installed: pyproject.toml $(CONSTRAINTS) bench/requirements-nnune
 bench-preprocess: $(BENCH_VENV)/.installed
 	$(BENCH_BIN)/python bench/preprocess.py
 
+# nnU-Net v2 against medseg on MSD hippocampus, same cases and wall-clock budgets, scored on the
+# manifest's test split (bench/quality_vs_nnunet.py). Run it on an idle machine: each budget
+# trains every row in turn. More options through BENCH_ARGS, e.g. a quick check:
+#   make bench-vs-nnunet MINUTES=2 BENCH_ARGS="--test-cases 8 --work bench/_work/vs_nnunet_check"
+MINUTES ?= 30 60
+BENCH_ARGS ?=
+.PHONY: bench-vs-nnunet
+bench-vs-nnunet: $(BENCH_VENV)/.installed
+	$(BENCH_BIN)/python bench/quality_vs_nnunet.py --minutes $(MINUTES) $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) demo_output

@@ -6,6 +6,7 @@ hippocampus data and its committed manifest from ../shared/data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -126,6 +127,27 @@ def test_committed_hippocampus_manifest_is_valid_against_the_shared_data(shared_
     )
     assert result.exit_code == 0, result.output
     assert "214 cases, all valid" in _text(result)
+
+
+def test_committed_hippocampus_manifest_holds_out_40_test_cases_by_hash_of_the_case_id() -> None:
+    """The test split (bench/quality_vs_nnunet.py scores on it) is the 40 cases of the
+    imported train split with the lowest SHA-256 of their case id; val is the imported one."""
+    records = read_manifest(Path(__file__).parents[1] / "data_manifests/msd_hippocampus.jsonl")
+    by_split = {
+        split: sorted(r.case_id for r in records if r.split == split)
+        for split in ("train", "val", "test")
+    }
+    assert {split: len(ids) for split, ids in by_split.items()} == {
+        "train": 131,
+        "val": 43,
+        "test": 40,
+    }
+
+    def digest(case_id: str) -> str:
+        return hashlib.sha256(case_id.encode()).hexdigest()
+
+    assert max(map(digest, by_split["test"])) < min(map(digest, by_split["train"]))
+    assert by_split["test"][:3] == ["hippocampus_008", "hippocampus_038", "hippocampus_048"]
 
 
 def test_hippocampus_copy_with_a_changed_file_fails_validation(

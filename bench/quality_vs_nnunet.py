@@ -1,0 +1,459 @@
+"""Quality benchmark: nnU-Net v2 against medseg on MSD hippocampus at the same CPU budget.
+
+Both tools learn from the same cases of ``data_manifests/msd_hippocampus.jsonl``: weights from
+the ``train`` split, checkpoint or configuration choices from the ``val`` split; both are scored
+by ``medseg evaluate`` on the ``test`` split, which neither sees before (``--test-cases N``: the
+first N test cases by case id, for a quick check). Every budget (``--minutes``) trains each row
+afresh; every step runs as a subprocess and is timed by its wall clock.
+
+Rows (``--rows``):
+
+* ``nnunet``: nnU-Net v2 (PyPI ``nnunetv2``, this script must run in ``bench/.venv``). The
+  manifest's train+val cases become ``Dataset004_Hippocampus`` (imagesTr/labelsTr,
+  dataset.json with channel ``MRI``: z-score), ``nnUNetv2_plan_and_preprocess -c 3d_fullres``
+  once, a ``splits_final.json`` with one fold (train = manifest train, val = manifest val), then
+  configuration 3d_fullres, fold 0, on the CPU with ``nnUNetTrainerBudget``
+  (bench/nnunet_budget_trainer.py: nnUNetTrainer that stops at the budget, poly learning rate
+  over the budget's time), and nnU-Net's predictor with ``nnUNetv2_predict``'s defaults
+  (checkpoint_final, Gaussian sliding window with step 0.5, mirroring test-time augmentation).
+* ``medseg-3d``: medseg's single 3D model by its CLI: ``medseg plan`` and ``preprocess`` once,
+  ``medseg train --config configs/train/hippocampus_3d.yaml --max-minutes B`` (registered in
+  an MLflow SQLite store in the work folder; the best checkpoint on the val split), then
+  ``medseg predict --mirror`` on the test images.
+* ``medseg-auto`` (medseg with automatic choice: folds, configurations and their ensemble,
+  sharing the budget, chosen by ``medseg select``) joins ``ROWS`` once cross-validation and
+  ``medseg select`` exist; until then it is refused as an unknown row.
+
+Planning and preprocessing are done once and reported apart; they are not part of a budget.
+Both tools use the machine's 2 cores: nnU-Net with ``nnUNet_n_proc_DA=2`` augmentation workers,
+``nnUNet_def_n_proc=2`` for preprocessing and 2 torch threads; medseg with its config's
+``threads: 2`` and ``num_workers: 1``. Results go to ``<work>/results.json`` and
+``<work>/results.md`` (one line per row and budget: mean and per-structure Dice on the test
+cases, wall time of training and of inference), with the nnunetv2 version, the nnU-Net trainer,
+and the load average before and after, since a shared machine slows training.
+
+    bench/.venv/bin/python bench/quality_vs_nnunet.py [--minutes 30 60]
+        [--rows nnunet medseg-3d] [--test-cases N] [--work bench/_work/vs_nnunet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hippocampus import DEFAULT_DATA_ROOT, MANIFEST, REPOSITORY
+from nnunet_dataset import (
+    NNUNET_DATASET,
+    NNUNET_DATASET_ID,
+    nnunet_environment,
+    nnunet_image_name,
+    write_nnunet_dataset,
+)
+
+from medseg.manifest import ManifestRecord, read_label_names, read_manifest, resolve
+
+LOG = logging.getLogger("quality_vs_nnunet")
+LABELS = MANIFEST.with_name("msd_hippocampus.labels.json")
+MEDSEG_CONFIG = REPOSITORY / "configs/train/hippocampus_3d.yaml"
+NNUNET_SCRIPT = REPOSITORY / "bench/nnunet_budget_trainer.py"
+BIN = Path(sys.executable).parent  # bench/.venv/bin: nnUNetv2_plan_and_preprocess
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every row shares: the cases, the work folder and the test files."""
+
+    data_root: Path
+    work: Path
+    records: list[ManifestRecord]
+    test_images: Path  # <case_id>.nii.gz links
+    test_labels: Path  # <case_id>.nii.gz links
+    nnunet_test_images: Path  # <case_id>_0000.nii.gz links
+
+    def split(self, name: str) -> list[ManifestRecord]:
+        return [r for r in self.records if r.split == name]
+
+
+def run_step(command: list[str], *, log: Path, env: dict[str, str] | None = None) -> float:
+    """Run ``command`` in its own process group with output to ``log``; its wall time (s).
+
+    Raises:
+        RuntimeError: the command failed (the log's last lines are in the message).
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            code = process.wait()
+        except BaseException:  # SIGTERM (as SystemExit) or Ctrl-C: stop the whole group
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+            raise
+    seconds = time.perf_counter() - start
+    if code != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise RuntimeError(f"{command[0]} exited {code} (log {log}):\n{tail}")
+    LOG.info("%s/%s: %.1f s", log.parent.name, log.stem, seconds)
+    return seconds
+
+
+def medseg_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "medseg", *arguments]
+
+
+MEDSEG_ENV = {**os.environ, "COLUMNS": "300"}  # console lines unwrapped in the logs
+
+
+def nnunet_command(*arguments: str) -> list[str]:
+    """bench/nnunet_budget_trainer.py with ``arguments`` (train or predict, 2 torch threads)."""
+    return [sys.executable, str(NNUNET_SCRIPT), *arguments]
+
+
+def score(predictions: Path, bench: Bench, out: Path) -> dict[str, Any]:
+    """``medseg evaluate`` of ``predictions`` against the test labels: Dice per structure."""
+    run_step(
+        medseg_command(
+            "evaluate",
+            str(predictions),
+            str(bench.test_labels),
+            "--labels",
+            str(LABELS),
+            "--out",
+            str(out),
+        ),
+        log=out.with_suffix(".log"),
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    if summary["cases"] != len(bench.split("test")) or summary["missing_prediction"]:
+        raise RuntimeError(
+            f"{out}: evaluated {summary['cases']} cases, missing {summary['missing_prediction']}"
+        )
+    return {
+        "mean_dice": round(summary["mean"]["dice"], 4),
+        "dice": {name: round(v["dice"], 4) for name, v in summary["structures"].items()},
+        "test_cases": summary["cases"],
+    }
+
+
+# --- nnU-Net -----------------------------------------------------------------------------------
+
+
+def prepare_nnunet(bench: Bench) -> dict[str, Any]:
+    """Raw dataset, plan and preprocess, and the one-fold split (train = manifest train, val =
+    manifest val); reused when an earlier run left plans and the same split. Seconds taken."""
+    folder = bench.work / "nnunet"
+    env = nnunet_environment(folder)
+    preprocessed = Path(env["nnUNet_preprocessed"]) / NNUNET_DATASET
+    split = [{s: [r.case_id for r in bench.split(s)] for s in ("train", "val")}]
+    splits_file = preprocessed / "splits_final.json"
+    done = (preprocessed / "nnUNetPlans.json").exists() and splits_file.exists()
+    if done and json.loads(splits_file.read_text()) == split:
+        LOG.info("nnU-Net: reusing %s", preprocessed)
+        return {"seconds": 0.0, "reused": True}
+    shutil.rmtree(preprocessed, ignore_errors=True)
+    training = []
+    for record in bench.split("train") + bench.split("val"):
+        image, label = resolve(record, MANIFEST, bench.data_root)
+        assert label is not None  # the manifest refuses unlabelled train/val cases
+        training.append((record.case_id, image, label))
+    start = time.perf_counter()
+    write_nnunet_dataset(
+        Path(env["nnUNet_raw"]) / NNUNET_DATASET,
+        training=training,
+        label_names=read_label_names(MANIFEST),
+    )
+    seconds = time.perf_counter() - start
+    seconds += run_step(
+        [
+            str(BIN / "nnUNetv2_plan_and_preprocess"),
+            "-d",
+            str(NNUNET_DATASET_ID),
+            "-c",
+            "3d_fullres",
+            "-npfp",
+            "2",
+            "-np",
+            "2",
+        ],
+        log=folder / "plan_and_preprocess.log",
+        env=env,
+    )
+    splits_file.write_text(json.dumps(split, indent=1))
+    return {"seconds": round(seconds, 1), "reused": False}
+
+
+def nnunet_row(bench: Bench, minutes: float) -> dict[str, Any]:
+    """nnU-Net v2 3d_fullres, fold 0, CPU, trained within ``minutes``, on the test cases."""
+    folder = bench.work / f"nnunet/{minutes:g}min"
+    shutil.rmtree(folder, ignore_errors=True)
+    env = nnunet_environment(bench.work / "nnunet")
+    env["nnUNet_results"] = str(folder / "results")
+    summary = folder / "training.json"
+    train_seconds = run_step(
+        nnunet_command(
+            "train", NNUNET_DATASET, "--minutes", str(minutes), "--summary", str(summary)
+        ),
+        log=folder / "train.log",
+        env=env,
+    )
+    predictions = folder / "predictions"
+    inference_seconds = run_step(
+        nnunet_command(
+            "predict",
+            NNUNET_DATASET,
+            "--input",
+            str(bench.nnunet_test_images),
+            "--output",
+            str(predictions),
+        ),
+        log=folder / "predict.log",
+        env=env,
+    )
+    training = json.loads(summary.read_text())
+    return {
+        **score(predictions, bench, folder / "evaluation"),
+        "train_seconds": round(train_seconds, 1),
+        "inference_seconds": round(inference_seconds, 1),
+        "details": {
+            "nnunetv2": importlib.metadata.version("nnunetv2"),
+            **{
+                k: training[k]
+                for k in (
+                    "trainer",
+                    "configuration",
+                    "fold",
+                    "epochs_started",
+                    "iterations",
+                    "batch_size",
+                    "patch_size",
+                )
+            },
+            "checkpoint": "checkpoint_final.pth",
+            "tta": "mirroring, all axes",
+        },
+    }
+
+
+# --- medseg ------------------------------------------------------------------------------------
+
+
+def prepare_medseg(bench: Bench) -> dict[str, Any]:
+    """``medseg plan`` (train split) and ``medseg preprocess`` (cached cases are skipped)."""
+    folder = bench.work / "medseg"
+    plan = ["plan", str(MANIFEST), "--data-root", str(bench.data_root)]
+    seconds = run_step(
+        medseg_command(*plan, "--out", str(folder / "plan.json")), log=folder / "plan.log"
+    )
+    seconds += run_step(
+        medseg_command(
+            "preprocess",
+            str(MANIFEST),
+            "--plan",
+            str(folder / "plan.json"),
+            "--data-root",
+            str(bench.data_root),
+            "--out",
+            str(folder / "cache"),
+        ),
+        log=folder / "preprocess.log",
+    )
+    return {"seconds": round(seconds, 1)}
+
+
+def medseg_3d_row(bench: Bench, minutes: float) -> dict[str, Any]:
+    """medseg's single 3D U-Net trained within ``minutes``, with mirroring TTA, on the test
+    cases."""
+    folder = bench.work / f"medseg-3d/{minutes:g}min"
+    shutil.rmtree(folder, ignore_errors=True)
+    tracking = f"sqlite:///{folder / 'mlflow.db'}"
+    model = "bench-medseg-3d"
+    train_seconds = run_step(
+        medseg_command(
+            "train",
+            "--manifest",
+            str(MANIFEST),
+            "--plan",
+            str(bench.work / "medseg/plan.json"),
+            "--cache",
+            str(bench.work / "medseg/cache"),
+            "--config",
+            str(MEDSEG_CONFIG),
+            "--data-root",
+            str(bench.data_root),
+            "--max-minutes",
+            str(minutes),
+            "--run-dir",
+            str(folder / "run"),
+            "--register",
+            model,
+            "--tracking-uri",
+            tracking,
+        ),
+        log=folder / "train.log",
+        env=MEDSEG_ENV,
+    )
+    predictions = folder / "predictions"
+    inference_seconds = run_step(
+        medseg_command(
+            "predict",
+            str(bench.test_images),
+            "--model",
+            f"models:/{model}@candidate",
+            "--tracking-uri",
+            tracking,
+            "--out",
+            str(predictions),
+            "--mirror",
+            "--case-ids",
+            "folder",
+        ),
+        log=folder / "predict.log",
+    )
+    return {
+        **score(predictions, bench, folder / "evaluation"),
+        "train_seconds": round(train_seconds, 1),
+        "inference_seconds": round(inference_seconds, 1),
+        "details": {
+            "config": str(MEDSEG_CONFIG.relative_to(REPOSITORY)),
+            "checkpoint": "best on the val split",
+            "tta": "mirroring (the config's axes)",
+            "trained": _last_line(folder / "train.log", "Training stopped"),
+        },
+    }
+
+
+def _last_line(log: Path, prefix: str) -> str:
+    lines = [line for line in log.read_text().splitlines() if line.startswith(prefix)]
+    return lines[-1] if lines else ""
+
+
+# Rows: name -> (preparation run once, training + scoring at one budget). "medseg-auto" (folds
+# and ensembles chosen by `medseg select`, sharing the budget) is added here when it exists.
+ROWS: dict[str, tuple[Callable[[Bench], dict], Callable[[Bench, float], dict]]] = {
+    "nnunet": (prepare_nnunet, nnunet_row),
+    "medseg-3d": (prepare_medseg, medseg_3d_row),
+}
+
+
+def link_test_cases(work: Path, records: list[ManifestRecord], data_root: Path) -> Bench:
+    """The bench, with ``work/test/{images,labels}/<case_id>.nii.gz`` and
+    ``work/test/nnunet_images/<case_id>_0000.nii.gz`` linked to the test cases' files.
+
+    Raises:
+        ValueError: a test case has no label.
+    """
+    test = work / "test"
+    shutil.rmtree(test, ignore_errors=True)
+    bench = Bench(
+        data_root, work, records, test / "images", test / "labels", test / "nnunet_images"
+    )
+    for folder in (bench.test_images, bench.test_labels, bench.nnunet_test_images):
+        folder.mkdir(parents=True)
+    for record in bench.split("test"):
+        image, label = resolve(record, MANIFEST, data_root)
+        if label is None:
+            raise ValueError(f"{MANIFEST}: test case {record.case_id} has no label to score")
+        (bench.test_images / f"{record.case_id}.nii.gz").symlink_to(image)
+        (bench.nnunet_test_images / nnunet_image_name(record.case_id)).symlink_to(image)
+        (bench.test_labels / f"{record.case_id}.nii.gz").symlink_to(label)
+    return bench
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def markdown_table(results: list[dict[str, Any]], structures: list[str]) -> str:
+    header = ["row", "budget (min)", "mean Dice", *structures, "training (min)", "inference (s)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in results:
+        cells = [
+            r["row"],
+            f"{r['minutes']:g}",
+            f"{r['mean_dice']:.4f}",
+            *(f"{r['dice'][s]:.4f}" for s in structures),
+            f"{r['train_seconds'] / 60:.1f}",
+            f"{r['inference_seconds']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
+def main() -> None:
+    """Run the rows at every budget and print the table; a failed step ends it with
+    ``error: <step>: <what>`` and exit code 1."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[30.0, 60.0])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--test-cases", type=_positive, help="only the first N test cases")
+    parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
+    parser.add_argument("--work", type=Path, default=REPOSITORY / "bench/_work/vs_nnunet")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    records = read_manifest(MANIFEST)
+    test = sorted((r for r in records if r.split == "test"), key=lambda r: r.case_id)
+    chosen = {r.case_id for r in test[: args.test_cases]}
+    records = [r for r in records if r.split != "test" or r.case_id in chosen]
+    try:
+        compare(args, records)
+    except (RuntimeError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+
+def compare(args: argparse.Namespace, records: list[ManifestRecord]) -> None:
+    """Prepare each row once, then train and score every row at every budget."""
+    bench = link_test_cases(args.work.resolve(), records, args.data_root.resolve())
+    work = bench.work
+    report: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
+        "versions": {p: _version(p) for p in ("medseg", "torch", "nnunetv2")},
+        "cases": {s: len(bench.split(s)) for s in ("train", "val", "test")},
+        "preparation": {row: ROWS[row][0](bench) for row in args.rows},
+        "results": [],
+    }
+    for minutes in args.minutes:
+        for row in args.rows:
+            LOG.info("%s, %g min", row, minutes)
+            result = {"row": row, "minutes": minutes, **ROWS[row][1](bench, minutes)}
+            report["results"].append(result)
+            LOG.info("%s", json.dumps(result))
+            (work / "results.json").write_text(json.dumps(report, indent=2))
+    report["machine"]["load_average_end"] = os.getloadavg()
+    (work / "results.json").write_text(json.dumps(report, indent=2))
+    structures = [n for v, n in sorted(read_label_names(MANIFEST).items()) if v != 0]
+    table = markdown_table(report["results"], structures)
+    (work / "results.md").write_text(table + "\n")
+    print(table)
+    print(f"cases {report['cases']}; versions {report['versions']}")
+
+
+if __name__ == "__main__":
+    main()
