@@ -175,6 +175,7 @@ def _predict_and_publish(
             structures=[name for value, name in sorted(model.label_names.items()) if value],
             volumes_ml=outcome.volumes_ml,
             model=settings.model_uri,
+            ensemble_members=len(model.members) if len(model.members) > 1 else None,
             source=source,
             corrections=outcome.corrections or None,
             non_finite_replaced=outcome.non_finite_replaced,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,3 +237,31 @@ def test_a_one_network_package_of_the_old_layout_loads_and_predicts_as_before(
         read_nifti(scan_path), in_memory, options=PredictionOptions(), probabilities_out=expected
     )
     np.testing.assert_array_equal(kept[0], expected[0])
+
+
+def test_batch_uses_the_ensemble_by_alias_and_says_so(
+    members: Members, registered, tmp_path: Path
+) -> None:
+    scan_path = write_phantom_nifti(tmp_path / "scans" / "phantom.nii.gz", seed=3)
+    out = tmp_path / "out"
+    done = _medseg(
+        "batch",
+        scan_path.parent,
+        "--model",
+        "models:/ens-lib@champion",
+        "--out",
+        out,
+        "--tracking-uri",
+        members.server,
+        "--case-ids",
+        "folder",
+    )
+    assert done.exit_code == 0, done.output
+    assert "model: an ensemble of 2 members" in _said(done.output)
+    result = json.loads((out / "phantom" / "result.json").read_text(encoding="utf-8"))
+    assert result["ensemble_members"] == 2 and result["model"] == "models:/ens-lib/1"
+    model = load_packaged_model("models:/ens-lib/1", tracking_uri=members.server)
+    expected = predict_scan(read_nifti(scan_path), model, options=PredictionOptions())
+    np.testing.assert_array_equal(
+        read_nifti(out / "phantom" / "phantom.nii.gz").array, expected.array
+    )
