@@ -16,8 +16,14 @@ from typer.testing import CliRunner
 
 from medseg.cli.app import app
 from medseg.infer.options import PredictionOptions
-from medseg.infer.predictor import PackagedModel, load_packaged_model, predict_scan
+from medseg.infer.predictor import (
+    PackagedModel,
+    ensemble_probabilities,
+    load_packaged_model,
+    predict_scan,
+)
 from medseg.io.nifti import read_nifti
+from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
 from medseg.tracking.ensemble import register_ensemble
 from medseg.tracking.packaging import load_segmentation_model
@@ -106,7 +112,7 @@ def test_the_package_lists_members_with_their_origin_and_keeps_postprocessing(
     assert run.data.tags["medseg.ensemble.member_0"] == "models:/ens-a@champion"
 
 
-def test_ensemble_command_then_predict_by_alias_gives_the_library_label_map(
+def test_ensemble_command_then_predict_and_batch_by_alias_give_the_library_label_map(
     members: Members, tmp_path: Path
 ) -> None:
     postprocessing = tmp_path / "postprocessing.json"
@@ -145,19 +151,38 @@ def test_ensemble_command_then_predict_by_alias_gives_the_library_label_map(
     assert predicted.exit_code == 0, predicted.output
     assert "an ensemble of 2 members (3d, 3d)" in _said(predicted.output)
     labels = read_nifti(out / "phantom.nii.gz")
+    # the library: each member alone on the preprocessed grid, their mean, back onto the scan
+    case = preprocess_case(read_nifti(scan_path), None, members.plan, case_id="phantom")
     alone = [
-        load_packaged_model(uri, tracking_uri=members.server)
+        ensemble_probabilities(
+            load_packaged_model(uri, tracking_uri=members.server),
+            torch.from_numpy(case.image),
+            options=PredictionOptions(),
+        ).numpy()
         for uri in ("models:/ens-a/1", "models:/ens-b/1")
     ]
-    library = PackagedModel(
-        members=alone[0].members + alone[1].members,
-        plan=alone[0].plan,
-        label_names=alone[0].label_names,
-    )
-    expected = predict_scan(read_nifti(scan_path), library, options=PredictionOptions())
+    expected = restore_argmax((alone[0] + alone[1]) / 2, case.properties)
     np.testing.assert_array_equal(labels.array, expected.array)
-    singles = [predict_scan(read_nifti(scan_path), m, options=PredictionOptions()) for m in alone]
-    assert all(not np.array_equal(s.array, expected.array) for s in singles)
+    for single in alone:  # the ensemble's label map is neither member's
+        assert not np.array_equal(restore_argmax(single, case.properties).array, expected.array)
+    batched = _medseg(
+        "batch",
+        scan_path.parent,
+        "--model",
+        "models:/ens-cli@production",
+        "--out",
+        tmp_path / "batch",
+        "--tracking-uri",
+        members.server,
+        "--case-ids",
+        "folder",
+    )
+    assert batched.exit_code == 0, batched.output
+    assert "model: an ensemble of 2 members" in _said(batched.output)
+    result = json.loads((tmp_path / "batch" / "phantom" / "result.json").read_text())
+    assert result["ensemble_members"] == 2 and result["model"] == "models:/ens-cli/1"
+    batch_labels = read_nifti(tmp_path / "batch" / "phantom" / "phantom.nii.gz")
+    np.testing.assert_array_equal(batch_labels.array, expected.array)
 
 
 @pytest.fixture(scope="module")
@@ -237,31 +262,3 @@ def test_a_one_network_package_of_the_old_layout_loads_and_predicts_as_before(
         read_nifti(scan_path), in_memory, options=PredictionOptions(), probabilities_out=expected
     )
     np.testing.assert_array_equal(kept[0], expected[0])
-
-
-def test_batch_uses_the_ensemble_by_alias_and_says_so(
-    members: Members, registered, tmp_path: Path
-) -> None:
-    scan_path = write_phantom_nifti(tmp_path / "scans" / "phantom.nii.gz", seed=3)
-    out = tmp_path / "out"
-    done = _medseg(
-        "batch",
-        scan_path.parent,
-        "--model",
-        "models:/ens-lib@champion",
-        "--out",
-        out,
-        "--tracking-uri",
-        members.server,
-        "--case-ids",
-        "folder",
-    )
-    assert done.exit_code == 0, done.output
-    assert "model: an ensemble of 2 members" in _said(done.output)
-    result = json.loads((out / "phantom" / "result.json").read_text(encoding="utf-8"))
-    assert result["ensemble_members"] == 2 and result["model"] == "models:/ens-lib/1"
-    model = load_packaged_model("models:/ens-lib/1", tracking_uri=members.server)
-    expected = predict_scan(read_nifti(scan_path), model, options=PredictionOptions())
-    np.testing.assert_array_equal(
-        read_nifti(out / "phantom" / "phantom.nii.gz").array, expected.array
-    )
