@@ -26,7 +26,12 @@ from medseg.io.nifti import read_nifti
 from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
 from medseg.tracking.ensemble import register_ensemble
-from medseg.tracking.packaging import load_segmentation_model
+from medseg.tracking.packaging import (
+    LoadedMember,
+    LoadedModel,
+    SegmentationPyfuncModel,
+    load_segmentation_model,
+)
 from tests.mlflow_server import mlflow_server  # noqa: F401
 from tests.packaged_model import TinyUnet, log_tiny_unet
 from tests.phantom_plan import plan_phantoms
@@ -262,3 +267,23 @@ def test_a_one_network_package_of_the_old_layout_loads_and_predicts_as_before(
         read_nifti(scan_path), in_memory, options=PredictionOptions(), probabilities_out=expected
     )
     np.testing.assert_array_equal(kept[0], expected[0])
+
+
+def test_pyfunc_runs_a_2d_member_slice_by_slice_along_its_slice_axis() -> None:
+    torch.manual_seed(0)
+    flat, deep = torch.nn.Conv2d(1, 3, 3, padding=1).eval(), torch.nn.Conv3d(1, 3, 1).eval()
+    pyfunc = SegmentationPyfuncModel()
+    pyfunc.loaded = LoadedModel(
+        members=(
+            LoadedMember(flat, {}, configuration="2d", mirror_axes=None),
+            LoadedMember(deep, {}, configuration="3d", mirror_axes=None),
+        ),
+        plan={"configurations": {"2d": {"slice_axis": 1}, "3d": {"slice_axis": None}}},
+        labels={0: "background", 1: "a", 2: "b"},
+    )
+    array = np.random.default_rng(1).normal(size=(2, 1, 5, 4, 6)).astype(np.float32)
+    per_slice = np.stack(
+        [_softmax(flat, np.ascontiguousarray(array[:, :, :, y])) for y in range(4)], axis=3
+    )
+    expected = (per_slice + _softmax(deep, array)) / 2
+    np.testing.assert_allclose(pyfunc.predict(None, array), expected, atol=1e-6)
