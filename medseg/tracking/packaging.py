@@ -138,8 +138,12 @@ def _member_probabilities(
     return np.moveaxis(restored, 1, slice_axis + 2)
 
 
+def _read_json(path: str) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def _load_member(model_path: str, weights_path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    model_info = json.loads(Path(model_path).read_text(encoding="utf-8"))
+    model_info = _read_json(model_path)
     network = build_network(model_info["factory"], model_info["factory_kwargs"])
     network.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -159,18 +163,9 @@ class SegmentationPyfuncModel(PythonModel):
     def load_context(self, context: PythonModelContext) -> None:
         """Rebuild the networks from their factories, load their weights, read the metadata."""
         paths = context.artifacts
-        plan = json.loads(Path(paths["plan"]).read_text(encoding="utf-8"))
-        labels = json.loads(Path(paths["labels"]).read_text(encoding="utf-8"))
-        ensemble = (
-            json.loads(Path(paths["ensemble"]).read_text(encoding="utf-8"))
-            if "ensemble" in paths
-            else None
-        )
-        postprocessing = (
-            json.loads(Path(paths["postprocessing"]).read_text(encoding="utf-8"))
-            if "postprocessing" in paths
-            else None
-        )
+        plan, labels = _read_json(paths["plan"]), _read_json(paths["labels"])
+        ensemble = _read_json(paths["ensemble"]) if "ensemble" in paths else None
+        postprocessing = _read_json(paths["postprocessing"]) if "postprocessing" in paths else None
         if ensemble is None:  # one network: its configuration and mirror axes are in the plan
             entries = [
                 {

@@ -52,6 +52,23 @@ def _medseg(*arguments: object):
     return CliRunner().invoke(app, [str(a) for a in arguments], prog_name="medseg")
 
 
+def _apply(command: str, scans: Path, out: Path, server: str):
+    """``medseg predict|batch SCANS`` with the ensemble made by the command test."""
+    model = "models:/ens-cli@production"
+    return _medseg(
+        command,
+        scans,
+        "--model",
+        model,
+        "--out",
+        out,
+        "--tracking-uri",
+        server,
+        "--case-ids",
+        "folder",
+    )
+
+
 def _said(output: str) -> str:
     return " ".join(output.split())
 
@@ -141,18 +158,7 @@ def test_ensemble_command_then_predict_and_batch_by_alias_give_the_library_label
     )
     scan_path = write_phantom_nifti(tmp_path / "scans" / "phantom.nii.gz", seed=3)
     out = tmp_path / "out"
-    predicted = _medseg(
-        "predict",
-        scan_path.parent,
-        "--model",
-        "models:/ens-cli@production",
-        "--out",
-        out,
-        "--tracking-uri",
-        members.server,
-        "--case-ids",
-        "folder",
-    )
+    predicted = _apply("predict", scan_path.parent, out, members.server)
     assert predicted.exit_code == 0, predicted.output
     assert "an ensemble of 2 members (3d, 3d)" in _said(predicted.output)
     labels = read_nifti(out / "phantom.nii.gz")
@@ -170,18 +176,7 @@ def test_ensemble_command_then_predict_and_batch_by_alias_give_the_library_label
     np.testing.assert_array_equal(labels.array, expected.array)
     for single in alone:  # the ensemble's label map is neither member's
         assert not np.array_equal(restore_argmax(single, case.properties).array, expected.array)
-    batched = _medseg(
-        "batch",
-        scan_path.parent,
-        "--model",
-        "models:/ens-cli@production",
-        "--out",
-        tmp_path / "batch",
-        "--tracking-uri",
-        members.server,
-        "--case-ids",
-        "folder",
-    )
+    batched = _apply("batch", scan_path.parent, tmp_path / "batch", members.server)
     assert batched.exit_code == 0, batched.output
     assert "model: an ensemble of 2 members" in _said(batched.output)
     result = json.loads((tmp_path / "batch" / "phantom" / "result.json").read_text())
