@@ -32,10 +32,11 @@ def log_tiny_unet(
     experiment: str = "predict-test",
     run_name: str = "m",
     registered_model_name: str | None = None,
+    seed: int = 0,
 ) -> TinyUnet:
-    """Log a U-Net (4 base filters, seed 0) for ``plan``'s labels in a new run; register it
-    under ``registered_model_name`` when given."""
-    torch.manual_seed(0)
+    """Log a U-Net (4 base filters, random weights of ``seed``) for ``plan``'s labels in a new
+    run; register it under ``registered_model_name`` when given."""
+    torch.manual_seed(seed)
     arguments = network_arguments(
         architecture="unet",
         in_channels=1,

@@ -69,13 +69,13 @@ def test_champion_from_postgres_server_predicts_like_in_memory_network(tracked: 
     model = load_packaged_model(
         f"models:/{MODEL_NAME}@{Alias.CHAMPION}", tracking_uri=tracked.server_url
     )
-    configuration = model.plan.configurations[model.configuration]
+    configuration = model.plan.configurations[model.members[0].configuration]
     scan, _ = small_phantom(SCAN_SEED)
     case = preprocess_case(scan, None, model.plan, case_id="scan")
     image = torch.from_numpy(case.image)
     options = {"patch_size": configuration.patch_size, "num_classes": model.num_classes}
     with torch.inference_mode():
-        loaded = predict_probabilities(model.network.cpu(), image, **options).numpy()
+        loaded = predict_probabilities(model.members[0].network.cpu(), image, **options).numpy()
         expected = predict_probabilities(tracked.network, image, **options).numpy()
     assert loaded.shape == (6, *image.shape[1:])
     np.testing.assert_allclose(loaded, expected, atol=1e-5)

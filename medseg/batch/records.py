@@ -35,6 +35,7 @@ class ScanResult:
     finished_at: str = field(default_factory=now_utc)
     model_version: str | None = None
     model_run_id: str | None = None
+    ensemble_members: int | None = None  # networks averaged, for an ensemble model
     source: str | None = None
     corrections: list[str] | None = None  # done to the scan's voxels (e.g. NaN replaced)
     non_finite_replaced: dict[str, float] | None = None  # with --non-finite replace-min

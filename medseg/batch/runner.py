@@ -92,6 +92,12 @@ class BatchReport:
     tracking: TrackingOutcome = field(default_factory=TrackingOutcome)
 
     @property
+    def ensemble_members(self) -> int | None:
+        """Networks of the ensemble model the scans done now were predicted with (None: one
+        network, or no scan done now)."""
+        return max((r.ensemble_members or 0 for r in self.done), default=0) or None
+
+    @property
     def exit_code(self) -> int:
         """0 when every scan of the shard is done (now or before), 1 when any failed."""
         return 1 if self.failed else 0

@@ -29,7 +29,7 @@ from medseg.batch.scans import BatchScan
 from medseg.errors import ConfigError, MedsegError, ModelLoadError
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import PackagedModel, load_packaged_model, model_cache_folder
-from medseg.infer.stage import predict_task, scan_predictor
+from medseg.infer.stage import predict_task, scan_predictors
 from medseg.phi import redact_scan
 
 
@@ -75,7 +75,7 @@ PRELOAD_MODULES = ["medseg.batch.worker", "medseg.tracking.packaging", "medseg.m
 class _Worker:
     settings: WorkerSettings
     model: PackagedModel | None
-    predictor: torch.nn.Module | None
+    predictors: list[torch.nn.Module] | None
     load_error: str = ""
 
 
@@ -92,7 +92,7 @@ def start_worker(settings: WorkerSettings) -> None:
     try:
         model = load_packaged_model(settings.model_uri, tracking_uri=settings.tracking_uri)
         _check_kept_structures(settings, model)
-        predictor = scan_predictor(
+        predictors = scan_predictors(
             model, settings.options, cache_dir=model_cache_folder(settings.out_dir)
         )
     except Exception as error:  # reported by process_scan: an initializer must not raise
@@ -104,7 +104,7 @@ def start_worker(settings: WorkerSettings) -> None:
             load_error=str(error) if isinstance(error, MedsegError) else reason,
         )
         return
-    _worker = _Worker(settings, model, predictor)
+    _worker = _Worker(settings, model, predictors)
 
 
 def _check_kept_structures(settings: WorkerSettings, model: PackagedModel) -> None:
@@ -154,7 +154,7 @@ def _predict_and_publish(
             scan.task(),
             model,
             options=settings.options,
-            predictor=worker.predictor,
+            predictors=worker.predictors,
             out_dir=staging,
             dicom_seg=settings.dicom_seg,
             output_format=settings.output_format,
@@ -175,6 +175,7 @@ def _predict_and_publish(
             structures=[name for value, name in sorted(model.label_names.items()) if value],
             volumes_ml=outcome.volumes_ml,
             model=settings.model_uri,
+            ensemble_members=len(model.members) if len(model.members) > 1 else None,
             source=source,
             corrections=outcome.corrections or None,
             non_finite_replaced=outcome.non_finite_replaced,

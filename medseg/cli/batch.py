@@ -222,6 +222,8 @@ def batch_summary(report: BatchReport) -> None:
         f"{report.links_not_followed} links to folders searched already not followed) "
         f"in {report.seconds_total:.1f} s"
     )
+    if report.ensemble_members:
+        console.print(f"model: an ensemble of {report.ensemble_members} members")
     if report.summary is not None:
         batch_files_summary(report.summary)
     if report.tracking.run_id and not report.tracking.warning:

@@ -79,6 +79,7 @@ def predict(
         non_finite=non_finite,
     )
     packaged = load_packaged_model(model, tracking_uri=tracking_uri)
+    console.print(f"model {escape(model)}: {packaged.description}")
     try:
         options.kept_structures(packaged.label_names)
     except ConfigError as error:

@@ -1,4 +1,5 @@
-"""Predict one scan with a packaged model: preprocess with the model's plan, sliding window,
+"""Predict one scan with a packaged model: preprocess with the model's plan, sliding window of
+each member network (one, or the members of an ensemble) and the mean of their probabilities,
 optional dense CRF on the preprocessed grid, probabilities back onto the scan's grid, argmax,
 optional post-processing.
 
@@ -8,14 +9,15 @@ nothing is guessed here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medseg.errors import ScanChannelsError
+from medseg.errors import ConfigError, ScanChannelsError
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import keep_largest_component
@@ -24,22 +26,19 @@ from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
 from medseg.volume import Volume
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
-class PackagedModel:
-    """A trained network with everything needed to apply it."""
+class ModelMember:
+    """One network of a packaged model, with the plan configuration and mirror axes it was
+    trained with."""
 
     network: torch.nn.Module
-    plan: Plan
-    configuration: str
-    label_names: dict[int, str]
+    configuration: str  # "2d" or "3d": a key of the plan's configurations
     mirror_axes: list[int] | None = None  # axes training mirrored (None: all)
-    source: str = ""
-    info: dict = field(default_factory=dict)
-
-    @property
-    def num_classes(self) -> int:
-        return max(self.label_names) + 1
+    info: dict = field(default_factory=dict)  # model.json: factory, factory_kwargs...
+    origin: dict = field(default_factory=dict)  # an ensemble member's source URI and run id
 
     @property
     def in_channels(self) -> int:
@@ -47,23 +46,90 @@ class PackagedModel:
         return int(self.info.get("factory_kwargs", {}).get("in_channels", 1))
 
 
+@dataclass
+class PackagedModel:
+    """Trained networks (one, or the members of an ensemble) with everything needed to apply
+    them: the plan and label names they share, and the post-processing stored with them.
+
+    Raises:
+        ConfigError: no member, or members that take different input channels.
+    """
+
+    members: list[ModelMember]
+    plan: Plan
+    label_names: dict[int, str]
+    source: str = ""
+    postprocessing: dict | None = None  # postprocessing.json of an ensemble package
+
+    def __post_init__(self) -> None:
+        where = self.source or "model"
+        if not self.members:
+            raise ConfigError(f"{where}: a model needs at least one network")
+        channels = sorted({member.in_channels for member in self.members})
+        if len(channels) > 1:
+            raise ConfigError(f"{where}: members take different input channels {channels}")
+
+    @classmethod
+    def of_network(
+        cls,
+        network: torch.nn.Module,
+        *,
+        plan: Plan,
+        configuration: str,
+        label_names: dict[int, str],
+        mirror_axes: list[int] | None = None,
+    ) -> PackagedModel:
+        """A model of one network (an ensemble of one)."""
+        member = ModelMember(network=network, configuration=configuration, mirror_axes=mirror_axes)
+        return cls(members=[member], plan=plan, label_names=label_names)
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.label_names) + 1
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels the networks take (one image per channel)."""
+        return self.members[0].in_channels
+
+    @property
+    def description(self) -> str:
+        """``one network (3d)`` or ``an ensemble of 5 members (3d, 3d, 3d, 2d, 2d)``."""
+        configurations = ", ".join(member.configuration for member in self.members)
+        if len(self.members) == 1:
+            return f"one network ({configurations})"
+        return f"an ensemble of {len(self.members)} members ({configurations})"
+
+
 def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> PackagedModel:
-    """Load ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a model folder."""
+    """Load ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``, ``runs:/...`` or a model folder.
+
+    Raises:
+        TrackingUnavailableError: a registry or run URI and a store that cannot be reached.
+        TrackingError: no such model, or its package is incomplete or corrupt.
+    """
     from medseg.tracking.packaging import load_segmentation_model
 
     loaded = load_segmentation_model(uri, tracking_uri=tracking_uri)
-    plan_fields = dict(loaded.plan)
-    configuration = plan_fields.pop("train_configuration", "3d")
-    mirror_axes = plan_fields.pop("mirror_axes", None)
-    return PackagedModel(
-        network=loaded.network.eval(),
-        plan=Plan.model_validate(plan_fields),
-        configuration=configuration,
+    members = [
+        ModelMember(
+            network=member.network.eval(),
+            configuration=member.configuration,
+            mirror_axes=list(member.mirror_axes) if member.mirror_axes is not None else None,
+            info=dict(member.model_info),
+            origin=dict(member.origin),
+        )
+        for member in loaded.members
+    ]
+    model = PackagedModel(
+        members=members,
+        plan=Plan.model_validate(loaded.plan),
         label_names={int(k): v for k, v in loaded.labels.items()},
-        mirror_axes=list(mirror_axes) if mirror_axes is not None else None,
         source=uri,
-        info=dict(loaded.model_info),
+        postprocessing=loaded.postprocessing,
     )
+    logger.info("%s: %s", uri, model.description)
+    return model
 
 
 def predict_scan(
@@ -71,53 +137,95 @@ def predict_scan(
     model: PackagedModel,
     *,
     options: PredictionOptions,
-    predictor: torch.nn.Module | None = None,
+    predictors: Sequence[torch.nn.Module] | None = None,
     case_id: str = "scan",
     on_windows: Callable[[int], None] | None = None,
     probabilities_out: list[np.ndarray] | None = None,
 ) -> Volume:
     """Label map of ``volume`` on its own grid (same shape and affine).
 
-    With ``options.crf``, the sliding-window probabilities are refined by a dense CRF on the
-    preprocessed grid (with the normalised image and the plan's target spacing) before they go
-    back onto the scan; a 2D configuration gets one 3D CRF over the volume, or a 2D CRF per
-    slice along its slice axis with ``crf.per_slice``. When ``probabilities_out`` is a list,
-    the class probabilities resampled onto the scan's (closest-RAS) grid are appended to it as
-    float16 ``(K, X, Y, Z)``.
+    The class probabilities are the mean over the model's members (``ensemble_probabilities``)
+    on the preprocessed grid, before any CRF, resampling and argmax. With ``options.crf``,
+    they are refined by a dense CRF on the preprocessed grid (with the normalised image and the
+    plan's target spacing) before they go back onto the scan; when every member is 2D, the CRF
+    is one 3D CRF over the volume, or a 2D CRF per slice along their slice axis with
+    ``crf.per_slice``. When ``probabilities_out`` is a list, the class probabilities resampled
+    onto the scan's (closest-RAS) grid are appended to it as float16 ``(K, X, Y, Z)``.
 
     Raises:
         ScanChannelsError: the scan has another number of channels (4th axis) than the model.
     """
     check_channels(volume, model, where=case_id)
     case = preprocess_case(volume, None, model.plan, case_id=case_id)
-    configuration = model.plan.configurations[model.configuration]
     image = torch.from_numpy(case.image)
-    with torch.inference_mode():
-        probabilities = predict_probabilities(
-            predictor or model.network,
-            image,
-            patch_size=configuration.patch_size,
-            num_classes=model.num_classes,
-            overlap=options.overlap,
-            batch_size=options.batch_size,
-            mirror=options.mirror,
-            mirror_axes=model.mirror_axes,
-            slice_axis=configuration.slice_axis,
-            on_windows=on_windows,
-        )
+    probabilities = ensemble_probabilities(
+        model, image, options=options, predictors=predictors, on_windows=on_windows
+    )
     if options.crf is not None:
+        slice_axes = {model.plan.configurations[m.configuration].slice_axis for m in model.members}
         probabilities = dense_crf(
             probabilities,
             image,
             spacing_mm=model.plan.target_spacing,
             settings=options.crf,
-            slice_axis=configuration.slice_axis,
+            slice_axis=slice_axes.pop() if len(slice_axes) == 1 else None,
         )
     labels = restore_argmax(probabilities.numpy(), case.properties, keep=probabilities_out)
     if kept := options.kept_structures(model.label_names):
         labels = labels.with_array(keep_largest_component(labels.array, kept))
     labels.metadata = {"case_id": case_id, "model": model.source}
     return labels
+
+
+def ensemble_probabilities(
+    model: PackagedModel,
+    image: torch.Tensor,
+    *,
+    options: PredictionOptions,
+    predictors: Sequence[torch.nn.Module] | None = None,
+    on_windows: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Mean softmax ``(K, X, Y, Z)`` of the model's members over a preprocessed ``image``.
+
+    Each member runs the same sliding window and mirroring (over its own mirror axes) with its
+    own configuration's patch and slice axis; ``predictors`` (from ``scan_predictor``, one per
+    member; default the members' networks) may be exported backends. The mean accumulates in
+    one buffer: memory holds the sum and one member's probabilities, whatever the number of
+    members.
+
+    Raises:
+        ConfigError: ``predictors`` does not hold one module per member.
+    """
+    networks = [m.network for m in model.members] if predictors is None else list(predictors)
+    if len(networks) != len(model.members):
+        raise ConfigError(
+            f"{model.source or 'model'}: {len(networks)} predictors for "
+            f"{len(model.members)} members"
+        )
+    total: torch.Tensor | None = None
+    with torch.inference_mode():
+        for member, network in zip(model.members, networks, strict=True):
+            configuration = model.plan.configurations[member.configuration]
+            probabilities = predict_probabilities(
+                network,
+                image,
+                patch_size=configuration.patch_size,
+                num_classes=model.num_classes,
+                overlap=options.overlap,
+                batch_size=options.batch_size,
+                mirror=options.mirror,
+                mirror_axes=member.mirror_axes,
+                slice_axis=configuration.slice_axis,
+                on_windows=on_windows,
+            )
+            if total is None:
+                total = probabilities
+            else:
+                total += probabilities
+            del probabilities
+        assert total is not None  # a PackagedModel has at least one member
+        total /= len(networks)
+    return total
 
 
 def check_channels(volume: Volume, model: PackagedModel, *, where: str) -> None:

@@ -13,9 +13,9 @@ once all of them are written, the label map last: a label map in ``OUT`` means i
 complete, and a case that fails leaves nothing in ``OUT`` (outputs of an earlier run of it are
 removed). One predict per ``OUT`` at a time; leftovers of a killed run are removed at start.
 
-``predict_task`` (one scan into one folder) and ``scan_predictor`` (the network or exported
-backend to run) are public: ``medseg batch`` (``medseg.batch``) runs the same per-scan work in
-worker processes.
+``predict_task`` (one scan into one folder) and ``scan_predictors`` (the networks or exported
+backends to run, one per member of the model) are public: ``medseg batch`` (``medseg.batch``)
+runs the same per-scan work in worker processes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,7 +118,8 @@ def predict_path(
         on_progress=on_progress,
         channels=model.in_channels,
     )
-    predictor = scan_predictor(model, options, cache_dir=model_cache_folder(out_dir))
+    logger.info("predicting with %s: %s", model.source, model.description)
+    predictors = scan_predictors(model, options, cache_dir=model_cache_folder(out_dir))
     report = PredictReport(out_dir=out_dir)
     report.outcomes += [
         ScanOutcome(f.case_id, f.source, ok=False, reason=f.reason, error_type=f.error_type)
@@ -132,7 +133,7 @@ def predict_path(
                 task,
                 model,
                 options=options,
-                predictor=predictor,
+                predictors=predictors,
                 out_dir=staging / task.case_id,
                 dicom_seg=dicom_seg,
                 probabilities=probabilities,
@@ -151,6 +152,7 @@ def predict_path(
         {
             "medseg_version": __version__,
             "model": model.source,
+            "model_members": len(model.members),
             "case_ids": found.case_ids.value,
             "outcomes": [vars(o) for o in report.outcomes],
             **found.report(),
@@ -204,25 +206,28 @@ def _write_probabilities(path: Path, probabilities: np.ndarray, scan: Volume) ->
     return path
 
 
-def scan_predictor(
+def scan_predictors(
     model: PackagedModel, options: PredictionOptions, *, cache_dir: Path
-) -> nn.Module:
-    """What ``predict_scan`` runs: the torch network, or its export for ``options.backend``
-    (exports are cached in ``cache_dir``; build it once per process, not per scan)."""
+) -> list[nn.Module]:
+    """What ``predict_scan`` runs, one module per member: the torch networks, or their exports
+    for ``options.backend`` (cached in ``cache_dir``; build them once per process, not per
+    scan)."""
     if options.backend == "torch":
-        return model.network
+        return [member.network for member in model.members]
     from medseg.infer.backends import make_predictor
 
-    configuration = model.plan.configurations[model.configuration]
-    return make_predictor(
-        model.network,
-        backend=options.backend,
-        patch_size=configuration.patch_size,
-        in_channels=model.in_channels,
-        batch_size=options.batch_size,
-        cache_dir=cache_dir,
-        precision=options.precision,
-    )
+    return [
+        make_predictor(
+            member.network,
+            backend=options.backend,
+            patch_size=model.plan.configurations[member.configuration].patch_size,
+            in_channels=model.in_channels,
+            batch_size=options.batch_size,
+            cache_dir=cache_dir,
+            precision=options.precision,
+        )
+        for member in model.members
+    ]
 
 
 def predict_task(
@@ -230,7 +235,7 @@ def predict_task(
     model: PackagedModel,
     *,
     options: PredictionOptions,
-    predictor: nn.Module | None,
+    predictors: Sequence[nn.Module] | None,
     out_dir: Path,
     dicom_seg: bool = True,
     probabilities: bool = False,
@@ -243,8 +248,8 @@ def predict_task(
     ``<case_id>.volumes.json``, ``<case_id>_seg.dcm`` (DICOM
     input with ``dicom_seg``) and ``<case_id>.probabilities.npz`` (``probabilities``). Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
-    already written stay: write into a staging folder). ``predictor`` comes from
-    ``scan_predictor`` (None: the model's own network). Reasons and log lines name the scan
+    already written stay: write into a staging folder). ``predictors`` come from
+    ``scan_predictors`` (None: the members' own networks). Reasons and log lines name the scan
     by ``task.public_name``.
     """
     start = time.perf_counter()
@@ -256,7 +261,7 @@ def predict_task(
             volume,
             model,
             options=options,
-            predictor=predictor,
+            predictors=predictors,
             case_id=task.case_id,
             on_windows=on_windows,
             probabilities_out=kept,

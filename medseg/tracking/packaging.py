@@ -2,6 +2,15 @@
 
 The package holds weights + plan + label map + how to rebuild the network; not the ``pt2``
 format, which freezes the spatial shape that sliding-window inference needs to vary.
+
+Two layouts load the same way, as a ``LoadedModel`` with one or more members:
+
+- one network (``log_segmentation_model``): ``weights.pt``, ``model.json``, ``plan.json``
+  (holding the network's ``train_configuration`` and ``mirror_axes``), ``labels.json``;
+- an ensemble (``medseg.tracking.ensemble``): ``plan.json`` (the plan the members share),
+  ``labels.json``, ``ensemble.json`` (one entry per member: its configuration, mirror axes,
+  where it came from and the names of its ``member_<i>_weights.pt``/``member_<i>_model.json``
+  artifacts) and optionally ``postprocessing.json``.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +41,52 @@ from medseg.tracking.client import activate
 from medseg.tracking.store import require_store_for_model
 
 MODEL_NAME_IN_RUN = "model"
+MEMBER_PLAN_KEYS = ("train_configuration", "mirror_axes")
+"""Plan keys that belong to one network, not to the plan the members of an ensemble share."""
+
+
+@dataclass(frozen=True)
+class LoadedMember:
+    """One network of a packaged model, in eval mode, with what it needs to be applied."""
+
+    network: torch.nn.Module
+    model_info: dict[str, Any]  # factory, factory_kwargs, network class
+    configuration: str  # the plan configuration it was trained on ("2d", "3d")
+    mirror_axes: list[int] | None  # axes training mirrored (None: all)
+    origin: dict[str, Any] = field(default_factory=dict)  # source URI, run id (ensembles)
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A packaged segmentation model: network in eval mode plus the metadata it travels with."""
+    """A packaged segmentation model: its members (one network, or an ensemble's networks)
+    plus the plan, labels and post-processing they share."""
 
-    network: torch.nn.Module
-    plan: dict[str, Any]
+    members: tuple[LoadedMember, ...]
+    plan: dict[str, Any]  # without the per-member keys (MEMBER_PLAN_KEYS)
     labels: dict[int, str]
-    model_info: dict[str, Any]
+    postprocessing: dict[str, Any] | None = None
+    ensemble: dict[str, Any] | None = None  # ensemble.json; None for a one-network package
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network of a one-network package.
+
+        Raises:
+            TrackingError: the package is an ensemble of several networks.
+        """
+        return self._only_member().network
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        """``model.json`` of a one-network package (raises like ``network``)."""
+        return self._only_member().model_info
+
+    def _only_member(self) -> LoadedMember:
+        if len(self.members) != 1:
+            raise TrackingError(
+                f"this model is an ensemble of {len(self.members)} networks, not one network"
+            )
+        return self.members[0]
 
 
 def build_network(factory: str, factory_kwargs: Mapping[str, Any]) -> torch.nn.Module:
@@ -77,26 +122,81 @@ def _softmax_probabilities(network: torch.nn.Module, array: np.ndarray) -> np.nd
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
+def _member_probabilities(
+    member: LoadedMember, plan: Mapping[str, Any], array: np.ndarray
+) -> np.ndarray:
+    """Softmax of one member; a 2D member given ``(B, C, X, Y, Z)`` runs slice by slice along
+    its configuration's ``slice_axis``."""
+    configuration = plan.get("configurations", {}).get(member.configuration, {})
+    slice_axis = configuration.get("slice_axis")
+    if array.ndim != 5 or slice_axis is None:
+        return _softmax_probabilities(member.network, array)
+    moved = np.moveaxis(array, slice_axis + 2, 1)  # (B, S, C, *plane)
+    slices = moved.reshape(-1, *moved.shape[2:])
+    probabilities = _softmax_probabilities(member.network, slices)
+    restored = probabilities.reshape(*moved.shape[:2], *probabilities.shape[1:])
+    return np.moveaxis(restored, 1, slice_axis + 2)
+
+
+def _read_json(path: str) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _load_member(model_path: str, weights_path: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    model_info = _read_json(model_path)
+    network = build_network(model_info["factory"], model_info["factory_kwargs"])
+    network.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return network.to(device).eval(), model_info
+
+
 class SegmentationPyfuncModel(PythonModel):
     """MLflow pyfunc wrapper: preprocessed (B, C, *spatial) float32 -> softmax (B, K, *spatial).
 
-    Artifacts: ``weights`` (state_dict), ``plan`` (preprocessing plan), ``model`` (factory and
-    kwargs that rebuild the network; the factory's package must be importable where the model
-    is loaded), ``labels`` (channel index -> structure name).
+    Artifacts of one network: ``weights`` (state_dict), ``plan`` (preprocessing plan), ``model``
+    (factory and kwargs that rebuild the network; the factory's package must be importable
+    where the model is loaded), ``labels`` (channel index -> structure name). An ensemble has
+    ``ensemble`` instead of ``weights``/``model``, naming each member's artifacts, and
+    ``postprocessing`` when one was given; its ``predict`` is the mean of the members' softmax.
     """
 
     def load_context(self, context: PythonModelContext) -> None:
-        """Rebuild the network from its factory, load its weights, read plan and labels."""
+        """Rebuild the networks from their factories, load their weights, read the metadata."""
         paths = context.artifacts
-        self.model_info = json.loads(Path(paths["model"]).read_text(encoding="utf-8"))
-        self.plan = json.loads(Path(paths["plan"]).read_text(encoding="utf-8"))
-        labels = json.loads(Path(paths["labels"]).read_text(encoding="utf-8"))
-        self.labels = {int(index): name for index, name in labels.items()}
-        network = build_network(self.model_info["factory"], self.model_info["factory_kwargs"])
-        state = torch.load(paths["weights"], map_location="cpu", weights_only=True)
-        network.load_state_dict(state)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.network = network.to(device).eval()
+        plan, labels = _read_json(paths["plan"]), _read_json(paths["labels"])
+        ensemble = _read_json(paths["ensemble"]) if "ensemble" in paths else None
+        postprocessing = _read_json(paths["postprocessing"]) if "postprocessing" in paths else None
+        if ensemble is None:  # one network: its configuration and mirror axes are in the plan
+            entries = [
+                {
+                    "model": "model",
+                    "weights": "weights",
+                    "configuration": plan.get("train_configuration", "3d"),
+                    "mirror_axes": plan.get("mirror_axes"),
+                }
+            ]
+        else:
+            entries = ensemble["members"]
+        members = []
+        for entry in entries:
+            network, model_info = _load_member(paths[entry["model"]], paths[entry["weights"]])
+            origin = {k: v for k, v in entry.items() if k not in ("model", "weights")}
+            members.append(
+                LoadedMember(
+                    network,
+                    model_info,
+                    configuration=entry["configuration"],
+                    mirror_axes=entry["mirror_axes"],
+                    origin=origin if ensemble is not None else {},
+                )
+            )
+        self.loaded = LoadedModel(
+            members=tuple(members),
+            plan={k: v for k, v in plan.items() if k not in MEMBER_PLAN_KEYS},
+            labels={int(index): name for index, name in labels.items()},
+            postprocessing=postprocessing,
+            ensemble=ensemble,
+        )
 
     def predict(
         self,
@@ -104,7 +204,8 @@ class SegmentationPyfuncModel(PythonModel):
         model_input: np.ndarray,
         params: dict[str, Any] | None = None,
     ) -> np.ndarray:
-        """Softmax probabilities, float32, same batch and spatial shape as ``model_input``.
+        """Softmax probabilities (the mean over the members), float32, same batch and spatial
+        shape as ``model_input``.
 
         Raises:
             TrackingError: ``model_input`` is not ``(B, C, *spatial)``.
@@ -112,11 +213,15 @@ class SegmentationPyfuncModel(PythonModel):
         array = np.asarray(model_input)
         if array.ndim < 3:
             raise TrackingError(f"model input must be (B, C, *spatial), got shape {array.shape}")
-        return _softmax_probabilities(self.network, array)
+        members = self.loaded.members
+        total = _member_probabilities(members[0], self.loaded.plan, array)
+        for member in members[1:]:
+            total += _member_probabilities(member, self.loaded.plan, array)
+        return total / len(members)
 
     def unwrap(self) -> LoadedModel:
-        """The torch network and metadata, for sliding-window inference outside pyfunc."""
-        return LoadedModel(self.network, self.plan, self.labels, self.model_info)
+        """The torch networks and metadata, for sliding-window inference outside pyfunc."""
+        return self.loaded
 
 
 _MODEL_CODE = """from mlflow.models import set_model
@@ -183,10 +288,10 @@ def log_segmentation_model(
     n_channels = probabilities.shape[1]
     if sorted(labels) != list(range(n_channels)):
         raise TrackingError(f"labels {sorted(labels)} must be the channels 0..{n_channels - 1}")
-    spatial = (-1,) * (probabilities.ndim - 2)
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, input_example.shape[1], *spatial))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, n_channels, *spatial))]),
+    signature = tensor_signature(
+        in_channels=input_example.shape[1],
+        num_classes=n_channels,
+        spatial_dims=probabilities.ndim - 2,
     )
     model_info = {
         "factory": factory,
@@ -196,41 +301,79 @@ def log_segmentation_model(
         "output": "softmax probabilities (B, K, *spatial)",
     }
     with tempfile.TemporaryDirectory(prefix="medseg-model-") as folder:
-        artifacts = {
-            "weights": Path(folder) / "weights.pt",
-            "plan": Path(folder) / "plan.json",
-            "model": Path(folder) / "model.json",
-            "labels": Path(folder) / "labels.json",
-        }
-        torch.save(state, artifacts["weights"])
-        # Models from code: the model file is a reference to this class, not a pickle.
-        code = Path(folder) / "segmentation_model.py"
-        code.write_text(_MODEL_CODE, encoding="utf-8")
+        torch.save(state, Path(folder) / "weights.pt")
+        artifacts = {"weights": Path(folder) / "weights.pt"} | write_json_artifacts(
+            Path(folder),
+            {
+                "plan": dict(plan),
+                "model": model_info,
+                "labels": {str(index): name for index, name in labels.items()},
+            },
+        )
+        return log_package(
+            artifacts,
+            folder=Path(folder),
+            signature=signature,
+            registered_model_name=registered_model_name,
+        )
+
+
+def write_json_artifacts(folder: Path, payloads: Mapping[str, Any]) -> dict[str, Path]:
+    """Write each payload as ``folder/<key>.json``; return the artifact paths by key.
+
+    Raises:
+        TrackingError: a payload is not JSON-serializable (names the file).
+    """
+    paths = {}
+    for key, payload in payloads.items():
+        paths[key] = folder / f"{key}.json"
         try:
-            for key, payload in (
-                ("plan", dict(plan)),
-                ("model", model_info),
-                ("labels", {str(index): name for index, name in labels.items()}),
-            ):
-                artifacts[key].write_text(json.dumps(payload, indent=2), encoding="utf-8")
+            paths[key].write_text(json.dumps(payload, indent=2), encoding="utf-8")
         except TypeError as error:
             raise TrackingError(f"{key}.json: not JSON-serializable: {error}") from error
-        with warnings.catch_warnings():
-            # The example is left out on purpose: stored as JSON, a volume would be huge.
-            warnings.filterwarnings("ignore", message=".*input example was not provided")
-            return mlflow.pyfunc.log_model(
-                name=MODEL_NAME_IN_RUN,
-                python_model=str(code),
-                artifacts={key: str(path) for key, path in artifacts.items()},
-                signature=signature,
-                pip_requirements=[
-                    f"mlflow=={mlflow.__version__}",
-                    f"torch=={torch.__version__.split('+')[0]}",
-                    f"numpy=={np.__version__}",
-                ],
-                registered_model_name=registered_model_name,
-                metadata={"medseg_version": __version__},
-            )
+    return paths
+
+
+def log_package(
+    artifacts: Mapping[str, Path],
+    *,
+    folder: Path,
+    signature: ModelSignature,
+    registered_model_name: str | None,
+) -> ModelInfo:
+    """Log ``artifacts`` as the pyfunc model ``model`` of the active run (code in ``folder``).
+
+    Pip requirements are pinned from the running versions so nothing is resolved or downloaded.
+    """
+    # Models from code: the model file is a reference to this class, not a pickle.
+    code = folder / "segmentation_model.py"
+    code.write_text(_MODEL_CODE, encoding="utf-8")
+    with warnings.catch_warnings():
+        # The example is left out on purpose: stored as JSON, a volume would be huge.
+        warnings.filterwarnings("ignore", message=".*input example was not provided")
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=str(code),
+            artifacts={key: str(path) for key, path in artifacts.items()},
+            signature=signature,
+            pip_requirements=[
+                f"mlflow=={mlflow.__version__}",
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+            ],
+            registered_model_name=registered_model_name,
+            metadata={"medseg_version": __version__},
+        )
+
+
+def tensor_signature(*, in_channels: int, num_classes: int, spatial_dims: int) -> ModelSignature:
+    """float32 ``(B, in_channels, *spatial)`` in, ``(B, num_classes, *spatial)`` out; the batch
+    and spatial sizes vary."""
+    spatial = (-1,) * spatial_dims
+    return ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, in_channels, *spatial))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes, *spatial))]),
+    )
 
 
 # What loading a missing, incomplete or corrupt model package raises (MLmodel YAML, JSON

@@ -460,8 +460,8 @@ def _conv_model(plan: Plan, configuration: str) -> PackagedModel:
     """A one-layer network with fixed random weights for the plan's six classes."""
     torch.manual_seed(0)
     conv = torch.nn.Conv3d if configuration == "3d" else torch.nn.Conv2d
-    return PackagedModel(
-        network=conv(1, len(plan.label_names), 3, padding=1).eval(),
+    return PackagedModel.of_network(
+        conv(1, len(plan.label_names), 3, padding=1).eval(),
         plan=plan,
         configuration=configuration,
         label_names=plan.label_names,

@@ -407,8 +407,8 @@ def _scan_probabilities(
     mirror_axes: list[int] | None,
 ) -> np.ndarray:
     """Class probabilities of ``predict_scan`` on phantom 0, on the scan's grid."""
-    model = PackagedModel(
-        network=network,
+    model = PackagedModel.of_network(
+        network,
         plan=plan,
         configuration=configuration,
         label_names=plan.label_names,

@@ -201,6 +201,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
             "failed": len(report.failed),
             "seconds per scan": round(_mean([r.seconds for r in report.done]), 1),
             "summary": str(report.summary.csv),
+            **({"ensemble members": report.ensemble_members} if report.ensemble_members else {}),
         },
     )
 
