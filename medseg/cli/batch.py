@@ -18,6 +18,7 @@ from medseg.cli.options import (
     KEEP_LARGEST,
     MIRROR,
     MODEL,
+    MODEL_POSTPROCESSING,
     NON_FINITE,
     OUTPUT_FORMAT,
     OVERLAP,
@@ -57,6 +58,7 @@ def batch(
     batch_size: int = BATCH_SIZE,
     mirror: bool = MIRROR,
     keep_largest: str | None = KEEP_LARGEST,
+    model_postprocessing: bool = MODEL_POSTPROCESSING,
     crf: bool = CRF,
     backend: Backend = BACKEND,
     precision: Precision = PRECISION,
@@ -108,6 +110,7 @@ def batch(
         backend=backend,
         precision=precision,
         non_finite=non_finite,
+        model_postprocessing=model_postprocessing,
     )
     if from_pacs is None and scans_root is None:
         raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")

@@ -46,6 +46,11 @@ KEEP_LARGEST = typer.Option(
 CRF = typer.Option(
     False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
 )
+MODEL_POSTPROCESSING = typer.Option(
+    True,
+    "--model-postprocessing/--no-model-postprocessing",
+    help="Apply the post-processing stored with the model (chosen by medseg select).",
+)
 BACKEND = typer.Option(Backend.TORCH, help="Inference engine.")
 PRECISION = typer.Option(Precision.FP32, help="bf16: OpenVINO only, on CPUs with bf16 units.")
 DICOM_SEG = typer.Option(True, help="Write a DICOM SEG for DICOM inputs.")
@@ -74,6 +79,7 @@ def prediction_options(
     backend: Backend,
     precision: Precision,
     non_finite: NonFinitePolicy,
+    model_postprocessing: bool = True,
 ) -> PredictionOptions:
     """The ``PredictionOptions`` the prediction options above ask for.
 
@@ -94,4 +100,5 @@ def prediction_options(
         backend=backend,
         precision=precision,
         non_finite=non_finite,
+        model_postprocessing=model_postprocessing,
     )

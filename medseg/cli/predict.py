@@ -18,6 +18,7 @@ from medseg.cli.options import (
     KEEP_LARGEST,
     MIRROR,
     MODEL,
+    MODEL_POSTPROCESSING,
     NON_FINITE,
     OUTPUT_FORMAT,
     OVERLAP,
@@ -45,6 +46,7 @@ def predict(
     batch_size: int = BATCH_SIZE,
     mirror: bool = MIRROR,
     keep_largest: str | None = KEEP_LARGEST,
+    model_postprocessing: bool = MODEL_POSTPROCESSING,
     crf: bool = CRF,
     backend: Backend = BACKEND,
     precision: Precision = PRECISION,
@@ -77,6 +79,7 @@ def predict(
         backend=backend,
         precision=precision,
         non_finite=non_finite,
+        model_postprocessing=model_postprocessing,
     )
     packaged = load_packaged_model(model, tracking_uri=tracking_uri)
     console.print(f"model {escape(model)}: {packaged.description}")

@@ -30,6 +30,13 @@ def select(
         "first folder).",
     ),
     experiment: str = typer.Option("medseg", help="MLflow experiment of the selection run."),
+    register: str | None = typer.Option(
+        None,
+        "--register",
+        help="Register the chosen configurations' folds as one ensemble model under this name, "
+        "with the chosen post-processing.",
+    ),
+    alias: str | None = typer.Option(None, help="Point this alias at the registered version."),
     tracking_uri: str | None = tracking_uri_option(),
 ) -> None:
     """Compare the configurations and their ensembles on the out-of-fold predictions, choose
@@ -42,14 +49,17 @@ def select(
     from medseg.preprocess.plan import Plan
     from medseg.select.stage import run_selection
 
-    selection, run_id = run_selection(
+    outcome = run_selection(
         folders,
         plan=Plan.load(plan_file),
         cache_dir=cache or plan_file.parent / "cache",
         out_dir=out or folders[0].parent / "selection",
         experiment=experiment,
         tracking_uri=tracking_uri,
+        register=register,
+        alias=alias,
     )
+    selection = outcome.selection
     candidates = Table(title="Candidates (out-of-fold predictions)")
     for column in ("candidate", "mean CV Dice"):
         candidates.add_column(column)
@@ -71,5 +81,10 @@ def select(
     console.print(
         f"[bold]Chosen: {selection.best.name}[/bold], mean CV Dice "
         f"{selection.best.mean_dice:.4f} -> {selection.postprocessed_mean_dice:.4f} with its "
-        f"post-processing; MLflow run {run_id}"
+        f"post-processing; MLflow run {outcome.run_id}"
     )
+    if outcome.registered is not None:
+        console.print(
+            f"registered {len(outcome.registered.members)} fold models as one ensemble: "
+            f"{outcome.registered.model_uri}" + (f" (alias {alias})" if alias else "")
+        )

@@ -79,6 +79,8 @@ class PredictionOptions(BaseModel):
     backend: Backend = Backend.TORCH  # the engine (medseg.infer.backends)
     precision: Precision = Precision.FP32  # bf16: OpenVINO only, on CPUs that support it
     non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # NaN/Inf voxels: refuse or replace
+    # apply the per-structure post-processing a model carries (decided by medseg select)
+    model_postprocessing: bool = True
 
     @field_validator("keep_largest", mode="before")
     @classmethod

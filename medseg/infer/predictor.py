@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
 from medseg.errors import ConfigError, ScanChannelsError
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
-from medseg.infer.postprocess import keep_largest_component
+from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_largest_component
 from medseg.infer.sliding_window import predict_probabilities
 from medseg.preprocess.case import preprocess_case, restore_argmax
 from medseg.preprocess.plan import Plan
@@ -52,7 +53,8 @@ class PackagedModel:
     them: the plan and label names they share, and the post-processing stored with them.
 
     Raises:
-        ConfigError: no member, or members that take different input channels.
+        ConfigError: no member, members that take different input channels, or invalid
+            stored post-processing rules.
     """
 
     members: list[ModelMember]
@@ -68,6 +70,7 @@ class PackagedModel:
         channels = sorted({member.in_channels for member in self.members})
         if len(channels) > 1:
             raise ConfigError(f"{where}: members take different input channels {channels}")
+        self.rules.active()  # invalid stored post-processing is refused when loading
 
     @classmethod
     def of_network(
@@ -94,11 +97,43 @@ class PackagedModel:
 
     @property
     def description(self) -> str:
-        """``one network (3d)`` or ``an ensemble of 5 members (3d, 3d, 3d, 2d, 2d)``."""
+        """``one network (3d)`` or ``an ensemble of 5 members (3d, 3d, 3d, 2d, 2d)``, then the
+        post-processing it carries, if any."""
         configurations = ", ".join(member.configuration for member in self.members)
         if len(self.members) == 1:
-            return f"one network ({configurations})"
-        return f"an ensemble of {len(self.members)} members ({configurations})"
+            networks = f"one network ({configurations})"
+        else:
+            networks = f"an ensemble of {len(self.members)} members ({configurations})"
+        rules = self.rules.active()
+        if not rules:
+            return networks
+        steps = ", ".join(
+            f"{self.label_names.get(value, value)} "
+            + (
+                "keep largest"
+                if rule.keep_largest
+                else f"remove components < {rule.min_component_mm3:.1f} mm³"
+            )
+            for value, rule in sorted(rules.items())
+        )
+        return f"{networks}; post-processing from the model: {steps}"
+
+    @property
+    def rules(self) -> PostprocessingRules:
+        """The per-structure post-processing the model carries (none: no rule).
+
+        Raises:
+            ConfigError: the stored rules are not valid.
+        """
+        stored = (self.postprocessing or {}).get("rules")
+        if stored is None:
+            return PostprocessingRules()
+        try:
+            return PostprocessingRules.model_validate(stored)
+        except ValidationError as error:
+            problem = " ".join(str(error).split())
+            where = self.source or "model"
+            raise ConfigError(f"{where}: postprocessing.json: {problem}") from error
 
 
 def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> PackagedModel:
@@ -173,6 +208,9 @@ def predict_scan(
     labels = restore_argmax(probabilities.numpy(), case.properties, keep=probabilities_out)
     if kept := options.kept_structures(model.label_names):
         labels = labels.with_array(keep_largest_component(labels.array, kept))
+    if options.model_postprocessing and model.rules.active():
+        voxel_mm3 = float(np.prod(labels.spacing_mm))
+        labels = labels.with_array(apply_rules(labels.array, model.rules, voxel_mm3=voxel_mm3))
     labels.metadata = {"case_id": case_id, "model": model.source}
     return labels
 

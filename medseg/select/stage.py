@@ -4,10 +4,24 @@ decision beside the folders, log it to MLflow."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseg.preprocess.plan import Plan
 from medseg.select.selection import SELECTION_JSON, SELECTION_TABLE, Selection, select
+
+if TYPE_CHECKING:
+    from medseg.tracking.ensemble import RegisteredEnsemble
+
+
+@dataclass(frozen=True)
+class SelectionOutcome:
+    """The selection, its MLflow run and the registered ensemble (when asked for)."""
+
+    selection: Selection
+    run_id: str | None
+    registered: RegisteredEnsemble | None = None
 
 
 def metric_name(candidate: str) -> str:
@@ -24,14 +38,19 @@ def run_selection(
     experiment: str,
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
-) -> tuple[Selection, str | None]:
+    register: str | None = None,
+    alias: str | None = None,
+) -> SelectionOutcome:
     """Select (``medseg.select.selection.select``), write ``selection.json`` and
-    ``selection.md`` into ``out_dir`` and log them in an MLflow run; returns the selection and
-    the run id.
+    ``selection.md`` into ``out_dir`` and log them in an MLflow run. With ``register``, the
+    chosen configurations' fold models become one ensemble, registered under that name (and
+    ``alias``) with the decision and its post-processing rules (``postprocessing.json``),
+    which ``medseg predict`` and ``batch`` then apply.
 
     Raises:
-        ConfigError: see ``select``.
+        ConfigError: see ``select``; a fold model cannot join the ensemble.
         TrackingUnavailableError: the tracking store cannot be reached.
+        TrackingError: the registry refuses the name or alias.
     """
     from medseg.tracking.runs import RunTracker
 
@@ -59,8 +78,22 @@ def run_selection(
         tracker.log_metrics(metrics, step=0)
         for name in (SELECTION_JSON, SELECTION_TABLE):
             tracker.log_artifact(Path(out_dir) / name, artifact_path="selection")
+        registered = None
+        if register is not None:
+            from medseg.tracking.ensemble import register_ensemble
+
+            registered = register_ensemble(
+                [uri for configuration in selection.members for uri in configuration.member_uris()],
+                name=register,
+                alias=alias,
+                tracking_uri=tracking_uri,
+                postprocessing=selection.as_json(),
+                experiment=experiment,
+                parent_run_id=tracker.run_id,
+            )
+            tracker.set_tags({"medseg.select.model_uri": registered.model_uri})
     except BaseException:
         tracker.end(failed=True)
         raise
     tracker.end()
-    return selection, tracker.run_id
+    return SelectionOutcome(selection, tracker.run_id, registered)

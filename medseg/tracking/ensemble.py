@@ -201,13 +201,15 @@ def register_ensemble(
     tracking_uri: str | None = None,
     postprocessing: Mapping[str, Any] | None = None,
     experiment: str = "ensembles",
+    parent_run_id: str | None = None,
 ) -> RegisteredEnsemble:
     """Log the ensemble of ``member_uris`` in a new run of ``experiment``, register it as a new
     version of ``name`` and point ``alias`` at it.
 
     The run logs ``ensemble.members`` (the number of networks) and, per network,
     ``ensemble.member_<i>.source``/``configuration``/``run_id`` as params, and tags
-    ``medseg.ensemble.member_<i>`` with the member URIs.
+    ``medseg.ensemble.member_<i>`` with the member URIs. ``parent_run_id`` nests the run under
+    that run (active in this thread: ``medseg select``'s).
 
     Raises:
         ConfigError, TrackingError, TrackingUnavailableError: as ``log_ensemble_model``;
@@ -216,7 +218,10 @@ def register_ensemble(
     members = load_members(member_uris, tracking_uri=tracking_uri)  # refused before any run
     tags = {f"medseg.ensemble.member_{i}": uri for i, uri in enumerate(member_uris)}
     with RunTracker(tracking_uri).start(
-        experiment=experiment, run_name=f"ensemble-{name}", tags=tags
+        experiment=experiment,
+        run_name=f"ensemble-{name}",
+        tags=tags,
+        parent_run_id=parent_run_id,
     ) as run:
         logged = _log_members(
             members,

@@ -14,6 +14,8 @@ from mlflow.tracking import MlflowClient
 
 from medseg.errors import ConfigError
 from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion, mean_foreground
+from medseg.infer.postprocess import PostprocessingRules
+from medseg.infer.predictor import load_packaged_model
 from medseg.preprocess.cache import load_cache
 from medseg.select.selection import select
 from medseg.train.cross_validation import FOLD_RECORD, cross_validate, fold_folder
@@ -122,3 +124,32 @@ def test_unfinished_or_incomparable_folders_are_refused(
     result = run_medseg("select", tmp_path, "--plan", tiny_dataset.plan_path)
     assert result.exit_code == 2
     assert said(result).startswith(f"error: {tmp_path}: not a cross-validation folder")
+
+
+def test_the_chosen_folds_become_one_registered_model_that_predict_uses(
+    tiny_dataset: TinyDataset, two_configurations: tuple[Path, str], tmp_path: Path
+) -> None:
+    root, tracking = two_configurations
+    result = run_medseg(
+        "select", root / "3d", root / "2d", "--plan", tiny_dataset.plan_path,
+        "--cache", tiny_dataset.cache, "--out", tmp_path / "choice", "--tracking-uri", tracking,
+        "--register", "tiny-selected", "--alias", "champion",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    stored = json.loads((tmp_path / "choice/selection.json").read_text())
+    networks = 2 * len(stored["chosen"])  # every fold of every chosen configuration
+    assert (
+        f"registered {networks} fold models as one ensemble: models:/tiny-selected/1 "
+        "(alias champion)" in said(result)
+    )
+    model = load_packaged_model("models:/tiny-selected@champion", tracking_uri=tracking)
+    assert sorted(m.configuration for m in model.members) == sorted(stored["chosen"] * 2)
+    assert model.postprocessing is not None and model.postprocessing["chosen"] == stored["chosen"]
+    assert model.rules == PostprocessingRules.model_validate(stored["rules"])
+    scan = tiny_dataset.data / "images" / f"{CASES[0]}.nii.gz"
+    predicted = run_medseg(
+        "predict", scan, "--model", "models:/tiny-selected@champion", "--out", tmp_path / "out",
+        "--tracking-uri", tracking,
+    )  # fmt: skip
+    assert predicted.exit_code == 0, predicted.output
+    assert f"an ensemble of {networks} members" in said(predicted)
