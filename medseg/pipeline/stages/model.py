@@ -1,6 +1,8 @@
 """Model stages: ``train`` (provides ``train_run_id``, ``best_mean_dice``), ``cross_validate``
-(provides ``cv_dir``, ``cv_mean_dice``, ``cv_run_id``) and ``register`` (provides
-``model_uri`` = ``models:/NAME/VERSION`` of the version it registered)."""
+(provides ``cv_dir``, ``cv_mean_dice``, ``cv_run_id``), ``select`` (compares cross_validate
+stages by name; with ``model_name`` provides the registered ensemble's ``model_uri``) and
+``register`` (provides ``model_uri`` = ``models:/NAME/VERSION`` of the version it
+registered)."""
 
 from __future__ import annotations
 
@@ -131,6 +133,7 @@ def _cross_validate(
             "cv_dir": ctx.folder,
             "cv_mean_dice": result.mean_dice,
             "cv_run_id": result.run_id,
+            cross_validation_key(ctx.name): result.run_id,  # what select stages name
         },
         metrics={"cv_mean_dice": result.mean_dice},
         run_id=result.run_id,
@@ -138,6 +141,59 @@ def _cross_validate(
             "folds": f"{len(result.folds)} ({len(result.trained)} trained now)",
             "CV mean Dice": round(result.mean_dice, 4),
             **{f"CV Dice {name}": round(dice, 4) for name, dice in result.dice.items()},
+        },
+    )
+
+
+def cross_validation_key(stage_name: str) -> str:
+    """What a ``cross_validate`` stage named ``stage_name`` provides for ``select`` stages."""
+    return f"cross_validation:{stage_name}"
+
+
+class SelectOptions(StageOptions):
+    """Options of ``stage: select``: the ``cross_validate`` stages to compare (by name), and
+    the registered model the chosen ensemble becomes (optional)."""
+
+    configurations: list[str] = Field(min_length=1)
+    model_name: str | None = None
+    alias: str | None = None
+
+
+def _select(ctx: StageContext, options: SelectOptions, run: RunTracker | None) -> StageResult:
+    from medseg.preprocess.plan import Plan
+    from medseg.select.stage import run_selection
+
+    outcome = run_selection(
+        [ctx.folder.parent / name for name in options.configurations],
+        plan=Plan.load(ctx.need("plan")),
+        cache_dir=ctx.need("cache"),
+        out_dir=ctx.folder,
+        experiment=ctx.experiment,
+        tracking_uri=ctx.tracking_uri,
+        parent_run_id=ctx.parent_run_id,
+        register=options.model_name,
+        alias=options.alias,
+    )
+    selection, registered = outcome.selection, outcome.registered
+    provides: dict[str, object] = {"selected_cv_mean_dice": selection.best.mean_dice}
+    if registered is not None:
+        provides |= {
+            "model_uri": registered.model_uri,
+            "model_name": registered.name,
+            "model_version": registered.version,
+        }
+    return StageResult(
+        provides=provides,
+        metrics={
+            "selected_cv_mean_dice": selection.best.mean_dice,
+            "postprocessed_cv_mean_dice": selection.postprocessed_mean_dice,
+        },
+        run_id=outcome.run_id,
+        summary={
+            "chosen": selection.best.name,
+            "CV mean Dice": round(selection.best.mean_dice, 4),
+            "with post-processing": round(selection.postprocessed_mean_dice, 4),
+            **({"model": registered.model_uri} if registered is not None else {}),
         },
     )
 
@@ -194,6 +250,15 @@ MODEL_STAGES = (
         lambda o: ("manifest", "plan", "cache"),
         _train_inputs,
         _cross_validate,
+        own_run=True,
+        deterministic=False,
+    ),
+    StageDefinition(
+        "select",
+        SelectOptions,
+        lambda o: ("plan", "cache", *(cross_validation_key(name) for name in o.configurations)),
+        no_inputs,
+        _select,
         own_run=True,
         deterministic=False,
     ),
