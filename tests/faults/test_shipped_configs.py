@@ -32,7 +32,11 @@ def _cases() -> list:
             ]
     for path in sorted((REPOSITORY / "pipelines").glob("*.yaml")):
         payload = yaml.safe_load(path.read_text())
-        train = next(i for i, stage in enumerate(payload["stages"]) if stage["stage"] == "train")
+        train = next(
+            i
+            for i, stage in enumerate(payload["stages"])
+            if stage["stage"] in ("train", "cross_validate")
+        )
         option = list(payload["stages"][train])[-1]  # hippocampus-3d: max_minutes
         cases += [
             _case("pipeline", path, key) for key in [("experiment",), ("stages", train, option)]
