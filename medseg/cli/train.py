@@ -161,6 +161,8 @@ def _train_one_fold(
         run_dir=run_dir,
         tracking_uri=tracking_uri,
     )
+    if record is None:  # another rank than 0 under torchrun: rank 0 reports
+        return
     state = "trained" if trained else "finished earlier, skipped"
     console.print(
         f"[bold]Fold {fold} of {folds}[/bold] {state}: out-of-fold mean Dice "

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,9 +158,11 @@ def train_fold(
     tracking_uri: str | None = None,
     parent_run_id: str | None = None,
     on_progress: ProgressCallback | None = None,
-) -> tuple[FoldRecord, bool]:
+) -> tuple[FoldRecord | None, bool]:
     """Train fold ``fold`` in ``run_dir/fold_K`` unless it is finished; keep its out-of-fold
-    probabilities. Returns the fold's record and whether it was trained now.
+    probabilities. Returns the fold's record and whether it was trained now; under torchrun
+    every rank trains, rank 0 alone predicts the held-out cases and returns the record (the
+    others return None).
 
     The fold's model is not registered (``registered_model_name`` is ignored): the folds
     become one model as an ensemble.
@@ -188,6 +191,8 @@ def train_fold(
         split=CaseSplit(train=folds[fold].train, val=folds[fold].val),
         fold=fold,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun rank 0 predicts and records
+        return None, True
     confusion, per_case = write_out_of_fold(
         result.best_checkpoint,
         cases=folds[fold].val,
@@ -286,6 +291,11 @@ def cross_validate(
     from medseg.tracking.runs import RunTracker
     from medseg.tracking.stale import mark_stale_runs
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "cross-validate trains its folds one after the other in one process; under "
+            "torchrun, train each fold with medseg train --fold K"
+        )
     run_dir = Path(run_dir)
     claimed = claim_folder(run_dir, config=config, plan=plan, folds=folds)
     mark_stale_runs(run_dir, tracking_uri)
@@ -325,6 +335,7 @@ def cross_validate(
                 parent_run_id=tracker.run_id,
                 on_progress=on_progress,
             )
+            assert record is not None  # one process: it is rank 0
             records.append(record)
             trained += [fold] if now else []
             tracker.log_metrics({f"fold_{fold}_mean_dice": record.mean_dice}, step=0)

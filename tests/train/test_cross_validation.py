@@ -4,7 +4,10 @@ probabilities of every case once, reports the CV Dice they give, and resumes per
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ from medseg.train.folds import load_or_make_folds
 from tests.faults.commands import run_medseg, said
 from tests.faults.processes import MedsegProcess
 from tests.tiny_dataset import CASES, TinyDataset, tiny_config
+from tests.train.test_resume_and_ddp import _free_port
 
 FOLDS = 2
 TINY = {"epochs": 1, "steps_per_epoch": 2, "validation": {"max_cases": 1, "overlay_pictures": 0}}
@@ -146,3 +150,35 @@ def test_one_fold_trained_alone_is_skipped_by_the_cross_validation(
     beyond = run_medseg("train", *common, "--fold", FOLDS)
     assert beyond.exit_code == 2
     assert beyond.output.strip() == "error: --fold: 2 is not a fold of 0..1"
+
+
+def test_a_fold_trains_under_torchrun_and_rank_0_alone_records_it(
+    tiny_dataset: TinyDataset, tmp_path: Path
+) -> None:
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(**TINY).model_dump(exclude_unset=True)))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "medseg",
+        "train", "--manifest", str(tiny_dataset.manifest), "--plan", str(tiny_dataset.plan_path),
+        "--cache", str(tiny_dataset.cache), "--config", str(config), "--fold", "0",
+        "--folds", str(FOLDS), "--run-dir", str(tmp_path / "cv"),
+        "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+    ]  # fmt: skip
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Fold 0 of 2 trained") == 1  # rank 0 reports, once
+    folder = fold_folder(tmp_path / "cv", 0)
+    checksums = json.loads((folder / "replica_checksums.json").read_text())
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    record = json.loads((folder / FOLD_RECORD).read_text())
+    assert sorted(p.stem for p in (folder / "oof").glob("*.npy")) == record["val"]
+
+
+def test_cross_validate_under_torchrun_is_refused(
+    tiny_dataset: TinyDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="under torchrun, train each fold with medseg train"):
+        _run(tiny_dataset, tmp_path)
