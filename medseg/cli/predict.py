@@ -82,11 +82,11 @@ def predict(
         model_postprocessing=model_postprocessing,
     )
     packaged = load_packaged_model(model, tracking_uri=tracking_uri)
-    console.print(f"model {escape(model)}: {packaged.description}")
     try:
         options.kept_structures(packaged.label_names)
     except ConfigError as error:
         raise typer.BadParameter(str(error), param_hint="--keep-largest") from error
+    console.print(f"model {escape(model)}: {packaged.description}")
     with phase_progress() as progress:
         report = predict_path(
             input_path,
