@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from typer.testing import Result
 
 from medseg.errors import ConfigError
 from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion, mean_foreground
@@ -76,14 +77,22 @@ def test_every_candidate_scores_what_its_out_of_fold_probabilities_give(
     assert selection.postprocessed_mean_dice >= selection.best.mean_dice - 1e-12
 
 
+def _select_command(
+    dataset: TinyDataset, configurations: tuple[Path, str], out: Path, *extra: object
+) -> Result:
+    """``medseg select 3d 2d`` on the two cross-validations, writing into ``out``."""
+    root, tracking = configurations
+    return run_medseg(
+        "select", root / "3d", root / "2d", "--plan", dataset.plan_path, "--cache", dataset.cache,
+        "--out", out, "--tracking-uri", tracking, *extra,
+    )  # fmt: skip
+
+
 def test_the_command_stores_and_logs_the_decision(
     tiny_dataset: TinyDataset, two_configurations: tuple[Path, str], tmp_path: Path
 ) -> None:
-    root, tracking = two_configurations
-    result = run_medseg(
-        "select", root / "3d", root / "2d", "--plan", tiny_dataset.plan_path,
-        "--cache", tiny_dataset.cache, "--out", tmp_path / "choice", "--tracking-uri", tracking,
-    )  # fmt: skip
+    tracking = two_configurations[1]
+    result = _select_command(tiny_dataset, two_configurations, tmp_path / "choice")
     assert result.exit_code == 0, result.output
     stored = json.loads((tmp_path / "choice/selection.json").read_text())
     assert f"Chosen: {' + '.join(stored['chosen'])}" in said(result)
@@ -129,10 +138,9 @@ def test_unfinished_or_incomparable_folders_are_refused(
 def test_the_chosen_folds_become_one_registered_model_that_predict_uses(
     tiny_dataset: TinyDataset, two_configurations: tuple[Path, str], tmp_path: Path
 ) -> None:
-    root, tracking = two_configurations
-    result = run_medseg(
-        "select", root / "3d", root / "2d", "--plan", tiny_dataset.plan_path,
-        "--cache", tiny_dataset.cache, "--out", tmp_path / "choice", "--tracking-uri", tracking,
+    tracking = two_configurations[1]
+    result = _select_command(
+        tiny_dataset, two_configurations, tmp_path / "choice",
         "--register", "tiny-selected", "--alias", "champion",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
