@@ -69,6 +69,7 @@ class ScanTask:
     paths_shown: bool = False  # --case-ids folder: paths may appear in reports and logs
     unreadable_beside: tuple[Path, ...] = ()  # unreadable files in the folders of its slices
     channel_files: tuple[Path, ...] = ()  # set for a case's nnU-Net channel files (in order)
+    recipe: str = ""  # how its files make its volume, beyond which files (a channel rule's)
 
     @property
     def public_name(self) -> str:
