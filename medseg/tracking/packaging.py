@@ -31,7 +31,7 @@ import torch
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.models.model import ModelInfo
+from mlflow.models.model import Model, ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import Schema, TensorSpec
 
@@ -409,7 +409,7 @@ def model_input_channels(model_uri: str, *, tracking_uri: str | None = None) -> 
     require_store_for_model(model_uri, tracking_uri)
     activate(tracking_uri)
     try:
-        signature = mlflow.models.get_model_info(model_uri).signature
+        signature = Model.load(model_uri).signature
     except _UNLOADABLE_MODEL as error:
         raise _cannot_load(model_uri, error) from error
     inputs = signature.inputs.inputs if signature is not None else []
