@@ -33,13 +33,15 @@ def log_tiny_unet(
     run_name: str = "m",
     registered_model_name: str | None = None,
     seed: int = 0,
+    in_channels: int = 1,
 ) -> TinyUnet:
-    """Log a U-Net (4 base filters, random weights of ``seed``) for ``plan``'s labels in a new
-    run; register it under ``registered_model_name`` when given."""
+    """Log a U-Net (4 base filters, random weights of ``seed``, ``in_channels`` input
+    channels) for ``plan``'s labels in a new run; register it under ``registered_model_name``
+    when given."""
     torch.manual_seed(seed)
     arguments = network_arguments(
         architecture="unet",
-        in_channels=1,
+        in_channels=in_channels,
         num_classes=max(plan.label_names) + 1,
         configuration=plan.configurations["3d"].model_dump(),
         base_filters=4,
@@ -52,7 +54,7 @@ def log_tiny_unet(
             factory_kwargs=arguments,
             plan=plan.model_dump(mode="json") | {"train_configuration": "3d"},
             labels=plan.label_names,
-            input_example=np.zeros((1, 1, 32, 32, 32), np.float32),
+            input_example=np.zeros((1, in_channels, 32, 32, 32), np.float32),
             registered_model_name=registered_model_name,
         )
     return TinyUnet(network, info, run.run_id)

@@ -21,7 +21,7 @@ RULE = """channels:
 """
 
 
-def _series(folder: Path, seed: int, *, study: str, description: str) -> None:
+def write_study_series(folder: Path, seed: int, *, study: str, description: str) -> None:
     """Phantom ``seed`` as a series of study ``study`` (its own series UID per folder)."""
     stamp_dicom(
         write_phantom_dicom(folder, seed, patient_id=f"{study}-{folder.name}"),
@@ -33,12 +33,14 @@ def _series(folder: Path, seed: int, *, study: str, description: str) -> None:
 
 def test_series_of_a_study_matching_the_rule_become_one_two_channel_case(tmp_path: Path) -> None:
     scans = tmp_path / "scans"
-    _series(scans / "s1" / "t1", 0, study="1", description="AX T1 MPRAGE")
-    _series(scans / "s1" / "t2", 0, study="1", description="ax t2 flair")
-    _series(scans / "s1" / "loc", 2, study="1", description="localizer")
-    _series(scans / "s2" / "t1", 3, study="2", description="T1 only")
-    _series(scans / "s3" / "t1", 0, study="3", description="t1")
-    _series(scans / "s3" / "t2", 4, study="3", description="t2")  # another patient position
+    write_study_series(scans / "s1" / "t1", 0, study="1", description="AX T1 MPRAGE")
+    write_study_series(scans / "s1" / "t2", 0, study="1", description="ax t2 flair")
+    write_study_series(scans / "s1" / "loc", 2, study="1", description="localizer")
+    write_study_series(scans / "s2" / "t1", 3, study="2", description="T1 only")
+    write_study_series(scans / "s3" / "t1", 0, study="3", description="t1")
+    write_study_series(
+        scans / "s3" / "t2", 4, study="3", description="t2"
+    )  # another patient position
     (tmp_path / "rule.yaml").write_text(RULE)
     out = tmp_path / "out"
     result = CliRunner().invoke(

@@ -22,7 +22,9 @@ Design choices, and why:
 * Workers are forked from a ``forkserver`` that imports torch, mlflow and the network code once
   (``spawn`` would import them in every worker, and again after each worker death); each
   worker takes on the parent's current environment and working folder explicitly.
-* The parent never loads the model: a model that does not load in the workers stops the batch
+* The parent never loads the model's networks, it reads only its input channels from the
+  package's ``MLmodel`` (with several, a case's nnU-Net channel files ``<case>_0000``,
+  ``<case>_0001``... are one scan): a model that does not load in the workers stops the batch
   with ``ModelLoadError`` before any scan is recorded as failed.
 * Anonymous by default: case ids are hashes, failure reasons have the scan's paths and folder
   names replaced by ``<scan>``, ``source`` is written only with ``--case-ids folder``, and

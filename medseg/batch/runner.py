@@ -1,6 +1,8 @@
 """``run_batch``: every scan of this shard under SCANS_ROOT through a packaged model.
 
-1. Discover the scans (``medseg.batch.scans``) and keep this shard's (``medseg.batch.sharding``).
+1. Discover the scans (``medseg.batch.scans``: with a model of several input channels, the
+   nnU-Net channel files of a case are one scan) and keep this shard's
+   (``medseg.batch.sharding``).
 2. Record the shard's corrupt files as failures; skip scans whose output is complete.
 3. Process the rest in ``workers`` processes (``medseg.batch.executor``: a worker that dies
    costs only the scan that killed it), each loading the model once and publishing its scans
@@ -35,7 +37,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,6 +160,7 @@ def run_batch(
         case_ids=case_ids,
         exclude=None if inside_out else out_dir,
         on_progress=on_progress,
+        channels=model_channels(model_uri, tracking_uri),
     )
     mine = [scan for scan in inventory.scans if shard.owns(scan.key)]
     report = BatchReport(
@@ -291,11 +294,31 @@ def pinned_model_uri(model_uri: str, tracking_uri: str | None) -> str:
     Raises:
         ModelLoadError: the model URI cannot be resolved (e.g. an unknown alias).
     """
-    from medseg.errors import TrackingError
     from medseg.tracking.registry import pin_model_uri
 
-    try:
+    with _tracking_errors_stop_the_batch():
         return pin_model_uri(model_uri, tracking_uri=tracking_uri)
+
+
+def model_channels(model_uri: str, tracking_uri: str | None) -> int:
+    """The model's input channels, from its package's signature (its networks stay unloaded):
+    more than one, and the inventory makes one scan of a case's nnU-Net channel files.
+
+    Raises:
+        ModelLoadError: there is no such model, or it is not a medseg model.
+    """
+    from medseg.tracking.packaging import model_input_channels
+
+    with _tracking_errors_stop_the_batch():
+        return model_input_channels(model_uri, tracking_uri=tracking_uri)
+
+
+@contextlib.contextmanager
+def _tracking_errors_stop_the_batch() -> Iterator[None]:
+    from medseg.errors import TrackingError
+
+    try:
+        yield
     except TrackingError as error:
         raise ModelLoadError(str(error)) from error
 

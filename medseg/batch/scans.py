@@ -7,6 +7,11 @@ has the key that decides its shard:
 * DICOM: ``dicom:<SeriesInstanceUID>`` (plus ``#<part>`` when discovery split the series);
 * a volume file (NIfTI, NRRD, MetaImage...): ``nifti:<path relative to the scans root>`` (the
   prefix of when NIfTI was the only one, kept so that no scan moves to another shard);
+* with a model of several input channels, the nnU-Net channel files of one case
+  (``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``... in one folder, one scan):
+  ``channels:<folder relative to the scans root>/<case>`` (``channels:<case>`` at the root),
+  whichever of its channel files are there yet (a channel arriving later does not move the
+  case to another shard);
 * a file or folder that cannot be read, or is corrupt (an unreadable DICOM header, or a
   ``.dcm``/``.dicom``/``.ima`` file that is not DICOM at all): ``file:<relative path>``. It
   becomes a failure of its shard.
@@ -24,10 +29,12 @@ from medseg.ingest.case_ids import CaseIdScheme, relative, unreadable_case_id
 from medseg.ingest.discovery import (
     FailedInput,
     ScanTask,
+    channel_files_task,
     dicom_task,
     discover_scans,
     volume_file_task,
 )
+from medseg.io.channels import channel_case
 from medseg.io.dicom import DicomSeries
 from medseg.progress import ProgressCallback
 
@@ -46,6 +53,8 @@ class BatchScan:
     case_ids: CaseIdScheme
     series: DicomSeries | None = None
     unreadable_beside: tuple[Path, ...] = ()
+    channel_files: tuple[Path, ...] = ()  # a case's nnU-Net channel files (one scan)
+    channels: int = 1  # the model's input channels
 
     def task(self) -> ScanTask:
         """The discovery task that reads this scan (rebuilt in the worker process)."""
@@ -54,6 +63,14 @@ class BatchScan:
                 self.series, root=self.root, scheme=self.case_ids, case_id=self.case_id, workers=1
             )
             task.unreadable_beside = self.unreadable_beside
+        elif self.channel_files:
+            task = channel_files_task(
+                list(self.channel_files),
+                root=self.root,
+                scheme=self.case_ids,
+                channels=self.channels,
+            )
+            task.case_id = self.case_id
         else:
             task = volume_file_task(self.files[0], root=self.root, scheme=self.case_ids)
             task.case_id = self.case_id  # made unique among the tree's scans
@@ -89,6 +106,11 @@ def scan_key(task: ScanTask, root: Path) -> str:
     if task.series is not None:
         part = f"#{task.series.part}" if task.series.part else ""
         return dicom_scan_key(task.series.series_uid) + part
+    if task.channel_files:
+        first = task.channel_files[0]
+        return (
+            f"channels:{Path(relative(first.parent / str(channel_case(first)), root)).as_posix()}"
+        )
     return f"nifti:{Path(relative(task.files[0], root)).as_posix()}"
 
 
@@ -98,10 +120,18 @@ def take_inventory(
     case_ids: CaseIdScheme,
     exclude: Path | None = None,
     on_progress: ProgressCallback | None = None,
+    channels: int = 1,
 ) -> Inventory:
     """Discover every scan and unreadable or corrupt file under ``scans_root`` (``exclude``
-    left out)."""
-    found = discover_scans(scans_root, case_ids=case_ids, exclude=exclude, on_progress=on_progress)
+    left out); with ``channels`` > 1 (the model's input channels), the channel files of a case
+    are one scan."""
+    found = discover_scans(
+        scans_root,
+        case_ids=case_ids,
+        exclude=exclude,
+        on_progress=on_progress,
+        channels=channels,
+    )
     scans = [
         BatchScan(
             key=scan_key(task, found.root),
@@ -112,6 +142,8 @@ def take_inventory(
             case_ids=found.case_ids,
             series=task.series,
             unreadable_beside=task.unreadable_beside,
+            channel_files=task.channel_files,
+            channels=channels,
         )
         for task in found.tasks
     ]

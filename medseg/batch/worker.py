@@ -11,7 +11,8 @@ It returns a ``ScanResult`` or ``ScanFailure``, or ``ScanElsewhere`` for a scan 
 process holds or has finished, and never raises for a bad scan. A model that
 cannot be loaded is not a scan's fault: ``process_scan`` then raises ``ModelLoadError`` and the
 runner stops the batch. (The parent does not load the model to check it first: that would
-cost seconds of imports per invocation.)
+cost seconds of imports per invocation; it reads only the model's input channels from its
+package's ``MLmodel``.)
 """
 
 from __future__ import annotations

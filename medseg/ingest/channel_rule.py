@@ -109,6 +109,15 @@ def _study_task(study: list[ScanTask], rule: ChannelRule) -> ScanTask | None:
         reader=reader,
         root=first.root,
         paths_shown=first.paths_shown,
+        recipe=_recipe(rule),
+    )
+
+
+def _recipe(rule: ChannelRule) -> str:
+    """The rule as ingest fingerprints a case: another order or name of the channels converts
+    the case again."""
+    return "channels=" + ";".join(
+        f"{channel.name}:{channel.series_description.lower()}" for channel in rule.channels
     )
 
 

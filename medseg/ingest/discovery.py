@@ -38,7 +38,7 @@ from medseg.ingest.case_ids import (
 )
 from medseg.ingest.non_finite import NonFinitePolicy, screen_non_finite
 from medseg.ingest.walk import FileWalk, walk_files
-from medseg.io.channels import CHANNEL_SUFFIX, channel_number, stack_channels
+from medseg.io.channels import channel_case, channel_number, stack_channels
 from medseg.io.dicom import DicomScan, DicomSeries, load_series, scan_dicom_files
 from medseg.io.formats import (
     data_files,
@@ -68,6 +68,8 @@ class ScanTask:
     root: Path = Path(".")
     paths_shown: bool = False  # --case-ids folder: paths may appear in reports and logs
     unreadable_beside: tuple[Path, ...] = ()  # unreadable files in the folders of its slices
+    channel_files: tuple[Path, ...] = ()  # set for a case's nnU-Net channel files (in order)
+    recipe: str = ""  # how its files make its volume, beyond which files (a channel rule's)
 
     @property
     def public_name(self) -> str:
@@ -329,8 +331,8 @@ def _volume_tasks(
     """One task per volume file, or per case's channel files when ``channels`` > 1."""
     groups: dict[tuple[Path, str], list[Path]] = {}
     for path in volume_files:
-        match = CHANNEL_SUFFIX.match(volume_stem(path)) if channels > 1 else None
-        key = (path.parent, match["case"]) if match else (path, "")
+        case = channel_case(path) if channels > 1 else None
+        key = (path.parent, case) if case else (path, "")
         groups.setdefault(key, []).append(path)
     return [
         channel_files_task(paths, root=root, scheme=scheme, channels=channels)
@@ -364,8 +366,7 @@ def channel_files_task(
     co-registered."""
     paths = sorted(paths, key=lambda path: channel_number(path) or 0)
     first = paths[0]
-    match = CHANNEL_SUFFIX.match(volume_stem(first))
-    case = match["case"] if match else volume_stem(first)
+    case = channel_case(first) or volume_stem(first)
     volume_format = format_for_path(first)
     return ScanTask(
         source=relative(first, root),
@@ -379,6 +380,7 @@ def channel_files_task(
         reader=functools.partial(_read_channel_files, tuple(paths), channels),
         root=root,
         paths_shown=scheme is CaseIdScheme.FOLDER,
+        channel_files=tuple(paths),
     )
 
 

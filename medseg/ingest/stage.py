@@ -13,11 +13,11 @@ Output layout (``OUT_DIR``)::
                                 not scans
 
 Idempotent and resumable: a case whose sidecar records the same input fingerprint (file names,
-sizes, modification times, medseg version, non-finite policy) and whose image is present is not
-converted again. One bad series never stops the others; it is reported with the reason. A scan
-with NaN or infinite voxels is refused unless ``non_finite`` says to replace them
-(``medseg.ingest.non_finite``). Temporary files a killed run left in ``OUT_DIR`` are removed
-(one ingest per ``OUT_DIR`` at a time).
+sizes, modification times, medseg version, non-finite policy, the channel rule of a case it
+assembles) and whose image is present is not converted again. One bad series never stops the
+others; it is reported with the reason. A scan with NaN or infinite voxels is refused unless
+``non_finite`` says to replace them (``medseg.ingest.non_finite``). Temporary files a killed
+run left in ``OUT_DIR`` are removed (one ingest per ``OUT_DIR`` at a time).
 
 With ``--case-ids hash`` nothing written names an input path: outcomes carry case ids (and
 ``unreadable_<hash>`` / ``file_<hash>`` for files that are not scans), reasons have the paths
@@ -190,8 +190,10 @@ def _skipped_and_unreadable(found: Discovery) -> list[IngestOutcome]:
     return outcomes
 
 
-def _fingerprint(files: list[Path], labels: Path | None, policy: NonFinitePolicy) -> str:
-    parts = [__version__, f"non_finite={policy.value}"]
+def _fingerprint(
+    files: list[Path], labels: Path | None, policy: NonFinitePolicy, recipe: str = ""
+) -> str:
+    parts = [__version__, f"non_finite={policy.value}", *([recipe] if recipe else [])]
     for path in [*files, *([labels] if labels is not None and labels.exists() else [])]:
         if not path.exists():  # e.g. the data file of a detached header: reading it fails
             parts.append(f"{path}|missing")
@@ -212,7 +214,7 @@ def _run_task(
     label_files = volume_files_named(labels_dir, task.case_id) if labels_dir is not None else []
     label_path = label_files[0] if label_files else None
     case = ConvertedCase(out_dir=out_dir, case_id=task.case_id)
-    fingerprint = _fingerprint(task.files, label_path, policy)
+    fingerprint = _fingerprint(task.files, label_path, policy, task.recipe)
     source_hash = hash_identifier("\n".join(str(p) for p in task.files))
     source = task.source if task.paths_shown else None
     try:

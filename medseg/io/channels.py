@@ -29,6 +29,12 @@ def channel_number(path: str | Path) -> int | None:
     return int(match["channel"]) if match else None
 
 
+def channel_case(path: str | Path) -> str | None:
+    """The case an nnU-Net channel file belongs to (``case_0001.nii.gz`` -> ``case``), or None."""
+    match = CHANNEL_SUFFIX.match(volume_stem(path))
+    return match["case"] if match else None
+
+
 def _grid_difference(volume: Volume, reference: Volume) -> str | None:
     if volume.array.ndim != 3:
         return f"a channel file must be 3D, got shape {volume.shape}"

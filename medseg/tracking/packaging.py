@@ -31,7 +31,7 @@ import torch
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.models.model import ModelInfo
+from mlflow.models.model import Model, ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import Schema, TensorSpec
 
@@ -389,6 +389,35 @@ _UNLOADABLE_MODEL = (
 )
 
 
+def _cannot_load(model_uri: str, error: Exception) -> TrackingError:
+    problem = (
+        error.message
+        if isinstance(error, MlflowException)
+        else f"{type(error).__name__}: {' '.join(str(error).split())}"
+    )
+    return TrackingError(f"{model_uri}: cannot load the model: {problem}")
+
+
+def model_input_channels(model_uri: str, *, tracking_uri: str | None = None) -> int:
+    """The input channels of a packaged model, read from its signature (``tensor_signature``)
+    without loading its networks: the ``MLmodel`` file alone is fetched.
+
+    Raises:
+        TrackingUnavailableError: a registry or run URI and a store that cannot be reached.
+        TrackingError: no such model, or its ``MLmodel`` has no tensor input signature.
+    """
+    require_store_for_model(model_uri, tracking_uri)
+    activate(tracking_uri)
+    try:
+        signature = Model.load(model_uri).signature
+    except _UNLOADABLE_MODEL as error:
+        raise _cannot_load(model_uri, error) from error
+    inputs = signature.inputs.inputs if signature is not None else []
+    if len(inputs) != 1 or not isinstance(inputs[0], TensorSpec) or len(inputs[0].shape) < 3:
+        raise TrackingError(f"{model_uri}: not a medseg segmentation model (input signature)")
+    return int(inputs[0].shape[1])
+
+
 def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) -> LoadedModel:
     """Load a packaged model (``models:/NAME@champion``, ``runs:/ID/model``) as torch + metadata.
 
@@ -403,12 +432,7 @@ def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) 
     try:
         python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     except _UNLOADABLE_MODEL as error:
-        problem = (
-            error.message
-            if isinstance(error, MlflowException)
-            else f"{type(error).__name__}: {' '.join(str(error).split())}"
-        )
-        raise TrackingError(f"{model_uri}: cannot load the model: {problem}") from error
+        raise _cannot_load(model_uri, error) from error
     if not isinstance(python_model, SegmentationPyfuncModel):
         raise TrackingError(f"{model_uri}: not a medseg segmentation model")
     return python_model.unwrap()

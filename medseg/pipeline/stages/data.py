@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 
 class IngestOptions(StageOptions):
-    """Options of ``stage: ingest``; paths are relative to the data root."""
+    """Options of ``stage: ingest``; paths are relative to the data root, except ``channels``
+    (a DICOM channel rule, ``medseg ingest --channels``), relative to the config root."""
 
     input: str
     labels: str | None = None  # folder of <case_id>.nii.gz (.nrrd, .mha...) label maps
@@ -40,6 +41,7 @@ class IngestOptions(StageOptions):
     val_fraction: float = Field(0.0, ge=0, lt=1)  # of the labelled scans, for validation
     test_fraction: float = Field(0.0, ge=0, lt=1)
     seed: int = 0  # of the reproducible split assignment
+    channels: str | None = None  # rule.yaml: the series of a study that become one case's channels
 
 
 def _ingest_inputs(ctx: StageContext, options: IngestOptions) -> dict[str, Path]:
@@ -48,11 +50,14 @@ def _ingest_inputs(ctx: StageContext, options: IngestOptions) -> dict[str, Path]
         paths["labels"] = ctx.data(options.labels)
     if options.label_names:
         paths["label_names"] = ctx.data(options.label_names)
+    if options.channels:
+        paths["channels"] = ctx.config(options.channels)
     return paths
 
 
 def _ingest(ctx: StageContext, options: IngestOptions, run: RunTracker | None) -> StageResult:
     from medseg.ingest import ingest
+    from medseg.ingest.channel_rule import load_channel_rule
     from medseg.ingest.stage import OutcomeKind
     from medseg.manifest import (
         load_label_names,
@@ -71,6 +76,7 @@ def _ingest(ctx: StageContext, options: IngestOptions, run: RunTracker | None) -
         workers=options.workers,
         non_finite=options.non_finite,
         on_progress=ctx.on_progress,
+        channel_rule=load_channel_rule(paths["channels"]) if "channels" in paths else None,
     )
     if "label_names" in paths:
         write_label_names(load_label_names(paths["label_names"]), report.manifest_path)
