@@ -37,7 +37,7 @@ from tests.packaged_model import TinyUnet, log_tiny_unet
 from tests.phantom_plan import plan_phantoms
 from tests.phantoms import write_phantom_nifti
 
-POSTPROCESSING = {"keep_largest": ["liver"], "note": "stored, not applied yet"}
+POSTPROCESSING = {"note": "kept as given; only its rules are applied"}
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def test_ensemble_command_then_predict_and_batch_by_alias_give_the_library_label
     members: Members, tmp_path: Path
 ) -> None:
     postprocessing = tmp_path / "postprocessing.json"
-    postprocessing.write_text('{"rules": []}', encoding="utf-8")
+    postprocessing.write_text('{"rules": {"structures": {}}}', encoding="utf-8")
     made = _medseg(
         "ensemble",
         "models:/ens-a@champion",
