@@ -188,9 +188,9 @@ def _label_names_from_json(metadata: dict[str, Any], path: Path) -> dict[int, st
     regions = regions_in(metadata, where=path)
     if regions is not None:
         ignored = {v: k for k, v in labels.items() if k.strip().lower() == IGNORE_LABEL_NAME}
-        names = regions.label_names() | ignored
-        ignore_label_value(names, where=path)
-        return names
+        painted = regions.label_names() | ignored
+        ignore_label_value(painted, where=path)
+        return painted
     names: dict[int, str] = {}
     for key, value in labels.items():
         if isinstance(value, str) and re.fullmatch(r"\d+", key):

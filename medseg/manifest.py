@@ -483,6 +483,20 @@ def regions_in(payload: Mapping[str, Any], *, where: object) -> RegionSet | None
     return None
 
 
+def load_regions(path: str | os.PathLike[str]) -> RegionSet | None:
+    """The regions a label-names file (sidecar or dataset.json) declares, or None.
+
+    Raises:
+        ManifestError: unreadable file.
+        RegionsError: inconsistent region declarations.
+    """
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path}: cannot read label names: {exc}") from exc
+    return regions_in(payload, where=path) if isinstance(payload, dict) else None
+
+
 def read_regions(manifest_path: str | os.PathLike[str]) -> RegionSet | None:
     """The regions declared in a manifest's label-names sidecar, or None (none or no sidecar).
 
@@ -491,13 +505,7 @@ def read_regions(manifest_path: str | os.PathLike[str]) -> RegionSet | None:
         RegionsError: its region declarations are inconsistent.
     """
     path = label_names_path(manifest_path)
-    if not path.exists():
-        return None
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"{path}: cannot read label names: {exc}") from exc
-    return regions_in(payload, where=path) if isinstance(payload, dict) else None
+    return load_regions(path) if path.exists() else None
 
 
 def ignore_label_value(names: Mapping[int, str], *, where: object) -> int | None:

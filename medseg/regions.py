@@ -21,6 +21,7 @@ region.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeGuard
 
 import numpy as np
 import torch
@@ -80,9 +81,9 @@ def parse_regions(
                 f"{where}: label {name!r}: {value!r} is not a label value >= 0 or a non-empty "
                 "list of them"
             )
-        if values == [0] or name.strip().lower() == "ignore":
+        if values == [0] or name.strip().lower() == "ignore":  # manifest.IGNORE_LABEL_NAME
             continue
-        regions.append(Region(name=name, labels=sorted(set(values))))
+        regions.append(Region(name=name, labels=sorted({v for v in values if _is_label(v)})))
     if regions_class_order is None:
         raise RegionsError(
             f"{where}: labels given as lists declare regions, which need "
@@ -113,7 +114,7 @@ def parse_regions(
     return RegionSet(regions=regions, regions_class_order=list(regions_class_order))
 
 
-def _is_label(value: object) -> bool:
+def _is_label(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -102,7 +102,7 @@ class SegmentationLoss(nn.Module):
         """
         given = None if regions is None else tuple(tuple(int(v) for v in r) for r in regions)
         leaves = [m for m in self.modules() if "config_name" in type(m).__dict__]
-        misfits = [m.config_name for m in leaves if m.region_based != (given is not None)]
+        misfits = [str(m.config_name) for m in leaves if m.region_based != (given is not None)]
         if misfits:
             need = "regions (sigmoid outputs)" if given is None else "softmax classes"
             raise LossConfigError(

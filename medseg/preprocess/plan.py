@@ -159,6 +159,12 @@ class Plan(BaseModel):
         return RegionSet(regions=self.regions, regions_class_order=self.regions_class_order)
 
     @property
+    def activation(self) -> str:
+        """How network logits become probabilities: ``"sigmoid"`` per region, else
+        ``"softmax"`` (a key of :data:`medseg.infer.sliding_window.ACTIVATIONS`)."""
+        return "sigmoid" if self.regions is not None else "softmax"
+
+    @property
     def num_outputs(self) -> int:
         """Output channels of the networks: one per region, else one per label value."""
         return len(self.regions) if self.regions is not None else max(self.label_names) + 1
