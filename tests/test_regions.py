@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def test_brats_style_labels_declare_one_region_per_entry_naming_the_value_it_pai
 def test_inconsistent_region_declarations_are_refused_naming_the_file(
     order: list[int] | None, problem: str
 ) -> None:
-    with pytest.raises(RegionsError, match="^data/dataset.json: ") as error:
+    with pytest.raises(RegionsError, match=r"^data/dataset\.json: ") as error:
         parse_regions(BRATS, order, where="data/dataset.json")
     assert problem in str(error.value)
 
@@ -121,7 +122,7 @@ def test_an_inconsistent_dataset_json_is_refused_before_anything_is_written(
     path = tmp_path / "data" / "dataset.json"
     path.write_text(json.dumps(json.loads(path.read_text()) | {"regions_class_order": [1, 2]}))
     manifest = tmp_path / "nested.jsonl"
-    with pytest.raises(RegionsError, match=f"^{path}: 'regions_class_order' has 2 entries"):
+    with pytest.raises(RegionsError, match=f"^{re.escape(str(path))}: 'regions_class_order' has 2"):
         import_dataset(tmp_path / "data", manifest_path=manifest)
     assert not manifest.exists()
 

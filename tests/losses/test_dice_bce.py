@@ -62,7 +62,7 @@ def test_batch_dice_and_deep_supervision_take_region_losses_like_any_other() -> 
 def test_softmax_losses_and_region_losses_are_refused_on_the_wrong_plan() -> None:
     with pytest.raises(LossConfigError, match="loss dice_ce: trains softmax classes, but the plan"):
         build_loss({"dice_ce": 1.0, "dice_bce": 1.0}).for_regions(NESTED)
-    with pytest.raises(LossConfigError, match="loss dice_bce: trains regions .* has no regions"):
+    with pytest.raises(LossConfigError, match=r"loss dice_bce: trains regions .* has no regions"):
         build_loss("dice_bce").for_regions(None)
     with pytest.raises(LossInputError, match="logits have 3 channels; a region loss needs one"):
         DiceBCELoss().for_regions(NESTED)(torch.zeros(1, 3, 3), torch.tensor([[0, 1, 2]]))
