@@ -13,6 +13,7 @@ from medseg.evaluate.pairing import pair_label_maps
 from medseg.evaluate.stage import evaluate_pairing
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import load_packaged_model, predict_scan
+from medseg.infer.stage import scan_predictors
 from medseg.io.formats import read_volume, write_volume
 from medseg.manifest import load_label_names, load_regions, read_manifest, resolve
 from medseg.preprocess.config import PlanOptions
@@ -62,6 +63,11 @@ def test_regions_train_validate_predict_and_evaluate_per_region(tmp_path: Path) 
     scan, reference = read_volume(image_path), read_volume(label_path)
     predicted = predict_scan(scan, model, options=PredictionOptions(), case_id=held_out.case_id)
     assert predicted.same_grid(scan) and set(np.unique(predicted.array)) <= {0, 1, 2, 3}
+    # the ONNX Runtime export returns logits: the same sigmoid gives the same regions
+    onnx = PredictionOptions(backend="onnxruntime")
+    exported = scan_predictors(model, onnx, cache_dir=tmp_path / "onnx")
+    from_onnx = predict_scan(scan, model, options=onnx, predictors=exported)
+    assert np.mean(from_onnx.array == predicted.array) > 0.999
     write_volume(predicted, tmp_path / "pred" / f"{held_out.case_id}.nii.gz")
     write_volume(reference, tmp_path / "ref" / f"{held_out.case_id}.nii.gz")
 
