@@ -117,6 +117,9 @@ def evaluation_summary(report: EvaluationReport, paths: dict) -> None:
         style="red" if problems else "green",
     )
     mean_dice = metric_cell(report.overall_mean("dice"))
+    region_dice = metric_cell(report.overall_mean("dice", regions=True))
     console.print(
-        (f"[bold]mean Dice {mean_dice}[/bold]; " if mean_dice else "") + f"report: {paths['html']}"
+        (f"[bold]mean Dice {mean_dice}[/bold]; " if mean_dice else "")
+        + (f"[bold]mean region Dice {region_dice}[/bold]; " if region_dice else "")
+        + f"report: {paths['html']}"
     )

@@ -74,6 +74,7 @@ def summary(report: EvaluationReport) -> dict:
         "structures": {
             name: {m: defined(v) for m, v in values.items()} for name, values in means.items()
         },
+        "region_mean_dice": defined(report.overall_mean("dice", regions=True)),
         "regions": {
             name: {m: defined(v) for m, v in values.items()}
             for name, values in report.region_means().items()

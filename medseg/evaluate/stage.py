@@ -82,9 +82,10 @@ class EvaluationReport:
             for name in names
         }
 
-    def overall_mean(self, metric: str = "dice") -> float:
-        """Mean over structures of the per-structure means."""
-        return _nanmean([m[metric] for m in self.structure_means().values()])
+    def overall_mean(self, metric: str = "dice", *, regions: bool = False) -> float:
+        """Mean over structures of the per-structure means (over regions with ``regions``)."""
+        means = self.region_means() if regions else self.structure_means()
+        return _nanmean([m[metric] for m in means.values()])
 
 
 def _nanmean(values: list[float]) -> float:
