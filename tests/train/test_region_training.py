@@ -7,19 +7,22 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from medseg.datasets import import_dataset
+from medseg.errors import LossConfigError
 from medseg.evaluate.pairing import pair_label_maps
 from medseg.evaluate.stage import evaluate_pairing
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import load_packaged_model, predict_scan
 from medseg.infer.stage import scan_predictors
 from medseg.io.formats import read_volume, write_volume
+from medseg.losses import DiceBCELoss
 from medseg.manifest import load_label_names, load_regions, read_manifest, resolve
 from medseg.preprocess.config import PlanOptions
 from medseg.preprocess.plan import plan_manifest
 from medseg.preprocess.stage import preprocess_manifest
-from medseg.train.loop import train
+from medseg.train.loop import plan_loss, train
 from tests.phantoms import write_nested_regions_dataset
 from tests.tiny_dataset import learning_config
 
@@ -85,3 +88,19 @@ def test_regions_train_validate_predict_and_evaluate_per_region(tmp_path: Path) 
     # the region masks of the prediction nest as the label map paints them
     whole = np.isin(predicted.array, [1, 2, 3])
     assert whole[np.isin(predicted.array, [2, 3])].all()
+
+
+def test_a_region_plan_trains_dice_bce_by_default_and_refuses_softmax_losses(
+    tmp_path: Path,
+) -> None:
+    write_nested_regions_dataset(tmp_path / "data", range(1))
+    manifest = tmp_path / "nested.jsonl"
+    import_dataset(tmp_path / "data", manifest_path=manifest, val_fraction=0.0)
+    plan = plan_manifest(manifest, options=PlanOptions(patch_size_3d=(32, 32, 32)))
+    loss = plan_loss(learning_config(), plan)
+    assert isinstance(loss, DiceBCELoss) and loss.regions == ((1, 2, 3), (2, 3), (3,))
+    with pytest.raises(LossConfigError, match="loss focal: trains softmax classes, but the plan"):
+        plan_loss(learning_config(loss={"dice_bce": 1.0, "focal": 1.0}), plan)
+    label_plan = plan.model_copy(update={"regions": None, "regions_class_order": None})
+    with pytest.raises(LossConfigError, match="loss dice_bce: trains regions"):
+        plan_loss(learning_config(loss="dice_bce"), label_plan)
