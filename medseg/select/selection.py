@@ -66,7 +66,10 @@ class Selection:
 
     @property
     def postprocessed_mean_dice(self) -> float:
-        """The chosen candidate's mean CV Dice with the chosen post-processing."""
+        """The chosen candidate's mean CV Dice with the chosen post-processing (none decided,
+        as for regions: its mean CV Dice)."""
+        if not self.decisions:
+            return self.best.mean_dice
         values = [d.dice_after for d in self.decisions if not math.isnan(d.dice_after)]
         return float(np.mean(values)) if values else math.nan
 

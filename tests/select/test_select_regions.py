@@ -46,6 +46,12 @@ def test_select_ranks_configurations_by_their_dice_per_region(tmp_path: Path) ->
     selection = select([tmp_path / "3d", tmp_path / "2d"], plan=plan, cache_dir=tmp_path / "cache")
     assert sorted(c.name for c in selection.candidates) == ["2d", "3d", "3d + 2d"]
     assert selection.decisions == [] and not selection.rules.active()
+    selection.save(tmp_path)
+    stored = json.loads((tmp_path / "selection.json").read_text())
+    assert (
+        stored["postprocessed_cv_mean_dice"] == stored["cv_mean_dice"] == selection.best.mean_dice
+    )
+    assert "| 3d + 2d" in (tmp_path / "selection.md").read_text()
     regions = plan.region_set
     assert regions is not None
     for candidate in selection.candidates:
