@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from medseg.datasets import import_dataset
-from medseg.errors import RegionsError
+from medseg.errors import ConfigError, RegionsError
 from medseg.evaluate.metrics import dice_from_confusion, iou_from_confusion
 from medseg.manifest import (
     label_names_path,
@@ -113,6 +113,14 @@ def test_import_keeps_the_regions_in_the_sidecar_and_the_plan_records_them(
     assert plan.region_set == NESTED
     assert (plan.num_outputs, plan.activation) == (3, "sigmoid")
     assert Plan.model_validate_json(plan.model_dump_json()).region_set == NESTED
+    # a plan from before regions (no such keys) loads as a softmax plan
+    payload = plan.model_dump(mode="json")
+    old = Plan.model_validate({k: v for k, v in payload.items() if not k.startswith("regions")})
+    assert (old.region_set, old.activation, old.num_outputs) == (None, "softmax", 4)
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(payload | {"regions_class_order": [1, 2]}))
+    with pytest.raises(ConfigError, match=f"^{re.escape(str(path))}: .*one label value per region"):
+        Plan.load(path)
 
 
 def test_an_inconsistent_dataset_json_is_refused_before_anything_is_written(
