@@ -140,6 +140,22 @@ class SegmentationLoss(nn.Module):
         raise NotImplementedError
 
 
+def check_dice_options(smooth: float, **term_weights: float) -> None:
+    """Check a Dice loss's ``smooth`` (finite, > 0) and its two term weights (finite, >= 0, not
+    both 0), named as given (``dice_weight=1.0, ce_weight=0.5``).
+
+    Raises:
+        LossConfigError: naming the option that is wrong.
+    """
+    if not (math.isfinite(smooth) and smooth > 0):
+        raise LossConfigError(f"smooth: must be finite and > 0, got {smooth}")
+    for name, value in term_weights.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise LossConfigError(f"{name}: must be finite and >= 0, got {value}")
+    if not any(term_weights.values()):
+        raise LossConfigError(f"{' and '.join(term_weights)}: at least one must be > 0")
+
+
 def voxel_average(values: Tensor, voxel_weights: Tensor | None) -> Tensor:
     """``sum(values * w) / sum(w)`` over all voxels, or the plain mean when ``w`` is None.
 

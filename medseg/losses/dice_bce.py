@@ -3,14 +3,17 @@ the loss of region-based training (:mod:`medseg.regions`), as nnU-Net v2's ``DC_
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medseg.errors import LossConfigError
-from medseg.losses.base import SegmentationLoss, TermSpec, labelled_only, voxel_average
+from medseg.losses.base import (
+    SegmentationLoss,
+    TermSpec,
+    check_dice_options,
+    labelled_only,
+    voxel_average,
+)
 from medseg.regions import Region, region_masks
 
 
@@ -61,13 +64,7 @@ class DiceBCELoss(SegmentationLoss):
         bce_weight: float = 1.0,
     ) -> None:
         super().__init__()
-        if not (math.isfinite(smooth) and smooth > 0):
-            raise LossConfigError(f"smooth: must be finite and > 0, got {smooth}")
-        for name, value in (("dice_weight", dice_weight), ("bce_weight", bce_weight)):
-            if not (math.isfinite(value) and value >= 0):
-                raise LossConfigError(f"{name}: must be finite and >= 0, got {value}")
-        if dice_weight == 0 and bce_weight == 0:
-            raise LossConfigError("dice_weight and bce_weight: at least one must be > 0")
+        check_dice_options(smooth, dice_weight=dice_weight, bce_weight=bce_weight)
         self.smooth = float(smooth)
         self.batch_dice = batch_dice
         self.dice_weight = float(dice_weight)
