@@ -156,6 +156,20 @@ def check_dice_options(smooth: float, **term_weights: float) -> None:
         raise LossConfigError(f"{' and '.join(term_weights)}: at least one must be > 0")
 
 
+def soft_dice_loss(
+    probabilities: Tensor, targets: Tensor, *, smooth: float, batch_dice: bool
+) -> Tensor:
+    """``1 - mean Dice`` of probabilities and targets ``(B, K, *spatial)`` (ignored voxels
+    already zeroed in both): per sample and channel, or per channel over the batch with
+    ``batch_dice``; ``smooth`` is added to numerator and denominator."""
+    spatial = tuple(range(2, probabilities.ndim))
+    axes = (0, *spatial) if batch_dice else spatial
+    overlap = (probabilities * targets).sum(axes)
+    sizes = probabilities.sum(axes) + targets.sum(axes)
+    dice = (2.0 * overlap + smooth) / (sizes + smooth)
+    return 1.0 - dice.mean()
+
+
 def voxel_average(values: Tensor, voxel_weights: Tensor | None) -> Tensor:
     """``sum(values * w) / sum(w)`` over all voxels, or the plain mean when ``w`` is None.
 

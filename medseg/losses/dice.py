@@ -15,6 +15,7 @@ from medseg.losses.base import (
     class_weight_tensor,
     class_weights_for,
     labelled_only,
+    soft_dice_loss,
 )
 from medseg.losses.cross_entropy import cross_entropy
 
@@ -115,9 +116,6 @@ class DiceCELoss(SegmentationLoss):
         one_hot = labelled_only(one_hot, labelled)
         if not self.include_background:
             probabilities, one_hot = probabilities[:, 1:], one_hot[:, 1:]
-        spatial = tuple(range(2, logits.ndim))
-        axes = (0, *spatial) if self.batch_dice else spatial
-        overlap = (probabilities * one_hot).sum(axes)
-        sizes = probabilities.sum(axes) + one_hot.sum(axes)
-        dice = (2.0 * overlap + self.smooth) / (sizes + self.smooth)
-        return 1.0 - dice.mean()
+        return soft_dice_loss(
+            probabilities, one_hot, smooth=self.smooth, batch_dice=self.batch_dice
+        )

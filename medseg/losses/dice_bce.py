@@ -12,6 +12,7 @@ from medseg.losses.base import (
     TermSpec,
     check_dice_options,
     labelled_only,
+    soft_dice_loss,
     voxel_average,
 )
 from medseg.regions import Region, region_masks
@@ -93,9 +94,4 @@ class DiceBCELoss(SegmentationLoss):
     def _dice_loss(self, logits: Tensor, masks: Tensor, labelled: Tensor | None) -> Tensor:
         probabilities = labelled_only(torch.sigmoid(logits), labelled)
         masks = labelled_only(masks, labelled)
-        spatial = tuple(range(2, logits.ndim))
-        axes = (0, *spatial) if self.batch_dice else spatial
-        overlap = (probabilities * masks).sum(axes)
-        sizes = probabilities.sum(axes) + masks.sum(axes)
-        dice = (2.0 * overlap + self.smooth) / (sizes + self.smooth)
-        return 1.0 - dice.mean()
+        return soft_dice_loss(probabilities, masks, smooth=self.smooth, batch_dice=self.batch_dice)
