@@ -9,41 +9,33 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.datasets import import_dataset
 from medseg.evaluate.metrics import dice_from_confusion, mean_foreground
 from medseg.preprocess.cache import load_cache
-from medseg.preprocess.config import PlanOptions
-from medseg.preprocess.plan import plan_manifest
-from medseg.preprocess.stage import preprocess_manifest
 from medseg.regions import region_confusion
 from medseg.select.selection import select
 from medseg.train.cross_validation import cross_validate
 from medseg.train.folds import load_or_make_folds
-from tests.phantoms import write_nested_regions_dataset
+from tests.nested_regions import nested_regions_dataset
 from tests.tiny_dataset import tiny_config
 
 TINY = {"epochs": 1, "steps_per_epoch": 3, "validation": {"max_cases": 1, "overlay_pictures": 0}}
 
 
 def test_select_ranks_configurations_by_their_dice_per_region(tmp_path: Path) -> None:
-    cases = write_nested_regions_dataset(tmp_path / "data", range(4))
-    manifest = tmp_path / "nested.jsonl"
-    import_dataset(tmp_path / "data", manifest_path=manifest, val_fraction=0.25)
-    options = PlanOptions(patch_size_3d=(32, 32, 32), patch_size_2d=(32, 32))
-    plan = plan_manifest(manifest, options=options)
-    preprocess_manifest(manifest, plan=plan, cache_dir=tmp_path / "cache", workers=1)
+    dataset = nested_regions_dataset(tmp_path, cases=4, val_fraction=0.25)
+    manifest, plan, cases = dataset.manifest, dataset.plan, dataset.cases
     folds = load_or_make_folds(tmp_path / "plan.json", manifest, folds=2)
     for configuration in ("3d", "2d"):
         cross_validate(
             folds=folds,
             manifest_path=manifest,
             plan=plan,
-            cache_dir=tmp_path / "cache",
+            cache_dir=dataset.cache,
             config=tiny_config(**TINY, configuration=configuration),
             run_dir=tmp_path / configuration,
             tracking_uri=f"sqlite:///{tmp_path}/mlflow.db",
         )
-    selection = select([tmp_path / "3d", tmp_path / "2d"], plan=plan, cache_dir=tmp_path / "cache")
+    selection = select([tmp_path / "3d", tmp_path / "2d"], plan=plan, cache_dir=dataset.cache)
     assert sorted(c.name for c in selection.candidates) == ["2d", "3d", "3d + 2d"]
     assert selection.decisions == [] and not selection.rules.active()
     selection.save(tmp_path)
@@ -56,7 +48,7 @@ def test_select_ranks_configurations_by_their_dice_per_region(tmp_path: Path) ->
     assert regions is not None
     for candidate in selection.candidates:
         total = np.zeros((4, 4), np.int64)
-        for case in load_cache(tmp_path / "cache", cases):
+        for case in load_cache(dataset.cache, cases):
             stored = [_oof(tmp_path / name, case.case_id) for name in candidate.members]
             assert stored[0].shape[0] == 3 and 0 <= stored[0].min() <= stored[0].max() <= 1
             mean = sum(stored) / len(stored)

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.datasets import import_dataset
 from medseg.errors import LossConfigError
 from medseg.evaluate.pairing import pair_label_maps
 from medseg.evaluate.stage import evaluate_pairing
@@ -19,11 +18,8 @@ from medseg.infer.stage import scan_predictors
 from medseg.io.formats import read_volume, write_volume
 from medseg.losses import DiceBCELoss
 from medseg.manifest import load_label_names, load_regions, read_manifest, resolve
-from medseg.preprocess.config import PlanOptions
-from medseg.preprocess.plan import plan_manifest
-from medseg.preprocess.stage import preprocess_manifest
 from medseg.train.loop import plan_loss, train
-from tests.phantoms import write_nested_regions_dataset
+from tests.nested_regions import nested_regions_dataset
 from tests.tiny_dataset import learning_config
 
 # Measured after 60 steps (learning rate 0.01, 32^3 patches, threads=1) on the held-out phantom:
@@ -33,16 +29,13 @@ LEARNT_REGION_DICE = {"whole": 0.8, "core": 0.85, "enhancing": 0.55}
 
 
 def test_regions_train_validate_predict_and_evaluate_per_region(tmp_path: Path) -> None:
-    write_nested_regions_dataset(tmp_path / "data", range(5))
-    manifest = tmp_path / "nested.jsonl"
-    import_dataset(tmp_path / "data", manifest_path=manifest, val_fraction=0.2)
-    plan = plan_manifest(manifest, options=PlanOptions(patch_size_3d=(32, 32, 32)))
-    preprocess_manifest(manifest, plan=plan, cache_dir=tmp_path / "cache", workers=1)
+    dataset = nested_regions_dataset(tmp_path, cases=5, val_fraction=0.2)
+    manifest, plan = dataset.manifest, dataset.plan
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = train(
         manifest_path=manifest,
         plan=plan,
-        cache_dir=tmp_path / "cache",
+        cache_dir=dataset.cache,
         config=learning_config(
             registered_model_name="nested",
             experiment="nested",
@@ -93,10 +86,7 @@ def test_regions_train_validate_predict_and_evaluate_per_region(tmp_path: Path) 
 def test_a_region_plan_trains_dice_bce_by_default_and_refuses_softmax_losses(
     tmp_path: Path,
 ) -> None:
-    write_nested_regions_dataset(tmp_path / "data", range(1))
-    manifest = tmp_path / "nested.jsonl"
-    import_dataset(tmp_path / "data", manifest_path=manifest, val_fraction=0.0)
-    plan = plan_manifest(manifest, options=PlanOptions(patch_size_3d=(32, 32, 32)))
+    plan = nested_regions_dataset(tmp_path, cases=1, val_fraction=0.0, preprocess=False).plan
     loss = plan_loss(learning_config(), plan)
     assert isinstance(loss, DiceBCELoss) and loss.regions == ((1, 2, 3), (2, 3), (3,))
     with pytest.raises(LossConfigError, match="loss focal: trains softmax classes, but the plan"):
