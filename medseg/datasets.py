@@ -27,6 +27,9 @@ Decisions:
   present in that case. Without dataset.json, 0 is ``"background"`` and every other value
   found is ``"label_<n>"``. A label named ``ignore`` (nnU-Net v2's ignore label, for sparse or
   partial annotations) is kept in the sidecar and must be the highest value.
+* Regions (nnU-Net v2, ``medseg.regions``): labels given as lists of values plus
+  ``regions_class_order`` declare overlapping regions; the sidecar keeps them, names each
+  painted value after its region, and a label file may hold only the painted values.
 * Channels: dataset.json's ``channel_names`` (nnU-Net v2) or ``modality`` (MSD) with more than
   one entry declares a multi-channel dataset (e.g. ``{"0": "T1", "1": "T2"}``). A case is
   then either one file per channel (``case_0000``, ``case_0001``...) or one 4D file with the
@@ -63,6 +66,7 @@ from medseg.errors import (
 from medseg.io.channels import CHANNEL_SUFFIX, channel_number, stack_channels
 from medseg.io.formats import is_volume_path, read_volume, volume_stem, write_volume
 from medseg.manifest import (
+    IGNORE_LABEL_NAME,
     CaseProblem,
     ManifestRecord,
     ProblemKind,
@@ -72,12 +76,14 @@ from medseg.manifest import (
     label_values,
     manifest_relative_path,
     manifest_spacing,
+    regions_in,
     volume_sha256,
     with_splits,
     write_label_names,
     write_manifest,
 )
 from medseg.phi import hash_identifier
+from medseg.regions import RegionSet
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -109,6 +115,7 @@ class ImportReport:
     label_names: dict[int, str]
     modality: str
     channel_names: list[str] | None = None  # a multi-channel dataset's, in channel order
+    regions: RegionSet | None = None  # a region-based dataset's (see medseg.regions)
 
     @property
     def split_counts(self) -> dict[str, int]:
@@ -171,20 +178,25 @@ def _read_dataset_json(path: Path) -> dict[str, Any]:
 
 
 def _label_names_from_json(metadata: dict[str, Any], path: Path) -> dict[int, str] | None:
-    """Label value -> name from MSD (``{"0": "bg"}``) or nnU-Net v2 (``{"bg": 0}``) labels."""
+    """Label value -> name from MSD (``{"0": "bg"}``) or nnU-Net v2 (``{"bg": 0}``) labels; with
+    regions (labels given as lists), the values the regions paint, named after them."""
     labels = metadata.get("labels")
     if labels is None:
         return None
     if not isinstance(labels, dict) or not labels:
         raise DatasetLayoutError(f"{path}: 'labels' must be a non-empty object")
+    regions = regions_in(metadata, where=path)
+    if regions is not None:
+        ignored = {v: k for k, v in labels.items() if k.strip().lower() == IGNORE_LABEL_NAME}
+        painted = regions.label_names() | ignored
+        ignore_label_value(painted, where=path)
+        return painted
     names: dict[int, str] = {}
     for key, value in labels.items():
         if isinstance(value, str) and re.fullmatch(r"\d+", key):
             number, name = int(key), value
         elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             number, name = value, key
-        elif isinstance(value, list):
-            raise DatasetLayoutError(f"{path}: region-based label '{key}' is not supported")
         else:
             raise DatasetLayoutError(
                 f"{path}: label entry {key!r}: {value!r} is neither MSD style "
@@ -484,6 +496,7 @@ def import_dataset(
     manifest_relative_path(dataset_dir, manifest_path=manifest_path, data_root=data_root)
     layout = _detect_layout(dataset_dir)
     named = _label_names_from_json(layout.metadata, dataset_dir / "dataset.json")
+    regions = regions_in(layout.metadata, where=dataset_dir / "dataset.json")
     channel_names = _channel_names_from_json(layout.metadata, dataset_dir / "dataset.json")
     if channel_names and any(len(case.images) > 1 for case in layout.cases):
         # Stacked cases are written there: refuse now if the manifest could not name them.
@@ -510,7 +523,7 @@ def import_dataset(
     )
     label_names = named if named is not None else _derived_label_names(records)
     write_manifest(records, manifest_path)
-    write_label_names(label_names, manifest_path)
+    write_label_names(label_names, manifest_path, regions=regions)
     logger.info(
         "imported %d case(s) from %s (%s layout); %d orphan(s), %d rejected",
         len(records),
@@ -530,4 +543,5 @@ def import_dataset(
         label_names=label_names,
         modality=settings.modality,
         channel_names=channel_names,
+        regions=regions,
     )

@@ -207,6 +207,11 @@ class IgnoreLabelError(ConfigError):
     highest, non-zero label value."""
 
 
+class RegionsError(ConfigError):
+    """Region declarations (label values given as lists, ``regions_class_order``) that do not
+    fit together: a missing or extra order entry, a label no region can paint."""
+
+
 class LossConfigError(ConfigError, ValueError):
     """A loss option or loss spec is unknown or invalid.
 

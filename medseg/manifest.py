@@ -33,7 +33,9 @@ Other rules:
   ``"train"`` or ``"val"``.
 * Label names are dataset-wide, so they live in a sidecar ``<name>.labels.json`` beside
   ``<name>.jsonl`` (``label_names_path``), not in every record. A label named ``ignore``, the
-  highest value, marks unannotated voxels (``ignore_label_value``).
+  highest value, marks unannotated voxels (``ignore_label_value``). A region-based dataset
+  (``medseg.regions``) adds ``"regions": {"<name>": [<values>]}`` and ``"regions_class_order"``
+  to the sidecar (``read_regions``); its ``"labels"`` name the values the regions paint.
 * ``extra`` holds anything else, e.g. ``label_values``: the label values present in the case,
   and for a multi-channel case (``shape`` ``[X, Y, Z, C]``) ``channel_names``: one name per
   channel, in order (``["T1", "T2"]``); checked when present.
@@ -60,10 +62,12 @@ from medseg.errors import (
     IgnoreLabelError,
     ManifestError,
     NonIntegralLabelError,
+    RegionsError,
     SplitFractionsError,
 )
 from medseg.io.atomic import write_text_atomic
 from medseg.io.formats import data_files
+from medseg.regions import RegionSet, is_region_declaration, parse_regions
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -397,10 +401,19 @@ def label_names_path(manifest_path: str | os.PathLike[str]) -> Path:
     return Path(manifest_path).with_suffix(".labels.json")
 
 
-def write_label_names(names: Mapping[int, str], manifest_path: str | os.PathLike[str]) -> Path:
-    """Write ``{"labels": {"0": "background", ...}}`` beside the manifest; return its path."""
+def write_label_names(
+    names: Mapping[int, str],
+    manifest_path: str | os.PathLike[str],
+    *,
+    regions: RegionSet | None = None,
+) -> Path:
+    """Write ``{"labels": {"0": "background", ...}}`` beside the manifest (with the regions, if
+    any: ``"regions"`` and ``"regions_class_order"``); return its path."""
     path = label_names_path(manifest_path)
-    payload = {"labels": {str(value): names[value] for value in sorted(names)}}
+    payload: dict[str, Any] = {"labels": {str(value): names[value] for value in sorted(names)}}
+    if regions is not None:
+        payload["regions"] = {region.name: region.labels for region in regions.regions}
+        payload["regions_class_order"] = regions.regions_class_order
     write_text_atomic(path, json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
     return path
 
@@ -428,21 +441,71 @@ def read_label_names(manifest_path: str | os.PathLike[str]) -> dict[int, str]:
 def load_label_names(path: str | os.PathLike[str]) -> dict[int, str]:
     """Label value -> name from a JSON file: a manifest sidecar or a dataset.json (``"labels"``),
     or a bare mapping; ``{"1": "liver"}`` and nnU-Net v2's ``{"liver": 1}`` are both understood.
+    A dataset.json declaring regions names each painted value after its region.
 
     Raises:
         ManifestError: unreadable file or not such a mapping.
         IgnoreLabelError: its ignore label is not the highest value.
+        RegionsError: inconsistent region declarations.
     """
     try:
         payload = json.loads(Path(path).read_text(encoding="utf-8"))
         mapping = payload.get("labels", payload)
-        if all(isinstance(v, int) for v in mapping.values()):  # nnU-Net v2: {"name": value}
+        regions = regions_in(payload, where=path)
+        if regions is not None and is_region_declaration(mapping):
+            mapping = regions.label_names() | {
+                value: name for name, value in mapping.items() if _is_ignore_name(name)
+            }
+        elif all(isinstance(v, int) for v in mapping.values()):  # nnU-Net v2: {"name": value}
             mapping = {v: k for k, v in mapping.items()}
         names = {int(value): str(name) for value, name in mapping.items()}
     except (OSError, ValueError, TypeError, AttributeError) as exc:
         raise ManifestError(f'{path}: expected label names {{"<value>": "<name>"}}: {exc}') from exc
     ignore_label_value(names, where=path)
     return names
+
+
+def regions_in(payload: Mapping[str, Any], *, where: object) -> RegionSet | None:
+    """The regions a label-names sidecar (``"regions"``) or a dataset.json (labels given as
+    lists) declares, or None.
+
+    Raises:
+        RegionsError: inconsistent declarations (see :func:`medseg.regions.parse_regions`).
+    """
+    order = payload.get("regions_class_order")
+    if isinstance(payload.get("regions"), Mapping):
+        return parse_regions(payload["regions"], order, where=where)
+    labels = payload.get("labels")
+    if isinstance(labels, Mapping) and is_region_declaration(labels):
+        return parse_regions(labels, order, where=where)
+    if order is not None:
+        raise RegionsError(f"{where}: 'regions_class_order' is given but no label is a region")
+    return None
+
+
+def load_regions(path: str | os.PathLike[str]) -> RegionSet | None:
+    """The regions a label-names file (sidecar or dataset.json) declares, or None.
+
+    Raises:
+        ManifestError: unreadable file.
+        RegionsError: inconsistent region declarations.
+    """
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path}: cannot read label names: {exc}") from exc
+    return regions_in(payload, where=path) if isinstance(payload, dict) else None
+
+
+def read_regions(manifest_path: str | os.PathLike[str]) -> RegionSet | None:
+    """The regions declared in a manifest's label-names sidecar, or None (none or no sidecar).
+
+    Raises:
+        ManifestError: the sidecar is unreadable.
+        RegionsError: its region declarations are inconsistent.
+    """
+    path = label_names_path(manifest_path)
+    return load_regions(path) if path.exists() else None
 
 
 def ignore_label_value(names: Mapping[int, str], *, where: object) -> int | None:

@@ -22,15 +22,18 @@ from medseg.io.nifti import write_nifti
 from medseg.volume import Volume
 
 __all__ = [
+    "NESTED_REGIONS",
     "PHANTOM_LABELS",
     "SMALL_SPACING_MM",
     "TWO_CHANNEL_NAMES",
     "WILD_FLOAT_LABELS",
     "WILD_ORPHANS",
     "WILD_PAIRS",
+    "nested_regions_phantom",
     "small_phantom",
     "stamp_dicom",
     "two_channel_phantom",
+    "write_nested_regions_dataset",
     "write_phantom_dataset",
     "write_phantom_dataset_in_the_wild",
     "write_phantom_dataset_json",
@@ -241,6 +244,53 @@ def write_two_channel_dataset(folder: Path, seeds: Iterable[int]) -> list[str]:
     metadata = {
         "channel_names": {str(n): name for n, name in enumerate(TWO_CHANNEL_NAMES)},
         "labels": {"background": 0, "overlap": 1},
+        "numTraining": len(case_ids),
+        "file_ending": ".nii.gz",
+    }
+    (folder / "dataset.json").write_text(json.dumps(metadata, indent=2))
+    return case_ids
+
+
+NESTED_REGIONS = {"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]}
+"""The regions of ``nested_regions_phantom`` (BraTS-like), painted in the order 1, 2, 3."""
+NESTED_RADII = (10.0, 7.0, 4.0)  # voxels: outer shell (1), middle shell (2), core (3)
+
+
+def nested_regions_phantom(seed: int = 0) -> tuple[Volume, Volume]:
+    """``(mr, labels)``: concentric spheres on a 32^3 grid at 2 mm, centre jittered (seeded).
+
+    Label 1 is the outer shell (radius 10 voxels), 2 the middle shell (7), 3 the core (4), so
+    the regions of :data:`NESTED_REGIONS` are balls of radius 10, 7 and 4. Intensities 100
+    (background), 150, 200, 250 from the outside in, noise sd 10.
+    """
+    rng = np.random.default_rng(seed)
+    centre = np.array(TWO_CHANNEL_GRID, np.float32) / 2 + rng.uniform(-3, 3, 3)
+    labels = np.zeros(TWO_CHANNEL_GRID, np.uint8)
+    for value, radius in enumerate(NESTED_RADII, start=1):
+        labels[_ball(centre, radius)] = value
+    image = 100.0 + 50.0 * labels + rng.normal(0, 10, TWO_CHANNEL_GRID)
+    return (
+        Volume(image.astype(np.float32), TWO_CHANNEL_AFFINE.copy()),
+        Volume(labels, TWO_CHANNEL_AFFINE.copy()),
+    )
+
+
+def write_nested_regions_dataset(folder: Path, seeds: Iterable[int]) -> list[str]:
+    """An nnU-Net v2 dataset of ``nested_regions_phantom`` cases in ``folder`` (``imagesTr/``
+    ``nested_<seed:03d>_0000.nii.gz``, ``labelsTr/``) whose dataset.json declares the regions
+    of :data:`NESTED_REGIONS` with ``regions_class_order`` [1, 2, 3]. Returns the case ids."""
+    folder = Path(folder)
+    case_ids = []
+    for seed in seeds:
+        case_id = f"nested_{seed:03d}"
+        image, labels = nested_regions_phantom(seed)
+        write_nifti(image, folder / "imagesTr" / f"{case_id}_0000.nii.gz")
+        write_nifti(labels, folder / "labelsTr" / f"{case_id}.nii.gz")
+        case_ids.append(case_id)
+    metadata = {
+        "channel_names": {"0": "T1"},
+        "labels": {"background": 0, **NESTED_REGIONS},
+        "regions_class_order": [1, 2, 3],
         "numTraining": len(case_ids),
         "file_ending": ".nii.gz",
     }

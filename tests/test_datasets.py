@@ -400,7 +400,6 @@ def test_images_tr_without_dataset_json_raises(tmp_path: Path) -> None:
     ("labels", "message"),
     [
         ({"0": 1.5}, "neither MSD style"),
-        ({"whole tumour": [1, 2]}, "region-based label"),
         ({"0": "bg", "zero": 0}, "label value 0 is named twice"),
     ],
 )

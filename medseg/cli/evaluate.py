@@ -48,7 +48,7 @@ def evaluate(
     from medseg.evaluate.pairing import pair_label_maps, reference_label_names
     from medseg.evaluate.report import log_to_run, summary, write_reports
     from medseg.evaluate.stage import evaluate_pairing
-    from medseg.manifest import load_label_names
+    from medseg.manifest import load_label_names, load_regions
 
     if run_id:  # the report is logged after the work: the run must be there before it
         from medseg.tracking.store import require_tracking_store
@@ -59,7 +59,10 @@ def evaluate(
         require_run(run_id, tracking_uri=tracking_uri)
     pairing = pair_label_maps(predictions, references)
     names = load_label_names(labels) if labels else reference_label_names(pairing)
-    report = evaluate_pairing(pairing, label_names=names, tolerance_mm=tolerance_mm)
+    regions = load_regions(labels) if labels else None
+    report = evaluate_pairing(
+        pairing, label_names=names, tolerance_mm=tolerance_mm, regions=regions
+    )
     paths = write_reports(report, pairing, out_dir=out, images=images)
     if run_id:
         log_to_run(paths, summary(report), run_id=run_id, tracking_uri=tracking_uri)
@@ -90,6 +93,9 @@ def evaluation_summary(report: EvaluationReport, paths: dict) -> None:
         table.add_column(column)
     for name, values in report.structure_means().items():
         table.add_row(name, *(metric_cell(values[m]) for m in _EVALUATION_COLUMNS.values()))
+    for name, values in report.region_means().items():
+        cells = (metric_cell(values[m]) for m in _EVALUATION_COLUMNS.values())
+        table.add_row(f"region {name}", *cells)
     console.print(table)
     if report.ignore_label is not None:
         ignored = sum(case.ignored_voxels for case in report.cases)
@@ -111,6 +117,9 @@ def evaluation_summary(report: EvaluationReport, paths: dict) -> None:
         style="red" if problems else "green",
     )
     mean_dice = metric_cell(report.overall_mean("dice"))
+    region_dice = metric_cell(report.overall_mean("dice", regions=True))
     console.print(
-        (f"[bold]mean Dice {mean_dice}[/bold]; " if mean_dice else "") + f"report: {paths['html']}"
+        (f"[bold]mean Dice {mean_dice}[/bold]; " if mean_dice else "")
+        + (f"[bold]mean region Dice {region_dice}[/bold]; " if region_dice else "")
+        + f"report: {paths['html']}"
     )

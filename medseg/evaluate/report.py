@@ -43,12 +43,14 @@ def defined(value: float | None) -> float | None:
 
 
 def write_csv(report: EvaluationReport, path: Path) -> Path:
-    """One row per (case, structure) with every metric; undefined values are empty cells."""
+    """One row per (case, structure) with every metric, then per region (``region <name>``);
+    undefined values are empty cells."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["case_id", "structure", *METRICS])
     for case in report.cases:
-        for structure, metrics in case.metrics.items():
+        rows = case.metrics | {f"region {name}": values for name, values in case.regions.items()}
+        for structure, metrics in rows.items():
             writer.writerow(
                 [
                     case.case_id,
@@ -71,6 +73,11 @@ def summary(report: EvaluationReport) -> dict:
         },
         "structures": {
             name: {m: defined(v) for m, v in values.items()} for name, values in means.items()
+        },
+        "region_mean_dice": defined(report.overall_mean("dice", regions=True)),
+        "regions": {
+            name: {m: defined(v) for m, v in values.items()}
+            for name, values in report.region_means().items()
         },
         "ignore_label": report.ignore_label,
         "ignored_voxels": {case.case_id: case.ignored_voxels for case in report.cases},

@@ -1,7 +1,9 @@
 """Predict one scan with a packaged model: preprocess with the model's plan, sliding window of
 each member network (one, or the members of an ensemble) and the mean of their probabilities,
 optional dense CRF on the preprocessed grid, probabilities back onto the scan's grid, argmax,
-optional post-processing.
+optional post-processing. A region-based model (``medseg.regions``) averages sigmoids per
+region instead, and each region's probability, resampled onto the scan's grid, is thresholded
+at 0.5 there and painted in ``regions_class_order``; the CRF is refused for it.
 
 The model always travels with its plan (spacing, normalization, patch) and label names, so
 nothing is guessed here.
@@ -23,7 +25,7 @@ from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_largest_component
 from medseg.infer.sliding_window import predict_probabilities
-from medseg.preprocess.case import preprocess_case, restore_argmax
+from medseg.preprocess.case import preprocess_case, restore_argmax, restore_regions
 from medseg.preprocess.plan import Plan
 from medseg.volume import Volume
 
@@ -88,6 +90,7 @@ class PackagedModel:
 
     @property
     def num_classes(self) -> int:
+        """Label values a prediction may hold (background included)."""
         return max(self.label_names) + 1
 
     @property
@@ -191,6 +194,12 @@ def predict_scan(
         ScanChannelsError: the scan has another number of channels (4th axis) than the model.
     """
     check_channels(volume, model, where=case_id)
+    regions = model.plan.region_set
+    if regions is not None and options.crf is not None:
+        raise ConfigError(
+            f"{model.source or 'model'}: the dense CRF refines softmax classes; this model "
+            "predicts overlapping regions (sigmoid per region): predict without --crf"
+        )
     case = preprocess_case(volume, None, model.plan, case_id=case_id)
     image = torch.from_numpy(case.image)
     probabilities = ensemble_probabilities(
@@ -205,7 +214,15 @@ def predict_scan(
             settings=options.crf,
             slice_axis=slice_axes.pop() if len(slice_axes) == 1 else None,
         )
-    labels = restore_argmax(probabilities.numpy(), case.properties, keep=probabilities_out)
+    if regions is not None:
+        labels = restore_regions(
+            probabilities.numpy(),
+            case.properties,
+            regions_class_order=regions.regions_class_order,
+            keep=probabilities_out,
+        )
+    else:
+        labels = restore_argmax(probabilities.numpy(), case.properties, keep=probabilities_out)
     if kept := options.kept_structures(model.label_names):
         labels = labels.with_array(keep_largest_component(labels.array, kept))
     if options.model_postprocessing and model.rules.active():
@@ -223,7 +240,8 @@ def ensemble_probabilities(
     predictors: Sequence[torch.nn.Module] | None = None,
     on_windows: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
-    """Mean softmax ``(K, X, Y, Z)`` of the model's members over a preprocessed ``image``.
+    """Mean softmax ``(K, X, Y, Z)`` of the model's members over a preprocessed ``image`` (with
+    a region-based plan: mean sigmoid per region, ``(R, X, Y, Z)``).
 
     Each member runs the same sliding window and mirroring (over its own mirror axes) with its
     own configuration's patch and slice axis; ``predictors`` (from ``scan_predictor``, one per
@@ -248,13 +266,14 @@ def ensemble_probabilities(
                 network,
                 image,
                 patch_size=configuration.patch_size,
-                num_classes=model.num_classes,
+                num_classes=model.plan.num_outputs,
                 overlap=options.overlap,
                 batch_size=options.batch_size,
                 mirror=options.mirror,
                 mirror_axes=member.mirror_axes,
                 slice_axis=configuration.slice_axis,
                 on_windows=on_windows,
+                activation=model.plan.activation,
             )
             if total is None:
                 total = probabilities

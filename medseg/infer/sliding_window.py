@@ -4,8 +4,10 @@ Windows of the network's patch size step across the volume with a configurable o
 each window's softmax is weighted by a Gaussian centred in the window (sigma = 1/8 of the
 window per axis) so window borders, where the network sees least context, count least.
 Optional mirroring test-time augmentation averages the softmax over all flips of the chosen
-axes. Volumes smaller than a window are padded with zeros (the normalized background value)
-and cropped back.
+axes. Region-based networks (``activation="sigmoid"``, see ``medseg.regions``) give one
+independent sigmoid probability per region instead of a softmax over classes; weighting and
+averaging are the same. Volumes smaller than a window are padded with zeros (the normalized
+background value) and cropped back.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def window_starts(size: int, patch: int, *, overlap: float, placement: str = "ev
     return [round(i * (size - patch) / (count - 1)) for i in range(count)]
 
 
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda logits: torch.softmax(logits, dim=1),
+    "sigmoid": torch.sigmoid,
+}
+"""How logits ``(B, K, *patch)`` become probabilities: a softmax over classes, or a sigmoid
+per region channel."""
+
+
 def _forward(network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
     output = network(batch)
     if isinstance(output, list | tuple):
@@ -72,6 +82,7 @@ def sliding_window_predict(
     sigma_scale: float = 0.125,
     on_windows: Callable[[int], None] | None = None,
     placement: str = "even",
+    activation: str = "softmax",
 ) -> torch.Tensor:
     """Softmax probabilities ``(K, *spatial)`` of ``network`` over ``image`` ``(C, *spatial)``.
 
@@ -86,7 +97,9 @@ def sliding_window_predict(
         sigma_scale: Gaussian sigma as a fraction of the window size.
         on_windows: called with the number of windows just evaluated (progress bars).
         placement: window placement, ``"even"`` or ``"monai"`` (see ``window_starts``).
+        activation: a key of :data:`ACTIVATIONS` (``"sigmoid"`` for region outputs).
     """
+    to_probabilities = ACTIVATIONS[activation]
     spatial = tuple(image.shape[1:])
     padding = [max(0, p - s) for p, s in zip(patch_size, spatial, strict=True)]
     if any(padding):
@@ -122,7 +135,7 @@ def sliding_window_predict(
                 dims = [a + 2 for a in axes]
                 flipped = torch.flip(batch, dims) if dims else batch
                 logits = _forward(network, flipped).float()
-                soft = torch.softmax(logits, dim=1)
+                soft = to_probabilities(logits)
                 probabilities += torch.flip(soft, dims) if dims else soft
             probabilities /= len(flips)
             for window, probability in zip(windows, probabilities, strict=True):
@@ -149,12 +162,14 @@ def predict_probabilities(
     mirror_axes: Sequence[int] | None = None,
     slice_axis: int | None = None,
     on_windows: Callable[[int], None] | None = None,
+    activation: str = "softmax",
 ) -> torch.Tensor:
     """Softmax ``(K, X, Y, Z)`` of a 3D network, or of a 2D network slice by slice.
 
     ``slice_axis`` (2D networks) is the spatial axis the slices are perpendicular to. With
     ``mirror``, the softmax is averaged over flips of ``mirror_axes`` (volume axes; default all):
-    only axes the network was trained to see mirrored should be flipped.
+    only axes the network was trained to see mirrored should be flipped. ``activation``:
+    see :func:`sliding_window_predict`.
     """
     allowed = (0, 1, 2) if mirror_axes is None else tuple(mirror_axes)
     if slice_axis is None:
@@ -167,6 +182,7 @@ def predict_probabilities(
             batch_size=batch_size,
             mirror_axes=allowed if mirror else (),
             on_windows=on_windows,
+            activation=activation,
         )
     in_plane = [axis for axis in range(3) if axis != slice_axis]
     plane_axes = tuple(in_plane.index(a) for a in allowed if a != slice_axis) if mirror else ()
@@ -180,6 +196,7 @@ def predict_probabilities(
             batch_size=batch_size,
             mirror_axes=plane_axes,
             on_windows=on_windows,
+            activation=activation,
         )
         for index in range(image.shape[slice_axis + 1])
     ]

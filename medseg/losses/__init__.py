@@ -15,10 +15,13 @@ Every loss is a :class:`SegmentationLoss` called as ``loss(logits, target, weigh
 Losses are computed in float32 with autocast disabled, so fp16/bf16 logits from mixed-precision
 training give the same value as float32 logits (the gradient is cast back to the logits' dtype).
 
-One family per module: ``cross_entropy``, ``dice``, ``focal``, ``border`` (border-weighted
-cross-entropy), ``compound`` (weighted sums), ``deep_supervision``; ``base`` holds what they
-share and ``registry`` the table of configurable losses (:data:`LOSSES`), the
-:class:`LossSpec` a config writes and :func:`build_loss`.
+Region-based plans (:mod:`medseg.regions`) train ``dice_bce``: one sigmoid logit channel per
+region, the label map as target (see ``SegmentationLoss.for_regions``).
+
+One family per module: ``cross_entropy``, ``dice``, ``dice_bce`` (regions), ``focal``,
+``border`` (border-weighted cross-entropy), ``compound`` (weighted sums), ``deep_supervision``;
+``base`` holds what they share and ``registry`` the table of configurable losses
+(:data:`LOSSES`), the :class:`LossSpec` a config writes and :func:`build_loss`.
 
 Config form for :func:`build_loss`: a name (``"dice_ce"``), or a mapping of names to a weight or
 to options (``{"dice_ce": 1.0, "border_ce": 0.5}``, ``{"focal": {"weight": 1.0, "gamma": 3.0}}``).
@@ -30,6 +33,7 @@ from medseg.losses.compound import CombinedLoss
 from medseg.losses.cross_entropy import CESpec, CrossEntropyLoss
 from medseg.losses.deep_supervision import DeepSupervisionLoss, deep_supervision_weights
 from medseg.losses.dice import DiceCELoss, DiceCESpec
+from medseg.losses.dice_bce import DiceBCELoss, DiceBCESpec
 from medseg.losses.focal import FocalLoss, FocalSpec
 from medseg.losses.registry import LOSSES, LossSpec, build_loss, parse_loss_spec
 
@@ -41,6 +45,8 @@ __all__ = [
     "CombinedLoss",
     "CrossEntropyLoss",
     "DeepSupervisionLoss",
+    "DiceBCELoss",
+    "DiceBCESpec",
     "DiceCELoss",
     "DiceCESpec",
     "FocalLoss",

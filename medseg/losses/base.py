@@ -49,9 +49,16 @@ class SegmentationLoss(nn.Module):
     The base class sets them to class 0 and hands ``_loss`` a ``labelled`` mask (1 where
     annotated, 0 where ignored) that every loss applies to its sums and means.
 
+    Regions (a region-based plan, :mod:`medseg.regions`): a loss whose ``region_based`` is True
+    takes one logit channel per region (sigmoid, no background channel) and, after
+    :meth:`for_regions`, the same integer label map as target; it builds the region masks
+    itself, so sampling, augmentation and deep supervision resize label maps as usual.
+
     Attributes:
         needs_weights: the loss uses the per-voxel ``weights`` argument.
         ignore_label: target value of unannotated voxels, or None (every voxel counts).
+        region_based: the loss scores sigmoid region outputs, not softmax classes.
+        regions: the label values of each region (after :meth:`for_regions`), or None.
         config_name: its name in a loss spec (``"dice_ce"``).
         Options: its options in a loss spec, a :class:`TermSpec` whose fields (but ``weight``)
             are the keyword arguments of ``__init__``.
@@ -59,6 +66,8 @@ class SegmentationLoss(nn.Module):
 
     needs_weights: bool = False
     ignore_label: int | None = None
+    region_based: ClassVar[bool] = False
+    regions: tuple[tuple[int, ...], ...] | None = None
     config_name: ClassVar[str]
     Options: ClassVar[type[TermSpec]]
 
@@ -78,6 +87,31 @@ class SegmentationLoss(nn.Module):
         for module in self.modules():
             if isinstance(module, SegmentationLoss):
                 module.ignore_label = ignore_label
+        return self
+
+    def for_regions(self, regions: Sequence[Sequence[int]] | None) -> Self:
+        """Train this loss (and every loss inside it) on regions: ``regions[r]`` are the label
+        values of the region of logit channel ``r``; None: softmax classes.
+
+        Returns:
+            This loss, for chaining.
+
+        Raises:
+            LossConfigError: a loss inside is not region-based while ``regions`` are given, or
+                is region-based while they are not.
+        """
+        given = None if regions is None else tuple(tuple(int(v) for v in r) for r in regions)
+        leaves = [m for m in self.modules() if "config_name" in type(m).__dict__]
+        misfits = [str(m.config_name) for m in leaves if m.region_based != (given is not None)]
+        if misfits:
+            need = "regions (sigmoid outputs)" if given is None else "softmax classes"
+            raise LossConfigError(
+                f"loss {', '.join(misfits)}: trains {need}, but the plan "
+                + ("has no regions" if given is None else "declares regions; use dice_bce")
+            )
+        for module in self.modules():
+            if isinstance(module, SegmentationLoss):
+                module.regions = given
         return self
 
     def forward(self, logits: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -104,6 +138,36 @@ class SegmentationLoss(nn.Module):
         """The loss of validated float32 logits, int64 target ``0..K-1``, float32 weights (or
         None) and the float32 ``labelled`` mask ``(B, *spatial)`` (None: every voxel counts)."""
         raise NotImplementedError
+
+
+def check_dice_options(smooth: float, **term_weights: float) -> None:
+    """Check a Dice loss's ``smooth`` (finite, > 0) and its two term weights (finite, >= 0, not
+    both 0), named as given (``dice_weight=1.0, ce_weight=0.5``).
+
+    Raises:
+        LossConfigError: naming the option that is wrong.
+    """
+    if not (math.isfinite(smooth) and smooth > 0):
+        raise LossConfigError(f"smooth: must be finite and > 0, got {smooth}")
+    for name, value in term_weights.items():
+        if not (math.isfinite(value) and value >= 0):
+            raise LossConfigError(f"{name}: must be finite and >= 0, got {value}")
+    if not any(term_weights.values()):
+        raise LossConfigError(f"{' and '.join(term_weights)}: at least one must be > 0")
+
+
+def soft_dice_loss(
+    probabilities: Tensor, targets: Tensor, *, smooth: float, batch_dice: bool
+) -> Tensor:
+    """``1 - mean Dice`` of probabilities and targets ``(B, K, *spatial)`` (ignored voxels
+    already zeroed in both): per sample and channel, or per channel over the batch with
+    ``batch_dice``; ``smooth`` is added to numerator and denominator."""
+    spatial = tuple(range(2, probabilities.ndim))
+    axes = (0, *spatial) if batch_dice else spatial
+    overlap = (probabilities * targets).sum(axes)
+    sizes = probabilities.sum(axes) + targets.sum(axes)
+    dice = (2.0 * overlap + smooth) / (sizes + smooth)
+    return 1.0 - dice.mean()
 
 
 def voxel_average(values: Tensor, voxel_weights: Tensor | None) -> Tensor:
@@ -190,7 +254,15 @@ def _validated_inputs(
     if not (isinstance(logits, Tensor) and logits.is_floating_point() and logits.ndim >= 3):
         raise LossInputError(f"{name}: logits must be a float tensor (B, K, *spatial)")
     n_classes = logits.shape[1]
-    if n_classes < 2:
+    if loss.region_based:
+        if loss.regions is None or n_classes != len(loss.regions):
+            regions = "no regions" if loss.regions is None else f"{len(loss.regions)} regions"
+            raise LossInputError(
+                f"{name}: logits have {n_classes} channels; a region loss needs one per region "
+                f"({regions}; see for_regions)"
+            )
+        n_classes = max(v for region in loss.regions for v in region) + 1  # label values
+    elif n_classes < 2:
         raise LossInputError(
             f"{name}: logits have {n_classes} class along dim 1; need >= 2 (background + "
             "foreground) for a softmax loss"

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medseg.errors import LossConfigError
 from medseg.losses.base import (
     SegmentationLoss,
     TermSpec,
+    check_dice_options,
     class_weight_tensor,
     class_weights_for,
     labelled_only,
+    soft_dice_loss,
 )
 from medseg.losses.cross_entropy import cross_entropy
 
@@ -81,13 +81,7 @@ class DiceCELoss(SegmentationLoss):
         class_weights: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        if not (math.isfinite(smooth) and smooth > 0):
-            raise LossConfigError(f"smooth: must be finite and > 0, got {smooth}")
-        for name, value in (("dice_weight", dice_weight), ("ce_weight", ce_weight)):
-            if not (math.isfinite(value) and value >= 0):
-                raise LossConfigError(f"{name}: must be finite and >= 0, got {value}")
-        if dice_weight == 0 and ce_weight == 0:
-            raise LossConfigError("dice_weight and ce_weight: at least one must be > 0")
+        check_dice_options(smooth, dice_weight=dice_weight, ce_weight=ce_weight)
         self.include_background = include_background
         self.smooth = float(smooth)
         self.batch_dice = batch_dice
@@ -122,9 +116,6 @@ class DiceCELoss(SegmentationLoss):
         one_hot = labelled_only(one_hot, labelled)
         if not self.include_background:
             probabilities, one_hot = probabilities[:, 1:], one_hot[:, 1:]
-        spatial = tuple(range(2, logits.ndim))
-        axes = (0, *spatial) if self.batch_dice else spatial
-        overlap = (probabilities * one_hot).sum(axes)
-        sizes = probabilities.sum(axes) + one_hot.sum(axes)
-        dice = (2.0 * overlap + self.smooth) / (sizes + self.smooth)
-        return 1.0 - dice.mean()
+        return soft_dice_loss(
+            probabilities, one_hot, smooth=self.smooth, batch_dice=self.batch_dice
+        )

@@ -21,11 +21,12 @@ from medseg.losses.border import BorderWeightedCELoss
 from medseg.losses.compound import CombinedLoss
 from medseg.losses.cross_entropy import CrossEntropyLoss
 from medseg.losses.dice import DiceCELoss
+from medseg.losses.dice_bce import DiceBCELoss
 from medseg.losses.focal import FocalLoss
 
 LOSSES: dict[str, type[SegmentationLoss]] = {
     loss.config_name: loss
-    for loss in (CrossEntropyLoss, DiceCELoss, FocalLoss, BorderWeightedCELoss)
+    for loss in (CrossEntropyLoss, DiceCELoss, FocalLoss, BorderWeightedCELoss, DiceBCELoss)
 }
 """Configurable losses by their name in a loss spec, in the order terms are summed."""
 

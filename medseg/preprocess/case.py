@@ -31,6 +31,7 @@ from medseg.preprocess.resample import (
     resampled_affine,
     resampled_shape,
 )
+from medseg.regions import paint_regions
 from medseg.volume import Volume
 
 CLASS_LOCATION_SAMPLES = 10_000
@@ -223,3 +224,29 @@ def restore_argmax(
     if keep is not None:
         keep.append(np.stack(channels))
     return _onto_original_scan(labels, properties)
+
+
+def restore_regions(
+    probabilities: np.ndarray,
+    properties: CaseProperties,
+    *,
+    regions_class_order: Sequence[int],
+    keep: list[np.ndarray] | None = None,
+) -> Volume:
+    """Label map on the original scan of sigmoid region probabilities ``(R, *preprocessed
+    grid)``: each region's probability is resampled (linear) onto the cropped original grid,
+    thresholded at 0.5 there and painted in ``regions_class_order`` (later regions overwrite),
+    so region boundaries are decided at the scan's resolution as :func:`restore_argmax` does.
+    Outside the crop box no region is present. With ``keep``, the restored probabilities
+    (closest-RAS order, float16, 0 outside the crop box) are appended to it."""
+    cropped_shape = _cropped_shape(properties)
+    box = as_box(properties.crop_box)
+    restored = np.stack(
+        [resample_image(np.asarray(channel), cropped_shape, order=1) for channel in probabilities]
+    )
+    if keep is not None:
+        ras_shape = _shape3(properties.ras_shape)
+        keep.append(
+            np.stack([uncrop(c.astype(np.float16), box, ras_shape, fill=0.0) for c in restored])
+        )
+    return _onto_original_scan(paint_regions(restored, regions_class_order), properties)

@@ -49,6 +49,7 @@ from medseg.manifest import (
     label_names_path,
     read_label_names,
     read_manifest,
+    read_regions,
     sha256_file,
     without_ignore_label,
 )
@@ -63,6 +64,7 @@ from medseg.preprocess.fingerprint import (
     DatasetFingerprint,
     fingerprint_dataset,
 )
+from medseg.regions import Region, RegionSet
 
 REFERENCE_PATCH_VOXELS_3D = 128**3
 REFERENCE_PATCH_VOXELS_2D = 512**2
@@ -108,6 +110,8 @@ class Plan(BaseModel):
     modality: str
     label_names: dict[int, str]
     ignore_label: int | None = None  # unannotated voxels: in no loss or metric, never predicted
+    regions: list[Region] | None = None  # region-based training (medseg.regions); None: labels
+    regions_class_order: list[int] | None = None  # the label value each region paints
     target_spacing: list[float]
     median_shape: list[int]
     normalization: NormalizationPlan
@@ -141,11 +145,35 @@ class Plan(BaseModel):
             )
         if self.channel_normalization[0] != self.normalization:
             raise ValueError("normalization must equal channel_normalization[0]")
+        if (self.regions is None) != (self.regions_class_order is None):
+            raise ValueError("regions and regions_class_order go together (both or neither)")
+        if self.regions is not None and len(self.regions) != len(self.regions_class_order or []):
+            raise ValueError("regions_class_order needs one label value per region")
         return self
+
+    @property
+    def region_set(self) -> RegionSet | None:
+        """The regions with their painting order, or None for a label-based plan."""
+        if self.regions is None or self.regions_class_order is None:
+            return None
+        return RegionSet(regions=self.regions, regions_class_order=self.regions_class_order)
+
+    @property
+    def activation(self) -> str:
+        """How network logits become probabilities: ``"sigmoid"`` per region, else
+        ``"softmax"`` (a key of :data:`medseg.infer.sliding_window.ACTIVATIONS`)."""
+        return "sigmoid" if self.regions is not None else "softmax"
+
+    @property
+    def num_outputs(self) -> int:
+        """Output channels of the networks: one per region, else one per label value."""
+        return len(self.regions) if self.regions is not None else max(self.label_names) + 1
 
     def digest(self) -> str:
         """SHA-256 of the plan's canonical JSON: a cache built with another plan is stale."""
-        return hashlib.sha256(self.model_dump_json().encode("utf-8")).hexdigest()
+        # a plan without regions digests as before they existed: its caches stay valid
+        unset = {"regions", "regions_class_order"} if self.regions is None else None
+        return hashlib.sha256(self.model_dump_json(exclude=unset).encode("utf-8")).hexdigest()
 
     def save(self, path: Path) -> Path:
         """Write the plan as indented JSON, atomically."""
@@ -227,11 +255,13 @@ def make_plan(
     label_names: dict[int, str],
     manifest_sha256: str,
     ignore_label: int | None = None,
+    regions: RegionSet | None = None,
 ) -> Plan:
     """Derive the plan from the fingerprint, applying ``options``' overrides.
 
     ``label_names`` are the labels the networks predict; ``ignore_label`` is the value of
-    unannotated voxels (see :func:`medseg.manifest.ignore_label_value`), not among them.
+    unannotated voxels (see :func:`medseg.manifest.ignore_label_value`), not among them;
+    ``regions`` makes the networks region-based (one sigmoid output per region).
     """
     spacing = list(
         options.target_spacing
@@ -285,6 +315,8 @@ def make_plan(
         modality=fingerprint.modality,
         label_names={int(k): v for k, v in label_names.items()},
         ignore_label=ignore_label,
+        regions=regions.regions if regions else None,
+        regions_class_order=regions.regions_class_order if regions else None,
         target_spacing=spacing,
         median_shape=median,
         normalization=normalizations[0],
@@ -337,6 +369,7 @@ def plan_manifest(
 
     Raises:
         IgnoreLabelError: the label names' ignore label is not the highest value.
+        RegionsError: the sidecar's regions are inconsistent.
     """
     records = read_manifest(manifest_path)
     try:
@@ -367,4 +400,5 @@ def plan_manifest(
         label_names=without_ignore_label(label_names),
         manifest_sha256=sha256_file(manifest_path),
         ignore_label=ignore_label,
+        regions=read_regions(manifest_path),
     )

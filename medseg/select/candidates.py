@@ -2,7 +2,8 @@
 out-of-fold predictions.
 
 Every candidate is a non-empty set of configurations: one alone, or several whose
-out-of-fold probabilities are averaged before the argmax, as their ensemble would predict.
+out-of-fold probabilities are averaged before the argmax, as their ensemble would predict
+(with regions: averaged sigmoids thresholded at 0.5, scored per region).
 All of them are scored with one confusion matrix per candidate summed over every case, the
 same Dice as ``medseg cross-validate`` reports, so a single configuration scores here exactly
 its CV Dice.
@@ -21,6 +22,7 @@ from medseg.config_io import load_json_model
 from medseg.errors import ConfigError
 from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion, mean_foreground
 from medseg.preprocess.cache import LoadedCase, load_cache
+from medseg.regions import SIGMOID_THRESHOLD, RegionSet, region_confusion
 from medseg.train.cross_validation import (
     FOLD_RECORD,
     RUN_RECORD,
@@ -147,10 +149,16 @@ def ensemble_argmax(probabilities: dict[str, np.ndarray], members: tuple[str, ..
 
 
 def score_candidates(
-    configurations: list[TrainedConfiguration], cache_dir: Path, *, num_classes: int
+    configurations: list[TrainedConfiguration],
+    cache_dir: Path,
+    *,
+    num_classes: int,
+    regions: RegionSet | None = None,
 ) -> list[Candidate]:
     """Every candidate's summed confusion matrix over all out-of-fold cases, best first
-    (highest mean Dice; on a tie the one with fewer members)."""
+    (highest mean Dice; on a tie the one with fewer members). With ``regions`` the stored
+    probabilities are sigmoids per region, averaged then thresholded at 0.5, and the matrix is
+    the region confusion (Dice per region, as cross-validation scores them)."""
     candidates = [
         Candidate(members, np.zeros((num_classes, num_classes), np.int64))
         for members in candidate_members([c.name for c in configurations])
@@ -158,6 +166,12 @@ def score_candidates(
     for case, probabilities in iterate_cases(configurations, cache_dir):
         assert case.label is not None  # cross-validation cases are labelled
         for candidate in candidates:
-            prediction = ensemble_argmax(probabilities, candidate.members)
-            candidate.confusion += confusion_matrix(prediction, case.label, num_classes)
+            if regions is None:
+                prediction = ensemble_argmax(probabilities, candidate.members)
+                candidate.confusion += confusion_matrix(prediction, case.label, num_classes)
+                continue
+            mean = sum(probabilities[name] for name in candidate.members) / len(candidate.members)
+            candidate.confusion += region_confusion(
+                np.asarray(mean) > SIGMOID_THRESHOLD, np.asarray(case.label), regions
+            )
     return sorted(candidates, key=lambda c: (-np.nan_to_num(c.mean_dice, nan=-1), len(c.members)))

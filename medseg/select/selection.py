@@ -1,8 +1,13 @@
 """Choose the best configuration or ensemble, then its post-processing, from cross-validation
-folders; write the decision as ``selection.json`` and a readable table ``selection.md``."""
+folders; write the decision as ``selection.json`` and a readable table ``selection.md``.
+
+A region-based plan (``medseg.regions``) is ranked by the Dice per region; no post-processing
+is decided for it (the rules act on label values, which overlapping regions are not).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,8 @@ from medseg.select.postprocessing import (
     variants_for,
 )
 
+logger = logging.getLogger(__name__)
+
 SELECTION_JSON = "selection.json"
 SELECTION_TABLE = "selection.md"
 
@@ -59,7 +66,10 @@ class Selection:
 
     @property
     def postprocessed_mean_dice(self) -> float:
-        """The chosen candidate's mean CV Dice with the chosen post-processing."""
+        """The chosen candidate's mean CV Dice with the chosen post-processing (none decided,
+        as for regions: its mean CV Dice)."""
+        if not self.decisions:
+            return self.best.mean_dice
         values = [d.dice_after for d in self.decisions if not math.isnan(d.dice_after)]
         return float(np.mean(values)) if values else math.nan
 
@@ -133,8 +143,16 @@ def select(folders: list[Path], *, plan: Plan, cache_dir: Path) -> Selection:
     if configurations[0].record.plan_sha256 != plan.digest():
         raise ConfigError(f"{configurations[0].folder}: trained with another plan than --plan")
     num_classes = max(plan.label_names) + 1
-    candidates = score_candidates(configurations, cache_dir, num_classes=num_classes)
+    candidates = score_candidates(
+        configurations, cache_dir, num_classes=num_classes, regions=plan.region_set
+    )
     best = candidates[0]
+    if plan.regions is not None:
+        # per-structure post-processing acts on label values, which overlapping regions are not
+        logger.info("the plan declares regions: no post-processing is decided")
+        return Selection(
+            configurations, candidates, PostprocessingRules(), [], dict(plan.label_names)
+        )
     voxel_mm3 = float(np.prod(plan.target_spacing))
     structures = [value for value in sorted(plan.label_names) if value]
     references = (case.label for case in load_cache(cache_dir, cases_of(configurations)))

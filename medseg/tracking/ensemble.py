@@ -185,7 +185,7 @@ def _log_members(
             folder=folder,
             signature=tensor_signature(
                 in_channels=_in_channels(first),
-                num_classes=len(first.labels),
+                num_classes=len(first.plan.get("regions") or first.labels),  # one per region
                 spatial_dims=3,
             ),
             registered_model_name=registered_model_name,

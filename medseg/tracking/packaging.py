@@ -37,6 +37,7 @@ from mlflow.types import Schema, TensorSpec
 
 from medseg import __version__
 from medseg.errors import TrackingError
+from medseg.infer.sliding_window import ACTIVATIONS
 from medseg.tracking.client import activate
 from medseg.tracking.store import require_store_for_model
 
@@ -111,7 +112,7 @@ def build_network(factory: str, factory_kwargs: Mapping[str, Any]) -> torch.nn.M
     return network
 
 
-def _softmax_probabilities(network: torch.nn.Module, array: np.ndarray) -> np.ndarray:
+def _probabilities(network: torch.nn.Module, array: np.ndarray, activation: str) -> np.ndarray:
     first_parameter = next(network.parameters(), None)
     device = first_parameter.device if first_parameter is not None else torch.device("cpu")
     batch = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)
@@ -119,7 +120,12 @@ def _softmax_probabilities(network: torch.nn.Module, array: np.ndarray) -> np.nd
         logits = network(batch)
         if isinstance(logits, list | tuple):  # deep supervision: full resolution comes first
             logits = logits[0]
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return ACTIVATIONS[activation](logits.float()).cpu().numpy()
+
+
+def plan_activation(plan: Mapping[str, Any]) -> str:
+    """``"sigmoid"`` for a region-based plan (one probability per region), else ``"softmax"``."""
+    return "sigmoid" if plan.get("regions") else "softmax"
 
 
 def _member_probabilities(
@@ -130,10 +136,10 @@ def _member_probabilities(
     configuration = plan.get("configurations", {}).get(member.configuration, {})
     slice_axis = configuration.get("slice_axis")
     if array.ndim != 5 or slice_axis is None:
-        return _softmax_probabilities(member.network, array)
+        return _probabilities(member.network, array, plan_activation(plan))
     moved = np.moveaxis(array, slice_axis + 2, 1)  # (B, S, C, *plane)
     slices = moved.reshape(-1, *moved.shape[2:])
-    probabilities = _softmax_probabilities(member.network, slices)
+    probabilities = _probabilities(member.network, slices, plan_activation(plan))
     restored = probabilities.reshape(*moved.shape[:2], *probabilities.shape[1:])
     return np.moveaxis(restored, 1, slice_axis + 2)
 
@@ -151,7 +157,8 @@ def _load_member(model_path: str, weights_path: str) -> tuple[torch.nn.Module, d
 
 
 class SegmentationPyfuncModel(PythonModel):
-    """MLflow pyfunc wrapper: preprocessed (B, C, *spatial) float32 -> softmax (B, K, *spatial).
+    """MLflow pyfunc wrapper: preprocessed (B, C, *spatial) float32 -> softmax (B, K, *spatial),
+    or with a region-based plan one sigmoid per region (B, R, *spatial).
 
     Artifacts of one network: ``weights`` (state_dict), ``plan`` (preprocessing plan), ``model``
     (factory and kwargs that rebuild the network; the factory's package must be importable
@@ -241,11 +248,13 @@ def _bare_network(network: torch.nn.Module) -> torch.nn.Module:
     return network
 
 
-def _evaluate_example(network: torch.nn.Module, input_example: np.ndarray) -> np.ndarray:
+def _evaluate_example(
+    network: torch.nn.Module, input_example: np.ndarray, plan: Mapping[str, Any]
+) -> np.ndarray:
     was_training = network.training
     network.eval()
     try:
-        return _softmax_probabilities(network, input_example)
+        return _probabilities(network, input_example, plan_activation(plan))
     finally:
         network.train(was_training)
 
@@ -284,9 +293,12 @@ def log_segmentation_model(
         build_network(factory, factory_kwargs).load_state_dict(state)
     except RuntimeError as error:
         raise TrackingError(f"factory {factory!r} builds a different network: {error}") from error
-    probabilities = _evaluate_example(network, input_example)
+    probabilities = _evaluate_example(network, input_example, plan)
     n_channels = probabilities.shape[1]
-    if sorted(labels) != list(range(n_channels)):
+    regions = plan.get("regions")
+    if regions and len(regions) != n_channels:
+        raise TrackingError(f"the network has {n_channels} outputs for {len(regions)} regions")
+    if not regions and sorted(labels) != list(range(n_channels)):
         raise TrackingError(f"labels {sorted(labels)} must be the channels 0..{n_channels - 1}")
     signature = tensor_signature(
         in_channels=input_example.shape[1],
@@ -298,7 +310,11 @@ def log_segmentation_model(
         "factory_kwargs": dict(factory_kwargs),
         "network_class": type(network).__qualname__,
         "medseg_version": __version__,
-        "output": "softmax probabilities (B, K, *spatial)",
+        "output": (
+            "sigmoid probabilities per region (B, R, *spatial)"
+            if plan.get("regions")
+            else "softmax probabilities (B, K, *spatial)"
+        ),
     }
     with tempfile.TemporaryDirectory(prefix="medseg-model-") as folder:
         torch.save(state, Path(folder) / "weights.pt")

@@ -5,7 +5,8 @@ one plan) trained on every fold of ``splits.json`` (``medseg.train.folds``)::
 
     cross_validation.json      what is trained here (config, plan, folds digests; MLflow run)
     fold_K/checkpoints/        the fold's training (last.pt, best.pt), as ``medseg train``
-    fold_K/oof/CASE.npy        out-of-fold probabilities (K, X, Y, Z) float16, at the network's
+    fold_K/oof/CASE.npy        out-of-fold probabilities (K, X, Y, Z) float16 (with regions: one
+                               sigmoid per region, R instead of K), at the network's
                                resolution (the preprocessed grid of the cache)
     fold_K/fold.json           written last: the fold is finished (its run, confusion matrix)
     summary.json               per-structure CV Dice over all folds' out-of-fold predictions
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ConfigDict
 
 from medseg.config_io import load_json_model
 from medseg.errors import ConfigError
-from medseg.evaluate.metrics import confusion_matrix, dice_from_confusion, mean_foreground
+from medseg.evaluate.metrics import dice_from_confusion, mean_foreground
 from medseg.io.atomic import atomic_path, write_json_atomic
 from medseg.models import build_network
 from medseg.preprocess.cache import load_cache
@@ -41,7 +42,7 @@ from medseg.progress import ProgressCallback
 from medseg.train.config import TrainConfig
 from medseg.train.folds import Fold
 from medseg.train.loop import CaseSplit, train
-from medseg.train.validation import predict_case_probabilities
+from medseg.train.validation import predict_case_probabilities, scored_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -232,8 +233,8 @@ def write_out_of_fold(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     network = network.to(device).eval()
     configuration = plan.configurations[config.configuration]
-    num_classes = max(plan.label_names) + 1
-    total = np.zeros((num_classes, num_classes), np.int64)
+    size = max(plan.label_names) + 1  # of the confusion matrix (regions: see region_confusion)
+    total = np.zeros((size, size), np.int64)
     per_case: dict[str, float] = {}
     for case in load_cache(cache_dir, cases):
         assert case.label is not None  # cross-validation cases are labelled
@@ -242,19 +243,24 @@ def write_out_of_fold(
                 network,
                 case.image,
                 patch_size=configuration.patch_size,
-                num_classes=num_classes,
+                num_classes=plan.num_outputs,
                 device=device,
                 overlap=config.validation.overlap,
                 mirror=config.validation.mirror,
                 mirror_axes=config.augmentation.mirror_axes,
                 slice_axis=configuration.slice_axis,
+                activation=plan.activation,
             ).cpu()
         stored = probabilities.numpy().astype(np.float16)
         with atomic_path(out_dir / f"{case.case_id}.npy") as tmp, open(tmp, "wb") as file:
             np.save(file, stored)
         # scored as stored, so the CV Dice is what the kept probabilities give
-        matrix = confusion_matrix(
-            stored.argmax(0), case.label, num_classes, ignore_label=plan.ignore_label
+        _, matrix = scored_prediction(
+            stored,
+            np.asarray(case.label),
+            num_classes=size,
+            ignore_label=plan.ignore_label,
+            regions=plan.region_set,
         )
         total += matrix
         per_case[case.case_id] = mean_foreground(dice_from_confusion(matrix))

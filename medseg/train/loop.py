@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from medseg import shutdown
 from medseg.errors import ConfigError
 from medseg.io.atomic import write_json_atomic
-from medseg.losses import DeepSupervisionLoss, build_loss
+from medseg.losses import DeepSupervisionLoss, LossSpec, SegmentationLoss, build_loss
 from medseg.manifest import read_manifest
 from medseg.models import build_network, network_arguments
 from medseg.models.pretrained import load_encoder_weights
@@ -160,7 +160,7 @@ class _Job:
         self.plan, self.config, self.context = plan, config, context
         self.cache_dir, self.run_dir, self.split = cache_dir, run_dir, split
         self.configuration = plan.configurations[config.configuration]
-        self.num_classes = max(plan.label_names) + 1
+        self.num_classes = plan.num_outputs
         sample = load_cache(cache_dir, split.train[:1])[0]
         self.network_arguments = network_arguments(
             architecture=config.architecture,
@@ -176,7 +176,7 @@ class _Job:
                 self.network, config.pretrained_encoder, tracking_uri=tracking_uri
             )
         self.network = self.network.to(context.device)
-        loss = build_loss(config.loss).ignoring(plan.ignore_label)
+        loss = plan_loss(config, plan)
         self.needs_weights = loss.needs_weights
         if loss.needs_weights and not plan.border_weights.enabled:
             raise ConfigError(
@@ -259,7 +259,27 @@ class _Job:
             pictures_dir=self.run_dir / "pictures" / f"epoch_{epoch:04d}",
             pictures=options.overlay_pictures,
             ignore_label=self.plan.ignore_label,
+            regions=self.plan.region_set,
         )
+
+
+def plan_loss(config: TrainConfig, plan: Plan) -> SegmentationLoss:
+    """The configured loss, fitted to the plan's ignore label and regions. A region-based plan
+    trains ``dice_bce`` when the config keeps the default loss (``dice_ce``).
+
+    Raises:
+        LossConfigError: the configured loss does not fit the plan (softmax terms with
+            regions, ``dice_bce`` without).
+    """
+    spec = config.loss
+    regions = plan.region_set
+    if regions is not None and spec == TrainConfig.model_fields["loss"].get_default(
+        call_default_factory=True
+    ):
+        logger.info("the plan declares regions: training dice_bce (sigmoid per region)")
+        spec = LossSpec.model_validate("dice_bce")
+    regions_labels = None if regions is None else [r.labels for r in regions.regions]
+    return build_loss(spec).ignoring(plan.ignore_label).for_regions(regions_labels)
 
 
 def _train_step(job: _Job, model: nn.Module, batch: dict, augmenter: Augmenter, lr: float) -> float:
