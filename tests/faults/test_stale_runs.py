@@ -24,6 +24,8 @@ from medseg.pipeline.records import load_record
 from medseg.tracking.ownership import RUNS_FOLDER, ProcessIdentity
 from medseg.tracking.tags import STALE_REASON, TAG_RESUMED, TAG_STALE
 from tests.mlflow_server import running_mlflow_server
+from tests.packaged_model import log_tiny_unet
+from tests.phantom_plan import plan_phantoms
 from tests.phantoms import write_phantom_nifti
 from tests.tiny_dataset import TinyDataset, tiny_config
 
@@ -214,9 +216,10 @@ def test_a_batch_run_left_running_is_marked_by_the_next_batch_in_that_folder(
     client = MlflowClient(uri)
     assert client.get_run(killed_run_id).info.status == "RUNNING"
     (tmp_path / "scans").mkdir()
+    log_tiny_unet(plan_phantoms(tmp_path / "plan"), uri, registered_model_name="stale-batch")
     report = run_batch(
         tmp_path / "scans",
-        str(tmp_path / "model"),
+        "models:/stale-batch/1",  # read before the (empty) inventory: its input channels
         out,
         settings=BatchSettings(tracking_uri=uri),
     )
