@@ -20,9 +20,15 @@ Rows (``--rows``):
   ``medseg train --config configs/train/hippocampus_3d.yaml --max-minutes B`` (registered in
   an MLflow SQLite store in the work folder; the best checkpoint on the val split), then
   ``medseg predict --mirror`` on the test images.
-* ``medseg-auto`` (medseg with automatic choice: folds, configurations and their ensemble,
-  sharing the budget, chosen by ``medseg select``) joins ``ROWS`` once cross-validation and
-  ``medseg select`` exist; until then it is refused as an unknown row.
+* ``medseg-auto``: medseg with automatic choice, the same total budget shared by all its
+  training: ``medseg cross-validate`` of ``configs/train/hippocampus_3d.yaml`` and
+  ``hippocampus_2d.yaml`` (``--auto-folds``, default 3, over the train+val cases; test cases
+  are never in a fold), each fold with a ``--max-minutes`` that leaves room for the folds'
+  overhead (:func:`medseg_auto_row`), then ``medseg select --register bench-medseg-auto
+  --alias champion`` (the best configuration or ensemble by out-of-fold Dice, and its
+  post-processing per structure), then ``medseg predict --mirror`` of the test images with
+  ``models:/bench-medseg-auto@champion``. The training time is that of the two
+  cross-validations; ``medseg select`` is timed apart.
 
 Planning and preprocessing are done once and reported apart; they are not part of a budget.
 Both tools use the machine's 2 cores: nnU-Net with ``nnUNet_n_proc_DA=2`` augmentation workers,
@@ -33,7 +39,8 @@ cases, wall time of training and of inference), with the nnunetv2 version, the n
 and the load average before and after, since a shared machine slows training.
 
     bench/.venv/bin/python bench/quality_vs_nnunet.py [--minutes 30 60]
-        [--rows nnunet medseg-3d] [--test-cases N] [--work bench/_work/vs_nnunet]
+        [--rows nnunet medseg-3d medseg-auto] [--test-cases N] [--work bench/_work/vs_nnunet]
+        [--auto-folds 3] [--auto-fold-overhead 60]
 """
 
 from __future__ import annotations
@@ -360,6 +367,29 @@ def medseg_predict(bench: Bench, model_uri: str, tracking: str, predictions: Pat
     )
 
 
+def fold_budget(
+    minutes: float,
+    *,
+    spent: float,
+    configurations_left: int,
+    folds: int,
+    overhead: float,
+    what: str,
+) -> float:
+    """Training seconds of each fold of the next configuration of the medseg-auto row.
+
+    Raises:
+        RuntimeError: none are left (names ``what``, the seconds spent and the overhead).
+    """
+    seconds = (minutes * 60 - spent) / configurations_left / folds - overhead
+    if seconds <= 0:
+        raise RuntimeError(
+            f"medseg-auto, {minutes:g} min: no training time left for the {folds} folds of "
+            f"{what} ({spent:.0f} s spent, {overhead:.0f} s overhead per fold)"
+        )
+    return seconds
+
+
 def medseg_auto_row(bench: Bench, minutes: float) -> dict[str, Any]:
     """medseg with automatic choice within ``minutes`` of training in all: ``medseg
     cross-validate`` of each configuration of ``AUTO_CONFIGS`` (``bench.auto.folds`` folds
@@ -386,13 +416,14 @@ def medseg_auto_row(bench: Bench, minutes: float) -> dict[str, Any]:
     overhead = bench.auto.fold_overhead_seconds
     spent, trained = 0.0, {}
     for index, (name, config) in enumerate(AUTO_CONFIGS.items()):
-        left = len(AUTO_CONFIGS) - index
-        fold_seconds = (minutes * 60 - spent) / left / folds - overhead
-        if fold_seconds <= 0:
-            raise RuntimeError(
-                f"medseg-auto, {minutes:g} min: no training time left for the {folds} folds "
-                f"of {name} ({spent:.0f} s spent, {overhead:.0f} s overhead per fold)"
-            )
+        fold_seconds = fold_budget(
+            minutes,
+            spent=spent,
+            configurations_left=len(AUTO_CONFIGS) - index,
+            folds=folds,
+            overhead=overhead,
+            what=name,
+        )
         seconds = run_step(
             medseg_command(
                 "cross-validate",
@@ -575,6 +606,16 @@ def main() -> None:
     chosen = {r.case_id for r in test[: args.test_cases]}
     records = [r for r in records if r.split != "test" or r.case_id in chosen]
     try:
+        if "medseg-auto" in args.rows:  # refuse a budget too small before any row trains
+            for minutes in args.minutes:
+                fold_budget(
+                    minutes,
+                    spent=0.0,
+                    configurations_left=len(AUTO_CONFIGS),
+                    folds=args.auto_folds,
+                    overhead=args.auto_fold_overhead,
+                    what=next(iter(AUTO_CONFIGS)),
+                )
         compare(args, records)
     except (RuntimeError, ValueError) as error:
         sys.exit(f"error: {error}")
