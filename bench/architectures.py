@@ -146,12 +146,13 @@ def run_architecture(
     parent_run_id: str,
 ) -> Scores:
     """Train ``architecture`` for ``minutes`` (a child run) and score its best checkpoint."""
+    path = REPOSITORY / f"configs/train/hippocampus_{configuration}.yaml"
     config = load_train_config(
-        REPOSITORY / f"configs/train/hippocampus_{configuration}.yaml",
+        path,
         max_minutes=minutes,
         architecture=architecture,
+        network=shared_options(architecture, load_train_config(path).network),
     )
-    config = config.model_copy(update={"network": shared_options(architecture, config.network)})
     trained = train(
         manifest_path=prepared.manifest,
         plan=prepared.plan,

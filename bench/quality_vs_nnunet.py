@@ -85,6 +85,7 @@ class AutoChoice:
 
     folds: int = 3
     fold_overhead_seconds: float = 60.0
+    fold_minutes: float | None = None  # a fixed budget per fold instead (a quick check)
 
 
 @dataclass(frozen=True)
@@ -401,7 +402,8 @@ def medseg_auto_row(bench: Bench, minutes: float) -> dict[str, Any]:
     ``(minutes left) / (configurations left) / folds`` each, less the overhead of a fold
     (startup, the last step and validation past the budget, out-of-fold prediction):
     ``bench.auto.fold_overhead_seconds`` for the first configuration, then the overhead
-    measured on the configurations before.
+    measured on the configurations before. ``bench.auto.fold_minutes`` fixes the budget of
+    every fold instead (a quick check of the path: the row then ignores ``minutes``).
 
     Raises:
         RuntimeError: the budget leaves a fold no training time.
@@ -416,13 +418,17 @@ def medseg_auto_row(bench: Bench, minutes: float) -> dict[str, Any]:
     overhead = bench.auto.fold_overhead_seconds
     spent, trained = 0.0, {}
     for index, (name, config) in enumerate(AUTO_CONFIGS.items()):
-        fold_seconds = fold_budget(
-            minutes,
-            spent=spent,
-            configurations_left=len(AUTO_CONFIGS) - index,
-            folds=folds,
-            overhead=overhead,
-            what=name,
+        fold_seconds = (
+            fold_budget(
+                minutes,
+                spent=spent,
+                configurations_left=len(AUTO_CONFIGS) - index,
+                folds=folds,
+                overhead=overhead,
+                what=name,
+            )
+            if bench.auto.fold_minutes is None
+            else bench.auto.fold_minutes * 60
         )
         seconds = run_step(
             medseg_command(
@@ -489,6 +495,7 @@ def medseg_auto_row(bench: Bench, minutes: float) -> dict[str, Any]:
         "inference_seconds": round(inference_seconds, 1),
         "details": {
             "folds": folds,
+            "fold_budget": "split" if bench.auto.fold_minutes is None else "--auto-fold-minutes",
             "cross_validation": trained,
             "select_seconds": round(select_seconds, 1),
             "chosen": selection["chosen"],
@@ -598,6 +605,12 @@ def main() -> None:
         help="Seconds of a fold beyond its training budget (startup, out-of-fold prediction), "
         "taken off the first configuration's folds; later ones use the overhead measured.",
     )
+    parser.add_argument(
+        "--auto-fold-minutes",
+        type=float,
+        help="A fixed training budget for every medseg-auto fold instead of sharing --minutes "
+        "(a quick check of the path, not a result).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -606,7 +619,8 @@ def main() -> None:
     chosen = {r.case_id for r in test[: args.test_cases]}
     records = [r for r in records if r.split != "test" or r.case_id in chosen]
     try:
-        if "medseg-auto" in args.rows:  # refuse a budget too small before any row trains
+        if "medseg-auto" in args.rows and args.auto_fold_minutes is None:
+            # refuse a budget too small before any row trains
             for minutes in args.minutes:
                 fold_budget(
                     minutes,
@@ -623,7 +637,7 @@ def main() -> None:
 
 def compare(args: argparse.Namespace, records: list[ManifestRecord]) -> None:
     """Prepare each row once, then train and score every row at every budget."""
-    auto = AutoChoice(args.auto_folds, args.auto_fold_overhead)
+    auto = AutoChoice(args.auto_folds, args.auto_fold_overhead, args.auto_fold_minutes)
     bench = link_test_cases(args.work.resolve(), records, args.data_root.resolve(), auto)
     work = bench.work
     preparations: dict[Callable[[Bench], dict], dict] = {}
