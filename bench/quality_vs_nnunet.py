@@ -49,6 +49,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -582,6 +583,25 @@ _positive = _whole_number(1)
 _at_least_two = _whole_number(2)
 
 
+def _number(*, above_zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 if above_zero else value >= 0):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number {'>' if above_zero else '>='} 0"
+            )
+        return value
+
+    return parse
+
+
+_seconds = _number(above_zero=False)
+_minutes = _number(above_zero=True)
+
+
 def main() -> None:
     """Run the rows at every budget and print the table; a failed step ends it with
     ``error: <step>: <what>`` and exit code 1."""
@@ -599,7 +619,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--auto-fold-overhead",
-        type=float,
+        type=_seconds,
         default=AutoChoice.fold_overhead_seconds,
         metavar="SECONDS",
         help="Seconds of a fold beyond its training budget (startup, out-of-fold prediction), "
@@ -607,7 +627,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--auto-fold-minutes",
-        type=float,
+        type=_minutes,
+        metavar="MINUTES",
         help="A fixed training budget for every medseg-auto fold instead of sharing --minutes "
         "(a quick check of the path, not a result).",
     )
