@@ -74,7 +74,8 @@ bench-preprocess: $(BENCH_VENV)/.installed
 # nnU-Net v2 against medseg on MSD hippocampus, same cases and wall-clock budgets, scored on the
 # manifest's test split (bench/quality_vs_nnunet.py). Run it on an idle machine: each budget
 # trains every row in turn. More options through BENCH_ARGS, e.g. a quick check:
-#   make bench-vs-nnunet MINUTES=2 BENCH_ARGS="--test-cases 8 --work bench/_work/vs_nnunet_check"
+#   make bench-vs-nnunet MINUTES=2 BENCH_ARGS="--test-cases 8 --work bench/_work/vs_nnunet_check \
+#     --auto-folds 2 --auto-fold-minutes 0.25"
 MINUTES ?= 30 60
 BENCH_ARGS ?=
 .PHONY: bench-vs-nnunet

@@ -20,9 +20,15 @@ Rows (``--rows``):
   ``medseg train --config configs/train/hippocampus_3d.yaml --max-minutes B`` (registered in
   an MLflow SQLite store in the work folder; the best checkpoint on the val split), then
   ``medseg predict --mirror`` on the test images.
-* ``medseg-auto`` (medseg with automatic choice: folds, configurations and their ensemble,
-  sharing the budget, chosen by ``medseg select``) joins ``ROWS`` once cross-validation and
-  ``medseg select`` exist; until then it is refused as an unknown row.
+* ``medseg-auto``: medseg with automatic choice, the same total budget shared by all its
+  training: ``medseg cross-validate`` of ``configs/train/hippocampus_3d.yaml`` and
+  ``hippocampus_2d.yaml`` (``--auto-folds``, default 3, over the train+val cases; test cases
+  are never in a fold), each fold with a ``--max-minutes`` that leaves room for the folds'
+  overhead (:func:`medseg_auto_row`), then ``medseg select --register bench-medseg-auto
+  --alias champion`` (the best configuration or ensemble by out-of-fold Dice, and its
+  post-processing per structure), then ``medseg predict --mirror`` of the test images with
+  ``models:/bench-medseg-auto@champion``. The training time is that of the two
+  cross-validations; ``medseg select`` is timed apart.
 
 Planning and preprocessing are done once and reported apart; they are not part of a budget.
 Both tools use the machine's 2 cores: nnU-Net with ``nnUNet_n_proc_DA=2`` augmentation workers,
@@ -33,7 +39,8 @@ cases, wall time of training and of inference), with the nnunetv2 version, the n
 and the load average before and after, since a shared machine slows training.
 
     bench/.venv/bin/python bench/quality_vs_nnunet.py [--minutes 30 60]
-        [--rows nnunet medseg-3d] [--test-cases N] [--work bench/_work/vs_nnunet]
+        [--rows nnunet medseg-3d medseg-auto] [--test-cases N] [--work bench/_work/vs_nnunet]
+        [--auto-folds 3] [--auto-fold-overhead 60]
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ import argparse
 import importlib.metadata
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -67,8 +75,18 @@ from medseg.manifest import ManifestRecord, read_label_names, read_manifest, res
 LOG = logging.getLogger("quality_vs_nnunet")
 LABELS = MANIFEST.with_name("msd_hippocampus.labels.json")
 MEDSEG_CONFIG = REPOSITORY / "configs/train/hippocampus_3d.yaml"
+AUTO_CONFIGS = {"3d": MEDSEG_CONFIG, "2d": REPOSITORY / "configs/train/hippocampus_2d.yaml"}
 NNUNET_SCRIPT = REPOSITORY / "bench/nnunet_budget_trainer.py"
 BIN = Path(sys.executable).parent  # bench/.venv/bin: nnUNetv2_plan_and_preprocess
+
+
+@dataclass(frozen=True)
+class AutoChoice:
+    """How the ``medseg-auto`` row shares its budget (see :func:`medseg_auto_row`)."""
+
+    folds: int = 3
+    fold_overhead_seconds: float = 60.0
+    fold_minutes: float | None = None  # a fixed budget per fold instead (a quick check)
 
 
 @dataclass(frozen=True)
@@ -81,6 +99,7 @@ class Bench:
     test_images: Path  # <case_id>.nii.gz links
     test_labels: Path  # <case_id>.nii.gz links
     nnunet_test_images: Path  # <case_id>_0000.nii.gz links
+    auto: AutoChoice
 
     def split(self, name: str) -> list[ManifestRecord]:
         return [r for r in self.records if r.split == name]
@@ -283,7 +302,7 @@ def medseg_3d_row(bench: Bench, minutes: float) -> dict[str, Any]:
     cases."""
     folder = bench.work / f"medseg-3d/{minutes:g}min"
     shutil.rmtree(folder, ignore_errors=True)
-    tracking = f"sqlite:///{folder / 'mlflow.db'}"
+    tracking = tracking_store(folder)
     model = "bench-medseg-3d"
     train_seconds = run_step(
         medseg_command(
@@ -311,22 +330,7 @@ def medseg_3d_row(bench: Bench, minutes: float) -> dict[str, Any]:
         env=MEDSEG_ENV,
     )
     predictions = folder / "predictions"
-    inference_seconds = run_step(
-        medseg_command(
-            "predict",
-            str(bench.test_images),
-            "--model",
-            f"models:/{model}@candidate",
-            "--tracking-uri",
-            tracking,
-            "--out",
-            str(predictions),
-            "--mirror",
-            "--case-ids",
-            "folder",
-        ),
-        log=folder / "predict.log",
-    )
+    inference_seconds = medseg_predict(bench, f"models:/{model}@candidate", tracking, predictions)
     return {
         **score(predictions, bench, folder / "evaluation"),
         "train_seconds": round(train_seconds, 1),
@@ -340,20 +344,186 @@ def medseg_3d_row(bench: Bench, minutes: float) -> dict[str, Any]:
     }
 
 
+def tracking_store(folder: Path) -> str:
+    """The row's own MLflow store: SQLite in its folder."""
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def medseg_predict(bench: Bench, model_uri: str, tracking: str, predictions: Path) -> float:
+    """``medseg predict --mirror`` of the test images with a registered model; seconds."""
+    return run_step(
+        medseg_command(
+            "predict",
+            str(bench.test_images),
+            "--model",
+            model_uri,
+            "--tracking-uri",
+            tracking,
+            "--out",
+            str(predictions),
+            "--mirror",
+            "--case-ids",
+            "folder",
+        ),
+        log=predictions.with_name("predict.log"),
+    )
+
+
+def fold_budget(
+    minutes: float,
+    *,
+    spent: float,
+    configurations_left: int,
+    folds: int,
+    overhead: float,
+    what: str,
+) -> float:
+    """Training seconds of each fold of the next configuration of the medseg-auto row.
+
+    Raises:
+        RuntimeError: none are left (names ``what``, the seconds spent and the overhead).
+    """
+    seconds = (minutes * 60 - spent) / configurations_left / folds - overhead
+    if seconds <= 0:
+        raise RuntimeError(
+            f"medseg-auto, {minutes:g} min: no training time left for the {folds} folds of "
+            f"{what} ({spent:.0f} s spent, {overhead:.0f} s overhead per fold)"
+        )
+    return seconds
+
+
+def medseg_auto_row(bench: Bench, minutes: float) -> dict[str, Any]:
+    """medseg with automatic choice within ``minutes`` of training in all: ``medseg
+    cross-validate`` of each configuration of ``AUTO_CONFIGS`` (``bench.auto.folds`` folds
+    on the train+val cases), ``medseg select`` of the best configuration or ensemble and its
+    post-processing, registered as ``bench-medseg-auto@champion``, then ``medseg predict
+    --mirror`` on the test cases.
+
+    The budget is split evenly over the folds still to train: a configuration's folds get
+    ``(minutes left) / (configurations left) / folds`` each, less the overhead of a fold
+    (startup, the last step and validation past the budget, out-of-fold prediction):
+    ``bench.auto.fold_overhead_seconds`` for the first configuration, then the overhead
+    measured on the configurations before. ``bench.auto.fold_minutes`` fixes the budget of
+    every fold instead (a quick check of the path: the row then ignores ``minutes``).
+
+    Raises:
+        RuntimeError: the budget leaves a fold no training time.
+    """
+    folder = bench.work / f"medseg-auto/{minutes:g}min"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    plan = folder / "plan.json"  # its own copy: splits.json (the folds) goes beside it
+    shutil.copyfile(bench.work / "medseg/plan.json", plan)
+    tracking = tracking_store(folder)
+    folds = bench.auto.folds
+    overhead = bench.auto.fold_overhead_seconds
+    spent, trained = 0.0, {}
+    for index, (name, config) in enumerate(AUTO_CONFIGS.items()):
+        fold_seconds = (
+            fold_budget(
+                minutes,
+                spent=spent,
+                configurations_left=len(AUTO_CONFIGS) - index,
+                folds=folds,
+                overhead=overhead,
+                what=name,
+            )
+            if bench.auto.fold_minutes is None
+            else bench.auto.fold_minutes * 60
+        )
+        seconds = run_step(
+            medseg_command(
+                "cross-validate",
+                "--manifest",
+                str(MANIFEST),
+                "--plan",
+                str(plan),
+                "--cache",
+                str(bench.work / "medseg/cache"),
+                "--config",
+                str(config),
+                "--data-root",
+                str(bench.data_root),
+                "--folds",
+                str(folds),
+                "--max-minutes",
+                f"{fold_seconds / 60:.4f}",
+                "--run-dir",
+                str(folder / f"cv_{name}"),
+                "--tracking-uri",
+                tracking,
+            ),
+            log=folder / f"cv_{name}.log",
+            env=MEDSEG_ENV,
+        )
+        spent += seconds
+        overhead = seconds / folds - fold_seconds
+        summary = json.loads((folder / f"cv_{name}/summary.json").read_text())
+        trained[name] = {
+            "config": str(config.relative_to(REPOSITORY)),
+            "fold_minutes": round(fold_seconds / 60, 2),
+            "seconds": round(seconds, 1),
+            "overhead_seconds_per_fold": round(overhead, 1),
+            "cv_mean_dice": round(summary["cv_mean_dice"], 4),
+        }
+    model = "bench-medseg-auto"
+    select_seconds = run_step(
+        medseg_command(
+            "select",
+            *(str(folder / f"cv_{name}") for name in AUTO_CONFIGS),
+            "--plan",
+            str(plan),
+            "--cache",
+            str(bench.work / "medseg/cache"),
+            "--out",
+            str(folder / "selection"),
+            "--register",
+            model,
+            "--alias",
+            "champion",
+            "--tracking-uri",
+            tracking,
+        ),
+        log=folder / "select.log",
+        env=MEDSEG_ENV,
+    )
+    selection = json.loads((folder / "selection/selection.json").read_text())
+    predictions = folder / "predictions"
+    inference_seconds = medseg_predict(bench, f"models:/{model}@champion", tracking, predictions)
+    return {
+        **score(predictions, bench, folder / "evaluation"),
+        "train_seconds": round(spent, 1),
+        "inference_seconds": round(inference_seconds, 1),
+        "details": {
+            "folds": folds,
+            "fold_budget": "split" if bench.auto.fold_minutes is None else "--auto-fold-minutes",
+            "cross_validation": trained,
+            "select_seconds": round(select_seconds, 1),
+            "chosen": selection["chosen"],
+            "cv_mean_dice": round(selection["cv_mean_dice"], 4),
+            "postprocessing": {k: v["chosen"] for k, v in selection["postprocessing"].items()},
+            "postprocessed_cv_mean_dice": round(selection["postprocessed_cv_mean_dice"], 4),
+            "tta": "mirroring (the configs' axes)",
+        },
+    }
+
+
 def _last_line(log: Path, prefix: str) -> str:
     lines = [line for line in log.read_text().splitlines() if line.startswith(prefix)]
     return lines[-1] if lines else ""
 
 
-# Rows: name -> (preparation run once, training + scoring at one budget). "medseg-auto" (folds
-# and ensembles chosen by `medseg select`, sharing the budget) is added here when it exists.
+# Rows: name -> (preparation run once, training + scoring at one budget).
 ROWS: dict[str, tuple[Callable[[Bench], dict], Callable[[Bench, float], dict]]] = {
     "nnunet": (prepare_nnunet, nnunet_row),
     "medseg-3d": (prepare_medseg, medseg_3d_row),
+    "medseg-auto": (prepare_medseg, medseg_auto_row),
 }
 
 
-def link_test_cases(work: Path, records: list[ManifestRecord], data_root: Path) -> Bench:
+def link_test_cases(
+    work: Path, records: list[ManifestRecord], data_root: Path, auto: AutoChoice
+) -> Bench:
     """The bench, with ``work/test/{images,labels}/<case_id>.nii.gz`` and
     ``work/test/nnunet_images/<case_id>_0000.nii.gz`` linked to the test cases' files.
 
@@ -363,7 +533,7 @@ def link_test_cases(work: Path, records: list[ManifestRecord], data_root: Path) 
     test = work / "test"
     shutil.rmtree(test, ignore_errors=True)
     bench = Bench(
-        data_root, work, records, test / "images", test / "labels", test / "nnunet_images"
+        data_root, work, records, test / "images", test / "labels", test / "nnunet_images", auto
     )
     for folder in (bench.test_images, bench.test_labels, bench.nnunet_test_images):
         folder.mkdir(parents=True)
@@ -400,10 +570,36 @@ def markdown_table(results: list[dict[str, Any]], structures: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
-    return int(text)
+def _whole_number(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return int(text)
+
+    return parse
+
+
+_positive = _whole_number(1)
+_at_least_two = _whole_number(2)
+
+
+def _number(*, above_zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (value > 0 if above_zero else value >= 0):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number {'>' if above_zero else '>='} 0"
+            )
+        return value
+
+    return parse
+
+
+_seconds = _number(above_zero=False)
+_minutes = _number(above_zero=True)
 
 
 def main() -> None:
@@ -415,6 +611,27 @@ def main() -> None:
     parser.add_argument("--test-cases", type=_positive, help="only the first N test cases")
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
     parser.add_argument("--work", type=Path, default=REPOSITORY / "bench/_work/vs_nnunet")
+    parser.add_argument(
+        "--auto-folds",
+        type=_at_least_two,
+        default=AutoChoice.folds,
+        help="Cross-validation folds of each configuration in the medseg-auto row.",
+    )
+    parser.add_argument(
+        "--auto-fold-overhead",
+        type=_seconds,
+        default=AutoChoice.fold_overhead_seconds,
+        metavar="SECONDS",
+        help="Seconds of a fold beyond its training budget (startup, out-of-fold prediction), "
+        "taken off the first configuration's folds; later ones use the overhead measured.",
+    )
+    parser.add_argument(
+        "--auto-fold-minutes",
+        type=_minutes,
+        metavar="MINUTES",
+        help="A fixed training budget for every medseg-auto fold instead of sharing --minutes "
+        "(a quick check of the path, not a result).",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -423,6 +640,17 @@ def main() -> None:
     chosen = {r.case_id for r in test[: args.test_cases]}
     records = [r for r in records if r.split != "test" or r.case_id in chosen]
     try:
+        if "medseg-auto" in args.rows and args.auto_fold_minutes is None:
+            # refuse a budget too small before any row trains
+            for minutes in args.minutes:
+                fold_budget(
+                    minutes,
+                    spent=0.0,
+                    configurations_left=len(AUTO_CONFIGS),
+                    folds=args.auto_folds,
+                    overhead=args.auto_fold_overhead,
+                    what=next(iter(AUTO_CONFIGS)),
+                )
         compare(args, records)
     except (RuntimeError, ValueError) as error:
         sys.exit(f"error: {error}")
@@ -430,13 +658,19 @@ def main() -> None:
 
 def compare(args: argparse.Namespace, records: list[ManifestRecord]) -> None:
     """Prepare each row once, then train and score every row at every budget."""
-    bench = link_test_cases(args.work.resolve(), records, args.data_root.resolve())
+    auto = AutoChoice(args.auto_folds, args.auto_fold_overhead, args.auto_fold_minutes)
+    bench = link_test_cases(args.work.resolve(), records, args.data_root.resolve(), auto)
     work = bench.work
+    preparations: dict[Callable[[Bench], dict], dict] = {}
+    for row in args.rows:  # once each: medseg-3d and medseg-auto share theirs
+        prepare = ROWS[row][0]
+        if prepare not in preparations:
+            preparations[prepare] = prepare(bench)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
         "versions": {p: _version(p) for p in ("medseg", "torch", "nnunetv2")},
         "cases": {s: len(bench.split(s)) for s in ("train", "val", "test")},
-        "preparation": {row: ROWS[row][0](bench) for row in args.rows},
+        "preparation": {prepare.__name__: done for prepare, done in preparations.items()},
         "results": [],
     }
     for minutes in args.minutes:
