@@ -64,6 +64,7 @@ class PackagedModel:
     label_names: dict[int, str]
     source: str = ""
     postprocessing: dict | None = None  # postprocessing.json of an ensemble package
+    rules: PostprocessingRules = field(init=False)  # its "rules", parsed when the model loads
 
     def __post_init__(self) -> None:
         where = self.source or "model"
@@ -72,7 +73,7 @@ class PackagedModel:
         channels = sorted({member.in_channels for member in self.members})
         if len(channels) > 1:
             raise ConfigError(f"{where}: members take different input channels {channels}")
-        self.rules.active()  # invalid stored post-processing is refused when loading
+        self.rules = _stored_rules(self.postprocessing, where=where)
 
     @classmethod
     def of_network(
@@ -121,22 +122,21 @@ class PackagedModel:
         )
         return f"{networks}; post-processing from the model: {steps}"
 
-    @property
-    def rules(self) -> PostprocessingRules:
-        """The per-structure post-processing the model carries (none: no rule).
 
-        Raises:
-            ConfigError: the stored rules are not valid.
-        """
-        stored = (self.postprocessing or {}).get("rules")
-        if stored is None:
-            return PostprocessingRules()
-        try:
-            return PostprocessingRules.model_validate(stored)
-        except ValidationError as error:
-            problem = " ".join(str(error).split())
-            where = self.source or "model"
-            raise ConfigError(f"{where}: postprocessing.json: {problem}") from error
+def _stored_rules(postprocessing: dict | None, *, where: str) -> PostprocessingRules:
+    """The ``rules`` of a model's ``postprocessing.json`` (none: no rule).
+
+    Raises:
+        ConfigError: the stored rules are not valid.
+    """
+    stored = (postprocessing or {}).get("rules")
+    if stored is None:
+        return PostprocessingRules()
+    try:
+        return PostprocessingRules.model_validate(stored)
+    except ValidationError as error:
+        problem = " ".join(str(error).split())
+        raise ConfigError(f"{where}: postprocessing.json: {problem}") from error
 
 
 def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> PackagedModel:

@@ -155,12 +155,13 @@ def select(folders: list[Path], *, plan: Plan, cache_dir: Path) -> Selection:
         )
     voxel_mm3 = float(np.prod(plan.target_spacing))
     structures = [value for value in sorted(plan.label_names) if value]
-    references = (case.label for case in load_cache(cache_dir, cases_of(configurations)))
+    references = [case.label for case in load_cache(cache_dir, cases_of(configurations))]
     smallest = smallest_components_mm3(
-        (r for r in references if r is not None), structures, voxel_mm3=voxel_mm3
+        [r for r in references if r is not None], structures, voxel_mm3=voxel_mm3
     )
     trials = [StructureTrial(value, variants_for(smallest.get(value))) for value in structures]
-    for case, probabilities in iterate_cases(configurations, cache_dir):
+    chosen = [c for c in configurations if c.name in best.members]  # only their files are read
+    for case, probabilities in iterate_cases(chosen, cache_dir):
         assert case.label is not None
         prediction = ensemble_argmax(probabilities, best.members)
         for trial in trials:

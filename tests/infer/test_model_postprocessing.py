@@ -31,11 +31,15 @@ def _speckled_net() -> torch.nn.Module:
 
 
 def _model(plan: Plan, postprocessing: dict | None) -> PackagedModel:
-    model = PackagedModel.of_network(
+    network = PackagedModel.of_network(
         _speckled_net(), plan=plan, configuration="3d", label_names=plan.label_names
     )
-    model.postprocessing = postprocessing
-    return model
+    return PackagedModel(
+        members=network.members,
+        plan=plan,
+        label_names=plan.label_names,
+        postprocessing=postprocessing,
+    )
 
 
 def test_the_models_rules_are_applied_in_mm3_of_the_scan_unless_turned_off(
