@@ -36,7 +36,9 @@ Both tools use the machine's 2 cores: nnU-Net with ``nnUNet_n_proc_DA=2`` augmen
 ``threads: 2`` and ``num_workers: 1``. Results go to ``<work>/results.json`` and
 ``<work>/results.md`` (one line per row and budget: mean and per-structure Dice on the test
 cases, wall time of training and of inference), with the nnunetv2 version, the nnU-Net trainer,
-and the load average before and after, since a shared machine slows training.
+and the load average before and after each row, since a shared machine slows training. A later
+run on the same cases keeps the earlier rows and replaces those it runs again, so the budgets
+can run in separate sittings (``--minutes 30`` now, ``--minutes 60`` later).
 
     bench/.venv/bin/python bench/quality_vs_nnunet.py [--minutes 30 60]
         [--rows nnunet medseg-3d medseg-auto] [--test-cases N] [--work bench/_work/vs_nnunet]
@@ -656,6 +658,24 @@ def main() -> None:
         sys.exit(f"error: {error}")
 
 
+def earlier_results(path: Path, cases: dict[str, int]) -> list[dict[str, Any]]:
+    """The rows of an earlier run on the same cases (so budgets can run in separate sittings;
+    a row and budget run again replaces its earlier line); none if the cases differ."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("cases") != cases:
+        LOG.info("%s: other cases (%s), its rows are not kept", path, earlier.get("cases"))
+        return []
+    return list(earlier["results"])
+
+
+def write_atomically(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
 def compare(args: argparse.Namespace, records: list[ManifestRecord]) -> None:
     """Prepare each row once, then train and score every row at every budget."""
     auto = AutoChoice(args.auto_folds, args.auto_fold_overhead, args.auto_fold_minutes)
@@ -666,22 +686,33 @@ def compare(args: argparse.Namespace, records: list[ManifestRecord]) -> None:
         prepare = ROWS[row][0]
         if prepare not in preparations:
             preparations[prepare] = prepare(bench)
+    cases = {s: len(bench.split(s)) for s in ("train", "val", "test")}
+    kept = earlier_results(work / "results.json", cases)
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
         "versions": {p: _version(p) for p in ("medseg", "torch", "nnunetv2")},
-        "cases": {s: len(bench.split(s)) for s in ("train", "val", "test")},
+        "cases": cases,
         "preparation": {prepare.__name__: done for prepare, done in preparations.items()},
-        "results": [],
+        "results": kept,
     }
     for minutes in args.minutes:
         for row in args.rows:
             LOG.info("%s, %g min", row, minutes)
-            result = {"row": row, "minutes": minutes, **ROWS[row][1](bench, minutes)}
-            report["results"].append(result)
+            before = os.getloadavg()
+            result = {
+                "row": row,
+                "minutes": minutes,
+                **ROWS[row][1](bench, minutes),
+                "load_average_before": before,
+                "load_average_after": os.getloadavg(),
+            }
+            report["results"] = [
+                r for r in report["results"] if (r["row"], r["minutes"]) != (row, minutes)
+            ] + [result]
             LOG.info("%s", json.dumps(result))
-            (work / "results.json").write_text(json.dumps(report, indent=2))
+            write_atomically(work / "results.json", json.dumps(report, indent=2))
     report["machine"]["load_average_end"] = os.getloadavg()
-    (work / "results.json").write_text(json.dumps(report, indent=2))
+    write_atomically(work / "results.json", json.dumps(report, indent=2))
     structures = [n for v, n in sorted(read_label_names(MANIFEST).items()) if v != 0]
     table = markdown_table(report["results"], structures)
     (work / "results.md").write_text(table + "\n")
