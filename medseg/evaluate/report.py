@@ -146,13 +146,16 @@ def _html(report: EvaluationReport, result: dict, pictures: dict[str, list[Path]
     def cell(value: float | None) -> str:
         return "" if value is None else f"{value:.4g}"
 
-    rows = "".join(
-        f"<tr><td>{html.escape(name)}</td>"
-        + "".join(f"<td>{cell(values[m])}</td>" for m in METRICS)
-        + "</tr>"
-        for name, values in result["structures"].items()
-    )
-    header = "".join(f"<th>{m}</th>" for m in METRICS)
+    def table(first: str, means: dict[str, dict[str, float | None]]) -> str:
+        header = "".join(f"<th>{m}</th>" for m in METRICS)
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td>"
+            + "".join(f"<td>{cell(values[m])}</td>" for m in METRICS)
+            + "</tr>"
+            for name, values in means.items()
+        )
+        return f"<table><tr><th>{first}</th>{header}</tr>{rows}</table>"
+
     sections = "".join(
         f"<h3>{html.escape(case)}</h3>"
         + "".join(f'<img src="pictures/{p.name}" width="600">' for p in paths)
@@ -172,6 +175,8 @@ def _html(report: EvaluationReport, result: dict, pictures: dict[str, list[Path]
         f"mean Dice {cell(mean['dice'])}, IoU {cell(mean['iou'])}, "
         f"HD95 {cell(mean['hd95_mm'])} mm, NSD {cell(mean['nsd'])}"
     )
+    if result["regions"]:
+        means += f"; mean Dice over the regions {cell(result['region_mean_dice'])}"
     if report.ignore_label is not None:
         counts = ", ".join(
             f"{html.escape(case)} {count}" for case, count in result["ignored_voxels"].items()
@@ -185,8 +190,9 @@ def _html(report: EvaluationReport, result: dict, pictures: dict[str, list[Path]
         "<!doctype html><html><head><meta charset='utf-8'><title>medseg evaluation</title>"
         f"<style>{style}</style></head><body>"
         f"<h1>Evaluation of {result['cases']} cases</h1><p>{means}</p>"
-        f"<table><tr><th>structure</th>{header}</tr>{rows}</table>"
-        f"<h2>Problems</h2><ul>{problems or '<li>none</li>'}</ul>"
+        + table("structure", result["structures"])
+        + ("<h2>Regions</h2>" + table("region", result["regions"]) if result["regions"] else "")
+        + f"<h2>Problems</h2><ul>{problems or '<li>none</li>'}</ul>"
         f"<h2>Pictures</h2>{sections}</body></html>"
     )
 
@@ -221,10 +227,15 @@ def log_to_run(
 
 
 def log_evaluation(tracker: RunTracker, paths: dict[str, Path], result: dict) -> None:
-    """Log the means (per structure and overall) and the report files into a running tracker."""
+    """Log the means (per structure, per region and overall) and the report files into a
+    running tracker."""
     metrics = {f"eval_mean_{k}": v for k, v in result["mean"].items() if v is not None}
     for structure, values in result["structures"].items():
         metrics.update({f"eval_{m}_{structure}": v for m, v in values.items() if v is not None})
+    if result["region_mean_dice"] is not None:
+        metrics["eval_region_mean_dice"] = result["region_mean_dice"]
+    for region, values in result["regions"].items():
+        metrics.update({f"eval_{m}_region_{region}": v for m, v in values.items() if v is not None})
     tracker.log_metrics(metrics, step=0)
     for path in paths.values():
         tracker.log_artifact(path, artifact_path="evaluation")

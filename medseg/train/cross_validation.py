@@ -41,7 +41,7 @@ from medseg.preprocess.plan import Plan
 from medseg.progress import ProgressCallback
 from medseg.train.config import TrainConfig
 from medseg.train.folds import Fold
-from medseg.train.loop import CaseSplit, train
+from medseg.train.loop import CaseSplit, config_for_plan, train
 from medseg.train.validation import predict_case_probabilities, scored_prediction
 
 logger = logging.getLogger(__name__)
@@ -303,6 +303,7 @@ def cross_validate(
             "torchrun, train each fold with medseg train --fold K"
         )
     run_dir = Path(run_dir)
+    config = config_for_plan(config, plan)
     claimed = claim_folder(run_dir, config=config, plan=plan, folds=folds)
     mark_stale_runs(run_dir, tracking_uri)
     tracker = RunTracker(tracking_uri=tracking_uri, home=run_dir, role="cross-validation")

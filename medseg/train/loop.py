@@ -263,23 +263,27 @@ class _Job:
         )
 
 
+def config_for_plan(config: TrainConfig, plan: Plan) -> TrainConfig:
+    """``config`` as it trains on ``plan``: a region-based plan trains ``dice_bce`` (sigmoid
+    per region) when the config keeps the default loss (``dice_ce``); the run logs this."""
+    default = TrainConfig.model_fields["loss"].get_default(call_default_factory=True)
+    if plan.region_set is None or config.loss != default:
+        return config
+    logger.info("the plan declares regions: training dice_bce (sigmoid per region)")
+    return config.model_copy(update={"loss": LossSpec.model_validate("dice_bce")})
+
+
 def plan_loss(config: TrainConfig, plan: Plan) -> SegmentationLoss:
-    """The configured loss, fitted to the plan's ignore label and regions. A region-based plan
-    trains ``dice_bce`` when the config keeps the default loss (``dice_ce``).
+    """The configured loss (see :func:`config_for_plan`), fitted to the plan's ignore label
+    and regions.
 
     Raises:
         LossConfigError: the configured loss does not fit the plan (softmax terms with
             regions, ``dice_bce`` without).
     """
-    spec = config.loss
     regions = plan.region_set
-    if regions is not None and spec == TrainConfig.model_fields["loss"].get_default(
-        call_default_factory=True
-    ):
-        logger.info("the plan declares regions: training dice_bce (sigmoid per region)")
-        spec = LossSpec.model_validate("dice_bce")
     regions_labels = None if regions is None else [r.labels for r in regions.regions]
-    return build_loss(spec).ignoring(plan.ignore_label).for_regions(regions_labels)
+    return build_loss(config.loss).ignoring(plan.ignore_label).for_regions(regions_labels)
 
 
 def _train_step(job: _Job, model: nn.Module, batch: dict, augmenter: Augmenter, lr: float) -> float:
@@ -324,6 +328,7 @@ def train(
     this thread). ``split`` replaces the manifest's train/val split (a cross-validation fold,
     whose number ``fold`` is then logged with the run).
     """
+    config = config_for_plan(config, plan)
     context = setup_distributed()
     try:
         if config.threads:

@@ -53,5 +53,8 @@ def test_evaluate_reports_each_region_beside_each_label(tmp_path: Path) -> None:
         "region enhancing",
     ]
     assert summary["region_mean_dice"] == pytest.approx((80 / 84 + 1.0 + 0.0) / 3)
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert "<h2>Regions</h2>" in page and "<tr><td>core</td><td>1</td>" in page
+    assert "mean Dice over the regions 0.6508" in page
     printed = said(result)
     assert "│ region core │ 1.0000 │" in printed and "mean region Dice 0.6508" in printed

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 
 from medseg.errors import LossConfigError
 from medseg.evaluate.pairing import pair_label_maps
@@ -18,7 +19,7 @@ from medseg.infer.stage import scan_predictors
 from medseg.io.formats import read_volume, write_volume
 from medseg.losses import DiceBCELoss
 from medseg.manifest import load_label_names, load_regions, read_manifest, resolve
-from medseg.train.loop import plan_loss, train
+from medseg.train.loop import config_for_plan, plan_loss, train
 from tests.nested_regions import nested_regions_dataset
 from tests.tiny_dataset import learning_config
 
@@ -45,6 +46,8 @@ def test_regions_train_validate_predict_and_evaluate_per_region(tmp_path: Path) 
         run_dir=tmp_path / "run",
         tracking_uri=tracking_uri,
     )
+    params = MlflowClient(tracking_uri).get_run(result.run_id).data.params
+    assert [k for k in params if k.startswith("config.loss")] == ["config.loss.dice_bce"]
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     validated = [r for r in history if "val_mean_dice" in r][-1]
     per_region = {name: validated[f"val_dice_{name}"] for name in LEARNT_REGION_DICE}
@@ -87,10 +90,17 @@ def test_a_region_plan_trains_dice_bce_by_default_and_refuses_softmax_losses(
     tmp_path: Path,
 ) -> None:
     plan = nested_regions_dataset(tmp_path, cases=1, val_fraction=0.0, preprocess=False).plan
-    loss = plan_loss(learning_config(), plan)
+    config = config_for_plan(learning_config(), plan)
+    assert config.loss.names() == ["dice_bce"]  # what the run logs too
+    loss = plan_loss(config, plan)
     assert isinstance(loss, DiceBCELoss) and loss.regions == ((1, 2, 3), (2, 3), (3,))
+    with pytest.raises(LossConfigError, match="loss dice_ce: trains softmax classes, but the"):
+        plan_loss(learning_config(), plan)  # the default loss only changes by config_for_plan
+    focal = learning_config(loss={"dice_bce": 1.0, "focal": 1.0})
+    assert config_for_plan(focal, plan) == focal  # a chosen loss is kept, and refused
     with pytest.raises(LossConfigError, match="loss focal: trains softmax classes, but the plan"):
-        plan_loss(learning_config(loss={"dice_bce": 1.0, "focal": 1.0}), plan)
+        plan_loss(focal, plan)
     label_plan = plan.model_copy(update={"regions": None, "regions_class_order": None})
+    assert config_for_plan(learning_config(), label_plan).loss.names() == ["dice_ce"]
     with pytest.raises(LossConfigError, match="loss dice_bce: trains regions"):
         plan_loss(learning_config(loss="dice_bce"), label_plan)

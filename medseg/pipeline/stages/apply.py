@@ -237,7 +237,7 @@ def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> Sta
     from medseg.evaluate.pairing import pair_label_maps
     from medseg.evaluate.report import log_evaluation, summary, write_reports
     from medseg.evaluate.stage import evaluate_pairing
-    from medseg.manifest import read_label_names
+    from medseg.manifest import read_label_names, read_regions
 
     if options.split:
         folder = ctx.folder / "references"
@@ -246,8 +246,13 @@ def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> Sta
         assert options.references is not None  # StageOptions: a split or a folder
         references = ctx.data(options.references)
     pairing = pair_label_maps(ctx.need("predictions"), references)
-    names = read_label_names(ctx.need("manifest"))
-    report = evaluate_pairing(pairing, label_names=names, tolerance_mm=options.tolerance_mm)
+    manifest = ctx.need("manifest")
+    report = evaluate_pairing(
+        pairing,
+        label_names=read_label_names(manifest),
+        tolerance_mm=options.tolerance_mm,
+        regions=read_regions(manifest),
+    )
     images = ctx.data(options.images) if options.images else _case_scans(ctx)
     paths = write_reports(report, pairing, out_dir=ctx.folder / "report", images=images)
     result = summary(report)
@@ -256,15 +261,19 @@ def _evaluate(ctx: StageContext, options: EvaluateStageOptions, run: Any) -> Sta
     problems = [f"{case}: {reason}" for case, reason in report.failed.items()]
     problems += [f"{case}: no prediction" for case in report.missing_prediction]
     mean = {k: v for k, v in result["mean"].items() if v is not None}
+    metrics = {f"mean_{k}": v for k, v in mean.items()}
+    if result["region_mean_dice"] is not None:
+        metrics["region_mean_dice"] = result["region_mean_dice"]
     return StageResult(
         provides={"report": paths["html"]},
-        metrics={f"mean_{k}": v for k, v in mean.items()},
+        metrics=metrics,
         problems=problems,
         summary={
             "cases": result["cases"],
             "mean Dice": round(mean.get("dice", float("nan")), 4),
             "report": str(paths["html"]),
             "structures": result["structures"],
+            **({"regions": result["regions"]} if result["regions"] else {}),
         },
     )
 

@@ -61,6 +61,7 @@ def _ingest(ctx: StageContext, options: IngestOptions, run: RunTracker | None) -
     from medseg.ingest.stage import OutcomeKind
     from medseg.manifest import (
         load_label_names,
+        load_regions,
         read_manifest,
         with_splits,
         write_label_names,
@@ -79,7 +80,10 @@ def _ingest(ctx: StageContext, options: IngestOptions, run: RunTracker | None) -
         channel_rule=load_channel_rule(paths["channels"]) if "channels" in paths else None,
     )
     if "label_names" in paths:
-        write_label_names(load_label_names(paths["label_names"]), report.manifest_path)
+        names_file = paths["label_names"]
+        write_label_names(
+            load_label_names(names_file), report.manifest_path, regions=load_regions(names_file)
+        )
     if options.val_fraction or options.test_fraction:
         records = with_splits(
             read_manifest(report.manifest_path),
@@ -160,14 +164,20 @@ def _import(ctx: StageContext, options: ImportOptions, run: RunTracker | None) -
 
 
 def _validated_copy(ctx: StageContext, source: Path) -> StageResult:
-    from medseg.manifest import read_label_names, read_manifest, write_label_names, write_manifest
+    from medseg.manifest import (
+        read_label_names,
+        read_manifest,
+        read_regions,
+        write_label_names,
+        write_manifest,
+    )
     from medseg.manifest_validation import validate_manifest
 
     validation = validate_manifest(source, data_root=ctx.data_root)
     bad = validation.by_case()
     target = ctx.folder / "manifest.jsonl"
     write_manifest([r for r in read_manifest(source) if r.case_id not in bad], target)
-    write_label_names(read_label_names(source), target)
+    write_label_names(read_label_names(source), target, regions=read_regions(source))
     problems = [f"{case}: {p.detail}" for case, found in bad.items() for p in found]
     return _manifest_result(ctx, target, problems)
 
