@@ -24,8 +24,9 @@ from medseg.errors import ConfigError, ScanChannelsError
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_largest_component
-from medseg.infer.sliding_window import predict_probabilities
-from medseg.preprocess.case import preprocess_case, restore_argmax, restore_regions
+from medseg.infer.probability_store import ClassProbabilities
+from medseg.infer.sliding_window import probability_slabs
+from medseg.preprocess.case import ClassMaps, preprocess_case, restore_argmax, restore_regions
 from medseg.preprocess.plan import Plan
 from medseg.volume import Volume
 
@@ -202,27 +203,28 @@ def predict_scan(
         )
     case = preprocess_case(volume, None, model.plan, case_id=case_id)
     image = torch.from_numpy(case.image)
-    probabilities = ensemble_probabilities(
+    with member_probabilities(
         model, image, options=options, predictors=predictors, on_windows=on_windows
-    )
-    if options.crf is not None:
-        slice_axes = {model.plan.configurations[m.configuration].slice_axis for m in model.members}
-        probabilities = dense_crf(
-            probabilities,
-            image,
-            spacing_mm=model.plan.target_spacing,
-            settings=options.crf,
-            slice_axis=slice_axes.pop() if len(slice_axes) == 1 else None,
-        )
-    if regions is not None:
-        labels = restore_regions(
-            probabilities.numpy(),
-            case.properties,
-            regions_class_order=regions.regions_class_order,
-            keep=probabilities_out,
-        )
-    else:
-        labels = restore_argmax(probabilities.numpy(), case.properties, keep=probabilities_out)
+    ) as probabilities:
+        maps: ClassMaps = probabilities
+        if options.crf is not None:
+            slice_axes = {
+                model.plan.configurations[m.configuration].slice_axis for m in model.members
+            }
+            maps = dense_crf(
+                probabilities.tensor(),
+                image,
+                spacing_mm=model.plan.target_spacing,
+                settings=options.crf,
+                slice_axis=slice_axes.pop() if len(slice_axes) == 1 else None,
+            ).numpy()
+        if regions is not None:
+            order = regions.regions_class_order
+            labels = restore_regions(
+                maps, case.properties, regions_class_order=order, keep=probabilities_out
+            )
+        else:
+            labels = restore_argmax(maps, case.properties, keep=probabilities_out)
     if kept := options.kept_structures(model.label_names):
         labels = labels.with_array(keep_largest_component(labels.array, kept))
     if options.model_postprocessing and model.rules.active():
@@ -241,13 +243,37 @@ def ensemble_probabilities(
     on_windows: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Mean softmax ``(K, X, Y, Z)`` of the model's members over a preprocessed ``image`` (with
-    a region-based plan: mean sigmoid per region, ``(R, X, Y, Z)``).
+    a region-based plan: mean sigmoid per region, ``(R, X, Y, Z)``), all classes at once: see
+    :func:`member_probabilities`.
+
+    Raises:
+        ConfigError: ``predictors`` does not hold one module per member.
+    """
+    with member_probabilities(
+        model, image, options=options, predictors=predictors, on_windows=on_windows
+    ) as probabilities:
+        return probabilities.tensor()
+
+
+def member_probabilities(
+    model: PackagedModel,
+    image: torch.Tensor,
+    *,
+    options: PredictionOptions,
+    predictors: Sequence[torch.nn.Module] | None = None,
+    on_windows: Callable[[int], None] | None = None,
+    in_memory_limit: int | None = None,
+) -> ClassProbabilities:
+    """The model's members' mean probabilities over a preprocessed ``image``, to be read one
+    class at a time (close it, or use it as a context manager).
 
     Each member runs the same sliding window and mirroring (over its own mirror axes) with its
     own configuration's patch and slice axis; ``predictors`` (from ``scan_predictor``, one per
-    member; default the members' networks) may be exported backends. The mean accumulates in
-    one buffer: memory holds the sum and one member's probabilities, whatever the number of
-    members.
+    member; default the members' networks) may be exported backends. Each member's
+    probabilities are added slab by slab as its windows finish (along the slice axis of its 2D
+    members, else the last axis) into one store, in memory up to ``in_memory_limit`` bytes and
+    in a temporary file beyond: memory holds one slab's sums, whatever the number of members,
+    classes and slices (see :mod:`medseg.infer.probability_store`).
 
     Raises:
         ConfigError: ``predictors`` does not hold one module per member.
@@ -258,31 +284,38 @@ def ensemble_probabilities(
             f"{model.source or 'model'}: {len(networks)} predictors for "
             f"{len(model.members)} members"
         )
-    total: torch.Tensor | None = None
-    with torch.inference_mode():
-        for member, network in zip(model.members, networks, strict=True):
-            configuration = model.plan.configurations[member.configuration]
-            probabilities = predict_probabilities(
-                network,
-                image,
-                patch_size=configuration.patch_size,
-                num_classes=model.plan.num_outputs,
-                overlap=options.overlap,
-                batch_size=options.batch_size,
-                mirror=options.mirror,
-                mirror_axes=member.mirror_axes,
-                slice_axis=configuration.slice_axis,
-                on_windows=on_windows,
-                activation=model.plan.activation,
-            )
-            if total is None:
-                total = probabilities
-            else:
-                total += probabilities
-            del probabilities
-        assert total is not None  # a PackagedModel has at least one member
-        total /= len(networks)
-    return total
+    configurations = [model.plan.configurations[m.configuration] for m in model.members]
+    slice_axes = {c.slice_axis for c in configurations if c.slice_axis is not None}
+    axis = slice_axes.pop() if len(slice_axes) == 1 else 2
+    probabilities = ClassProbabilities(
+        model.plan.num_outputs, image.shape[1:], axis=axis, in_memory_limit=in_memory_limit
+    )
+    try:
+        with torch.inference_mode():
+            for member, network, configuration in zip(
+                model.members, networks, configurations, strict=True
+            ):
+                slabs = probability_slabs(
+                    network,
+                    image,
+                    patch_size=configuration.patch_size,
+                    num_classes=model.plan.num_outputs,
+                    overlap=options.overlap,
+                    batch_size=options.batch_size,
+                    mirror=options.mirror,
+                    mirror_axes=member.mirror_axes,
+                    slice_axis=configuration.slice_axis,
+                    on_windows=on_windows,
+                    activation=model.plan.activation,
+                    axis=axis,
+                )
+                for start, slab in slabs:
+                    probabilities.add(start, slab)
+                probabilities.end_member()
+    except BaseException:
+        probabilities.close()
+        raise
+    return probabilities
 
 
 def check_channels(volume: Volume, model: PackagedModel, *, where: str) -> None:

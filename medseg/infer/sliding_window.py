@@ -12,9 +12,10 @@ background value) and cropped back.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +85,8 @@ def sliding_window_predict(
     placement: str = "even",
     activation: str = "softmax",
 ) -> torch.Tensor:
-    """Softmax probabilities ``(K, *spatial)`` of ``network`` over ``image`` ``(C, *spatial)``.
+    """Softmax probabilities ``(K, *spatial)`` of ``network`` over ``image`` ``(C, *spatial)``:
+    the slabs of :func:`sliding_window_slabs` put together.
 
     Args:
         network: maps ``(B, C, *patch)`` to logits ``(B, K, *patch)`` (or a list, first used).
@@ -99,55 +101,133 @@ def sliding_window_predict(
         placement: window placement, ``"even"`` or ``"monai"`` (see ``window_starts``).
         activation: a key of :data:`ACTIVATIONS` (``"sigmoid"`` for region outputs).
     """
+    slabs = sliding_window_slabs(
+        network,
+        image,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        overlap=overlap,
+        batch_size=batch_size,
+        mirror_axes=mirror_axes,
+        sigma_scale=sigma_scale,
+        on_windows=on_windows,
+        placement=placement,
+        activation=activation,
+    )
+    return torch.cat([slab for _, slab in slabs], dim=len(patch_size))
+
+
+def sliding_window_slabs(
+    network: nn.Module,
+    image: torch.Tensor,
+    *,
+    patch_size: Sequence[int],
+    num_classes: int,
+    overlap: float = 0.5,
+    batch_size: int = 2,
+    mirror_axes: Sequence[int] = (),
+    sigma_scale: float = 0.125,
+    on_windows: Callable[[int], None] | None = None,
+    placement: str = "even",
+    activation: str = "softmax",
+    axis: int = -1,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The probabilities of :func:`sliding_window_predict` slab by slab along the spatial
+    ``axis`` (default the last): ``(start, (K, ...))`` for the slices ``start`` to ``start +
+    n`` of that axis, in order, each slice once, as soon as every window over it has run.
+
+    Windows run row by row along ``axis``, so the sums held at any time cover one window's depth
+    of it (``K x`` the other axes ``x`` the window's depth), whatever the volume's length along
+    it. Other arguments as :func:`sliding_window_predict`.
+    """
     to_probabilities = ACTIVATIONS[activation]
     spatial = tuple(image.shape[1:])
+    axis = range(len(spatial))[axis]
     padding = [max(0, p - s) for p, s in zip(patch_size, spatial, strict=True)]
     if any(padding):
         pad = [amount for p in reversed(padding) for amount in (p // 2, p - p // 2)]
         image = F.pad(image, pad)
     padded = tuple(image.shape[1:])
     importance = gaussian_importance(patch_size, sigma_scale=sigma_scale, device=image.device)
-    totals = torch.zeros((num_classes, *padded), device=image.device)
-    weight_sum = torch.zeros(padded, device=image.device)
-    starts = list(
-        itertools.product(
-            *[
-                window_starts(s, p, overlap=overlap, placement=placement)
-                for s, p in zip(padded, patch_size, strict=True)
-            ]
-        )
-    )
+    importance = importance.movedim(axis, -1)
+    starts = [
+        window_starts(s, p, overlap=overlap, placement=placement)
+        for s, p in zip(padded, patch_size, strict=True)
+    ]
+    keep = [slice(p // 2, p // 2 + s) for p, s in zip(padding, spatial, strict=True)]
+    keep.append(keep.pop(axis))  # the sums keep the streaming axis last
+    depth = patch_size[axis]
+    others = [n for i, n in enumerate(padded) if i != axis]
+    other_starts = [s for i, s in enumerate(starts) if i != axis]
     flips = [
         axes for r in range(len(mirror_axes) + 1) for axes in itertools.combinations(mirror_axes, r)
     ]
+    # sums over the slices [low, low + depth) of the axis
+    totals = torch.zeros((num_classes, *others, depth), device=image.device)
+    weight_sum = torch.zeros((*others, depth), device=image.device)
+    low = 0
+    rows = starts[axis]
     with torch.inference_mode():
-        for first in range(0, len(starts), batch_size):
-            corners = starts[first : first + batch_size]
-            windows = [
-                tuple(slice(c, c + p) for c, p in zip(corner, patch_size, strict=True))
-                for corner in corners
-            ]
-            batch = torch.stack([image[(slice(None), *w)] for w in windows])
-            probabilities = torch.zeros(
-                (len(windows), num_classes, *patch_size), device=image.device
-            )
-            for axes in flips:
-                dims = [a + 2 for a in axes]
-                flipped = torch.flip(batch, dims) if dims else batch
-                logits = _forward(network, flipped).float()
-                soft = to_probabilities(logits)
-                probabilities += torch.flip(soft, dims) if dims else soft
-            probabilities /= len(flips)
-            for window, probability in zip(windows, probabilities, strict=True):
-                totals[(slice(None), *window)] += probability * importance
-                weight_sum[window] += importance
-            if on_windows:
-                on_windows(len(windows))
-    result = totals / weight_sum
-    if any(padding):
-        crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(padding, spatial, strict=True))
-        result = result[(slice(None), *crop)]
-    return result
+        for row, start in enumerate(rows):
+            if start > low:  # slices before this row's start are complete
+                yield from _complete(totals, weight_sum, low, start, keep, axis)
+                _shift(totals, weight_sum, start - low)
+                low = start
+            corners = [(*c[:axis], start, *c[axis:]) for c in itertools.product(*other_starts)]
+            for first in range(0, len(corners), batch_size):
+                windows = [
+                    tuple(slice(c, c + p) for c, p in zip(corner, patch_size, strict=True))
+                    for corner in corners[first : first + batch_size]
+                ]
+                batch = torch.stack([image[(slice(None), *w)] for w in windows])
+                probabilities = torch.zeros(
+                    (len(windows), num_classes, *patch_size), device=image.device
+                )
+                for axes in flips:
+                    dims = [a + 2 for a in axes]
+                    flipped = torch.flip(batch, dims) if dims else batch
+                    soft = to_probabilities(_forward(network, flipped).float())
+                    probabilities += torch.flip(soft, dims) if dims else soft
+                probabilities /= len(flips)
+                for window, probability in zip(windows, probabilities, strict=True):
+                    local = (
+                        *(w for i, w in enumerate(window) if i != axis),
+                        slice(start - low, start - low + depth),
+                    )
+                    totals[(slice(None), *local)] += probability.movedim(axis + 1, -1) * importance
+                    weight_sum[local] += importance
+                if on_windows:
+                    on_windows(len(windows))
+            if row == len(rows) - 1:
+                yield from _complete(totals, weight_sum, low, padded[axis], keep, axis)
+
+
+def _complete(
+    totals: torch.Tensor,
+    weight_sum: torch.Tensor,
+    low: int,
+    high: int,
+    keep: Sequence[slice],
+    axis: int,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The finished slices ``[low, high)`` of the sums, divided, without the padding, with the
+    streaming axis back in its place."""
+    first, last = max(low, keep[-1].start), min(high, keep[-1].stop)
+    if first >= last:
+        return
+    part = (slice(None), *keep[:-1], slice(first - low, last - low))
+    slab = totals[part] / weight_sum[part[1:]]
+    yield first - keep[-1].start, slab.movedim(-1, axis + 1)
+
+
+def _shift(totals: torch.Tensor, weight_sum: torch.Tensor, by: int) -> None:
+    """Move the sums ``by`` slices towards the start of their last axis (in place), zeros
+    after."""
+    for sums in (totals, weight_sum):
+        depth = sums.shape[-1]
+        if by < depth:
+            sums[..., : depth - by] = sums[..., by:].clone()
+        sums[..., max(0, depth - by) :] = 0
 
 
 def predict_probabilities(
@@ -164,40 +244,75 @@ def predict_probabilities(
     on_windows: Callable[[int], None] | None = None,
     activation: str = "softmax",
 ) -> torch.Tensor:
-    """Softmax ``(K, X, Y, Z)`` of a 3D network, or of a 2D network slice by slice.
+    """Softmax ``(K, X, Y, Z)`` of a 3D network, or of a 2D network slice by slice: the slabs
+    of :func:`probability_slabs` put together.
 
     ``slice_axis`` (2D networks) is the spatial axis the slices are perpendicular to. With
     ``mirror``, the softmax is averaged over flips of ``mirror_axes`` (volume axes; default all):
     only axes the network was trained to see mirrored should be flipped. ``activation``:
     see :func:`sliding_window_predict`.
     """
+    axis = 2 if slice_axis is None else slice_axis
+    slabs = probability_slabs(
+        network,
+        image,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        overlap=overlap,
+        batch_size=batch_size,
+        mirror=mirror,
+        mirror_axes=mirror_axes,
+        slice_axis=slice_axis,
+        on_windows=on_windows,
+        activation=activation,
+        axis=axis,
+    )
+    return torch.cat([slab for _, slab in slabs], dim=axis + 1)
+
+
+def probability_slabs(
+    network: nn.Module,
+    image: torch.Tensor,
+    *,
+    patch_size: Sequence[int],
+    num_classes: int,
+    overlap: float = 0.5,
+    batch_size: int = 2,
+    mirror: bool = False,
+    mirror_axes: Sequence[int] | None = None,
+    slice_axis: int | None = None,
+    on_windows: Callable[[int], None] | None = None,
+    activation: str = "softmax",
+    axis: int = 2,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The probabilities of :func:`predict_probabilities` slab by slab along the spatial
+    ``axis``, in order (see :func:`sliding_window_slabs`): a 3D network's as its windows
+    finish, a 2D network's slice by slice when ``axis`` is its ``slice_axis`` (otherwise as one
+    slab of the whole volume)."""
     allowed = (0, 1, 2) if mirror_axes is None else tuple(mirror_axes)
+    windows = functools.partial(
+        sliding_window_slabs,
+        network,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        overlap=overlap,
+        batch_size=batch_size,
+        on_windows=on_windows,
+        activation=activation,
+    )
     if slice_axis is None:
-        return sliding_window_predict(
-            network,
-            image,
-            patch_size=patch_size,
-            num_classes=num_classes,
-            overlap=overlap,
-            batch_size=batch_size,
-            mirror_axes=allowed if mirror else (),
-            on_windows=on_windows,
-            activation=activation,
-        )
-    in_plane = [axis for axis in range(3) if axis != slice_axis]
+        yield from windows(image, mirror_axes=allowed if mirror else (), axis=axis)
+        return
+    in_plane = [a for a in range(3) if a != slice_axis]
     plane_axes = tuple(in_plane.index(a) for a in allowed if a != slice_axis) if mirror else ()
-    planes = [
-        sliding_window_predict(
-            network,
-            image.select(slice_axis + 1, index),
-            patch_size=patch_size,
-            num_classes=num_classes,
-            overlap=overlap,
-            batch_size=batch_size,
-            mirror_axes=plane_axes,
-            on_windows=on_windows,
-            activation=activation,
-        )
-        for index in range(image.shape[slice_axis + 1])
-    ]
-    return torch.stack(planes, dim=slice_axis + 1)
+
+    def plane(index: int) -> torch.Tensor:
+        section = image.select(slice_axis + 1, index)
+        return torch.cat([slab for _, slab in windows(section, mirror_axes=plane_axes)], dim=2)
+
+    count = image.shape[slice_axis + 1]
+    if axis == slice_axis:
+        for index in range(count):
+            yield index, plane(index).unsqueeze(axis + 1)
+    else:
+        yield 0, torch.stack([plane(index) for index in range(count)], dim=slice_axis + 1)

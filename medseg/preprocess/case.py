@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -192,25 +193,36 @@ def _onto_original_scan(cropped: np.ndarray, properties: CaseProperties) -> Volu
     return restored.to_orientation_of(np.array(properties.original_affine))
 
 
+class ClassMaps(Protocol):
+    """Per-class (or per-region) maps on the preprocessed grid, read one at a time: an array
+    ``(K, *grid)``, or a store that keeps them elsewhere
+    (:class:`medseg.infer.probability_store.ClassProbabilities`)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+
 def restore_argmax(
-    probabilities: np.ndarray, properties: CaseProperties, *, keep: list[np.ndarray] | None = None
+    probabilities: ClassMaps, properties: CaseProperties, *, keep: list[np.ndarray] | None = None
 ) -> Volume:
     """Label map on the original scan of per-class probabilities ``(K, *preprocessed grid)``.
 
     Each class map is resampled back to the cropped original grid (linear) before the argmax,
-    so boundaries are decided at the scan's own resolution; one class at a time keeps memory
-    independent of the number of classes. Outside the crop box is background. With ``keep``,
-    the restored probabilities (closest-RAS order, float16, background 1 outside the crop box)
-    are appended to it as one ``(K, *ras_shape)`` array.
+    so boundaries are decided at the scan's own resolution; one class at a time (read one at a
+    time from ``probabilities``) keeps memory independent of the number of classes. Outside
+    the crop box is background. With ``keep``, the restored probabilities (closest-RAS order,
+    float16, background 1 outside the crop box) are appended to it as one ``(K, *ras_shape)``
+    array.
     """
     cropped_shape = _cropped_shape(properties)
     box = as_box(properties.crop_box)
     ras_shape = _shape3(properties.ras_shape)
     channels: list[np.ndarray] = []
-    dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
+    dtype = np.uint8 if len(probabilities) <= 256 else np.uint16
     best = np.full(cropped_shape, -1.0, np.float32)
     labels = np.zeros(cropped_shape, dtype)
-    for index in range(probabilities.shape[0]):
+    for index in range(len(probabilities)):
         resampled = resample_image(np.asarray(probabilities[index]), cropped_shape, order=1)
         better = resampled > best
         best[better] = resampled[better]
@@ -227,7 +239,7 @@ def restore_argmax(
 
 
 def restore_regions(
-    probabilities: np.ndarray,
+    probabilities: ClassMaps,
     properties: CaseProperties,
     *,
     regions_class_order: Sequence[int],
@@ -242,7 +254,10 @@ def restore_regions(
     cropped_shape = _cropped_shape(properties)
     box = as_box(properties.crop_box)
     restored = np.stack(
-        [resample_image(np.asarray(channel), cropped_shape, order=1) for channel in probabilities]
+        [
+            resample_image(np.asarray(probabilities[index]), cropped_shape, order=1)
+            for index in range(len(probabilities))
+        ]
     )
     if keep is not None:
         ras_shape = _shape3(properties.ras_shape)
