@@ -3,6 +3,7 @@ temporary file; and the sliding window's slabs, which feed them."""
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import numpy as np
@@ -34,7 +35,7 @@ def test_slabs_of_each_member_add_up_to_the_mean_of_the_members(
     assert store.in_memory == (in_memory_limit is None)
     cuts = [0, 2, 3, grid[axis]]  # uneven slabs, as the sliding window gives them
     for member in members:
-        for start, stop in zip(cuts, cuts[1:], strict=False):
+        for start, stop in itertools.pairwise(cuts):
             slab = np.take(member, range(start, stop), axis=axis + 1)
             store.add(start, torch.from_numpy(slab) if start else slab)
         store.end_member()
