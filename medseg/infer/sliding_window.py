@@ -180,26 +180,47 @@ def sliding_window_slabs(
                     for corner in corners[first : first + batch_size]
                 ]
                 batch = torch.stack([image[(slice(None), *w)] for w in windows])
-                probabilities = torch.zeros(
-                    (len(windows), num_classes, *patch_size), device=image.device
-                )
-                for axes in flips:
-                    dims = [a + 2 for a in axes]
-                    flipped = torch.flip(batch, dims) if dims else batch
-                    soft = to_probabilities(_forward(network, flipped).float())
-                    probabilities += torch.flip(soft, dims) if dims else soft
-                probabilities /= len(flips)
+                probabilities = _mean_over_flips(network, batch, flips, to_probabilities)
                 for window, probability in zip(windows, probabilities, strict=True):
                     local = (
                         *(w for i, w in enumerate(window) if i != axis),
                         slice(start - low, start - low + depth),
                     )
-                    totals[(slice(None), *local)] += probability.movedim(axis + 1, -1) * importance
+                    sums = totals[(slice(None), *local)]  # a view: added to in place
+                    sums.addcmul_(probability.movedim(axis + 1, -1), importance)
                     weight_sum[local] += importance
+                del probabilities
                 if on_windows:
                     on_windows(len(windows))
             if row == len(rows) - 1:
                 yield from _complete(totals, weight_sum, low, padded[axis], keep, axis)
+
+
+def _mean_over_flips(
+    network: nn.Module,
+    batch: torch.Tensor,
+    flips: Sequence[tuple[int, ...]],
+    to_probabilities: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Probabilities ``(B, K, *patch)`` of ``batch``, averaged over the ``flips`` (spatial axes
+    flipped in, then back); one output's worth of memory beside the network's own."""
+    total: torch.Tensor | None = None
+    for axes in flips:
+        dims = [a + 2 for a in axes]
+        logits = _forward(network, torch.flip(batch, dims) if dims else batch).float()
+        probabilities = to_probabilities(logits)
+        del logits
+        if dims:
+            probabilities = torch.flip(probabilities, dims)
+        if total is None:
+            total = probabilities
+        else:
+            total += probabilities
+        del probabilities
+    assert total is not None  # flips always hold the identity ()
+    if len(flips) > 1:
+        total /= len(flips)
+    return total
 
 
 def _complete(

@@ -1,0 +1,47 @@
+"""Prediction memory grows with neither the number of classes nor the length of the scan
+beyond the network's own outputs: the reduced-size version of the large-volume path (a
+randomly initialised 3D U-Net on a long phantom CT, ``tests.infer.memory_probe``), measured in
+fresh processes by their peak resident set."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.infer.memory_probe import PATCH
+
+
+def _growth_mb(classes: int, slices: int, *extra: str) -> dict:
+    probe = [sys.executable, "-m", "tests.infer.memory_probe"]
+    done = subprocess.run(
+        [*probe, "--classes", str(classes), "--slices", str(slices), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _full_copy_mb(classes: int, grid: list[int]) -> float:
+    """One float32 map per class over the whole network grid: what the old path held ~3 of."""
+    voxels = grid[0] * grid[1] * grid[2]
+    return classes * voxels * 4 / 2**20
+
+
+def test_peak_memory_does_not_grow_with_the_classes_or_the_scan_length() -> None:
+    few, many = _growth_mb(8, 600), _growth_mb(64, 600)
+    shorter = _growth_mb(64, 300)
+    held = _growth_mb(64, 600, "--in-memory")  # every class's probabilities held at once
+    grid = many["grid"]
+    assert grid[2] > 10 * PATCH[2]  # a long scan: many rows of windows
+    # the probe sees what holding every class costs ...
+    assert held["growth_mb"] - many["growth_mb"] > 0.5 * _full_copy_mb(64, grid)
+    # ... and 56 more classes cost far less than one map per class over the grid (measured
+    # 67 MB, against 166 MB for one such copy: the network's outputs and one row of sums)
+    assert many["growth_mb"] - few["growth_mb"] < 0.6 * _full_copy_mb(56, grid)
+    # twice the slices: the same (measured -5 MB; one copy of the added slices is 45 MB)
+    added = _full_copy_mb(64, [grid[0], grid[1], grid[2] - shorter["grid"][2]])
+    assert many["growth_mb"] - shorter["growth_mb"] < 0.25 * added
+    assert many["labels"] > 1 and few["labels"] > 1
