@@ -12,6 +12,7 @@ nothing is guessed here.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_larg
 from medseg.infer.probability_store import ClassProbabilities
 from medseg.infer.sliding_window import probability_slabs
 from medseg.preprocess.case import ClassMaps, preprocess_case, restore_argmax, restore_regions
-from medseg.preprocess.plan import Plan
+from medseg.preprocess.plan import Configuration, Plan
 from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -272,8 +273,9 @@ def member_probabilities(
     member; default the members' networks) may be exported backends. Each member's
     probabilities are added slab by slab as its windows finish (along the slice axis of its 2D
     members, else the last axis) into one store, in memory up to ``in_memory_limit`` bytes and
-    in a temporary file beyond: memory holds one slab's sums, whatever the number of members,
-    classes and slices (see :mod:`medseg.infer.probability_store`).
+    in a temporary file beyond: memory holds one row of windows' running means (float16 when
+    large: :func:`accumulator_dtype`), whatever the number of members, classes and slices (see
+    :mod:`medseg.infer.probability_store`).
 
     Raises:
         ConfigError: ``predictors`` does not hold one module per member.
@@ -287,9 +289,11 @@ def member_probabilities(
     configurations = [model.plan.configurations[m.configuration] for m in model.members]
     slice_axes = {c.slice_axis for c in configurations if c.slice_axis is not None}
     axis = slice_axes.pop() if len(slice_axes) == 1 else 2
+    grid = tuple(image.shape[1:])
     probabilities = ClassProbabilities(
-        model.plan.num_outputs, image.shape[1:], axis=axis, in_memory_limit=in_memory_limit
+        model.plan.num_outputs, grid, axis=axis, in_memory_limit=in_memory_limit
     )
+    accumulator = accumulator_dtype(model.plan.num_outputs, grid, axis, configurations)
     try:
         with torch.inference_mode():
             for member, network, configuration in zip(
@@ -308,6 +312,7 @@ def member_probabilities(
                     on_windows=on_windows,
                     activation=model.plan.activation,
                     axis=axis,
+                    accumulator_dtype=accumulator,
                 )
                 for start, slab in slabs:
                     probabilities.add(start, slab)
@@ -316,6 +321,22 @@ def member_probabilities(
         probabilities.close()
         raise
     return probabilities
+
+
+ACCUMULATOR_FLOAT32_LIMIT_BYTES = 256 * 2**20
+"""Sliding-window running means (one row of windows, all classes) up to this size are float32;
+larger ones float16 (their probabilities differ by about 1e-3, the argmax almost never)."""
+
+
+def accumulator_dtype(
+    classes: int, grid: Sequence[int], axis: int, configurations: Sequence[Configuration]
+) -> torch.dtype:
+    """float32 sliding-window running means, or float16 when the largest member's would exceed
+    :data:`ACCUMULATOR_FLOAT32_LIMIT_BYTES` (e.g. 118 classes over a 273 x 273 cross-section)."""
+    cross_section = math.prod(grid) // grid[axis]
+    depth = max(c.patch_size[axis] if c.slice_axis is None else 1 for c in configurations)
+    too_large = 4 * classes * cross_section * depth > ACCUMULATOR_FLOAT32_LIMIT_BYTES
+    return torch.float16 if too_large else torch.float32
 
 
 def check_channels(volume: Volume, model: PackagedModel, *, where: str) -> None:

@@ -131,14 +131,17 @@ def sliding_window_slabs(
     placement: str = "even",
     activation: str = "softmax",
     axis: int = -1,
+    accumulator_dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """The probabilities of :func:`sliding_window_predict` slab by slab along the spatial
     ``axis`` (default the last): ``(start, (K, ...))`` for the slices ``start`` to ``start +
     n`` of that axis, in order, each slice once, as soon as every window over it has run.
 
-    Windows run row by row along ``axis``, so the sums held at any time cover one window's depth
-    of it (``K x`` the other axes ``x`` the window's depth), whatever the volume's length along
-    it. Other arguments as :func:`sliding_window_predict`.
+    Windows run row by row along ``axis``, so the running means held at any time cover one
+    window's depth of it (``K x`` the other axes ``x`` the window's depth), whatever the
+    volume's length along it; ``accumulator_dtype=torch.float16`` halves them (the means stay
+    within [0, 1], so they lose about 1e-3; the slabs are float32 either way). Other arguments
+    as :func:`sliding_window_predict`.
     """
     to_probabilities = ACTIVATIONS[activation]
     spatial = tuple(image.shape[1:])
@@ -155,23 +158,23 @@ def sliding_window_slabs(
         for s, p in zip(padded, patch_size, strict=True)
     ]
     keep = [slice(p // 2, p // 2 + s) for p, s in zip(padding, spatial, strict=True)]
-    keep.append(keep.pop(axis))  # the sums keep the streaming axis last
+    keep.append(keep.pop(axis))  # the means keep the streaming axis last
     depth = patch_size[axis]
     others = [n for i, n in enumerate(padded) if i != axis]
     other_starts = [s for i, s in enumerate(starts) if i != axis]
     flips = [
         axes for r in range(len(mirror_axes) + 1) for axes in itertools.combinations(mirror_axes, r)
     ]
-    # sums over the slices [low, low + depth) of the axis
-    totals = torch.zeros((num_classes, *others, depth), device=image.device)
+    # Gaussian-weighted means (and the weights' sums) over the slices [low, low + depth)
+    means = torch.zeros((num_classes, *others, depth), device=image.device, dtype=accumulator_dtype)
     weight_sum = torch.zeros((*others, depth), device=image.device)
     low = 0
     rows = starts[axis]
     with torch.inference_mode():
         for row, start in enumerate(rows):
             if start > low:  # slices before this row's start are complete
-                yield from _complete(totals, weight_sum, low, start, keep, axis)
-                _shift(totals, weight_sum, start - low)
+                yield from _complete(means, low, start, keep, axis)
+                _shift(means, weight_sum, start - low)
                 low = start
             corners = [(*c[:axis], start, *c[axis:]) for c in itertools.product(*other_starts)]
             for first in range(0, len(corners), batch_size):
@@ -186,14 +189,18 @@ def sliding_window_slabs(
                         *(w for i, w in enumerate(window) if i != axis),
                         slice(start - low, start - low + depth),
                     )
-                    sums = totals[(slice(None), *local)]  # a view: added to in place
-                    sums.addcmul_(probability.movedim(axis + 1, -1), importance)
+                    # the weighted mean so far, updated in place (a view): it stays within
+                    # [0, 1], so float16 keeps its precision where the Gaussian weights are tiny
+                    mean = means[(slice(None), *local)]
                     weight_sum[local] += importance
+                    change = probability.movedim(axis + 1, -1) - mean
+                    mean.add_(change.mul_(importance / weight_sum[local]))
+                    del change
                 del probabilities
                 if on_windows:
                     on_windows(len(windows))
             if row == len(rows) - 1:
-                yield from _complete(totals, weight_sum, low, padded[axis], keep, axis)
+                yield from _complete(means, low, padded[axis], keep, axis)
 
 
 def _mean_over_flips(
@@ -224,31 +231,30 @@ def _mean_over_flips(
 
 
 def _complete(
-    totals: torch.Tensor,
-    weight_sum: torch.Tensor,
+    means: torch.Tensor,
     low: int,
     high: int,
     keep: Sequence[slice],
     axis: int,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """The finished slices ``[low, high)`` of the sums, divided, without the padding, with the
+    """The finished slices ``[low, high)`` of the means, without the padding, with the
     streaming axis back in its place."""
     first, last = max(low, keep[-1].start), min(high, keep[-1].stop)
     if first >= last:
         return
     part = (slice(None), *keep[:-1], slice(first - low, last - low))
-    slab = totals[part] / weight_sum[part[1:]]
+    slab = means[part].to(torch.float32, copy=True)
     yield first - keep[-1].start, slab.movedim(-1, axis + 1)
 
 
-def _shift(totals: torch.Tensor, weight_sum: torch.Tensor, by: int) -> None:
-    """Move the sums ``by`` slices towards the start of their last axis (in place), zeros
-    after."""
-    for sums in (totals, weight_sum):
-        depth = sums.shape[-1]
+def _shift(means: torch.Tensor, weight_sum: torch.Tensor, by: int) -> None:
+    """Move the means and weights ``by`` slices towards the start of their last axis (in
+    place), zeros after."""
+    for held in (means, weight_sum):
+        depth = held.shape[-1]
         if by < depth:
-            sums[..., : depth - by] = sums[..., by:].clone()
-        sums[..., max(0, depth - by) :] = 0
+            held[..., : depth - by] = held[..., by:].clone()
+        held[..., max(0, depth - by) :] = 0
 
 
 def predict_probabilities(
@@ -305,11 +311,12 @@ def probability_slabs(
     on_windows: Callable[[int], None] | None = None,
     activation: str = "softmax",
     axis: int = 2,
+    accumulator_dtype: torch.dtype = torch.float32,
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """The probabilities of :func:`predict_probabilities` slab by slab along the spatial
     ``axis``, in order (see :func:`sliding_window_slabs`): a 3D network's as its windows
-    finish, a 2D network's slice by slice when ``axis`` is its ``slice_axis`` (otherwise as one
-    slab of the whole volume)."""
+    finish (``accumulator_dtype``: see :func:`sliding_window_slabs`), a 2D network's slice by slice
+    when ``axis`` is its ``slice_axis`` (otherwise as one slab of the whole volume)."""
     allowed = (0, 1, 2) if mirror_axes is None else tuple(mirror_axes)
     windows = functools.partial(
         sliding_window_slabs,
@@ -322,7 +329,10 @@ def probability_slabs(
         activation=activation,
     )
     if slice_axis is None:
-        yield from windows(image, mirror_axes=allowed if mirror else (), axis=axis)
+        mirrored = allowed if mirror else ()
+        yield from windows(
+            image, mirror_axes=mirrored, axis=axis, accumulator_dtype=accumulator_dtype
+        )
         return
     in_plane = [a for a in range(3) if a != slice_axis]
     plane_axes = tuple(in_plane.index(a) for a in allowed if a != slice_axis) if mirror else ()

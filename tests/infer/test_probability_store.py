@@ -11,12 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+from medseg.infer.predictor import accumulator_dtype
 from medseg.infer.probability_store import ClassProbabilities
 from medseg.infer.sliding_window import (
     probability_slabs,
     sliding_window_predict,
     sliding_window_slabs,
 )
+from medseg.preprocess.plan import Configuration
 
 
 def _members(count: int, shape: tuple[int, ...]) -> list[np.ndarray]:
@@ -103,3 +105,24 @@ def test_a_2d_network_streams_slice_by_slice_along_its_slice_axis() -> None:
     assert [start for start, _ in along] == list(range(12))
     assert len(across) == 1 and across[0][1].shape == (2, 9, 12, 10)
     torch.testing.assert_close(torch.cat([s for _, s in along], dim=2), across[0][1])
+
+
+def test_a_float16_accumulator_moves_probabilities_by_1e_3_and_the_argmax_almost_never() -> None:
+    image = torch.randn(1, 40, 36, 44)
+    network = _Classes(12, dims=3)
+    options = {"patch_size": (16, 16, 16), "num_classes": 12, "overlap": 0.5}
+    exact = torch.cat([s for _, s in sliding_window_slabs(network, image, **options)], dim=3)  # type: ignore[arg-type]
+    halved = sliding_window_slabs(network, image, accumulator_dtype=torch.float16, **options)  # type: ignore[arg-type]
+    rounded = torch.cat([s for _, s in halved], dim=3)
+    assert rounded.dtype == torch.float32
+    difference = (rounded - exact).abs().max().item()
+    assert 0 < difference < 2e-3
+    agreement = (rounded.argmax(0) == exact.argmax(0)).float().mean().item()
+    assert agreement >= 0.999
+
+
+def test_the_accumulator_goes_float16_only_when_one_row_of_it_is_large() -> None:
+    patch = Configuration(name="3d", patch_size=[96, 96, 96], batch_size=1, pool_strides=[])
+    assert accumulator_dtype(118, (273, 273, 267), 2, [patch]) == torch.float16  # 3.4 GB as float32
+    assert accumulator_dtype(8, (273, 273, 267), 2, [patch]) == torch.float32  # 218 MB
+    assert accumulator_dtype(3, (40, 56, 40), 2, [patch]) == torch.float32
