@@ -135,3 +135,31 @@ def resample_labels(
     if mode is LabelResampling.NEAREST:
         return resample_nearest(labels, new_shape)
     return _onehot_linear(labels, new_shape)
+
+
+def linear_output_range(old: int, new: int, low: int, high: int) -> tuple[int, int]:
+    """The output voxels ``[first, last)`` of a linear resampling from ``old`` to ``new`` voxels
+    whose value depends on an input voxel in ``[low, high)``; every other output voxel is
+    interpolated from voxels outside it."""
+    lower, upper, _ = _linear_corners(old, new)
+    first = int(np.searchsorted(upper, low, side="left"))
+    last = int(np.searchsorted(lower, high - 1, side="right"))
+    return first, max(first, last)
+
+
+def resample_linear_part(
+    array: np.ndarray, new_shape: Sequence[int], box: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """The part ``box`` (output voxel ranges per axis) of ``resample_image(array, new_shape)``
+    at order 1, computed from only the input voxels it needs: one linear interpolation per axis
+    with torch's ``align_corners=False`` mapping (equal to the trilinear one to float rounding).
+    """
+    part = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    for axis, (old, new, (first, last)) in enumerate(zip(array.shape, new_shape, box, strict=True)):
+        lower, upper, weight = (c[first:last] for c in _linear_corners(old, new))
+        shape = [1] * array.ndim
+        shape[axis] = last - first
+        below = part.index_select(axis, torch.from_numpy(lower))
+        above = part.index_select(axis, torch.from_numpy(upper))
+        part = torch.lerp(below, above, torch.from_numpy(weight).reshape(shape))
+    return part.numpy()
