@@ -4,7 +4,8 @@ Per scan, named by its case id (``--case-ids hash``, the default: ``ct_<16 hex>`
 the file or folder name, e.g. ``hippocampus_007``): the label map ``<case_id>.nii.gz`` in the
 scan's geometry (``.nrrd``, ``.mha``... with another ``output_format``: any format registered
 in ``medseg.io.formats``), ``<case_id>.volumes.json`` (per-structure volume in mL and mm^3, mean
-intensity; TotalSegmentator's statistics fields) and, for DICOM inputs, ``<case_id>_seg.dcm``
+intensity: TotalSegmentator's statistics fields; the intensities' standard deviation, median
+and 5th/95th percentiles) and, for DICOM inputs, ``<case_id>_seg.dcm``
 (a DICOM SEG referencing the source series). A scan that fails is reported with the reason in
 ``predict_report.json`` and the others go on.
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from medseg import __version__, shutdown
 from medseg.errors import MedsegError
-from medseg.evaluate.volumes import structure_statistics
+from medseg.evaluate.volumes import intensity_spread, structure_statistics
 from medseg.infer.predictor import (
     PackagedModel,
     PredictionOptions,
@@ -272,8 +273,9 @@ def predict_task(
             path = out_dir / f"{task.case_id}.probabilities.npz"
             outputs.append(_write_probabilities(path, kept[0], volume))
         statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
+        spread = intensity_spread(labels, volume, label_names=model.label_names)
         volumes_path = out_dir / f"{task.case_id}.volumes.json"
-        write_json_atomic(volumes_path, statistics)
+        write_json_atomic(volumes_path, {k: v | spread[k] for k, v in statistics.items()})
         outputs.append(volumes_path)
         if dicom_seg and task.series is not None:
             from medseg.io.dicom.seg import write_dicom_seg

@@ -11,7 +11,7 @@ import pytest
 
 from medseg.demo.phantom import PHANTOM_LABELS, TISSUE_HU, make_phantom, sample_anatomy
 from medseg.errors import GeometryMismatchError
-from medseg.evaluate.volumes import structure_statistics
+from medseg.evaluate.volumes import intensity_spread, structure_statistics
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
 
@@ -51,6 +51,33 @@ def test_volumes_and_intensities_equal_the_phantom_anatomy(seed: int, grid: dict
         # the analytic volume, to within the voxelisation error (under 0.8 % on these grids)
         assert ours[name]["volume_ml"] == pytest.approx(anatomy.volume_ml(value), rel=0.01)
         assert ours[name]["intensity"] == pytest.approx(PHANTOM_HU[name], abs=1e-6)
+
+
+def test_intensity_spread_equals_numpy_inside_each_structure() -> None:
+    ct, labels = make_phantom(seed=3, noise_sigma_hu=20.0, smoothing_sigma_vox=0.0)
+    names = {**PHANTOM_LABELS, 9: "absent"}
+    spread = intensity_spread(labels, ct, label_names=names)
+    assert set(spread) == {n for v, n in names.items() if v != 0}
+    for value, name in PHANTOM_LABELS.items():
+        if value == 0:
+            continue
+        inside = np.asarray(ct.array, np.float64)[labels.array == value]
+        p5, median, p95 = np.percentile(inside, [5, 50, 95])
+        assert spread[name] == pytest.approx(
+            {
+                "intensity_std": inside.std(),
+                "intensity_median": median,
+                "intensity_p5": p5,
+                "intensity_p95": p95,
+            },
+            abs=1e-5,
+        )
+    # the phantom's tissues with 20 HU of noise: the median near the tissue, the spread wide
+    assert spread["liver"]["intensity_median"] == pytest.approx(TISSUE_HU["liver"], abs=2.0)
+    assert spread["liver"]["intensity_std"] == pytest.approx(20.0, rel=0.1)
+    assert spread["absent"] == dict.fromkeys(spread["absent"], None)
+    with pytest.raises(GeometryMismatchError, match="different grids"):
+        intensity_spread(labels, Volume(ct.array, np.diag([2.0, 1.0, 1.0, 1.0])), label_names=names)
 
 
 def test_volume_follows_the_affine_not_the_voxel_count() -> None:

@@ -66,6 +66,11 @@ def test_registered_model_predicts_scans_and_evaluation_matches_validation(
         volumes = json.loads((tmp_path / "pred" / f"{record.case_id}.volumes.json").read_text())
         names = {n for v, n in tiny_dataset.plan.label_names.items() if v > 0}
         assert set(volumes) == names
+        for stats in volumes.values():  # the HU spread inside each structure found
+            if stats["voxels"]:
+                assert stats["intensity_p5"] <= stats["intensity_median"] <= stats["intensity_p95"]
+            else:
+                assert stats["intensity_median"] is None
     labels_file = tiny_dataset.manifest.with_suffix(".labels.json")
     evaluated = CliRunner().invoke(
         app,
