@@ -136,7 +136,7 @@ def sample_anatomy(seed: int) -> Anatomy:
         shape = Ellipsoid(
             center_mm=center + nominal_center + rng.uniform(-1, 1, 3) * _CENTER_JITTER_MM,
             semi_axes_mm=semi_axes,
-            rotation=_random_rotation(rng, max_deg=_MAX_TILT_DEG),
+            rotation=random_rotation(rng, max_deg=_MAX_TILT_DEG),
             cut_mm=cut,
         )
         organs.append(Organ(label=label, hu=hu, shape=shape))
@@ -145,12 +145,13 @@ def sample_anatomy(seed: int) -> Anatomy:
         outer_mm=(rng.uniform(11, 13), rng.uniform(9, 10.5)),
         inner_mm=(rng.uniform(4.5, 5.5), rng.uniform(4.0, 5.0)),
         half_length_mm=rng.uniform(50, 56),
-        rotation=_random_rotation(rng, max_deg=4.0),
+        rotation=random_rotation(rng, max_deg=4.0),
     )
     return Anatomy(center, body, float(rng.uniform(4, 7)), tuple(organs), spine)
 
 
-def _random_rotation(rng: np.random.Generator, *, max_deg: float) -> np.ndarray:
+def random_rotation(rng: np.random.Generator, *, max_deg: float) -> np.ndarray:
+    """A rotation matrix of up to ``max_deg`` about each world axis."""
     angles = rng.uniform(-max_deg, max_deg, size=3)
     return Rotation.from_euler("xyz", angles, degrees=True).as_matrix()
 
