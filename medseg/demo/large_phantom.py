@@ -24,11 +24,12 @@ from medseg.demo.phantom import (
     SPINE_LABEL,
     TISSUE_HU,
     Organ,
+    draw_body,
     grid_directions,
     random_rotation,
     sample_anatomy,
 )
-from medseg.demo.shapes import Ellipsoid, EllipticTube, local_coordinates
+from medseg.demo.shapes import Ellipsoid, EllipticTube
 from medseg.errors import PhantomError
 from medseg.volume import Volume
 
@@ -170,17 +171,11 @@ def render_large(
     """Noiseless HU image (float32) and label map (uint8) of ``anatomy`` on an axial grid."""
     image = np.full(shape, TISSUE_HU["air"], dtype=np.float32)
     labels = np.zeros(shape, dtype=np.uint8)
-    a, b = anatomy.body_semi_axes_mm
-    inner_a, inner_b = a - anatomy.fat_mm, b - anatomy.fat_mm
-    for first in range(0, shape[2], _SLAB):
+    for first in range(0, shape[2], _SLAB):  # slab by slab: the coordinates stay small
         slab = (slice(None), slice(None), slice(first, min(first + _SLAB, shape[2])))
-        sub_affine, sub_shape = _sub_grid(affine_ras, shape, slab)
-        u, v, _ = local_coordinates(
-            sub_affine, sub_shape, center=anatomy.center_mm, rotation=np.eye(3)
-        )
-        part = image[slab]
-        part[(u / a) ** 2 + (v / b) ** 2 <= 1.0] = TISSUE_HU["fat"]
-        part[(u / inner_a) ** 2 + (v / inner_b) ** 2 <= 1.0] = TISSUE_HU["soft_tissue"]
+        sub_affine, _ = _sub_grid(affine_ras, shape, slab)
+        semi_axes, fat = anatomy.body_semi_axes_mm, anatomy.fat_mm
+        draw_body(image[slab], sub_affine, anatomy.center_mm, semi_axes, fat)
     for organ in anatomy.structures:
         box = _box(affine_ras, shape, organ.shape.center_mm, float(max(organ.shape.semi_axes_mm)))
         if box is None:

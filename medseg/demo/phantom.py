@@ -255,12 +255,7 @@ def render_phantom(
     """Noiseless HU image (float32) and label map (uint8) of ``anatomy`` on a grid."""
     image = np.full(shape, TISSUE_HU["air"], dtype=np.float32)
     labels = np.zeros(shape, dtype=np.uint8)
-    identity = np.eye(3)
-    u, v, _ = local_coordinates(affine_ras, shape, center=anatomy.center_mm, rotation=identity)
-    a, b = anatomy.body_semi_axes_mm
-    image[(u / a) ** 2 + (v / b) ** 2 <= 1.0] = TISSUE_HU["fat"]
-    inner_a, inner_b = a - anatomy.fat_mm, b - anatomy.fat_mm
-    image[(u / inner_a) ** 2 + (v / inner_b) ** 2 <= 1.0] = TISSUE_HU["soft_tissue"]
+    draw_body(image, affine_ras, anatomy.center_mm, anatomy.body_semi_axes_mm, anatomy.fat_mm)
     for organ in anatomy.organs:
         mask = organ.shape.contains(affine_ras, shape)
         image[mask] = organ.hu
@@ -270,6 +265,23 @@ def render_phantom(
     image[lumen] = TISSUE_HU["spinal_canal"]
     labels[wall] = SPINE_LABEL
     return image, labels
+
+
+def draw_body(
+    image: np.ndarray,
+    affine_ras: np.ndarray,
+    center_mm: np.ndarray,
+    semi_axes_mm: tuple[float, float],
+    fat_mm: float,
+) -> None:
+    """Paint the body (an elliptic cylinder along world z around ``center_mm``: fat, then soft
+    tissue ``fat_mm`` inside) into ``image`` on the grid ``affine_ras``."""
+    shape = (image.shape[0], image.shape[1], image.shape[2])
+    u, v, _ = local_coordinates(affine_ras, shape, center=center_mm, rotation=np.eye(3))
+    a, b = semi_axes_mm
+    image[(u / a) ** 2 + (v / b) ** 2 <= 1.0] = TISSUE_HU["fat"]
+    inner_a, inner_b = a - fat_mm, b - fat_mm
+    image[(u / inner_a) ** 2 + (v / inner_b) ** 2 <= 1.0] = TISSUE_HU["soft_tissue"]
 
 
 @dataclass(frozen=True)
