@@ -31,6 +31,8 @@ from medseg.demo.phantom import (
 )
 from medseg.demo.shapes import Ellipsoid, EllipticTube
 from medseg.errors import PhantomError
+from medseg.preprocess.config import BorderWeightOptions, LabelResampling, NormalizationScheme
+from medseg.preprocess.plan import Configuration, NormalizationPlan, Plan
 from medseg.volume import Volume
 
 LARGE_SHAPE = (512, 512, 400)
@@ -265,4 +267,46 @@ def make_large_phantom(
         Volume(ct, affine, dict(metadata)),
         Volume(labels, affine.copy(), dict(metadata)),
         anatomy.label_names,
+    )
+
+
+def phantom_ct_plan(
+    label_names: dict[int, str],
+    patch_size: list[int],
+    *,
+    target_spacing_mm: float = 1.5,
+    pool_strides: list[list[int]] | None = None,
+) -> Plan:
+    """A CT plan for the phantoms without planning a dataset: ``target_spacing_mm`` isotropic,
+    one 3D configuration of ``patch_size``, the CT scheme (clip to -1000..1000 HU, then
+    (HU - 0) / 500), no crop to the non-zero region (a CT's air is not zero), ``label_names``
+    as the classes."""
+    ct = NormalizationPlan(
+        scheme=NormalizationScheme.CT, clip_low=-1000.0, clip_high=1000.0, mean=0.0, std=500.0
+    )
+    return Plan(
+        medseg_version="phantom",
+        manifest_sha256="",
+        modality="CT",
+        label_names=dict(label_names),
+        target_spacing=[target_spacing_mm] * 3,
+        median_shape=list(patch_size),
+        normalization=ct,
+        channel_names=["CT"],
+        channel_normalization=[ct],
+        image_resample_order=1,
+        label_resampling=LabelResampling.NEAREST,
+        crop_to_nonzero=False,
+        foreground_fraction=0.33,
+        border_weights=BorderWeightOptions(),
+        configurations={
+            "3d": Configuration(
+                name="3d",
+                patch_size=list(patch_size),
+                batch_size=2,
+                pool_strides=pool_strides or [[2, 2, 2]] * 3,
+            )
+        },
+        fingerprint={},
+        seed=0,
     )

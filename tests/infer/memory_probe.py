@@ -20,41 +20,13 @@ import numpy as np
 import torch
 
 import medseg.infer.probability_store as probability_store
+from medseg.demo.large_phantom import phantom_ct_plan
 from medseg.demo.phantom import make_phantom
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import PackagedModel, predict_scan
 from medseg.models import build_network, network_arguments
-from medseg.preprocess.plan import Configuration, NormalizationPlan, Plan
 
 PATCH = [32, 32, 32]
-
-
-def phantom_plan(classes: int) -> Plan:
-    """A CT plan at 1.5 mm with ``classes`` outputs and a 32^3 patch."""
-    ct = NormalizationPlan(scheme="ct", clip_low=-1000.0, clip_high=1000.0, mean=0.0, std=500.0)
-    return Plan(
-        medseg_version="probe",
-        manifest_sha256="",
-        modality="CT",
-        label_names={value: f"structure_{value}" for value in range(classes)},
-        target_spacing=[1.5, 1.5, 1.5],
-        median_shape=[64, 64, 64],
-        normalization=ct,
-        channel_names=["CT"],
-        channel_normalization=[ct],
-        image_resample_order=1,
-        label_resampling="nearest",
-        crop_to_nonzero=False,
-        foreground_fraction=0.33,
-        border_weights={},
-        configurations={
-            "3d": Configuration(
-                name="3d", patch_size=PATCH, batch_size=2, pool_strides=[[2, 2, 2]] * 3
-            )
-        },
-        fingerprint={},
-        seed=0,
-    )
 
 
 def status_mb(field: str) -> float:
@@ -83,7 +55,7 @@ def main() -> None:
     else:
         probability_store.IN_MEMORY_LIMIT_BYTES = 0
     scan, _ = make_phantom(seed=0, shape=(80, 80, args.slices), spacing_mm=(0.8, 0.8, 1.0))
-    plan = phantom_plan(args.classes)
+    plan = phantom_ct_plan({v: f"structure_{v}" for v in range(args.classes)}, PATCH)
     arguments = network_arguments(
         architecture="unet",
         in_channels=1,
