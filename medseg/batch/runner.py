@@ -38,7 +38,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from medseg.batch import layout
@@ -62,6 +62,7 @@ from medseg.batch.worker import (
 )
 from medseg.errors import InputFileError, ModelLoadError, WorkerDiedError
 from medseg.infer.options import PredictionOptions
+from medseg.infer.outputs import ScanOutputs
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.atomic import write_json_atomic
 from medseg.io.dicom.pixels import default_workers
@@ -113,8 +114,7 @@ class BatchSettings:
     shard: Shard = field(default_factory=Shard)
     options: PredictionOptions = field(default_factory=PredictionOptions)
     case_ids: CaseIdScheme = CaseIdScheme.HASH
-    dicom_seg: bool = True  # a DICOM SEG for DICOM inputs
-    output_format: str = "nifti"  # of the label maps: a format of medseg.io.formats
+    outputs: ScanOutputs = field(default_factory=ScanOutputs)  # label map format, SEG, meshes
     force: bool = False  # redo scans whose outputs are complete
     tracking_uri: str | None = None  # models:/ URIs and the batch run
     experiment: str = DEFAULT_EXPERIMENT
@@ -134,7 +134,7 @@ def run_batch(
     ``parent_run_id`` nests the batch's MLflow run under that run (a pipeline's).
 
     Raises:
-        UnknownFormatError: ``settings.output_format`` is not a registered format.
+        UnknownFormatError: ``settings.outputs.output_format`` is not a registered format.
         InputFileError: ``scans_root`` does not exist.
         ModelLoadError: the model cannot be loaded, or ``keep_largest`` names a structure it
             lacks (no scan is recorded as failed for it).
@@ -143,9 +143,10 @@ def run_batch(
     started = time.perf_counter()
     settings = settings or BatchSettings()
     workers, shard, options = settings.workers, settings.shard, settings.options
-    case_ids, dicom_seg, force = CaseIdScheme(settings.case_ids), settings.dicom_seg, settings.force
+    case_ids, force = CaseIdScheme(settings.case_ids), settings.force
     tracking_uri, experiment = settings.tracking_uri, settings.experiment
-    output_format = format_named(settings.output_format).name
+    output_format = format_named(settings.outputs.output_format).name
+    outputs = replace(settings.outputs, output_format=output_format)
     requested_model = model_uri
     model_uri = pinned_model_uri(model_uri, tracking_uri)
     scans_root = Path(scans_root).expanduser().resolve()
@@ -189,8 +190,9 @@ def run_batch(
             "shard": str(shard),
             "workers": workers,
             "case_ids": case_ids.value,
-            "dicom_seg": dicom_seg,
+            "dicom_seg": outputs.dicom_seg,
             "output_format": output_format,
+            "meshes": outputs.meshes,
             "force": force,
             **options.model_dump(),
         },
@@ -209,8 +211,7 @@ def run_batch(
                 options=options,
                 scans_root=scans_root,
                 out_dir=out_dir,
-                dicom_seg=dicom_seg,
-                output_format=output_format,
+                outputs=outputs,
                 with_source=case_ids is CaseIdScheme.FOLDER,
                 replace=force,
                 threads=max(1, default_workers() // pool_size),

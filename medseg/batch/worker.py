@@ -29,6 +29,7 @@ from medseg.batch.records import ScanFailure, ScanResult, model_reference
 from medseg.batch.scans import BatchScan
 from medseg.errors import ConfigError, MedsegError, ModelLoadError
 from medseg.infer.options import PredictionOptions
+from medseg.infer.outputs import ScanOutputs
 from medseg.infer.predictor import PackagedModel, load_packaged_model, model_cache_folder
 from medseg.infer.stage import predict_task, scan_predictors
 from medseg.phi import redact_scan
@@ -43,8 +44,7 @@ class WorkerSettings:
     options: PredictionOptions
     scans_root: Path  # absolute
     out_dir: Path  # absolute
-    dicom_seg: bool
-    output_format: str  # of the label maps (a registered format's name)
+    outputs: ScanOutputs  # its output_format a registered format's name
     with_source: bool  # --case-ids folder: paths may be written out
     replace: bool  # --force: replace complete outputs
     threads: int
@@ -157,8 +157,7 @@ def _predict_and_publish(
             options=settings.options,
             predictors=worker.predictors,
             out_dir=staging,
-            dicom_seg=settings.dicom_seg,
-            output_format=settings.output_format,
+            outputs=settings.outputs,
         )
         source = scan.source if settings.with_source else None
         if not outcome.ok:

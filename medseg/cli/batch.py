@@ -16,6 +16,7 @@ from medseg.cli.options import (
     CRF,
     DICOM_SEG,
     KEEP_LARGEST,
+    MESHES,
     MIRROR,
     MODEL,
     MODEL_POSTPROCESSING,
@@ -64,6 +65,7 @@ def batch(
     precision: Precision = PRECISION,
     dicom_seg: bool = DICOM_SEG,
     output_format: str = OUTPUT_FORMAT,
+    meshes: bool = MESHES,
     non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = tracking_uri_option(
         "MLflow tracking URI (models:/ URIs and the batch run)."
@@ -100,6 +102,7 @@ def batch(
     except ShardError as error:
         raise typer.BadParameter(str(error), param_hint="--shard") from error
     from medseg.batch.runner import BatchSettings
+    from medseg.infer.outputs import ScanOutputs
 
     options = prediction_options(
         overlap=overlap,
@@ -119,8 +122,7 @@ def batch(
         shard=chosen,
         options=options,
         case_ids=case_ids,
-        dicom_seg=dicom_seg,
-        output_format=output_format,
+        outputs=ScanOutputs(output_format=output_format, dicom_seg=dicom_seg, meshes=meshes),
         force=force,
         tracking_uri=tracking_uri,
         experiment=experiment,

@@ -54,6 +54,11 @@ MODEL_POSTPROCESSING = typer.Option(
 BACKEND = typer.Option(Backend.TORCH, help="Inference engine.")
 PRECISION = typer.Option(Precision.FP32, help="bf16: OpenVINO only, on CPUs with bf16 units.")
 DICOM_SEG = typer.Option(True, help="Write a DICOM SEG for DICOM inputs.")
+MESHES = typer.Option(
+    False,
+    "--meshes",
+    help="Also write <case>.meshes/<structure>.stl and .obj (LPS mm) and surface areas.",
+)
 OUTPUT_FORMAT = typer.Option(
     "nifti", callback=volume_format, help="Label map format: nifti, nrrd or mha."
 )

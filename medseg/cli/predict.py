@@ -16,6 +16,7 @@ from medseg.cli.options import (
     CRF,
     DICOM_SEG,
     KEEP_LARGEST,
+    MESHES,
     MIRROR,
     MODEL,
     MODEL_POSTPROCESSING,
@@ -55,6 +56,7 @@ def predict(
         False, "--probabilities", help="Also write <case>.probabilities.npz (float16)."
     ),
     output_format: str = OUTPUT_FORMAT,
+    meshes: bool = MESHES,
     case_ids: CaseIdScheme = case_ids_option(),
     non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = tracking_uri_option("MLflow tracking URI for models:/ URIs."),
@@ -67,6 +69,7 @@ def predict(
 
     require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
     from medseg.errors import ConfigError
+    from medseg.infer.outputs import ScanOutputs
     from medseg.infer.predictor import load_packaged_model
     from medseg.infer.stage import predict_path
 
@@ -94,9 +97,7 @@ def predict(
             out_dir=out,
             options=options,
             case_ids=case_ids,
-            dicom_seg=dicom_seg,
-            probabilities=probabilities,
-            output_format=output_format,
+            outputs=ScanOutputs(output_format, dicom_seg, probabilities, meshes),
             on_progress=progress,
         )
     if not report.outcomes:

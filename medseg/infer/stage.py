@@ -36,6 +36,7 @@ import numpy as np
 from medseg import __version__, shutdown
 from medseg.errors import MedsegError
 from medseg.evaluate.volumes import intensity_spread, structure_statistics
+from medseg.infer.outputs import MESHES_SUFFIX, ScanOutputs, output_names, write_meshes
 from medseg.infer.predictor import (
     PackagedModel,
     PredictionOptions,
@@ -93,22 +94,18 @@ def predict_path(
     out_dir: Path,
     options: PredictionOptions,
     case_ids: CaseIdScheme = CaseIdScheme.HASH,
-    dicom_seg: bool = True,
-    probabilities: bool = False,
-    output_format: str = "nifti",
+    outputs: ScanOutputs = ScanOutputs(),
     on_progress: ProgressCallback | None = None,
 ) -> PredictReport:
-    """Predict every scan at or under ``input_path`` into ``out_dir``.
-
-    ``output_format`` names the label maps' format (``medseg.io.formats``: ``nifti``,
-    ``nrrd``, ``mha``...). ``probabilities`` also writes ``<case_id>.probabilities.npz``:
-    float16 ``(K, X, Y, Z)`` on the scan's closest-RAS grid with its affine (K x voxels x 2
-    bytes: large for many classes).
+    """Predict every scan at or under ``input_path`` into ``out_dir``, with the ``outputs``
+    asked for (see ``ScanOutputs``; ``<case_id>.probabilities.npz`` is float16 ``(K, X, Y,
+    Z)`` on the scan's closest-RAS grid with its affine).
 
     Raises:
-        UnknownFormatError: ``output_format`` is not a registered format (before any work).
+        UnknownFormatError: ``outputs.output_format`` is not a registered format (before any
+            work).
     """
-    format_named(output_format)
+    format_named(outputs.output_format)
     out_dir = Path(out_dir)
     staging = out_dir / STAGING_FOLDER
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's
@@ -136,13 +133,13 @@ def predict_path(
                 options=options,
                 predictors=predictors,
                 out_dir=staging / task.case_id,
-                dicom_seg=dicom_seg,
-                probabilities=probabilities,
-                output_format=output_format,
+                outputs=outputs,
                 on_windows=_WindowCounter(on_progress),
             )
             with shutdown.deferred():  # a stop waits until the case's files are all moved
-                _publish(staging / task.case_id, out_dir, task.case_id, outcome, output_format)
+                _publish(
+                    staging / task.case_id, out_dir, task.case_id, outcome, outputs.output_format
+                )
             report.outcomes.append(outcome)
         if on_progress:
             on_progress("Predicting", len(found.tasks), len(found.tasks))
@@ -162,15 +159,6 @@ def predict_path(
     return report
 
 
-def output_names(case_id: str, output_format: str = "nifti") -> list[str]:
-    """Every file ``predict_task`` may write for ``case_id``, the label map (in
-    ``output_format``) last."""
-    return [
-        *(f"{case_id}{suffix}" for suffix in (".volumes.json", "_seg.dcm", ".probabilities.npz")),
-        output_name(case_id, output_format),
-    ]
-
-
 def _publish(
     staging: Path, out_dir: Path, case_id: str, outcome: ScanOutcome, output_format: str
 ) -> None:
@@ -180,6 +168,8 @@ def _publish(
     names = output_names(case_id, output_format)
     earlier = [output_name(case_id, fmt) for fmt in registered_formats()] + names[:-1]
     for name in earlier:  # the old label maps first: the case is incomplete
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)
         (out_dir / name).unlink(missing_ok=True)
     if outcome.ok:
         for name in names:
@@ -238,16 +228,14 @@ def predict_task(
     options: PredictionOptions,
     predictors: Sequence[nn.Module] | None,
     out_dir: Path,
-    dicom_seg: bool = True,
-    probabilities: bool = False,
-    output_format: str = "nifti",
+    outputs: ScanOutputs = ScanOutputs(),
     on_windows: Callable[[int], None] | None = None,
 ) -> ScanOutcome:
     """Load one scan, predict it and write its outputs into ``out_dir``; never raises.
 
-    Writes ``<case_id>.nii.gz`` (or ``.nrrd``, ``.mha``... for ``output_format``),
-    ``<case_id>.volumes.json``, ``<case_id>_seg.dcm`` (DICOM
-    input with ``dicom_seg``) and ``<case_id>.probabilities.npz`` (``probabilities``). Any
+    Writes ``<case_id>.nii.gz`` (or ``.nrrd``, ``.mha``... for ``outputs.output_format``),
+    ``<case_id>.volumes.json`` and what else ``outputs`` asks for: ``<case_id>_seg.dcm``
+    (DICOM input), ``<case_id>.probabilities.npz``, ``<case_id>.meshes/``. Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
     already written stay: write into a staging folder). ``predictors`` come from
     ``scan_predictors`` (None: the members' own networks). Reasons and log lines name the scan
@@ -257,7 +245,7 @@ def predict_task(
     source = task.source if task.paths_shown else None
     try:
         volume = task.read(options.non_finite)
-        kept: list | None = [] if probabilities else None
+        kept: list | None = [] if outputs.probabilities else None
         labels = predict_scan(
             volume,
             model,
@@ -267,20 +255,27 @@ def predict_task(
             on_windows=on_windows,
             probabilities_out=kept,
         )
-        label_path = out_dir / output_name(task.case_id, output_format)
-        outputs = [write_volume(labels, label_path, output_format)]
+        label_path = out_dir / output_name(task.case_id, outputs.output_format)
+        written = [write_volume(labels, label_path, outputs.output_format)]
         if kept:
             path = out_dir / f"{task.case_id}.probabilities.npz"
-            outputs.append(_write_probabilities(path, kept[0], volume))
+            written.append(_write_probabilities(path, kept[0], volume))
         statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
         spread = intensity_spread(labels, volume, label_names=model.label_names)
+        volumes: dict[str, dict] = {k: v | spread[k] for k, v in statistics.items()}
+        if outputs.meshes:
+            folder = out_dir / f"{task.case_id}{MESHES_SUFFIX}"
+            areas = write_meshes(labels, model.label_names, folder)
+            for name in volumes:
+                volumes[name]["surface_area_mm2"] = areas.get(name, 0.0)
+            written.append(folder)
         volumes_path = out_dir / f"{task.case_id}.volumes.json"
-        write_json_atomic(volumes_path, {k: v | spread[k] for k, v in statistics.items()})
-        outputs.append(volumes_path)
-        if dicom_seg and task.series is not None:
+        write_json_atomic(volumes_path, volumes)
+        written.append(volumes_path)
+        if outputs.dicom_seg and task.series is not None:
             from medseg.io.dicom.seg import write_dicom_seg
 
-            outputs.append(
+            written.append(
                 write_dicom_seg(
                     labels,
                     source_files=task.series.files,
@@ -304,7 +299,7 @@ def predict_task(
             source,
             ok=True,
             seconds=time.perf_counter() - start,
-            outputs=[Path(p).name for p in outputs],
+            outputs=[Path(p).name for p in written],
             volumes_ml={name: s["volume_ml"] for name, s in statistics.items()},
             corrections=list(volume.metadata.get("corrections", [])),
             non_finite_replaced=volume.metadata.get("non_finite_replaced"),

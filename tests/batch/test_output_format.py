@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from medseg.batch.runner import BatchSettings, run_batch
 from medseg.cli import app
+from medseg.infer.outputs import ScanOutputs
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.io.formats import read_volume
 from medseg.pipeline.runner import run_pipeline
@@ -72,7 +73,7 @@ def test_batch_writes_metaimage_label_maps_equal_to_the_nifti_ones_and_resumes(
     stamps = {p: p.stat().st_mtime_ns for p in mha.rglob("*") if p.parent.name in files}
     settings = BatchSettings(
         case_ids=CaseIdScheme.FOLDER,
-        output_format="mha",
+        outputs=ScanOutputs(output_format="mha"),
         tracking_uri=batch_model.tracking_uri,
     )
     with caplog.at_level(logging.WARNING, logger="medseg.batch.runner"):
@@ -84,7 +85,9 @@ def test_batch_writes_metaimage_label_maps_equal_to_the_nifti_ones_and_resumes(
     # In another format: complete scans are kept (and said so); --force replaces each folder,
     # so no scan keeps label maps in two formats.
     nrrd = BatchSettings(
-        case_ids=CaseIdScheme.FOLDER, output_format="nrrd", tracking_uri=batch_model.tracking_uri
+        case_ids=CaseIdScheme.FOLDER,
+        outputs=ScanOutputs(output_format="nrrd"),
+        tracking_uri=batch_model.tracking_uri,
     )
     with caplog.at_level(logging.WARNING, logger="medseg.batch.runner"):
         report = run_batch(tree.root, batch_model.uri, mha, settings=nrrd)
@@ -93,7 +96,7 @@ def test_batch_writes_metaimage_label_maps_equal_to_the_nifti_ones_and_resumes(
     )
     forced = BatchSettings(
         case_ids=CaseIdScheme.FOLDER,
-        output_format="nrrd",
+        outputs=ScanOutputs(output_format="nrrd"),
         force=True,
         tracking_uri=batch_model.tracking_uri,
     )

@@ -123,14 +123,16 @@ def _replace_link(link: Path, target: Path) -> None:
 class PredictStageOptions(_FolderOrSplit, PredictionOptions):
     """Options of ``stage: predict``: the prediction options (``PredictionOptions``: overlap,
     batch_size, mirror, keep_largest, crf, backend, precision, non_finite), where the scans are,
-    ``model``, which overrides the model of the register stage, and the label maps'
-    ``output_format`` (``nifti``, ``nrrd``, ``mha``: as ``batch --output-format``)."""
+    ``model``, which overrides the model of the register stage, the label maps'
+    ``output_format`` (``nifti``, ``nrrd``, ``mha``: as ``batch --output-format``) and
+    ``meshes`` (as ``batch --meshes``)."""
 
     input: str | None = None
     model: str | None = None
     case_ids: CaseIdScheme = CaseIdScheme.HASH
     dicom_seg: bool = True
     output_format: str = "nifti"
+    meshes: bool = False
     workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
     def _folder(self) -> str | None:
@@ -162,6 +164,7 @@ def _predict_inputs(ctx: StageContext, options: PredictStageOptions) -> dict[str
 
 def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> StageResult:
     from medseg.batch.runner import BatchSettings, run_batch
+    from medseg.infer.outputs import ScanOutputs
 
     if options.split:
         scans = _link_split(ctx, options.split, labels=False, folder=ctx.folder / "scans")
@@ -177,8 +180,11 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
         workers=options.workers,
         options=options.prediction(),
         case_ids=case_ids,
-        dicom_seg=options.dicom_seg,
-        output_format=options.output_format,
+        outputs=ScanOutputs(
+            output_format=options.output_format,
+            dicom_seg=options.dicom_seg,
+            meshes=options.meshes,
+        ),
         tracking_uri=ctx.tracking_uri,
         experiment=ctx.experiment,
     )
