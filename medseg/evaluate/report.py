@@ -232,9 +232,9 @@ def log_evaluation(tracker: RunTracker, paths: dict[str, Path], result: dict) ->
     metrics = {f"eval_mean_{k}": v for k, v in result["mean"].items() if v is not None}
     for structure, values in result["structures"].items():
         metrics.update({f"eval_{m}_{structure}": v for m, v in values.items() if v is not None})
-    if result["region_mean_dice"] is not None:
+    if result.get("region_mean_dice") is not None:
         metrics["eval_region_mean_dice"] = result["region_mean_dice"]
-    for region, values in result["regions"].items():
+    for region, values in result.get("regions", {}).items():
         metrics.update({f"eval_{m}_region_{region}": v for m, v in values.items() if v is not None})
     tracker.log_metrics(metrics, step=0)
     for path in paths.values():

@@ -9,6 +9,7 @@ import pydicom
 import pytest
 
 from medseg.infer.options import PredictionOptions
+from medseg.infer.outputs import ScanOutputs
 from medseg.infer.postprocess import keep_largest_component
 from medseg.infer.predictor import load_packaged_model
 from medseg.infer.stage import predict_path
@@ -43,7 +44,7 @@ def test_mixed_folder_gives_outputs_per_scan_and_reports_the_broken_one(
         out_dir=tmp_path / "out",
         options=PredictionOptions(),
         case_ids="folder",
-        probabilities=True,
+        outputs=ScanOutputs(probabilities=True),
     )
     outcomes = {o.case_id: o for o in report.outcomes}
     assert report.exit_code == 1
