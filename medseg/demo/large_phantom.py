@@ -25,6 +25,7 @@ from medseg.demo.phantom import (
     TISSUE_HU,
     Organ,
     draw_body,
+    grid_affine,
     grid_directions,
     random_rotation,
     sample_anatomy,
@@ -252,9 +253,8 @@ def make_large_phantom(
         shape[2] * spacing_mm[2] / 2,
     )
     anatomy = large_anatomy(seed, structures=structures, half_extent_mm=half)
-    affine = np.eye(4)
-    affine[:3, :3] = grid_directions("LPS", (0.0, 0.0, 0.0)) * np.asarray(spacing_mm)[None, :]
-    affine[:3, 3] = anatomy.center_mm - affine[:3, :3] @ ((np.asarray(shape) - 1) / 2.0)
+    directions = grid_directions("LPS", (0.0, 0.0, 0.0))
+    affine = grid_affine(directions, spacing_mm, shape, center_mm=anatomy.center_mm)
     image, labels = render_large(anatomy, affine_ras=affine, shape=shape)
     noise = np.random.default_rng([seed, 1])
     for first in range(0, shape[2], _SLAB):

@@ -223,7 +223,7 @@ def make_phantom(
         shape = covering_shape(directions, spacing_mm)
     if len(shape) != 3 or min(shape) < 1:
         raise PhantomError(f"shape must be three positive sizes, got {shape}")
-    affine = _grid_affine(directions, spacing_mm, shape, center_mm=anatomy.center_mm)
+    affine = grid_affine(directions, spacing_mm, shape, center_mm=anatomy.center_mm)
     clean, labels = render_phantom(anatomy, affine_ras=affine, shape=shape)
     noise_rng = np.random.default_rng([seed, 1])
     image = (
@@ -235,7 +235,7 @@ def make_phantom(
     return Volume(ct, affine, dict(metadata)), Volume(labels, affine.copy(), dict(metadata))
 
 
-def _grid_affine(
+def grid_affine(
     directions: np.ndarray,
     spacing_mm: tuple[float, float, float],
     shape: tuple[int, int, int],
