@@ -265,7 +265,7 @@ def compare(arguments: argparse.Namespace) -> None:
             found = sorted(out.glob("*.nii.gz"))
             if found and backend == "torch":
                 medseg_labels = found[0]
-            if found and medseg_labels is not None:
+            elif found and medseg_labels is not None:  # an exported backend against torch
                 row["agreement_with_torch"] = round(agreement(found[0], medseg_labels), 6)
             segs = sorted(out.glob("*_seg.dcm"))
             row["dicom_seg_mb"] = round(segs[0].stat().st_size / 2**20, 1) if segs else None
