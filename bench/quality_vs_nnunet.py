@@ -110,6 +110,9 @@ class Bench:
 def run_step(command: list[str], *, log: Path, env: dict[str, str] | None = None) -> float:
     """Run ``command`` in its own process group with output to ``log``; its wall time (s).
 
+    The group stays in the benchmark's session, so the session's scheduling autogroup (and the
+    priority given to it, see docs/benchmarks.md) covers every step.
+
     Raises:
         RuntimeError: the command failed (the log's last lines are in the message).
     """
@@ -117,7 +120,7 @@ def run_step(command: list[str], *, log: Path, env: dict[str, str] | None = None
     start = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, process_group=0
         )
         try:
             code = process.wait()
