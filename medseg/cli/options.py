@@ -59,6 +59,9 @@ MESHES = typer.Option(
     "--meshes",
     help="Also write <case>.meshes/<structure>.stl and .obj (LPS mm) and surface areas.",
 )
+RTSTRUCT = typer.Option(
+    False, "--rtstruct", help="Also write <case>_rtstruct.dcm (RT Structure Set) for DICOM inputs."
+)
 OUTPUT_FORMAT = typer.Option(
     "nifti", callback=volume_format, help="Label map format: nifti, nrrd or mha."
 )

@@ -11,6 +11,7 @@ from medseg.io.meshes import structure_meshes, write_obj, write_stl
 from medseg.volume import Volume
 
 MESHES_SUFFIX = ".meshes"
+RTSTRUCT_SUFFIX = "_rtstruct.dcm"
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,21 @@ class ScanOutputs:
             grid: K x voxels x 2 bytes).
         meshes: ``<case_id>.meshes/<structure>.stl`` and ``.obj`` for every structure found (LPS
             millimetres, ``medseg.io.meshes``), and ``surface_area_mm2`` in the volumes.
+        rtstruct: a DICOM RT Structure Set ``<case_id>_rtstruct.dcm`` for DICOM inputs
+            (``medseg.io.dicom.rtstruct``); a warning for other inputs.
     """
 
     output_format: str = "nifti"
     dicom_seg: bool = True
     probabilities: bool = False
     meshes: bool = False
+    rtstruct: bool = False
 
 
 def output_names(case_id: str, output_format: str = "nifti") -> list[str]:
     """Every file or folder ``predict_task`` may write for ``case_id``, the label map (in
     ``output_format``) last."""
-    suffixes = (".volumes.json", "_seg.dcm", ".probabilities.npz", MESHES_SUFFIX)
+    suffixes = (".volumes.json", "_seg.dcm", ".probabilities.npz", MESHES_SUFFIX, RTSTRUCT_SUFFIX)
     return [*(f"{case_id}{suffix}" for suffix in suffixes), output_name(case_id, output_format)]
 
 

@@ -36,7 +36,13 @@ import numpy as np
 from medseg import __version__, shutdown
 from medseg.errors import MedsegError
 from medseg.evaluate.volumes import intensity_spread, structure_statistics
-from medseg.infer.outputs import MESHES_SUFFIX, ScanOutputs, output_names, write_meshes
+from medseg.infer.outputs import (
+    MESHES_SUFFIX,
+    RTSTRUCT_SUFFIX,
+    ScanOutputs,
+    output_names,
+    write_meshes,
+)
 from medseg.infer.predictor import (
     PackagedModel,
     PredictionOptions,
@@ -190,6 +196,25 @@ class _WindowCounter:
             self.on_progress("Windows", self.done, max(self.done, 1))
 
 
+def _write_rtstruct(
+    task: ScanTask, labels: Volume, model: PackagedModel, out_dir: Path
+) -> list[Path]:
+    """``<case_id>_rtstruct.dcm`` for a DICOM input; for another, a warning and nothing."""
+    if task.series is None:
+        logger.warning("%s: not a DICOM series: no RTSTRUCT written", task.public_name)
+        return []
+    from medseg.io.dicom.rtstruct import write_rtstruct
+
+    path = write_rtstruct(
+        labels,
+        source_files=task.series.files,
+        label_names=model.label_names,
+        out_path=out_dir / f"{task.case_id}{RTSTRUCT_SUFFIX}",
+        algorithm_version=__version__,
+    )
+    return [path]
+
+
 def _write_probabilities(path: Path, probabilities: np.ndarray, scan: Volume) -> Path:
     ras = scan.to_closest_ras()
     with atomic_path(path) as tmp:
@@ -235,7 +260,8 @@ def predict_task(
 
     Writes ``<case_id>.nii.gz`` (or ``.nrrd``, ``.mha``... for ``outputs.output_format``),
     ``<case_id>.volumes.json`` and what else ``outputs`` asks for: ``<case_id>_seg.dcm``
-    (DICOM input), ``<case_id>.probabilities.npz``, ``<case_id>.meshes/``. Any
+    (DICOM input), ``<case_id>.probabilities.npz``, ``<case_id>.meshes/``,
+    ``<case_id>_rtstruct.dcm`` (DICOM input; other inputs: a warning). Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
     already written stay: write into a staging folder). ``predictors`` come from
     ``scan_predictors`` (None: the members' own networks). Reasons and log lines name the scan
@@ -284,6 +310,8 @@ def predict_task(
                     algorithm_version=__version__,
                 )
             )
+        if outputs.rtstruct:
+            written.extend(_write_rtstruct(task, labels, model, out_dir))
     except MedsegError as error:
         reason, error_type = task.error_message(error), type(error).__name__
         logger.warning("%s", reason)

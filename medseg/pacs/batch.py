@@ -4,7 +4,8 @@
    means: this series, this model version.
 2. Pull (``medseg.pacs.pull``) into ``OUT/.pacs/incoming``; series delivered with this model
    before are not retrieved again.
-3. ``medseg.batch.runner.run_batch`` over the incoming folder (complete cases are skipped).
+3. ``medseg.batch.runner.run_batch`` over the incoming folder (complete cases are skipped);
+   with ``--rtstruct`` when the push's PACS file asks for the RT Structure Set.
 4. Push (``medseg.pacs.push``) every finished case not yet delivered with this model.
 5. Pulled images of delivered series are deleted unless ``keep_pulled``: patient images do
    not pile up on the batch node. Their results stay in OUT.
@@ -20,14 +21,14 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from medseg.batch.runner import BatchReport, BatchSettings, ProgressCallback, run_batch
 from medseg.batch.scans import dicom_scan_key
 from medseg.errors import ConfigError
 from medseg.pacs.client import SeriesInfo
-from medseg.pacs.config import PacsConfig
+from medseg.pacs.config import PacsConfig, ResultKind
 from medseg.pacs.connect import connected
 from medseg.pacs.pull import PullReport, pull, pulled_series_folder
 from medseg.pacs.push import PushReport, push, read_seg_header
@@ -73,6 +74,8 @@ def run_pacs_batch(
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = settings or BatchSettings()
+    if to_pacs is not None and ResultKind.RTSTRUCT in to_pacs.results:  # it is to be sent
+        settings = replace(settings, outputs=replace(settings.outputs, rtstruct=True))
     model_uri = pinned_model_uri(model_uri, settings.tracking_uri)
     shard = settings.shard
     owns = lambda series_uid: shard.owns(dicom_scan_key(series_uid))  # noqa: E731

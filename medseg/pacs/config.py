@@ -150,6 +150,7 @@ class ResultKind(StrEnum):
     SEG = "seg"  # DICOM Segmentation: the label map, displayed over the images
     SR = "sr"  # DICOM SR (TID 1500): organ volumes, referencing the SEG segments
     SC = "sc"  # secondary capture: overlay picture + volume table, shown by every viewer
+    RTSTRUCT = "rtstruct"  # RT Structure Set (batch --rtstruct): contours for planning systems
 
 
 class RetrySettings(_Strict):

@@ -1,9 +1,10 @@
 """Push: send each finished case's results back to the PACS, once per series and model.
 
 For every case of a batch OUT folder that has a DICOM SEG (DICOM inputs), the objects the PACS
-file asks for are sent: the SEG, a DICOM SR of the organ volumes (``medseg.io.dicom.sr``) and a
-secondary capture with the overlay and the volume table (``medseg.io.dicom.sc``); SR and SC are
-written into the case folder first. Idempotence, at two levels:
+file asks for are sent: the SEG, a DICOM SR of the organ volumes (``medseg.io.dicom.sr``), a
+secondary capture with the overlay and the volume table (``medseg.io.dicom.sc``) and the RT
+Structure Set that ``batch --rtstruct`` wrote (a case without one is a failed delivery, not
+skipped); SR and SC are written into the case folder first. Idempotence, at two levels:
 
 * the delivery record (``medseg.pacs.state``): a series delivered with a model is skipped;
 * per object, the PACS is asked whether it holds the SOP instance already (SR and SC UIDs are
@@ -33,6 +34,7 @@ from medseg import __version__
 from medseg.batch.layout import read_results
 from medseg.batch.records import ScanResult
 from medseg.errors import InputFileError, MedsegError, PacsError, PacsUnavailableError
+from medseg.infer.outputs import RTSTRUCT_SUFFIX
 from medseg.pacs.client import PacsClient, SeriesInfo
 from medseg.pacs.config import PacsConfig, ResultKind
 from medseg.pacs.pull import is_pulled, pulled_series_folder
@@ -171,6 +173,22 @@ def _seg_output(out_dir: Path, result: ScanResult) -> Path | None:
     return None
 
 
+def _rtstruct_output(case_folder: Path, result: ScanResult) -> Path:
+    """The case's ``_rtstruct.dcm``.
+
+    Raises:
+        InputFileError: the case has none (it was segmented without ``--rtstruct``).
+    """
+    for name in result.outputs:
+        if name.endswith(RTSTRUCT_SUFFIX) and (path := case_folder / name).is_file():
+            return path
+    raise InputFileError(
+        case_folder,
+        "the PACS file's results ask for an rtstruct but the case has no "
+        f"{result.case_id}{RTSTRUCT_SUFFIX}: segment it again with --rtstruct --force",
+    )
+
+
 def _deliver(
     client: PacsClient,
     config: PacsConfig,
@@ -181,6 +199,8 @@ def _deliver(
 ) -> dict[str, str]:
     """Write the report objects and send every object the PACS lacks; kind -> outcome."""
     objects = {ResultKind.SEG: seg.path} if ResultKind.SEG in config.results else {}
+    if ResultKind.RTSTRUCT in config.results:
+        objects[ResultKind.RTSTRUCT] = _rtstruct_output(seg.path.parent, result)
     missing = [name for name in seg.segment_labels if name not in result.volumes_ml]
     if missing:
         raise InputFileError(

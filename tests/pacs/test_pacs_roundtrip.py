@@ -485,3 +485,58 @@ def test_query_lists_hashed_series_keys_unless_asked_for_uids(
     assert source_pacs.series_uid not in hashed.output
     assert source_pacs.series_uid in shown.output
     assert source_pacs.scout_series_uid not in shown.output
+
+
+# --- RTSTRUCT as a fourth object ---------------------------------------------------------------
+
+
+def test_rtstruct_is_reported_when_missing_then_sent_and_resent_only_when_missing(
+    ct_model: CtModel, source_pacs: SourcePacs, secrets_folder: Path, tmp_path: Path
+) -> None:
+    password = _password_file(secrets_folder)
+    source_file = write_pacs_file(
+        tmp_path / "source.yaml", source_pacs.server, name="source", password_file=password
+    )
+    out = tmp_path / "out"
+    assert _batch(ct_model, source_file, out).exit_code == 0  # segmented without --rtstruct
+    with running_orthanc(tmp_path / "planning") as pacs:
+        planning = write_pacs_file(
+            tmp_path / "planning.yaml",
+            pacs,
+            name="planning",
+            password_file=password,
+            results=("seg", "rtstruct"),
+        )
+        missing = _invoke("pacs", "push", out, "--config", planning)
+        assert missing.exit_code == 1, missing.output
+        assert pacs.get_json("/statistics")["CountInstances"] == 0
+        [record] = _deliveries(out)
+        assert record["status"] == "failed" and "_rtstruct.dcm" in record["error"]
+
+        # the PACS file asks for it: batch writes it (again, with --force) and sends it
+        result = _batch(ct_model, source_file, out, "--to-pacs", planning, "--force")
+        assert result.exit_code == 0, result.output
+        [record] = _deliveries(out)
+        assert record["objects"] == {"seg": "sent", "rtstruct": "sent"}
+        by_modality = _study_series(pacs, source_pacs.study_uid)
+        stored = _stored(pacs, by_modality["RTSTRUCT"][0])
+        [case_id] = [p.name for p in out.iterdir() if (p / "result.json").is_file()]
+        local = pydicom.dcmread(out / case_id / f"{case_id}_rtstruct.dcm")
+        assert stored.SOPInstanceUID == local.SOPInstanceUID
+        assert stored.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3"
+        [frame] = stored.ReferencedFrameOfReferenceSequence
+        series = frame.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+        assert series.SeriesInstanceUID == source_pacs.series_uid
+        assert [roi.ROIName for roi in stored.StructureSetROISequence] == [
+            name for name, ml in _volumes(out, case_id).items() if ml > 0
+        ]
+
+        # an interrupted delivery (the RTSTRUCT lost, no record) sends only the RTSTRUCT
+        pacs.request("DELETE", f"/series/{by_modality['RTSTRUCT'][0]['ID']}")
+        for path in (out / ".pacs" / "deliveries").glob("*.json"):
+            path.unlink()
+        again = _invoke("pacs", "push", out, "--config", planning)
+        assert again.exit_code == 0, again.output
+        [record] = _deliveries(out)
+        assert record["objects"] == {"seg": "already in PACS", "rtstruct": "sent"}
+        assert len(_study_series(pacs, source_pacs.study_uid)["RTSTRUCT"]) == 1

@@ -339,6 +339,11 @@ def _colour(number: int, palette: list[tuple[float, float, float]]) -> tuple[flo
     return palette[(number - 1) % len(palette)]
 
 
+def segment_colour(number: int) -> tuple[float, float, float]:
+    """The RGB colour (each in [0, 1]) the capture draws segment ``number`` (1, 2, ...) in."""
+    return _colour(number, _palette())
+
+
 def _background(source: Dataset | None, rows: int, columns: int) -> tuple[np.ndarray, str]:
     """Display values in [0, 1] of the slice and how they were windowed."""
     if source is None:

@@ -106,7 +106,7 @@ _NOT_ON_GRID = "label map is not on the grid of the source series"
 
 
 @dataclass(frozen=True)
-class _SourceImage:
+class SourceImage:
     """One source image's header (no pixel data) and the file it came from."""
 
     path: Path
@@ -173,8 +173,8 @@ def write_dicom_seg(
     _check_text("series_description", series_description)
     if labels.array.ndim != 3:
         raise SegmentationLabelError(f"label map must be 3D, got shape {labels.shape}")
-    structures = _structures_present(labels.array, label_names)
-    sources = _read_sources(source_files)
+    structures = structures_present(labels.array, label_names)
+    sources = read_source_images(source_files)
     pixel_array = _source_frames(labels, sources, label_values=sorted(structures))
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.DCM.ArtificialIntelligence, version=algorithm_version
@@ -252,7 +252,7 @@ def _check_text(field: str, value: str) -> None:
         )
 
 
-def _structures_present(array: np.ndarray, label_names: Mapping[int, str]) -> dict[int, str]:
+def structures_present(array: np.ndarray, label_names: Mapping[int, str]) -> dict[int, str]:
     """Names of the label values > 0 that occur in ``array``, by value."""
     present = _present_values(array)
     unnamed = [value for value in present if value not in label_names]
@@ -302,11 +302,11 @@ def _present_values(array: np.ndarray) -> list[int]:
     return sorted(int(value) for value in present)
 
 
-def _read_sources(source_files: Sequence[Path]) -> list[_SourceImage]:
+def read_source_images(source_files: Sequence[Path]) -> list[SourceImage]:
     """Read and check the source headers; one entry per distinct SOP instance, input order."""
     if not source_files:
         raise DicomSegSourceError("source_files", "no source files given")
-    sources: list[_SourceImage] = []
+    sources: list[SourceImage] = []
     seen: dict[str, Path] = {}
     for path in (Path(p) for p in source_files):
         dataset = _read_header(path)
@@ -315,7 +315,7 @@ def _read_sources(source_files: Sequence[Path]) -> list[_SourceImage]:
         if instance_uid in seen:  # not logged by name: paths may carry patient names
             continue
         seen[instance_uid] = path
-        sources.append(_SourceImage(path, dataset))
+        sources.append(SourceImage(path, dataset))
     first = sources[0]
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
         for source in sources[1:]:
@@ -371,14 +371,13 @@ def _check_source(path: Path, dataset: Dataset) -> None:
 
 
 def _source_frames(
-    labels: Volume, sources: list[_SourceImage], *, label_values: list[int]
+    labels: Volume, sources: list[SourceImage], *, label_values: list[int]
 ) -> np.ndarray:
     """(n_sources, rows, columns) segment numbers; frame ``f`` is source image ``f``.
 
     Segment number ``n`` is the ``n``-th smallest of ``label_values``; 0 is background.
     """
-    placements = [_place_image(labels, source) for source in sources]
-    _check_coverage(labels, placements)
+    placements = place_source_images(labels, sources)
     ranks = np.array([0, *label_values], dtype=np.int64)  # sorted, so rank = segment number
     dtype = np.uint8 if len(label_values) < 256 else np.uint16
     frames = np.empty((len(placements), placements[0].rows, placements[0].columns), dtype)
@@ -389,8 +388,19 @@ def _source_frames(
     return frames
 
 
+def place_source_images(labels: Volume, sources: list[SourceImage]) -> list[ImagePlacement]:
+    """Where each source image's pixels fall in ``labels``, checked to cover it exactly once.
+
+    Raises:
+        GeometryMismatchError: the label map is not on the grid of the source series.
+    """
+    placements = [_place_image(labels, source) for source in sources]
+    _check_coverage(labels, placements)
+    return placements
+
+
 @dataclass(frozen=True)
-class _ImagePlacement:
+class ImagePlacement:
     """Where a source image's pixels fall in the label map: pixel (r, c) is voxel
     ``start + c * column_step + r * row_step``."""
 
@@ -424,7 +434,7 @@ class _ImagePlacement:
         )
 
 
-def _place_image(labels: Volume, source: _SourceImage) -> _ImagePlacement:
+def _place_image(labels: Volume, source: SourceImage) -> ImagePlacement:
     """Map one source image's pixel grid into the label map's voxel grid.
 
     Raises:
@@ -471,7 +481,7 @@ def _place_image(labels: Volume, source: _SourceImage) -> _ImagePlacement:
             f"{_NOT_ON_GRID}: {source.path}: the image's corners fall on voxels "
             f"{nearest.astype(int).tolist()}, outside the label map of shape {labels.shape}"
         )
-    return _ImagePlacement(
+    return ImagePlacement(
         path=source.path,
         start=start.astype(np.int64),
         column_step=unit_column.astype(np.int64),
@@ -481,7 +491,7 @@ def _place_image(labels: Volume, source: _SourceImage) -> _ImagePlacement:
     )
 
 
-def _check_coverage(labels: Volume, placements: list[_ImagePlacement]) -> None:
+def _check_coverage(labels: Volume, placements: list[ImagePlacement]) -> None:
     """Every voxel of the label map must come from exactly one source pixel.
 
     Raises:

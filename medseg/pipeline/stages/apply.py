@@ -133,6 +133,7 @@ class PredictStageOptions(_FolderOrSplit, PredictionOptions):
     dicom_seg: bool = True
     output_format: str = "nifti"
     meshes: bool = False
+    rtstruct: bool = False  # as batch --rtstruct
     workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
     def _folder(self) -> str | None:
@@ -184,6 +185,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
             output_format=options.output_format,
             dicom_seg=options.dicom_seg,
             meshes=options.meshes,
+            rtstruct=options.rtstruct,
         ),
         tracking_uri=ctx.tracking_uri,
         experiment=ctx.experiment,
