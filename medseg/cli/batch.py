@@ -24,6 +24,7 @@ from medseg.cli.options import (
     OUTPUT_FORMAT,
     OVERLAP,
     PRECISION,
+    STRUCTURES,
     case_ids_option,
     prediction_options,
     tracking_uri_option,
@@ -59,6 +60,7 @@ def batch(
     batch_size: int = BATCH_SIZE,
     mirror: bool = MIRROR,
     keep_largest: str | None = KEEP_LARGEST,
+    structures: str | None = STRUCTURES,
     model_postprocessing: bool = MODEL_POSTPROCESSING,
     crf: bool = CRF,
     backend: Backend = BACKEND,
@@ -114,6 +116,7 @@ def batch(
         precision=precision,
         non_finite=non_finite,
         model_postprocessing=model_postprocessing,
+        structures=structures,
     )
     if from_pacs is None and scans_root is None:
         raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")
