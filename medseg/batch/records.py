@@ -29,7 +29,7 @@ class ScanResult:
     case_id: str
     seconds: float
     outputs: list[str]
-    structures: list[str]  # the model's structure names in label order
+    structures: list[str]  # the structure names written, in label order: all of the model's
     volumes_ml: dict[str, float]
     model: str
     finished_at: str = field(default_factory=now_utc)
@@ -39,6 +39,8 @@ class ScanResult:
     source: str | None = None
     corrections: list[str] | None = None  # done to the scan's voxels (e.g. NaN replaced)
     non_finite_replaced: dict[str, float] | None = None  # with --non-finite replace-min
+    structures_selected: list[str] | None = None  # with --structures: only these were asked
+    fast: bool | None = None  # True: predicted by the low-resolution members alone (--fast)
     status: str = "done"
     medseg_version: str = __version__
 

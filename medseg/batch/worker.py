@@ -92,6 +92,7 @@ def start_worker(settings: WorkerSettings) -> None:
     torch.set_num_threads(settings.threads)
     try:
         model = load_packaged_model(settings.model_uri, tracking_uri=settings.tracking_uri)
+        model = model.fast() if settings.options.fast else model
         _check_kept_structures(settings, model)
         predictors = scan_predictors(
             model, settings.options, cache_dir=model_cache_folder(settings.out_dir)
@@ -109,11 +110,16 @@ def start_worker(settings: WorkerSettings) -> None:
 
 
 def _check_kept_structures(settings: WorkerSettings, model: PackagedModel) -> None:
-    """Refuse ``keep_largest`` values the model has no structure for: no scan can be done."""
+    """Refuse ``keep_largest`` values or ``structures`` the model has no structure for: no
+    scan can be done."""
     try:
         settings.options.kept_structures(model.label_names)
     except ConfigError as error:
         raise ConfigError(f"{settings.model_uri}: keep_largest: {error}") from error
+    try:
+        settings.options.selected_structures(model.label_names)
+    except ConfigError as error:
+        raise ConfigError(f"{settings.model_uri}: structures: {error}") from error
 
 
 def process_scan(
@@ -160,6 +166,8 @@ def _predict_and_publish(
             outputs=settings.outputs,
         )
         source = scan.source if settings.with_source else None
+        selected = settings.options.selected_structures(model.label_names)
+        written = selected or model.label_names
         if not outcome.ok:
             return ScanFailure(
                 case_id=scan.case_id,
@@ -172,7 +180,9 @@ def _predict_and_publish(
             case_id=scan.case_id,
             seconds=round(outcome.seconds, 3),
             outputs=outcome.outputs,
-            structures=[name for value, name in sorted(model.label_names.items()) if value],
+            structures=[name for value, name in sorted(written.items()) if value],
+            structures_selected=list(selected.values()) if selected else None,
+            fast=settings.options.fast or None,
             volumes_ml=outcome.volumes_ml,
             model=settings.model_uri,
             ensemble_members=len(model.members) if len(model.members) > 1 else None,

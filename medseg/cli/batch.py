@@ -25,6 +25,7 @@ from medseg.cli.options import (
     OVERLAP,
     PRECISION,
     RTSTRUCT,
+    STRUCTURES,
     case_ids_option,
     prediction_options,
     tracking_uri_option,
@@ -60,6 +61,7 @@ def batch(
     batch_size: int = BATCH_SIZE,
     mirror: bool = MIRROR,
     keep_largest: str | None = KEEP_LARGEST,
+    structures: str | None = STRUCTURES,
     model_postprocessing: bool = MODEL_POSTPROCESSING,
     crf: bool = CRF,
     backend: Backend = BACKEND,
@@ -116,6 +118,7 @@ def batch(
         precision=precision,
         non_finite=non_finite,
         model_postprocessing=model_postprocessing,
+        structures=structures,
     )
     if from_pacs is None and scans_root is None:
         raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")

@@ -43,6 +43,13 @@ KEEP_LARGEST = typer.Option(
     callback=structure_list,
     help='Keep only the largest component of these structures: "all" or "1,3".',
 )
+STRUCTURES = typer.Option(
+    None,
+    help='Write and measure only these structures: names or label values, "liver,spleen".',
+)
+FAST = typer.Option(
+    False, "--fast", help="Only the model's low-resolution networks (e.g. 3 mm): faster, coarser."
+)
 CRF = typer.Option(
     False, "--crf", help="Refine the probabilities with a dense CRF (default settings)."
 )
@@ -88,10 +95,13 @@ def prediction_options(
     precision: Precision,
     non_finite: NonFinitePolicy,
     model_postprocessing: bool = True,
+    structures: str | None = None,
+    fast: bool = False,
 ) -> PredictionOptions:
     """The ``PredictionOptions`` the prediction options above ask for.
 
-    ``keep_largest`` is kept as ``"all"`` or a list of values: the model checks them.
+    ``keep_largest`` is kept as ``"all"`` or a list of values, ``structures`` as a list of
+    names or values: the model checks them.
 
     Raises:
         typer.BadParameter: a precision the backend does not offer.
@@ -109,4 +119,6 @@ def prediction_options(
         precision=precision,
         non_finite=non_finite,
         model_postprocessing=model_postprocessing,
+        fast=fast,
+        structures=structures,  # type: ignore[arg-type]  # "a,b": a before-validator parses it
     )

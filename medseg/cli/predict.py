@@ -15,6 +15,7 @@ from medseg.cli.options import (
     BATCH_SIZE,
     CRF,
     DICOM_SEG,
+    FAST,
     KEEP_LARGEST,
     MESHES,
     MIRROR,
@@ -25,6 +26,7 @@ from medseg.cli.options import (
     OVERLAP,
     PRECISION,
     RTSTRUCT,
+    STRUCTURES,
     case_ids_option,
     prediction_options,
     tracking_uri_option,
@@ -48,6 +50,8 @@ def predict(
     batch_size: int = BATCH_SIZE,
     mirror: bool = MIRROR,
     keep_largest: str | None = KEEP_LARGEST,
+    structures: str | None = STRUCTURES,
+    fast: bool = FAST,
     model_postprocessing: bool = MODEL_POSTPROCESSING,
     crf: bool = CRF,
     backend: Backend = BACKEND,
@@ -70,7 +74,7 @@ def predict(
     from medseg.tracking.store import require_store_for_model
 
     require_store_for_model(model, tracking_uri)  # seconds, before the heavy imports
-    from medseg.errors import ConfigError
+    from medseg.errors import ConfigError, UnknownChoiceError
     from medseg.infer.outputs import ScanOutputs
     from medseg.infer.predictor import load_packaged_model
     from medseg.infer.stage import predict_path
@@ -85,12 +89,23 @@ def predict(
         precision=precision,
         non_finite=non_finite,
         model_postprocessing=model_postprocessing,
+        structures=structures,
+        fast=fast,
     )
+    if structures and probabilities:
+        raise typer.BadParameter(
+            "--probabilities writes every class; ask for one or the other",
+            param_hint="--structures",
+        )
     packaged = load_packaged_model(model, tracking_uri=tracking_uri)
     try:
         options.kept_structures(packaged.label_names)
     except ConfigError as error:
         raise typer.BadParameter(str(error), param_hint="--keep-largest") from error
+    try:
+        options.selected_structures(packaged.label_names)
+    except UnknownChoiceError as error:
+        raise typer.BadParameter(str(error), param_hint="--structures") from error
     console.print(f"model {escape(model)}: {packaged.description}")
     with phase_progress() as progress:
         report = predict_path(

@@ -12,9 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, UnknownChoiceError
 from medseg.infer.choices import Backend, Precision
 from medseg.ingest.non_finite import NonFinitePolicy
+from medseg.lookup import unknown_choice
 
 
 class CrfSettings(BaseModel):
@@ -81,6 +82,10 @@ class PredictionOptions(BaseModel):
     non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # NaN/Inf voxels: refuse or replace
     # apply the per-structure post-processing a model carries (decided by medseg select)
     model_postprocessing: bool = True
+    # only the model's low-resolution members, at their spacing (PackagedModel.fast)
+    fast: bool = False
+    # only these structures (names or label values) are written and measured
+    structures: list[str] | None = None
 
     @field_validator("keep_largest", mode="before")
     @classmethod
@@ -88,6 +93,17 @@ class PredictionOptions(BaseModel):
         """``"1,3"`` (the command line's form) is ``[1, 3]``; an empty list is None."""
         if isinstance(value, str) and value != "all":
             return [part.strip() for part in value.split(",")]
+        return value or None
+
+    @field_validator("structures", mode="before")
+    @classmethod
+    def _structure_names(cls, value: Any) -> Any:
+        """``"liver,spleen"`` (the command line's form) is ``["liver", "spleen"]``, label
+        values are kept as text (``3`` is ``"3"``); an empty list is None."""
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            value = [str(part).strip() for part in value if str(part).strip()]
         return value or None
 
     @field_validator("crf", mode="before")
@@ -121,3 +137,22 @@ class PredictionOptions(BaseModel):
         if unknown := sorted(set(self.keep_largest) - set(known)):
             raise ConfigError(f"the model has no structure {unknown}; it has {known}")
         return list(self.keep_largest)
+
+    def selected_structures(self, label_names: dict[int, str]) -> dict[int, str] | None:
+        """The model's structures (value -> name, in label order) ``structures`` names, by name
+        or label value; None when every structure is wanted.
+
+        Raises:
+            UnknownChoiceError: a name or value that is none of the model's structures (the
+                message lists them and the closest name).
+        """
+        if not self.structures:
+            return None
+        named = {name: value for value, name in label_names.items() if value > 0}
+        values = {str(value): value for value in named.values()}
+        chosen: set[int] = set()
+        for asked in self.structures:
+            if asked not in named and asked not in values:
+                raise UnknownChoiceError(unknown_choice(asked, named, what="structure"))
+            chosen.add(named[asked] if asked in named else values[asked])
+        return {value: label_names[value] for value in sorted(chosen)}

@@ -56,6 +56,10 @@ class PackagedModel:
     """Trained networks (one, or the members of an ensemble) with everything needed to apply
     them: the plan and label names they share, and the post-processing stored with them.
 
+    The plan's ``target_spacing`` is that of the members' configurations when they share one
+    (a low-resolution configuration has its own: ``Plan.for_configuration``); members at
+    different spacings are predicted apart (``fast``), not together.
+
     Raises:
         ConfigError: no member, members that take different input channels, or invalid
             stored post-processing rules.
@@ -67,6 +71,7 @@ class PackagedModel:
     source: str = ""
     postprocessing: dict | None = None  # postprocessing.json of an ensemble package
     rules: PostprocessingRules = field(init=False)  # its "rules", parsed when the model loads
+    spacings: list[str] = field(init=False)  # of the members' configurations
 
     def __post_init__(self) -> None:
         where = self.source or "model"
@@ -76,6 +81,32 @@ class PackagedModel:
         if len(channels) > 1:
             raise ConfigError(f"{where}: members take different input channels {channels}")
         self.rules = _stored_rules(self.postprocessing, where=where)
+        spacings = {
+            str(self.plan.for_configuration(m.configuration).target_spacing) for m in self.members
+        }
+        if len(spacings) == 1:
+            self.plan = self.plan.for_configuration(self.members[0].configuration)
+        self.spacings = sorted(spacings)
+
+    def fast(self) -> PackagedModel:
+        """The model of only its low-resolution members (``predict --fast``).
+
+        Raises:
+            ConfigError: the model has no low-resolution configuration.
+        """
+        lowres = set(self.plan.low_resolution)
+        members = [m for m in self.members if m.configuration in lowres]
+        if not members:
+            raise ConfigError(
+                f"--fast: model {self.source or 'model'} has no low-resolution configuration"
+            )
+        return PackagedModel(
+            members=members,
+            plan=self.plan,
+            label_names=self.label_names,
+            source=self.source,
+            postprocessing=self.postprocessing,
+        )
 
     @classmethod
     def of_network(
@@ -192,16 +223,29 @@ def predict_scan(
     ``crf.per_slice``. When ``probabilities_out`` is a list, the class probabilities resampled
     onto the scan's (closest-RAS) grid are appended to it as float16 ``(K, X, Y, Z)``.
 
+    With ``options.structures``, the label map holds only those structures, voxel for voxel
+    as without it, and only the part of the scan where they can win is resampled (every
+    network still runs on the whole scan: the argmax needs every class).
+
     Raises:
         ScanChannelsError: the scan has another number of channels (4th axis) than the model.
+        UnknownChoiceError: ``options.structures`` names a structure the model lacks.
+        ValueError: ``options.structures`` with ``probabilities_out``.
+        ConfigError: members at different spacings (see ``PackagedModel.fast``).
     """
     check_channels(volume, model, where=case_id)
+    if len(model.spacings) > 1:
+        raise ConfigError(
+            f"{model.source or 'model'}: members at different spacings {model.spacings} cannot "
+            "be averaged yet; predict with --fast for the low-resolution ones"
+        )
     regions = model.plan.region_set
     if regions is not None and options.crf is not None:
         raise ConfigError(
             f"{model.source or 'model'}: the dense CRF refines softmax classes; this model "
             "predicts overlapping regions (sigmoid per region): predict without --crf"
         )
+    selected = options.selected_structures(model.label_names)
     case = preprocess_case(volume, None, model.plan, case_id=case_id)
     image = torch.from_numpy(case.image)
     with member_probabilities(
@@ -224,8 +268,13 @@ def predict_scan(
             labels = restore_regions(
                 maps, case.properties, regions_class_order=order, keep=probabilities_out
             )
+            if selected:
+                labels = labels.with_array(
+                    np.where(np.isin(labels.array, list(selected)), labels.array, 0)
+                )
         else:
-            labels = restore_argmax(maps, case.properties, keep=probabilities_out)
+            classes = list(selected) if selected else None
+            labels = restore_argmax(maps, case.properties, keep=probabilities_out, classes=classes)
     if kept := options.kept_structures(model.label_names):
         labels = labels.with_array(keep_largest_component(labels.array, kept))
     if options.model_postprocessing and model.rules.active():

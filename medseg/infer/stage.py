@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medseg import __version__, shutdown
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError
 from medseg.evaluate.volumes import intensity_spread, structure_statistics
 from medseg.infer.outputs import (
     MESHES_SUFFIX,
@@ -107,11 +107,24 @@ def predict_path(
     asked for (see ``ScanOutputs``; ``<case_id>.probabilities.npz`` is float16 ``(K, X, Y,
     Z)`` on the scan's closest-RAS grid with its affine).
 
+    With ``options.structures``, every output holds only those structures, and
+    ``predict_report.json`` names them under ``structures``.
+
     Raises:
         UnknownFormatError: ``outputs.output_format`` is not a registered format (before any
             work).
+        UnknownChoiceError: ``options.structures`` names a structure the model lacks.
+        ConfigError: ``options.structures`` with ``outputs.probabilities``; ``options.fast``
+            and a model without a low-resolution configuration.
     """
     format_named(outputs.output_format)
+    model = model.fast() if options.fast else model
+    selected = options.selected_structures(model.label_names)
+    if selected and outputs.probabilities:
+        raise ConfigError(
+            "structures: the probabilities are written for every class; "
+            "ask for them without structures"
+        )
     out_dir = Path(out_dir)
     staging = out_dir / STAGING_FOLDER
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's
@@ -157,6 +170,8 @@ def predict_path(
             "medseg_version": __version__,
             "model": model.source,
             "model_members": len(model.members),
+            **({"structures": list(selected.values())} if selected else {}),
+            "fast": options.fast,
             "case_ids": found.case_ids.value,
             "outcomes": [vars(o) for o in report.outcomes],
             **found.report(),
@@ -281,17 +296,18 @@ def predict_task(
             on_windows=on_windows,
             probabilities_out=kept,
         )
+        label_names = options.selected_structures(model.label_names) or model.label_names
         label_path = out_dir / output_name(task.case_id, outputs.output_format)
         written = [write_volume(labels, label_path, outputs.output_format)]
         if kept:
             path = out_dir / f"{task.case_id}.probabilities.npz"
             written.append(_write_probabilities(path, kept[0], volume))
-        statistics = structure_statistics(labels, label_names=model.label_names, image=volume)
-        spread = intensity_spread(labels, volume, label_names=model.label_names)
+        statistics = structure_statistics(labels, label_names=label_names, image=volume)
+        spread = intensity_spread(labels, volume, label_names=label_names)
         volumes: dict[str, dict] = {k: v | spread[k] for k, v in statistics.items()}
         if outputs.meshes:
             folder = out_dir / f"{task.case_id}{MESHES_SUFFIX}"
-            areas = write_meshes(labels, model.label_names, folder)
+            areas = write_meshes(labels, label_names, folder)
             for name in volumes:
                 volumes[name]["surface_area_mm2"] = areas.get(name, 0.0)
             written.append(folder)
@@ -305,7 +321,7 @@ def predict_task(
                 write_dicom_seg(
                     labels,
                     source_files=task.series.files,
-                    label_names=model.label_names,
+                    label_names=label_names,
                     out_path=out_dir / f"{task.case_id}_seg.dcm",
                     algorithm_version=__version__,
                 )

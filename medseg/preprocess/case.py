@@ -207,7 +207,11 @@ class ClassMaps(Protocol):
 
 
 def restore_argmax(
-    probabilities: ClassMaps, properties: CaseProperties, *, keep: list[np.ndarray] | None = None
+    probabilities: ClassMaps,
+    properties: CaseProperties,
+    *,
+    keep: list[np.ndarray] | None = None,
+    classes: Sequence[int] | None = None,
 ) -> Volume:
     """Label map on the original scan of per-class probabilities ``(K, *preprocessed grid)``.
 
@@ -222,7 +226,15 @@ def restore_argmax(
     With ``keep``, the restored probabilities (closest-RAS order, float16, background 1 outside
     the crop box) are appended to it as one ``(K, *ras_shape)`` array (every class resampled
     everywhere).
+
+    With ``classes`` (label values), only they are kept (every other voxel is background) and
+    only :func:`where_classes_can_win` is restored: their voxels are the same as without it.
+
+    Raises:
+        ValueError: both ``keep`` and ``classes`` (kept probabilities cover every class).
     """
+    if keep is not None and classes is not None:
+        raise ValueError("restore_argmax keeps the probabilities of every class, or of none")
     cropped_shape = _cropped_shape(properties)
     box = as_box(properties.crop_box)
     ras_shape = _shape3(properties.ras_shape)
@@ -231,9 +243,11 @@ def restore_argmax(
     best = torch.full(cropped_shape, -1.0)
     labels = torch.zeros(cropped_shape, dtype=torch.uint8 if count <= 256 else torch.int32)
     whole = [(0, n) for n in cropped_shape]
-    for index in range(count):
+    window = whole if classes is None else where_classes_can_win(probabilities, properties, classes)
+    for index in range(count if window is not None else 0):
         channel = np.asarray(probabilities[index], np.float32)
         part = whole if keep is not None else _where_it_can_win(channel, cropped_shape, count)
+        part = _intersection(part, window)
         if part is None:
             continue
         if part == whole:
@@ -253,8 +267,42 @@ def restore_argmax(
             )
     if keep is not None:
         keep.append(np.stack(channels))
+    if classes is not None:
+        labels[~torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))] = 0
     array = labels.numpy() if count <= 256 else labels.numpy().astype(np.uint16)
     return _onto_original_scan(array, properties)
+
+
+def where_classes_can_win(
+    probabilities: ClassMaps, properties: CaseProperties, classes: Sequence[int]
+) -> list[tuple[int, int]] | None:
+    """The box of the cropped scan grid (voxel ranges per axis) outside which none of
+    ``classes`` can be the argmax of ``restore_argmax``: the bounding box of the scan voxels
+    interpolated from a preprocessed voxel where one of them reaches 1/K (the footprint of the
+    linear interpolation is the margin); None when none of them reaches it anywhere.
+
+    A bounding box of where they are the argmax at network resolution would be smaller, but a
+    class can win between voxels where it does not (two others tie there): this one is exact.
+    """
+    cropped_shape = _cropped_shape(properties)
+    boxes = [
+        box
+        for value in classes
+        if (box := _where_it_can_win(probabilities[value], cropped_shape, len(probabilities)))
+    ]
+    if not boxes:
+        return None
+    return [(min(b[axis][0] for b in boxes), max(b[axis][1] for b in boxes)) for axis in range(3)]
+
+
+def _intersection(
+    box: list[tuple[int, int]] | None, window: list[tuple[int, int]] | None
+) -> list[tuple[int, int]] | None:
+    """The voxel ranges both boxes cover; None when they do not overlap (or one is None)."""
+    if box is None or window is None:
+        return None
+    common = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(box, window, strict=True)]
+    return common if all(first < last for first, last in common) else None
 
 
 def _where_it_can_win(

@@ -53,6 +53,8 @@ class PlanOptions(BaseModel):
     anisotropy_threshold: float = Field(3.0, gt=1)
     memory_budget_gb: float = Field(8.0, gt=0)
     patch_size_3d: tuple[int, int, int] | None = None
+    # a 3d_lowres configuration (predict --fast): None proposes it by the plan's rule
+    low_resolution: bool | None = None
     patch_size_2d: tuple[int, int] | None = None
     batch_size_3d: int | None = Field(None, ge=1)
     batch_size_2d: int | None = Field(None, ge=1)

@@ -18,6 +18,10 @@ Rules:
   until it fits the memory budget (128^3 voxels per sample at 8 GB, scaling linearly), then
   rounded up to a multiple of the network's total stride per axis. Batch: as many samples as
   the budget allows for two 128^3 samples, at least 2, at most 5% of the dataset's voxels.
+* low resolution (``3d_lowres``, docs/preprocessing.md): per axis ``max(spacing, L)`` with
+  ``L = max(3 mm, 2 x the finest spacing)``, proposed when the median image is more than
+  ``LOWRES_CREATION_THRESHOLD`` times the 3D patch (nnU-Net's rule) and at most half as many
+  voxels at that spacing; ``PlanOptions.low_resolution`` forces it on or off.
 * pooling: an axis is downsampled (stride 2) at a level while its feature map stays >= 4
   voxels and its spacing is at most twice the finest current spacing; at most 5 levels.
 * normalization, per input channel (``channel_names``: the manifest's, as dataset.json's
@@ -74,6 +78,9 @@ MIN_FEATURE_MAP = 4  # smallest feature map edge at the bottom of the network
 MIN_PATCH_EDGE = 8
 MAX_POOLING_LEVELS = 5
 MAX_DATASET_FRACTION_PER_BATCH = 0.05
+LOWRES_MIN_SPACING_MM = 3.0  # TotalSegmentator's --fast resolution
+LOWRES_CREATION_THRESHOLD = 4.0  # nnU-Net's: median image / full-resolution 3D patch voxels
+LOW_RESOLUTION = "3d_lowres"
 
 
 class NormalizationPlan(BaseModel):
@@ -98,6 +105,7 @@ class Configuration(BaseModel):
     batch_size: int
     pool_strides: list[list[int]]
     slice_axis: int | None = None  # for 2D: slices are perpendicular to this axis
+    target_spacing: list[float] | None = None  # its own spacing (3d_lowres); None: the plan's
 
 
 class Plan(BaseModel):
@@ -171,9 +179,27 @@ class Plan(BaseModel):
 
     def digest(self) -> str:
         """SHA-256 of the plan's canonical JSON: a cache built with another plan is stale."""
-        # a plan without regions digests as before they existed: its caches stay valid
-        unset = {"regions", "regions_class_order"} if self.regions is None else None
-        return hashlib.sha256(self.model_dump_json(exclude=unset).encode("utf-8")).hexdigest()
+        # fields a plan does not use digest as before they existed: its caches stay valid
+        unset: dict[str, Any] = (
+            {"regions": True, "regions_class_order": True} if self.regions is None else {}
+        )
+        own = {name for name, c in self.configurations.items() if c.target_spacing is None}
+        if own:
+            unset["configurations"] = {name: {"target_spacing"} for name in own}
+        return hashlib.sha256(
+            self.model_dump_json(exclude=unset or None).encode("utf-8")
+        ).hexdigest()
+
+    def for_configuration(self, name: str) -> Plan:
+        """The plan with configuration ``name``'s own spacing as ``target_spacing`` (itself
+        when the configuration has none): what its cases are preprocessed with."""
+        spacing = self.configurations[name].target_spacing
+        return self if spacing is None else self.model_copy(update={"target_spacing": spacing})
+
+    @property
+    def low_resolution(self) -> list[str]:
+        """The configurations with a spacing of their own (``3d_lowres``)."""
+        return [n for n, c in self.configurations.items() if c.target_spacing is not None]
 
     def save(self, path: Path) -> Path:
         """Write the plan as indented JSON, atomically."""
@@ -200,6 +226,13 @@ def target_spacing(fingerprint: DatasetFingerprint, *, anisotropy_threshold: flo
         low = np.percentile(spacings[:, coarse], 10)
         target[coarse] = max(low, target[others].max() + 1e-5)
     return [float(v) for v in target]
+
+
+def low_resolution_spacing(spacing: list[float]) -> list[float]:
+    """The ``3d_lowres`` spacing: per axis ``max(spacing, L)``, ``L = max(3 mm, 2 x the
+    finest spacing)`` (module rules)."""
+    coarse = max(LOWRES_MIN_SPACING_MM, 2 * min(spacing))
+    return [max(float(s), coarse) for s in spacing]
 
 
 def median_shape(fingerprint: DatasetFingerprint, spacing: list[float]) -> list[int]:
@@ -309,6 +342,21 @@ def make_plan(
             slice_axis=slice_axis,
         ),
     }
+    lowres = low_resolution_spacing(spacing)
+    lowres_median = median_shape(fingerprint, lowres)
+    wanted = (
+        np.prod(median) > LOWRES_CREATION_THRESHOLD * np.prod(patch_3d)
+        and np.prod(lowres_median) <= np.prod(median) / 2
+    )
+    if options.low_resolution if options.low_resolution is not None else wanted:
+        patch = _fit_patch(lowres_median, lowres, REFERENCE_PATCH_VOXELS_3D * scale)
+        configurations[LOW_RESOLUTION] = Configuration(
+            name=LOW_RESOLUTION,
+            patch_size=patch,
+            batch_size=configurations["3d"].batch_size,
+            pool_strides=pool_strides(patch, lowres),
+            target_spacing=lowres,
+        )
     return Plan(
         medseg_version=__version__,
         manifest_sha256=manifest_sha256,

@@ -122,3 +122,38 @@ def test_plan_round_trips_through_json(tmp_path: Path) -> None:
     )
     again = type(plan).load(plan.save(tmp_path / "plan.json"))
     assert again == plan and again.digest() == plan.digest()
+
+
+@pytest.mark.parametrize(
+    ("spacing", "shape", "forced", "expected"),
+    [
+        # whole-body CT: the median image is far larger than the 3D patch -> 3 mm
+        ([0.8, 0.8, 1.0], [512, 512, 300], None, [3.0, 3.0, 3.0]),
+        # thick slices keep their spacing, the fine axes go to 3 mm
+        ([0.7, 0.7, 5.0], [512, 512, 60], None, [3.0, 3.0, 5.0]),
+        # a hippocampus fits one patch: no low resolution unless forced
+        ([1.0, 1.0, 1.0], [35, 50, 36], None, None),
+        # already coarse (the phantoms' 3 x 3 x 4 mm): twice the finest spacing
+        ([3.0, 3.0, 4.0], [49, 39, 33], True, [6.0, 6.0, 6.0]),
+        ([0.8, 0.8, 1.0], [512, 512, 300], False, None),
+    ],
+)
+def test_the_low_resolution_configuration_is_proposed_where_the_image_outgrows_the_patch(
+    spacing: list[float], shape: list[int], forced: bool | None, expected: list[float] | None
+) -> None:
+    fingerprint = _fingerprint([spacing] * 6, [shape] * 6)
+    options = PlanOptions(target_spacing=spacing, low_resolution=forced)
+    plan = make_plan(fingerprint, options=options, label_names={0: "bg"}, manifest_sha256="0" * 64)
+    if expected is None:
+        assert plan.low_resolution == [] and "3d_lowres" not in plan.configurations
+        return
+    lowres = plan.configurations["3d_lowres"]
+    assert plan.low_resolution == ["3d_lowres"]
+    assert lowres.target_spacing == pytest.approx(expected)
+    assert plan.configurations["3d"].target_spacing is None
+    assert plan.for_configuration("3d_lowres").target_spacing == pytest.approx(expected)
+    assert plan.for_configuration("3d") is plan
+    strides = np.prod(np.array(lowres.pool_strides), axis=0)
+    assert all(p % s == 0 for p, s in zip(lowres.patch_size, strides, strict=True))
+    assert np.prod(lowres.patch_size) <= 128**3
+    assert plan.digest() != plan.for_configuration("3d_lowres").digest()

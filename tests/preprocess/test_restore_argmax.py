@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medseg.preprocess.case import CaseProperties, _where_it_can_win, restore_argmax
+from medseg.preprocess.case import (
+    CaseProperties,
+    _where_it_can_win,
+    restore_argmax,
+    where_classes_can_win,
+)
 from medseg.preprocess.resample import (
     linear_output_range,
     resample_image,
@@ -46,17 +51,26 @@ def _properties(grid: tuple[int, ...], scan: tuple[int, ...]) -> CaseProperties:
     )
 
 
-def test_the_argmax_of_many_small_structures_is_that_of_every_class_resampled() -> None:
-    grid, scan, classes = (40, 36, 30), (75, 64, 61), 24
+GRID, SCAN, CLASSES = (40, 36, 30), (75, 64, 61), 24
+
+
+def _blob_probabilities() -> np.ndarray:
+    """Softmax ``(CLASSES, *GRID)`` of a blob per structure, a confident background elsewhere
+    and some noise."""
     rng = np.random.default_rng(4)
-    logits = np.zeros((classes, *grid), np.float32)
-    for index in range(1, classes):  # a blob per structure, background elsewhere
-        centre = [rng.integers(4, n - 4) for n in grid]
+    logits = np.zeros((CLASSES, *GRID), np.float32)
+    for index in range(1, CLASSES):
+        centre = [rng.integers(4, n - 4) for n in GRID]
         logits[index][tuple(centre)] = 1.0
         logits[index] = 2000 * ndimage.gaussian_filter(logits[index], 2.0)
-    logits[0] = 5.0  # a confident background away from the structures
+    logits[0] = 5.0
     logits += rng.normal(0, 0.3, logits.shape).astype(np.float32)
-    probabilities = np.exp(logits) / np.exp(logits).sum(axis=0)
+    return np.exp(logits) / np.exp(logits).sum(axis=0)
+
+
+def test_the_argmax_of_many_small_structures_is_that_of_every_class_resampled() -> None:
+    grid, scan, classes = GRID, SCAN, CLASSES
+    probabilities = _blob_probabilities()
     restored = restore_argmax(probabilities, _properties(grid, scan)).array
     everywhere = np.stack([resample_image(p, scan) for p in probabilities]).argmax(axis=0)
     assert restored.shape == scan
@@ -67,3 +81,31 @@ def test_the_argmax_of_many_small_structures_is_that_of_every_class_resampled() 
     sizes = [np.prod([b - a for a, b in part]) for part in parts if part is not None]
     assert np.median(sizes) < 0.2 * np.prod(scan)
     assert _where_it_can_win(np.full(grid, 0.5 / classes, np.float32), scan, classes) is None
+
+
+def test_selected_classes_are_restored_voxel_for_voxel_in_a_small_part_of_the_scan() -> None:
+    probabilities, properties = _blob_probabilities(), _properties(GRID, SCAN)
+    everything = restore_argmax(probabilities, properties).array
+    selected = [3, 7]
+    only = restore_argmax(probabilities, properties, classes=selected).array
+    assert set(np.unique(only)) == {0, *selected}
+    np.testing.assert_array_equal(only, np.where(np.isin(everything, selected), everything, 0))
+    assert int((only == 3).sum()) > 50 and int((only == 7).sum()) > 50
+    box = where_classes_can_win(probabilities, properties, selected)
+    assert box is not None
+    restored_voxels = np.prod([last - first for first, last in box])
+    assert restored_voxels < 0.25 * np.prod(SCAN)  # two blobs' box, not the whole scan
+    # the box holds every voxel of the selected classes
+    inside = np.zeros(SCAN, bool)
+    inside[tuple(slice(first, last) for first, last in box)] = True
+    assert not np.any(np.isin(everything, selected) & ~inside)
+
+
+def test_classes_that_can_win_nowhere_give_an_empty_map() -> None:
+    probabilities = np.zeros((3, *GRID), np.float32)
+    probabilities[0], probabilities[1] = 0.7, 0.3  # class 2 never reaches 1/3
+    properties = _properties(GRID, SCAN)
+    assert where_classes_can_win(probabilities, properties, [2]) is None
+    assert not restore_argmax(probabilities, properties, classes=[2]).array.any()
+    with pytest.raises(ValueError, match="every class, or of none"):
+        restore_argmax(probabilities, properties, classes=[1], keep=[])

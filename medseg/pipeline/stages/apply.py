@@ -122,8 +122,8 @@ def _replace_link(link: Path, target: Path) -> None:
 
 class PredictStageOptions(_FolderOrSplit, PredictionOptions):
     """Options of ``stage: predict``: the prediction options (``PredictionOptions``: overlap,
-    batch_size, mirror, keep_largest, crf, backend, precision, non_finite), where the scans are,
-    ``model``, which overrides the model of the register stage, the label maps'
+    batch_size, mirror, keep_largest, crf, backend, precision, non_finite, structures), where
+    the scans are, ``model``, which overrides the model of the register stage, the label maps'
     ``output_format`` (``nifti``, ``nrrd``, ``mha``: as ``batch --output-format``) and
     ``meshes`` (as ``batch --meshes``)."""
 
