@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -103,14 +104,15 @@ def measure_precision_agreement(
     if not precisions or not images:
         return {}
     network.eval()
-    window = {
-        "patch_size": patch_size,
-        "num_classes": num_classes,
-        "overlap": overlap,
-        "slice_axis": slice_axis,
-        "activation": activation,
-    }
-    references = [_labels(network, image, **window) for image in images]
+    labels = functools.partial(
+        _labels,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        overlap=overlap,
+        slice_axis=slice_axis,
+        activation=activation,
+    )
+    references = [labels(network, image) for image in images]
     agreement = {}
     with tempfile.TemporaryDirectory(prefix="medseg-agreement-") as cache_dir:
         for precision in precisions:
@@ -124,7 +126,7 @@ def measure_precision_agreement(
                 cache_dir=Path(cache_dir),
             )
             same = sum(
-                int(np.count_nonzero(_labels(predictor, image, **window) == reference))
+                int(np.count_nonzero(labels(predictor, image) == reference))
                 for image, reference in zip(images, references, strict=True)
             )
             agreement[precision.value] = same / sum(reference.size for reference in references)

@@ -18,6 +18,7 @@ what is recorded (batch MLflow params).
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.util
 import logging
 import platform
@@ -67,9 +68,8 @@ def cpu_supports_bf16() -> bool:
     """Whether OpenVINO's CPU plugin offers bf16 here (AVX512-BF16 or AMX units)."""
     if not _installed("openvino"):
         return False
-    import openvino
-
-    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    core = importlib.import_module("openvino").Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _percent(fraction: float) -> str:
