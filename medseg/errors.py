@@ -245,6 +245,11 @@ class BackendError(ConfigError):
     backend or CPU lacks, a batch of the wrong shape or size)."""
 
 
+class PrecisionRefusedError(ConfigError, LocatedError):
+    """A reduced precision (bf16) asked for a model whose argmax agreement with fp32, measured
+    at export, is below the threshold or was never measured."""
+
+
 class MissingDependencyError(ConfigError):
     """An optional Python package that the asked feature needs is not installed."""
 

@@ -61,6 +61,7 @@ from medseg.batch.worker import (
     start_worker,
 )
 from medseg.errors import InputFileError, ModelLoadError, WorkerDiedError
+from medseg.infer.auto import resolve_options
 from medseg.infer.options import PredictionOptions
 from medseg.infer.outputs import ScanOutputs
 from medseg.ingest.case_ids import CaseIdScheme
@@ -139,6 +140,8 @@ def run_batch(
         ModelLoadError: the model cannot be loaded, or ``keep_largest`` names a structure it
             lacks (no scan is recorded as failed for it).
         TrackingUnavailableError: a registry or run model URI and an unreachable store.
+        PrecisionRefusedError: bf16 asked for a model whose stored agreement with fp32 is
+            below 99.9% or missing (``medseg.infer.auto``).
     """
     started = time.perf_counter()
     settings = settings or BatchSettings()
@@ -149,6 +152,9 @@ def run_batch(
     outputs = replace(settings.outputs, output_format=output_format)
     requested_model = model_uri
     model_uri = pinned_model_uri(model_uri, tracking_uri)
+    options = resolve_options(
+        options, agreement=model_agreement(model_uri, tracking_uri), model=model_uri
+    )
     scans_root = Path(scans_root).expanduser().resolve()
     if not scans_root.exists():
         raise InputFileError(scans_root, "no such file or folder")
@@ -313,6 +319,19 @@ def model_channels(model_uri: str, tracking_uri: str | None) -> int:
 
     with _tracking_errors_stop_the_batch():
         return model_input_channels(model_uri, tracking_uri=tracking_uri)
+
+
+def model_agreement(model_uri: str, tracking_uri: str | None) -> dict[str, float]:
+    """The model's stored argmax agreement with fp32 per reduced precision (its networks stay
+    unloaded): what ``--precision`` may use.
+
+    Raises:
+        ModelLoadError: there is no such model.
+    """
+    from medseg.tracking.packaging import stored_precision_agreement
+
+    with _tracking_errors_stop_the_batch():
+        return stored_precision_agreement(model_uri, tracking_uri=tracking_uri)
 
 
 @contextlib.contextmanager

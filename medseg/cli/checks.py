@@ -134,8 +134,8 @@ def parse_label_names(text: str) -> dict[int, str]:
 
 
 def check_precision(precision: Precision, backend: Backend) -> None:
-    """Refuse a precision the backend does not offer (bf16 is OpenVINO's)."""
-    if precision is not Precision.FP32 and backend is not Backend.OPENVINO:
+    """Refuse a precision the backend does not offer (bf16 is OpenVINO's; auto may pick it)."""
+    if precision is Precision.BF16 and backend not in (Backend.OPENVINO, Backend.AUTO):
         raise typer.BadParameter(
             f"{precision.value} needs --backend openvino (not {backend.value})",
             param_hint="--precision",

@@ -295,12 +295,14 @@ def make_predictor(
 
     Raises:
         UnknownChoiceError: unknown backend or precision.
-        BackendError: bf16 with another backend than OpenVINO, a batch size below 1, or the
-            export failed.
+        BackendError: ``auto`` (unresolved), bf16 with another backend than OpenVINO, a
+            batch size below 1, or the export failed.
         MissingDependencyError: the backend package is not installed.
     """
     backend = look_up_option(backend, Backend)
     precision = look_up_option(precision, Precision)
+    if Backend.AUTO in (backend, precision) or precision is Precision.AUTO:
+        raise BackendError("'auto' is resolved per model first: medseg.infer.auto.resolve_options")
     if precision != Precision.FP32 and backend != Backend.OPENVINO:
         raise BackendError(f"precision {precision.value!r} is only supported by backend 'openvino'")
     if batch_size < 1:

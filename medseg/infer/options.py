@@ -77,8 +77,8 @@ class PredictionOptions(BaseModel):
     # structures to reduce to their largest component: values, or "all" of the model's
     keep_largest: list[Annotated[int, Field(ge=1)]] | Literal["all"] | None = None
     crf: CrfSettings | None = None  # dense CRF on the probabilities before the argmax
-    backend: Backend = Backend.TORCH  # the engine (medseg.infer.backends)
-    precision: Precision = Precision.FP32  # bf16: OpenVINO only, on CPUs that support it
+    backend: Backend = Backend.AUTO  # the engine (medseg.infer.backends; auto: medseg.infer.auto)
+    precision: Precision = Precision.AUTO  # bf16: OpenVINO only, for a model that tolerates it
     non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # NaN/Inf voxels: refuse or replace
     # apply the per-structure post-processing a model carries (decided by medseg select)
     model_postprocessing: bool = True
@@ -116,7 +116,8 @@ class PredictionOptions(BaseModel):
 
     @model_validator(mode="after")
     def _precision_of_backend(self) -> PredictionOptions:
-        if self.precision is not Precision.FP32 and self.backend is not Backend.OPENVINO:
+        openvino_or_auto = self.backend in (Backend.OPENVINO, Backend.AUTO)
+        if self.precision is Precision.BF16 and not openvino_or_auto:
             raise ValueError(
                 f"precision {self.precision.value} needs backend openvino "
                 f"(not {self.backend.value})"

@@ -36,6 +36,7 @@ import numpy as np
 from medseg import __version__, shutdown
 from medseg.errors import ConfigError, MedsegError
 from medseg.evaluate.volumes import intensity_spread, structure_statistics
+from medseg.infer.auto import resolve_options
 from medseg.infer.outputs import (
     MESHES_SUFFIX,
     RTSTRUCT_SUFFIX,
@@ -242,7 +243,12 @@ def scan_predictors(
 ) -> list[nn.Module]:
     """What ``predict_scan`` runs, one module per member: the torch networks, or their exports
     for ``options.backend`` (cached in ``cache_dir``; build them once per process, not per
-    scan)."""
+    scan). ``auto`` options are resolved first (``resolve_model_options``).
+
+    Raises:
+        PrecisionRefusedError: see ``resolve_model_options``.
+    """
+    options = resolve_model_options(options, model)
     if options.backend == "torch":
         return [member.network for member in model.members]
     from medseg.infer.backends import make_predictor
@@ -259,6 +265,19 @@ def scan_predictors(
         )
         for member in model.members
     ]
+
+
+def resolve_model_options(options: PredictionOptions, model: PackagedModel) -> PredictionOptions:
+    """``options`` with ``auto`` backend and precision resolved for this machine and ``model``
+    (``medseg.infer.auto``); unchanged when both are given.
+
+    Raises:
+        PrecisionRefusedError: bf16 asked for a model whose stored agreement with fp32 is
+            below 99.9% or missing.
+    """
+    return resolve_options(
+        options, agreement=model.precision_agreement, model=model.source or "model"
+    )
 
 
 def predict_task(

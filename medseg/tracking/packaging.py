@@ -21,7 +21,7 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ from medseg.tracking.client import activate
 from medseg.tracking.store import require_store_for_model
 
 MODEL_NAME_IN_RUN = "model"
+PRECISION_AGREEMENT = "precision_agreement"
+"""``MLmodel`` metadata key: argmax agreement with fp32 per reduced precision."""
 MEMBER_PLAN_KEYS = ("train_configuration", "mirror_axes")
 """Plan keys that belong to one network, not to the plan the members of an ensemble share."""
 
@@ -67,6 +69,8 @@ class LoadedModel:
     labels: dict[int, str]
     postprocessing: dict[str, Any] | None = None
     ensemble: dict[str, Any] | None = None  # ensemble.json; None for a one-network package
+    # argmax agreement with fp32 per reduced precision, measured at export ({"bf16": 0.9997})
+    precision_agreement: dict[str, float] = field(default_factory=dict)
 
     @property
     def network(self) -> torch.nn.Module:
@@ -268,13 +272,17 @@ def log_segmentation_model(
     labels: Mapping[int, str],
     input_example: np.ndarray,
     registered_model_name: str | None = None,
+    precision_agreement: Mapping[str, float] | None = None,
 ) -> ModelInfo:
     """Log ``network`` as the pyfunc model ``model`` of the active run; register it if named.
 
-    Before logging, the network is rebuilt from ``factory`` and loaded with the weights, so a
-    package that could not be loaded later fails now. The signature has variable batch and
-    spatial dims; ``input_example`` only fixes channels and dtype and is not stored. Pip
-    requirements are pinned from the running versions so nothing is resolved or downloaded.
+    ``precision_agreement`` (argmax agreement with fp32 per reduced precision, measured on the
+    validation cases: ``medseg.infer.agreement``) is stored in the ``MLmodel`` metadata, where
+    ``--precision`` finds it. Before logging, the network is rebuilt from ``factory`` and
+    loaded with the weights, so a package that could not be loaded later fails now. The
+    signature has variable batch and spatial dims; ``input_example`` only fixes channels and
+    dtype and is not stored. Pip requirements are pinned from the running versions so nothing
+    is resolved or downloaded.
 
     Returns:
         MLflow's ``ModelInfo``; ``registered_model_version`` is set when a name was given.
@@ -331,6 +339,7 @@ def log_segmentation_model(
             folder=Path(folder),
             signature=signature,
             registered_model_name=registered_model_name,
+            precision_agreement=precision_agreement,
         )
 
 
@@ -356,8 +365,10 @@ def log_package(
     folder: Path,
     signature: ModelSignature,
     registered_model_name: str | None,
+    precision_agreement: Mapping[str, float] | None = None,
 ) -> ModelInfo:
-    """Log ``artifacts`` as the pyfunc model ``model`` of the active run (code in ``folder``).
+    """Log ``artifacts`` as the pyfunc model ``model`` of the active run (code in ``folder``),
+    with ``precision_agreement`` in its metadata when given.
 
     Pip requirements are pinned from the running versions so nothing is resolved or downloaded.
     """
@@ -378,7 +389,8 @@ def log_package(
                 f"numpy=={np.__version__}",
             ],
             registered_model_name=registered_model_name,
-            metadata={"medseg_version": __version__},
+            metadata={"medseg_version": __version__}
+            | ({PRECISION_AGREEMENT: dict(precision_agreement)} if precision_agreement else {}),
         )
 
 
@@ -414,6 +426,34 @@ def _cannot_load(model_uri: str, error: Exception) -> TrackingError:
     return TrackingError(f"{model_uri}: cannot load the model: {problem}")
 
 
+def _mlmodel(model_uri: str, tracking_uri: str | None) -> Model:
+    """The ``MLmodel`` file of a package (its networks stay unloaded)."""
+    require_store_for_model(model_uri, tracking_uri)
+    activate(tracking_uri)
+    try:
+        return Model.load(model_uri)
+    except _UNLOADABLE_MODEL as error:
+        raise _cannot_load(model_uri, error) from error
+
+
+def stored_precision_agreement(
+    model_uri: str, *, tracking_uri: str | None = None
+) -> dict[str, float]:
+    """The argmax agreement with fp32 per reduced precision stored with a packaged model
+    (empty when none was measured), read from its ``MLmodel`` file alone.
+
+    Raises:
+        TrackingUnavailableError: a registry or run URI and a store that cannot be reached.
+        TrackingError: no such model.
+    """
+    return _stored_agreement(_mlmodel(model_uri, tracking_uri))
+
+
+def _stored_agreement(mlmodel: Model) -> dict[str, float]:
+    stored = (mlmodel.metadata or {}).get(PRECISION_AGREEMENT, {})
+    return {str(precision): float(value) for precision, value in stored.items()}
+
+
 def model_input_channels(model_uri: str, *, tracking_uri: str | None = None) -> int:
     """The input channels of a packaged model, read from its signature (``tensor_signature``)
     without loading its networks: the ``MLmodel`` file alone is fetched.
@@ -422,12 +462,7 @@ def model_input_channels(model_uri: str, *, tracking_uri: str | None = None) -> 
         TrackingUnavailableError: a registry or run URI and a store that cannot be reached.
         TrackingError: no such model, or its ``MLmodel`` has no tensor input signature.
     """
-    require_store_for_model(model_uri, tracking_uri)
-    activate(tracking_uri)
-    try:
-        signature = Model.load(model_uri).signature
-    except _UNLOADABLE_MODEL as error:
-        raise _cannot_load(model_uri, error) from error
+    signature = _mlmodel(model_uri, tracking_uri).signature
     inputs = signature.inputs.inputs if signature is not None else []
     if len(inputs) != 1 or not isinstance(inputs[0], TensorSpec) or len(inputs[0].shape) < 3:
         raise TrackingError(f"{model_uri}: not a medseg segmentation model (input signature)")
@@ -446,9 +481,12 @@ def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) 
     require_store_for_model(model_uri, tracking_uri)
     activate(tracking_uri)
     try:
-        python_model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+        pyfunc_model = mlflow.pyfunc.load_model(model_uri)
+        python_model = pyfunc_model.unwrap_python_model()
     except _UNLOADABLE_MODEL as error:
         raise _cannot_load(model_uri, error) from error
     if not isinstance(python_model, SegmentationPyfuncModel):
         raise TrackingError(f"{model_uri}: not a medseg segmentation model")
-    return python_model.unwrap()
+    return replace(
+        python_model.unwrap(), precision_agreement=_stored_agreement(pyfunc_model.metadata)
+    )

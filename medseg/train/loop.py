@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from medseg import shutdown
 from medseg.errors import ConfigError
+from medseg.infer.agreement import AGREEMENT_CASES
 from medseg.io.atomic import write_json_atomic
 from medseg.losses import DeepSupervisionLoss, LossSpec, SegmentationLoss, build_loss
 from medseg.manifest import read_manifest
@@ -205,6 +206,10 @@ class _Job:
             arguments=self.network_arguments,
             patch_size=self.configuration.patch_size,
             mirror_axes=self.mirror_axes,
+            slice_axis=self.configuration.slice_axis,
+            validation_images=[
+                case.image for case in load_cache(self.cache_dir, self.split.val[:AGREEMENT_CASES])
+            ],
         )
 
     def model(self) -> nn.Module:

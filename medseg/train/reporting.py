@@ -40,12 +40,17 @@ class TrainedNetwork:
         patch_size: the spatial patch size it was trained on (shapes the input example).
         mirror_axes: the axes training mirrored (None: all), the only ones test-time mirroring
             may flip.
+        slice_axis: the axis a 2D network's slices are perpendicular to (None: 3D).
+        validation_images: the first validation cases' images, on which the agreement of
+            reduced precisions with fp32 is measured (``medseg.infer.agreement``).
     """
 
     network: nn.Module
     arguments: dict[str, Any]
     patch_size: Sequence[int]
     mirror_axes: Sequence[int] | None
+    slice_axis: int | None = None
+    validation_images: Sequence[np.ndarray] = ()
 
 
 @dataclass
@@ -150,9 +155,12 @@ class TrainingReporter:
         history: list[dict],
         stopped_by: str,
     ) -> str | None:
-        """Log curves, history and the best model; register it when a name is configured."""
+        """Log curves, history and the best model with the agreement of its reduced precisions
+        with fp32 (also as metrics ``precision_agreement_<precision>``); register it when a
+        name is configured."""
         if self.tracker is None:
             return None
+        from medseg.infer.agreement import measure_precision_agreement
         from medseg.tracking.packaging import log_segmentation_model
         from medseg.tracking.registry import register_and_promote
         from medseg.train.checkpoint import load_checkpoint
@@ -164,6 +172,18 @@ class TrainingReporter:
         self.tracker.set_tags({"stopped_by": stopped_by})
         load_checkpoint(best_checkpoint, network=trained.network)
         trained.network.eval()
+        agreement = measure_precision_agreement(
+            trained.network.cpu(),
+            trained.validation_images,
+            patch_size=trained.patch_size,
+            num_classes=self.plan.num_outputs,
+            overlap=self.config.validation.overlap,
+            slice_axis=trained.slice_axis,
+            activation="softmax" if self.plan.region_set is None else "sigmoid",
+        )
+        if agreement:
+            metrics = {f"precision_agreement_{name}": value for name, value in agreement.items()}
+            self.tracker.log_metrics(metrics, step=0)
         channels = trained.arguments["in_channels"]
         example = np.zeros((1, channels, *trained.patch_size), np.float32)
         info = log_segmentation_model(
@@ -178,6 +198,7 @@ class TrainingReporter:
             labels=self.plan.label_names,
             input_example=example,
             registered_model_name=self.config.registered_model_name,
+            precision_agreement=agreement,
         )
         version = getattr(info, "registered_model_version", None)
         if self.config.registered_model_name and version is not None:

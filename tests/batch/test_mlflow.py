@@ -12,6 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from medseg.batch.runner import BatchSettings, run_batch
+from medseg.infer.auto import fastest_backend
 from tests.batch.conftest import BatchModel
 from tests.batch.trees import ScanTree
 
@@ -44,7 +45,9 @@ def test_a_batch_is_logged_as_one_run_with_metrics_and_artifacts(
     assert run.info.status == "FINISHED"
     params = run.data.params
     assert params["model_uri"].startswith("folder:")  # a local model: a hash, not its path
-    assert (params["shard"], params["workers"], params["backend"]) == ("0/1", "1", "torch")
+    assert (params["shard"], params["workers"]) == ("0/1", "1")
+    # auto is recorded as what it resolved to; the model carries no bf16 agreement: fp32
+    assert (params["backend"], params["precision"]) == (fastest_backend().value, "fp32")
     assert (params["overlap"], params["mirror"], params["case_ids"]) == ("0.5", "False", "hash")
     metrics = run.data.metrics
     assert {k: metrics[k] for k in ("scans_found", "scans_in_shard", "done", "skipped")} == {

@@ -89,7 +89,10 @@ def test_batch_refuses_a_structure_the_model_lacks_before_any_scan(
 @pytest.mark.parametrize(
     ("options", "problem"),
     [
-        ({"precision": "bf16"}, "precision bf16 needs backend openvino (not torch)"),
+        (
+            {"backend": "torch", "precision": "bf16"},
+            "precision bf16 needs backend openvino (not torch)",
+        ),
         ({"backend": "tensorrt"}, "backend"),
         ({"keep_largest": "1,x"}, "keep_largest"),
         ({"keep_largest": [0]}, "keep_largest"),

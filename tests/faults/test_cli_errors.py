@@ -185,15 +185,15 @@ OPTION_AND_PATH_ERRORS = [  # (arguments, where, what)
     (
         "predict {scan} --model m --out {tmp}/o --backend tensorrt",
         "medseg predict --backend",
-        "'tensorrt' is not one of 'torch', 'onnxruntime', 'openvino'",
+        "'tensorrt' is not one of 'auto', 'torch', 'onnxruntime', 'openvino'",
     ),
     (
         "predict {scan} --model m --out {tmp}/o --precision fp8",
         "medseg predict --precision",
-        "'fp8' is not one of 'fp32', 'bf16'",
+        "'fp8' is not one of 'auto', 'fp32', 'bf16'",
     ),
     (
-        "predict {scan} --model m --out {tmp}/o --precision bf16",
+        "predict {scan} --model m --out {tmp}/o --backend torch --precision bf16",
         "medseg predict --precision",
         "bf16 needs --backend openvino (not torch)",
     ),
