@@ -193,6 +193,7 @@ def run_batch(
             "dicom_seg": outputs.dicom_seg,
             "output_format": output_format,
             "meshes": outputs.meshes,
+            "radiomics": outputs.radiomics,
             "force": force,
             **options.model_dump(),
         },

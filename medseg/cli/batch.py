@@ -24,6 +24,7 @@ from medseg.cli.options import (
     OUTPUT_FORMAT,
     OVERLAP,
     PRECISION,
+    RADIOMICS,
     case_ids_option,
     prediction_options,
     tracking_uri_option,
@@ -66,6 +67,7 @@ def batch(
     dicom_seg: bool = DICOM_SEG,
     output_format: str = OUTPUT_FORMAT,
     meshes: bool = MESHES,
+    radiomics: bool = RADIOMICS,
     non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = tracking_uri_option(
         "MLflow tracking URI (models:/ URIs and the batch run)."
@@ -122,7 +124,9 @@ def batch(
         shard=chosen,
         options=options,
         case_ids=case_ids,
-        outputs=ScanOutputs(output_format=output_format, dicom_seg=dicom_seg, meshes=meshes),
+        outputs=ScanOutputs(
+            output_format=output_format, dicom_seg=dicom_seg, meshes=meshes, radiomics=radiomics
+        ),
         force=force,
         tracking_uri=tracking_uri,
         experiment=experiment,

@@ -59,6 +59,12 @@ MESHES = typer.Option(
     "--meshes",
     help="Also write <case>.meshes/<structure>.stl and .obj (LPS mm) and surface areas.",
 )
+RADIOMICS = typer.Option(
+    False,
+    "--radiomics",
+    help="Also write <case>.radiomics.json and .csv: shape and first-order features "
+    "(PyRadiomics names and defaults) per structure.",
+)
 OUTPUT_FORMAT = typer.Option(
     "nifti", callback=volume_format, help="Label map format: nifti, nrrd or mha."
 )

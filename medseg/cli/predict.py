@@ -24,6 +24,7 @@ from medseg.cli.options import (
     OUTPUT_FORMAT,
     OVERLAP,
     PRECISION,
+    RADIOMICS,
     case_ids_option,
     prediction_options,
     tracking_uri_option,
@@ -57,6 +58,7 @@ def predict(
     ),
     output_format: str = OUTPUT_FORMAT,
     meshes: bool = MESHES,
+    radiomics: bool = RADIOMICS,
     case_ids: CaseIdScheme = case_ids_option(),
     non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = tracking_uri_option("MLflow tracking URI for models:/ URIs."),
@@ -97,7 +99,7 @@ def predict(
             out_dir=out,
             options=options,
             case_ids=case_ids,
-            outputs=ScanOutputs(output_format, dicom_seg, probabilities, meshes),
+            outputs=ScanOutputs(output_format, dicom_seg, probabilities, meshes, radiomics),
             on_progress=progress,
         )
     if not report.outcomes:

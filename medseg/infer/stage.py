@@ -36,7 +36,13 @@ import numpy as np
 from medseg import __version__, shutdown
 from medseg.errors import MedsegError
 from medseg.evaluate.volumes import intensity_spread, structure_statistics
-from medseg.infer.outputs import MESHES_SUFFIX, ScanOutputs, output_names, write_meshes
+from medseg.infer.outputs import (
+    MESHES_SUFFIX,
+    ScanOutputs,
+    output_names,
+    write_meshes,
+    write_radiomics,
+)
 from medseg.infer.predictor import (
     PackagedModel,
     PredictionOptions,
@@ -235,7 +241,8 @@ def predict_task(
 
     Writes ``<case_id>.nii.gz`` (or ``.nrrd``, ``.mha``... for ``outputs.output_format``),
     ``<case_id>.volumes.json`` and what else ``outputs`` asks for: ``<case_id>_seg.dcm``
-    (DICOM input), ``<case_id>.probabilities.npz``, ``<case_id>.meshes/``. Any
+    (DICOM input), ``<case_id>.probabilities.npz``, ``<case_id>.meshes/``,
+    ``<case_id>.radiomics.json`` and ``.csv``. Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
     already written stay: write into a staging folder). ``predictors`` come from
     ``scan_predictors`` (None: the members' own networks). Reasons and log lines name the scan
@@ -269,6 +276,10 @@ def predict_task(
             for name in volumes:
                 volumes[name]["surface_area_mm2"] = areas.get(name, 0.0)
             written.append(folder)
+        if outputs.radiomics:
+            written += write_radiomics(
+                labels, volume, model.label_names, out_dir=out_dir, case_id=task.case_id
+            )
         volumes_path = out_dir / f"{task.case_id}.volumes.json"
         write_json_atomic(volumes_path, volumes)
         written.append(volumes_path)
