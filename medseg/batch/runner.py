@@ -200,6 +200,7 @@ def run_batch(
             "output_format": output_format,
             "meshes": outputs.meshes,
             "rtstruct": outputs.rtstruct,
+            "radiomics": outputs.radiomics,
             "force": force,
             **options.model_dump(),
         },

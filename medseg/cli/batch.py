@@ -15,7 +15,9 @@ from medseg.cli.options import (
     BATCH_SIZE,
     CRF,
     DICOM_SEG,
+    FROM_PACS,
     KEEP_LARGEST,
+    KEEP_PULLED,
     MESHES,
     MIRROR,
     MODEL,
@@ -24,8 +26,10 @@ from medseg.cli.options import (
     OUTPUT_FORMAT,
     OVERLAP,
     PRECISION,
+    RADIOMICS,
     RTSTRUCT,
     STRUCTURES,
+    TO_PACS,
     case_ids_option,
     prediction_options,
     tracking_uri_option,
@@ -70,21 +74,14 @@ def batch(
     output_format: str = OUTPUT_FORMAT,
     meshes: bool = MESHES,
     rtstruct: bool = RTSTRUCT,
+    radiomics: bool = RADIOMICS,
     non_finite: NonFinitePolicy = NON_FINITE,
-    tracking_uri: str | None = tracking_uri_option(
-        "MLflow tracking URI (models:/ URIs and the batch run)."
-    ),
+    tracking_uri: str | None = tracking_uri_option("MLflow tracking URI (models, batch run)."),
     experiment: str = typer.Option("medseg-batch", help="MLflow experiment of the batch run."),
     force: bool = typer.Option(False, "--force", help="Redo scans whose outputs are complete."),
-    from_pacs: Path | None = typer.Option(
-        None, "--from-pacs", exists=True, dir_okay=False, help="Pull the scans: a PACS file."
-    ),
-    to_pacs: Path | None = typer.Option(
-        None, "--to-pacs", exists=True, dir_okay=False, help="Push the results: a PACS file."
-    ),
-    keep_pulled: bool = typer.Option(
-        False, "--keep-pulled", help="Keep pulled images of delivered series (default: delete)."
-    ),
+    from_pacs: Path | None = FROM_PACS,
+    to_pacs: Path | None = TO_PACS,
+    keep_pulled: bool = KEEP_PULLED,
 ) -> None:
     """Segment every scan under SCANS_ROOT in parallel workers, resumably and sharded.
 
@@ -127,7 +124,9 @@ def batch(
         shard=chosen,
         options=options,
         case_ids=case_ids,
-        outputs=ScanOutputs(output_format, dicom_seg, meshes=meshes, rtstruct=rtstruct),
+        outputs=ScanOutputs(
+            output_format, dicom_seg, meshes=meshes, rtstruct=rtstruct, radiomics=radiomics
+        ),
         force=force,
         tracking_uri=tracking_uri,
         experiment=experiment,

@@ -77,6 +77,21 @@ MESHES = typer.Option(
 RTSTRUCT = typer.Option(
     False, "--rtstruct", help="Also write <case>_rtstruct.dcm (RT Structure Set) for DICOM inputs."
 )
+RADIOMICS = typer.Option(
+    False,
+    "--radiomics",
+    help="Also write <case>.radiomics.json and .csv: shape and first-order features "
+    "(PyRadiomics names and defaults) per structure.",
+)
+FROM_PACS = typer.Option(
+    None, "--from-pacs", exists=True, dir_okay=False, help="Pull the scans: a PACS file."
+)
+TO_PACS = typer.Option(
+    None, "--to-pacs", exists=True, dir_okay=False, help="Push the results: a PACS file."
+)
+KEEP_PULLED = typer.Option(
+    False, "--keep-pulled", help="Keep pulled images of delivered series (default: delete)."
+)
 OUTPUT_FORMAT = typer.Option(
     "nifti", callback=volume_format, help="Label map format: nifti, nrrd or mha."
 )

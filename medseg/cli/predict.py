@@ -25,6 +25,7 @@ from medseg.cli.options import (
     OUTPUT_FORMAT,
     OVERLAP,
     PRECISION,
+    RADIOMICS,
     RTSTRUCT,
     STRUCTURES,
     case_ids_option,
@@ -63,6 +64,7 @@ def predict(
     output_format: str = OUTPUT_FORMAT,
     meshes: bool = MESHES,
     rtstruct: bool = RTSTRUCT,
+    radiomics: bool = RADIOMICS,
     case_ids: CaseIdScheme = case_ids_option(),
     non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = tracking_uri_option("MLflow tracking URI for models:/ URIs."),
@@ -114,7 +116,14 @@ def predict(
             out_dir=out,
             options=options,
             case_ids=case_ids,
-            outputs=ScanOutputs(output_format, dicom_seg, probabilities, meshes, rtstruct=rtstruct),
+            outputs=ScanOutputs(
+                output_format,
+                dicom_seg,
+                probabilities,
+                meshes,
+                rtstruct=rtstruct,
+                radiomics=radiomics,
+            ),
             on_progress=progress,
         )
     if not report.outcomes:

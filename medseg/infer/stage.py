@@ -43,6 +43,7 @@ from medseg.infer.outputs import (
     ScanOutputs,
     output_names,
     write_meshes,
+    write_radiomics,
 )
 from medseg.infer.predictor import (
     PackagedModel,
@@ -295,7 +296,8 @@ def predict_task(
     Writes ``<case_id>.nii.gz`` (or ``.nrrd``, ``.mha``... for ``outputs.output_format``),
     ``<case_id>.volumes.json`` and what else ``outputs`` asks for: ``<case_id>_seg.dcm``
     (DICOM input), ``<case_id>.probabilities.npz``, ``<case_id>.meshes/``,
-    ``<case_id>_rtstruct.dcm`` (DICOM input; other inputs: a warning). Any
+    ``<case_id>_rtstruct.dcm`` (DICOM input; other inputs: a warning);
+    ``<case_id>.radiomics.json`` and ``.csv``. Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
     already written stay: write into a staging folder). ``predictors`` come from
     ``scan_predictors`` (None: the members' own networks). Reasons and log lines name the scan
@@ -330,6 +332,10 @@ def predict_task(
             for name in volumes:
                 volumes[name]["surface_area_mm2"] = areas.get(name, 0.0)
             written.append(folder)
+        if outputs.radiomics:
+            written += write_radiomics(
+                labels, volume, model.label_names, out_dir=out_dir, case_id=task.case_id
+            )
         volumes_path = out_dir / f"{task.case_id}.volumes.json"
         write_json_atomic(volumes_path, volumes)
         written.append(volumes_path)

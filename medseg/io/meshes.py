@@ -60,11 +60,14 @@ def structure_meshes(labels: Volume, label_names: dict[int, str]) -> dict[str, M
     for value, name in sorted(label_names.items()):
         box = boxes[value - 1] if 0 < value <= len(boxes) else None
         if box is not None:
-            meshes[name] = _mesh(values[box] == value, [s.start for s in box], labels.affine_ras)
+            origin = [s.start for s in box]
+            meshes[name] = mask_mesh(values[box] == value, origin, labels.affine_ras)
     return meshes
 
 
-def _mesh(mask: np.ndarray, origin: list[int], affine_ras: np.ndarray) -> Mesh:
+def mask_mesh(mask: np.ndarray, origin: list[int], affine_ras: np.ndarray) -> Mesh:
+    """The closed surface of a boolean ``mask`` cut out of a scan at voxel index ``origin``
+    (its bounding box's corner), in LPS millimetres through the scan's ``affine_ras``."""
     padded = np.pad(mask, 1).astype(np.float32)
     vertices, faces, _, _ = measure.marching_cubes(padded, level=0.5, allow_degenerate=False)
     voxels = vertices + (np.asarray(origin, np.float64) - 1.0)

@@ -125,7 +125,7 @@ class PredictStageOptions(_FolderOrSplit, PredictionOptions):
     batch_size, mirror, keep_largest, crf, backend, precision, non_finite, structures), where
     the scans are, ``model``, which overrides the model of the register stage, the label maps'
     ``output_format`` (``nifti``, ``nrrd``, ``mha``: as ``batch --output-format``) and
-    ``meshes`` (as ``batch --meshes``)."""
+    ``meshes`` (as ``batch --meshes``) and ``radiomics`` (as ``batch --radiomics``)."""
 
     input: str | None = None
     model: str | None = None
@@ -134,6 +134,7 @@ class PredictStageOptions(_FolderOrSplit, PredictionOptions):
     output_format: str = "nifti"
     meshes: bool = False
     rtstruct: bool = False  # as batch --rtstruct
+    radiomics: bool = False
     workers: int = Field(1, ge=1)  # scans in parallel, each in its own process
 
     def _folder(self) -> str | None:
@@ -186,6 +187,7 @@ def _predict(ctx: StageContext, options: PredictStageOptions, run: Any) -> Stage
             dicom_seg=options.dicom_seg,
             meshes=options.meshes,
             rtstruct=options.rtstruct,
+            radiomics=options.radiomics,
         ),
         tracking_uri=ctx.tracking_uri,
         experiment=ctx.experiment,
