@@ -1,4 +1,4 @@
-"""Benchmark: per-structure Dice and HD95 on a many-label volume, medseg vs MONAI, same run.
+"""Benchmark: per-structure Dice, HD95 and NSD on a many-label volume, medseg vs MONAI, same run.
 
 The volume is synthetic (``--shape``, default 256 x 256 x 128, ``--spacing`` 0.8 x 0.8 x 2.5 mm):
 an ellipsoidal body cut into ``--labels`` structures (default 120) by a Voronoi partition in
@@ -13,18 +13,19 @@ each repeat so both share cache conditions and whatever else runs on the machine
 average is printed):
 
 * medseg Dice: ``confusion_matrix`` (one bincount) + ``dice_from_confusion``.
-* medseg surface: ``surface_metrics`` (HD95, and NSD and ASSD as well, which MONAI is not asked
-  for).
+* medseg surface: ``surface_metrics`` (HD95 and NSD at ``--tolerance-mm``, and ASSD as well,
+  which MONAI is not asked for).
 * MONAI Dice, label map: ``DiceMetric(include_background=False, num_classes=L + 1)`` on the
   B1HWD label maps, MONAI's route that needs no one-hot tensor.
 * MONAI one-hot: ``monai.networks.utils.one_hot`` of both maps (float32, B x C x HWD); then
   ``DiceMetric(include_background=False)`` and
-  ``HausdorffDistanceMetric(include_background=False, percentile=95)`` with the spacing on those
-  tensors. To bound memory (121 float32 channels of 256 x 256 x 128 are 4 GB per map) the labels
-  go through in chunks of ``--monai-chunk``: each chunk's labels are mapped to 1..n, everything
-  else to 0 (a background channel that ``include_background=False`` skips), which gives MONAI
-  the same per-label values; the remapping is counted in the one-hot time. ``--monai-chunk 0``
-  converts all labels at once.
+  ``HausdorffDistanceMetric(include_background=False, percentile=95)`` and
+  ``SurfaceDiceMetric(class_thresholds=[tolerance] * n, include_background=False)`` (NSD) with
+  the spacing on those tensors. To bound memory (121 float32 channels of 256 x 256 x 128 are
+  4 GB per map) the labels go through in chunks of ``--monai-chunk``: each chunk's labels are
+  mapped to 1..n, everything else to 0 (a background channel that ``include_background=False``
+  skips), which gives MONAI the same per-label values; the remapping is counted in the one-hot
+  time. ``--monai-chunk 0`` converts all labels at once.
 
 Ratios (MONAI / medseg, > 1 means medseg is faster), medians of ``--repeats``:
 
@@ -33,12 +34,14 @@ Ratios (MONAI / medseg, > 1 means medseg is faster), medians of ``--repeats``:
 * HD95 only: MONAI one-hot + HausdorffDistanceMetric against ``surface_metrics``.
 * Dice + HD95: MONAI one-hot + DiceMetric + HausdorffDistanceMetric against medseg Dice +
   ``surface_metrics``.
+* Dice + HD95 + NSD: the same plus MONAI's SurfaceDiceMetric (medseg's ``surface_metrics`` gives
+  all three in one pass).
 
-Values are checked equal: Dice to 1e-6, HD95 to 1e-6 (relative, and absolute below 1 mm).
-Goal (issue): >= 50x faster for Dice + HD95, values equal.
+Values are checked equal: Dice, HD95 and NSD to 1e-6 (relative, and absolute below 1).
+Goal (issue 17): >= 50x faster for Dice + HD95 + NSD, values equal.
 
     .venv/bin/python bench/metrics.py [--labels 120] [--shape 256,256,128] [--repeats 3]
-        [--spacing 0.8,0.8,2.5] [--monai-chunk 30]
+        [--spacing 0.8,0.8,2.5] [--monai-chunk 30] [--tolerance-mm 1]
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-from monai.metrics import DiceMetric, HausdorffDistanceMetric
+from monai.metrics import DiceMetric, HausdorffDistanceMetric, SurfaceDiceMetric
 from monai.networks.utils import one_hot
 from scipy import ndimage
 
@@ -80,6 +83,7 @@ class Timings:
     monai_one_hot: list[float] = field(default_factory=list)
     monai_dice_one_hot: list[float] = field(default_factory=list)
     monai_hd95: list[float] = field(default_factory=list)
+    monai_nsd: list[float] = field(default_factory=list)
 
 
 def synthesize(
@@ -127,14 +131,26 @@ def medseg_dice(prediction: np.ndarray, reference: np.ndarray, labels: int) -> n
     return dice_from_confusion(confusion_matrix(prediction, reference, labels + 1))[1:]
 
 
-def medseg_hd95(
-    prediction: np.ndarray, reference: np.ndarray, labels: int, spacing_mm: Sequence[float]
-) -> np.ndarray:
-    """HD95 of labels 1..L (NSD and ASSD are computed too, and discarded)."""
+def medseg_surface(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    labels: int,
+    spacing_mm: Sequence[float],
+    tolerance_mm: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """HD95 and NSD of labels 1..L (ASSD is computed too, and discarded)."""
     results = surface_metrics(
-        prediction, reference, spacing_mm=spacing_mm, labels=range(1, labels + 1)
+        prediction,
+        reference,
+        spacing_mm=spacing_mm,
+        labels=range(1, labels + 1),
+        tolerance_mm=tolerance_mm,
     )
-    return np.array([results[label].hd95 for label in range(1, labels + 1)])
+    structures = range(1, labels + 1)
+    return (
+        np.array([results[label].hd95 for label in structures]),
+        np.array([results[label].nsd for label in structures]),
+    )
 
 
 def monai_dice_label_map(
@@ -166,15 +182,17 @@ def monai_one_hot_metrics(
     labels: int,
     spacing_mm: Sequence[float],
     chunk: int,
-) -> tuple[tuple[float, float, float], np.ndarray, np.ndarray]:
-    """One-hot conversion, DiceMetric and HausdorffDistanceMetric, timed separately.
+    tolerance_mm: float,
+) -> tuple[list[float], np.ndarray, np.ndarray, np.ndarray]:
+    """One-hot conversion, DiceMetric, HausdorffDistanceMetric and SurfaceDiceMetric, timed
+    separately.
 
     Returns:
-        (one-hot s, Dice s, HD95 s), Dice of labels 1..L, HD95 of labels 1..L.
+        [one-hot s, Dice s, HD95 s, NSD s], Dice, HD95 and NSD of labels 1..L.
     """
     chunk = chunk or labels
-    seconds = [0.0, 0.0, 0.0]
-    dice, hd95 = [], []
+    seconds = [0.0, 0.0, 0.0, 0.0]
+    dice, hd95, nsd = [], [], []
     for first in range(1, labels + 1, chunk):
         last = min(first + chunk, labels + 1)
         elapsed, (prediction_one_hot, reference_one_hot) = timed(
@@ -193,8 +211,18 @@ def monai_one_hot_metrics(
         )
         seconds[2] += elapsed
         hd95.append(hd_metric.aggregate()[0].numpy())
+        nsd_metric = SurfaceDiceMetric(
+            class_thresholds=[tolerance_mm] * (last - first),
+            include_background=False,
+            reduction="none",
+        )
+        elapsed, _ = timed(
+            nsd_metric, y_pred=prediction_one_hot, y=reference_one_hot, spacing=list(spacing_mm)
+        )
+        seconds[3] += elapsed
+        nsd.append(nsd_metric.aggregate()[0].numpy())
         del prediction_one_hot, reference_one_hot
-    return (seconds[0], seconds[1], seconds[2]), np.concatenate(dice), np.concatenate(hd95)
+    return seconds, np.concatenate(dice), np.concatenate(hd95), np.concatenate(nsd)
 
 
 def max_difference(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, bool]:
@@ -225,6 +253,7 @@ def main() -> int:
         "--monai-chunk", type=int, default=30, help="labels per one-hot chunk for MONAI, 0 = all"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed of the synthetic volume")
+    parser.add_argument("--tolerance-mm", type=float, default=1.0, help="NSD tolerance in mm")
     args = parser.parse_args()
     shape = parse_numbers(args.shape, int)
     spacing = parse_numbers(args.spacing, float)
@@ -248,7 +277,9 @@ def main() -> int:
     for _ in range(args.repeats):
         seconds, dice = timed(medseg_dice, prediction, reference, labels)
         timings.medseg_dice.append(seconds)
-        seconds, hd95 = timed(medseg_hd95, prediction, reference, labels, spacing)
+        seconds, (hd95, nsd) = timed(
+            medseg_surface, prediction, reference, labels, spacing, args.tolerance_mm
+        )
         timings.medseg_surface.append(seconds)
         prediction_tensor = torch.from_numpy(prediction)
         reference_tensor = torch.from_numpy(reference)
@@ -256,19 +287,26 @@ def main() -> int:
             monai_dice_label_map, prediction_tensor, reference_tensor, labels
         )
         timings.monai_dice_label_map.append(seconds)
-        (one_hot_s, dice_s, hd_s), monai_dice_one_hot, monai_hd95 = monai_one_hot_metrics(
-            prediction_tensor, reference_tensor, labels, spacing, args.monai_chunk
+        monai_seconds, monai_dice_one_hot, monai_hd95, monai_nsd = monai_one_hot_metrics(
+            prediction_tensor,
+            reference_tensor,
+            labels,
+            spacing,
+            args.monai_chunk,
+            args.tolerance_mm,
         )
-        timings.monai_one_hot.append(one_hot_s)
-        timings.monai_dice_one_hot.append(dice_s)
-        timings.monai_hd95.append(hd_s)
+        timings.monai_one_hot.append(monai_seconds[0])
+        timings.monai_dice_one_hot.append(monai_seconds[1])
+        timings.monai_hd95.append(monai_seconds[2])
+        timings.monai_nsd.append(monai_seconds[3])
 
     median = {name: statistics.median(values) for name, values in vars(timings).items()}
     ours_dice = median["medseg_dice"]
     ours_all = ours_dice + median["medseg_surface"]
     monai_dice_one_hot_s = median["monai_one_hot"] + median["monai_dice_one_hot"]
     monai_dice_s = min(median["monai_dice_label_map"], monai_dice_one_hot_s)
-    monai_all = monai_dice_one_hot_s + median["monai_hd95"]
+    monai_dice_hd = monai_dice_one_hot_s + median["monai_hd95"]
+    monai_all = monai_dice_hd + median["monai_nsd"]
 
     print(f"median of {args.repeats}, seconds; load average now {load_average()}")
     rows = [
@@ -278,6 +316,7 @@ def main() -> int:
         (f"MONAI one_hot (chunks of {args.monai_chunk or labels})", median["monai_one_hot"]),
         ("MONAI DiceMetric on one-hot", median["monai_dice_one_hot"]),
         ("MONAI HausdorffDistanceMetric p95", median["monai_hd95"]),
+        (f"MONAI SurfaceDiceMetric ({args.tolerance_mm:g} mm)", median["monai_nsd"]),
     ]
     for name, seconds in rows:
         print(f"  {name:<42}{seconds:>10.3f}")
@@ -292,7 +331,11 @@ def main() -> int:
         f"{monai_hd_s / median['medseg_surface']:.1f}x"
     )
     print(
-        f"Dice + HD95:  MONAI {monai_all:.3f} s / medseg {ours_all:.3f} s = "
+        f"Dice + HD95:  MONAI {monai_dice_hd:.3f} s / medseg {ours_all:.3f} s = "
+        f"{monai_dice_hd / ours_all:.1f}x"
+    )
+    print(
+        f"Dice + HD95 + NSD:  MONAI {monai_all:.3f} s / medseg {ours_all:.3f} s = "
         f"{monai_all / ours_all:.1f}x (goal >= {SPEED_GOAL:.0f}x)"
     )
 
@@ -300,6 +343,7 @@ def main() -> int:
         "Dice vs MONAI label-map Dice": max_difference(dice, monai_dice),
         "Dice vs MONAI one-hot Dice": max_difference(dice, monai_dice_one_hot),
         "HD95 vs MONAI HD95 (mm)": max_difference(hd95, monai_hd95),
+        "NSD vs MONAI NSD": max_difference(nsd, monai_nsd),
     }
     for name, (difference, equal) in checks.items():
         print(f"  {name:<32} max |diff| {difference:.3g}  {'equal' if equal else 'DIFFERENT'}")
