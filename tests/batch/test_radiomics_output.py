@@ -40,7 +40,8 @@ def _check_radiomics(folder: Path, case_id: str) -> None:
     with (folder / f"{case_id}.radiomics.csv").open(newline="") as table:
         rows = list(csv.DictReader(table))
     assert list(rows[0]) == ["case_id", "structure", "label", *FEATURE_NAMES]
-    assert [row["structure"] for row in rows] == list(volumes)
+    assert sorted(row["structure"] for row in rows) == sorted(volumes)
+    assert [int(row["label"]) for row in rows] == sorted(int(row["label"]) for row in rows)
     for row in rows:
         assert row["case_id"] == case_id and int(row["label"]) > 0
         for feature in FEATURE_NAMES:

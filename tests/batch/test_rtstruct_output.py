@@ -62,5 +62,5 @@ def test_batch_and_predict_write_an_rtstruct_for_dicom_inputs_only(
     with caplog.at_level(logging.WARNING, logger="medseg"):
         result = CliRunner().invoke(app, [*common[:1], str(tree.root / "a.nii.gz"), *common[1:]])
     assert result.exit_code == 0, result.output
-    assert "a: not a DICOM series: no RTSTRUCT written" in caplog.text
+    assert "a.nii.gz: not a DICOM series: no RTSTRUCT written" in caplog.text
     assert not list(predicted.glob("a_rtstruct*"))

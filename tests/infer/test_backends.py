@@ -256,7 +256,10 @@ def test_missing_backend_package_names_it(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"backend": "tensorrt"}, r"unknown backend 'tensorrt'; known: torch, onnxruntime"),
+        (
+            {"backend": "tensorrt"},
+            r"unknown backend 'tensorrt'; known: auto, torch, onnxruntime, openvino",
+        ),
         ({"backend": "openvino", "precision": "fp8"}, r"unknown precision 'fp8'"),
         ({"backend": "onnxruntime", "precision": "bf16"}, r"only supported by backend 'openvino'"),
         ({"backend": "torch", "batch_size": 0}, r"batch_size must be at least 1"),

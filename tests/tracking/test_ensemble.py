@@ -66,6 +66,8 @@ def _apply(command: str, scans: Path, out: Path, server: str):
         server,
         "--case-ids",
         "folder",
+        "--backend",  # equal to the library's torch result, voxel for voxel
+        "torch",
     )
 
 
