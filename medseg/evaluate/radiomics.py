@@ -22,10 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from medseg.errors import GeometryMismatchError
+from medseg.evaluate.volumes import structure_regions
 from medseg.io.meshes import mask_mesh
 from medseg.volume import Volume
 
@@ -108,25 +107,15 @@ def structure_radiomics(
     Raises:
         GeometryMismatchError: ``image`` is not on the label map's grid.
     """
-    if not image.same_grid(labels):
-        raise GeometryMismatchError("the scan and the label map are on different grids")
-    values = np.asarray(labels.array)
-    channel = np.asarray(image.array if image.array.ndim == 3 else image.array[..., 0])
-    boxes = ndimage.find_objects(values.astype(np.int32, copy=False))
     features = {}
-    for value, name in sorted(label_names.items()):
-        if value == 0:
-            continue
-        box = boxes[value - 1] if value <= len(boxes) else None
-        if box is None:
+    for name, region in structure_regions(labels, image, label_names=label_names):
+        if region is None:
             features[name] = dict.fromkeys(FEATURE_NAMES, float("nan"))
             continue
-        mask = values[box] == value
-        origin = [s.start for s in box]
-        shape = shape_features(mask, origin=origin, affine_ras=labels.affine_ras)
-        intensities = np.asarray(channel[box][mask], np.float64)
+        origin = [s.start for s in region.box]
+        shape = shape_features(region.mask, origin=origin, affine_ras=labels.affine_ras)
         voxel_mm3 = labels.voxel_volume_ml * 1000.0
-        first = firstorder_features(intensities, voxel_mm3=voxel_mm3, settings=settings)
+        first = firstorder_features(region.intensities, voxel_mm3=voxel_mm3, settings=settings)
         features[name] = {f"original_shape_{k}": v for k, v in shape.items()} | {
             f"original_firstorder_{k}": v for k, v in first.items()
         }

@@ -14,7 +14,8 @@ small structures cost little more than one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
@@ -65,6 +66,40 @@ SPREAD = ("intensity_std", "intensity_median", "intensity_p5", "intensity_p95")
 """The intensity fields besides the mean, per structure (with the scan)."""
 
 
+@dataclass(frozen=True)
+class StructureRegion:
+    """A structure cut out of a scan inside its bounding box."""
+
+    box: tuple[slice, ...]  # of the label map
+    mask: np.ndarray  # boolean, the box's shape
+    intensities: np.ndarray  # float64, the scan's channel 0 inside the structure
+
+
+def structure_regions(
+    labels: Volume, image: Volume, *, label_names: Mapping[int, str]
+) -> Iterator[tuple[str, StructureRegion | None]]:
+    """Every named structure > 0 in label order with its region (None when absent); one
+    ``find_objects`` pass, so the cost follows the structures' sizes, not their number.
+
+    Raises:
+        GeometryMismatchError: ``image`` is not on the label map's grid.
+    """
+    if not image.same_grid(labels):
+        raise GeometryMismatchError("the scan and the label map are on different grids")
+    values = np.asarray(labels.array)
+    channel = np.asarray(image.array if image.array.ndim == 3 else image.array[..., 0])
+    boxes = ndimage.find_objects(values.astype(np.int32, copy=False))
+    for value, name in sorted(label_names.items()):
+        if value == 0:
+            continue
+        box = boxes[value - 1] if value <= len(boxes) else None
+        if box is None:
+            yield name, None
+            continue
+        mask = values[box] == value
+        yield name, StructureRegion(box, mask, np.asarray(channel[box][mask], np.float64))
+
+
 def intensity_spread(
     labels: Volume, image: Volume, *, label_names: Mapping[int, str]
 ) -> dict[str, dict[str, float | None]]:
@@ -75,20 +110,12 @@ def intensity_spread(
     Raises:
         GeometryMismatchError: ``image`` is not on the label map's grid.
     """
-    if not image.same_grid(labels):
-        raise GeometryMismatchError("the scan and the label map are on different grids")
-    values = np.asarray(labels.array)
-    channel = np.asarray(image.array if image.array.ndim == 3 else image.array[..., 0])
-    boxes = ndimage.find_objects(values.astype(np.int32, copy=False))
     spreads: dict[str, dict[str, float | None]] = {}
-    for value, name in sorted(label_names.items()):
-        if value == 0:
-            continue
-        box = boxes[value - 1] if value <= len(boxes) else None
-        if box is None:
+    for name, region in structure_regions(labels, image, label_names=label_names):
+        if region is None:
             spreads[name] = dict.fromkeys(SPREAD, None)
             continue
-        inside = np.asarray(channel[box][values[box] == value], np.float64)
+        inside = region.intensities
         p5, median, p95 = np.percentile(inside, [5, 50, 95])
         spreads[name] = {
             "intensity_std": round(float(inside.std()), 5),
