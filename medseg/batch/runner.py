@@ -152,9 +152,9 @@ def run_batch(
     outputs = replace(settings.outputs, output_format=output_format)
     requested_model = model_uri
     model_uri = pinned_model_uri(model_uri, tracking_uri)
-    options = resolve_options(
-        options, agreement=model_agreement(model_uri, tracking_uri), model=model_uri
-    )
+    # the stored agreement is the whole package's; --fast runs only some of its members
+    agreement = {} if options.fast else model_agreement(model_uri, tracking_uri)
+    options = resolve_options(options, agreement=agreement, model=model_uri)
     scans_root = Path(scans_root).expanduser().resolve()
     if not scans_root.exists():
         raise InputFileError(scans_root, "no such file or folder")

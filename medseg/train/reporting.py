@@ -179,7 +179,7 @@ class TrainingReporter:
             num_classes=self.plan.num_outputs,
             overlap=self.config.validation.overlap,
             slice_axis=trained.slice_axis,
-            activation="softmax" if self.plan.region_set is None else "sigmoid",
+            activation=self.plan.activation,
         )
         if agreement:
             metrics = {f"precision_agreement_{name}": value for name, value in agreement.items()}
