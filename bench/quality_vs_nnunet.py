@@ -355,7 +355,11 @@ def tracking_store(folder: Path) -> str:
 
 
 def medseg_predict(bench: Bench, model_uri: str, tracking: str, predictions: Path) -> float:
-    """``medseg predict --mirror`` of the test images with a registered model; seconds."""
+    """``medseg predict --mirror --backend torch`` of the test images; seconds.
+
+    The torch backend, as in the rows measured before ``--backend auto`` became the default, so
+    every row's inference time is the same network on the same engine.
+    """
     return run_step(
         medseg_command(
             "predict",
@@ -367,6 +371,8 @@ def medseg_predict(bench: Bench, model_uri: str, tracking: str, predictions: Pat
             "--out",
             str(predictions),
             "--mirror",
+            "--backend",
+            "torch",
             "--case-ids",
             "folder",
         ),
