@@ -3,6 +3,7 @@ an MLflow store, for tests that predict: builds in about a second on a CPU."""
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from mlflow.models.model import ModelInfo
 
+from medseg.infer.agreement import export_for_package
 from medseg.models import build_network, network_arguments
 from medseg.preprocess.plan import Plan
 from medseg.tracking.packaging import log_segmentation_model
@@ -36,7 +38,8 @@ def log_tiny_unet(
     in_channels: int = 1,
 ) -> TinyUnet:
     """Log a U-Net (4 base filters, random weights of ``seed``, ``in_channels`` input
-    channels) for ``plan``'s labels in a new run; register it under ``registered_model_name``
+    channels) for ``plan``'s labels in a new run, with its ONNX export as training packages it
+    (no agreement: there are no validation cases); register it under ``registered_model_name``
     when given."""
     torch.manual_seed(seed)
     arguments = network_arguments(
@@ -47,7 +50,18 @@ def log_tiny_unet(
         base_filters=4,
     )
     network = build_network(**arguments).eval()
-    with RunTracker(tracking_uri).start(experiment=experiment, run_name=run_name, tags={}) as run:
+    with (
+        RunTracker(tracking_uri).start(experiment=experiment, run_name=run_name, tags={}) as run,
+        tempfile.TemporaryDirectory() as folder,
+    ):
+        exports = export_for_package(
+            network,
+            [],
+            folder=Path(folder),
+            patch_size=plan.configurations["3d"].patch_size,
+            in_channels=in_channels,
+            num_classes=arguments["num_classes"],
+        )
         info = log_segmentation_model(
             network,
             factory="medseg.models:build_network",
@@ -56,6 +70,7 @@ def log_tiny_unet(
             labels=plan.label_names,
             input_example=np.zeros((1, in_channels, 32, 32, 32), np.float32),
             registered_model_name=registered_model_name,
+            exports=exports.files,
         )
     return TinyUnet(network, info, run.run_id)
 

@@ -18,7 +18,7 @@ from typing import TypeVar
 import typer
 
 from medseg.errors import InputFileError
-from medseg.infer.choices import Backend, Precision
+from medseg.infer.choices import Backend, Precision, runs_on
 
 Number = TypeVar("Number", int, float)
 
@@ -134,8 +134,9 @@ def parse_label_names(text: str) -> dict[int, str]:
 
 
 def check_precision(precision: Precision, backend: Backend) -> None:
-    """Refuse a precision the backend does not offer (bf16 is OpenVINO's; auto may pick it)."""
-    if precision is Precision.BF16 and backend not in (Backend.OPENVINO, Backend.AUTO):
+    """Refuse a precision the backend does not offer (bf16 and int8 are OpenVINO's; auto may
+    pick it)."""
+    if not runs_on(precision, backend):
         raise typer.BadParameter(
             f"{precision.value} needs --backend openvino (not {backend.value})",
             param_hint="--precision",

@@ -66,7 +66,8 @@ BACKEND = typer.Option(
 PRECISION = typer.Option(
     Precision.AUTO,
     help="auto: bf16 when OpenVINO runs on a CPU with bf16 units and the model's agreement with "
-    "fp32 measured at export is >= 99.9%, else fp32; bf16 asked for by name needs that agreement.",
+    "fp32 measured at export is >= 99.9%, else fp32; bf16 asked for by name needs that agreement; "
+    "int8 (opt-in, OpenVINO) needs a model trained with --int8 and the same agreement.",
 )
 DICOM_SEG = typer.Option(True, help="Write a DICOM SEG for DICOM inputs.")
 MESHES = typer.Option(

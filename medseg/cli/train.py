@@ -99,6 +99,12 @@ def train(
         "a killed one continues) and keep its out-of-fold probabilities.",
     ),
     folds: int = FOLDS,
+    int8: bool = typer.Option(
+        False,
+        "--int8",
+        help="Also quantize the packaged model to int8 (OpenVINO NNCF, calibrated on training "
+        "patches; predict --precision int8 runs it when it agrees with fp32 on >= 99.9%).",
+    ),
     tracking_uri: str | None = tracking_uri_option(),
 ) -> None:
     """Train a 2D/3D network from the cache; everything is tracked in MLflow.
@@ -108,6 +114,11 @@ def train(
     if fold is not None and registered_model_name:
         raise typer.BadParameter(
             "a fold is not registered alone: see medseg ensemble", param_hint="--register"
+        )
+    if fold is not None and int8:
+        raise typer.BadParameter(
+            "the folds' ensemble (medseg ensemble) runs at fp32 or bf16, not int8",
+            param_hint="--int8",
         )
     ready = _prepare(
         manifest=manifest,
@@ -119,6 +130,7 @@ def train(
         max_minutes=max_minutes,
         epochs=epochs,
         registered_model_name=registered_model_name,
+        int8=int8 or None,
     )
     if fold is not None:
         _train_one_fold(fold, folds, ready, manifest, plan_file, run_dir, tracking_uri)

@@ -7,8 +7,9 @@ runs the sliding window 2.0x faster than torch and ONNX Runtime: 1.43 s vs 2.83 
 ``bench/sliding_window.py``), else ONNX Runtime, else torch. The precision: bf16 when the
 engine is OpenVINO, the CPU has bf16 units and the model carries an argmax agreement of bf16
 with fp32 of at least ``MIN_AGREEMENT``, measured on its validation cases when it was packaged
-(``medseg.infer.agreement``); else fp32. A reduced precision asked for by name is refused for a
-model without such an agreement, never silently used.
+(``medseg.infer.agreement``); else fp32. int8 is never chosen by ``auto``: it is asked for by
+name (``--precision int8``) for a model quantized at training (``--int8``). A reduced precision
+asked for by name is refused for a model without such an agreement, never silently used.
 
 Resolution happens once per command (``resolve_options``) and is logged in one line, e.g.
 ``backend auto: openvino bf16 (agreement 99.97% measured at export)``; what is resolved is
@@ -80,7 +81,8 @@ def _refusal(precision: Precision, agreement: Mapping[str, float]) -> str | None
     """Why the model's stored agreement forbids ``precision`` (None: it allows it)."""
     measured = agreement.get(precision.value)
     if measured is None:
-        return f"no argmax agreement of {precision.value} with fp32 was measured at export"
+        hint = " (int8 needs a model trained with --int8)" if precision is Precision.INT8 else ""
+        return f"no argmax agreement of {precision.value} with fp32 was measured at export{hint}"
     if measured < MIN_AGREEMENT:
         return (
             f"the argmax agreement of {precision.value} with fp32 measured at export is "

@@ -7,7 +7,9 @@ in place of the network: ``forward`` maps a float32 batch ``(B, C, *patch)`` to 
 a hash of the architecture, the weights, the patch size and the exporter versions, so a later
 run with the same model reuses the file instead of exporting again (several seconds for a 3D
 U-Net). Files are written under a temporary name and renamed, so concurrent runs never read a
-half-written export.
+half-written export. A model packaged by ``medseg train`` carries its exports (the fp32 ONNX
+graph, and with ``--int8`` the quantized OpenVINO network): ``make_predictor`` runs those and
+exports nothing.
 
 Example:
     >>> predictor = make_predictor(
@@ -28,7 +30,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -49,8 +51,16 @@ ONNX_OPSET = 20
 
 INSTALL_HINT = "`pip install 'medseg[cpu-inference]'`"
 
+EXPORT_ONNX = "onnx"
+"""Key of a packaged network's fp32 ONNX export (run at fp32 by both runtimes, at bf16 by
+OpenVINO)."""
+EXPORT_INT8 = "int8"
+"""Key of a packaged network's int8 OpenVINO IR (``network.xml`` beside its ``.bin``)."""
 
-_OPENVINO_PRECISION = {Precision.FP32: "f32", Precision.BF16: "bf16"}
+
+# int8: the quantized layers run in int8 whatever the hint; the others stay in f32, as when
+# the agreement was measured.
+_OPENVINO_PRECISION = {Precision.FP32: "f32", Precision.BF16: "bf16", Precision.INT8: "f32"}
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +71,7 @@ def default_cache_dir() -> Path:
     return Path(xdg_cache) / "medseg" / "onnx"
 
 
-def _require(module: str, *, purpose: str) -> ModuleType:
+def require_package(module: str, *, purpose: str) -> ModuleType:
     """Import ``module`` or raise a ``MedsegError`` that says which package to install."""
     try:
         return importlib.import_module(module)
@@ -125,8 +135,8 @@ def export_onnx(
     if path.is_file():
         logger.debug("reusing exported network %s", path)
         return path
-    _require("onnx", purpose="exporting to ONNX")
-    _require("onnxscript", purpose="exporting to ONNX")
+    require_package("onnx", purpose="exporting to ONNX")
+    require_package("onnxscript", purpose="exporting to ONNX")
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.onnx")
     parameter = next(network.parameters(), None)
@@ -177,18 +187,19 @@ class _FirstOutput(nn.Module):
 
 
 class _ExportedPredictor(nn.Module):
-    """Shared input checks and numpy<->torch conversion of the ONNX-based predictors."""
+    """Shared input checks and numpy<->torch conversion of the predictors of exported networks
+    (ONNX graphs, OpenVINO IR)."""
 
-    def __init__(self, *, onnx_path: Path, patch_size: Sequence[int], in_channels: int) -> None:
+    def __init__(self, *, model_path: Path, patch_size: Sequence[int], in_channels: int) -> None:
         super().__init__()
-        self.onnx_path = onnx_path
+        self.model_path = model_path
         self.input_shape = (int(in_channels), *(int(size) for size in patch_size))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, *patch)`` of a batch ``(B, C, *patch)``, on the batch's device."""
         if tuple(batch.shape[1:]) != self.input_shape:
             raise BackendError(
-                f"{type(self).__name__} ({self.onnx_path.name}) takes batches of shape "
+                f"{type(self).__name__} ({self.model_path.name}) takes batches of shape "
                 f"(B, {', '.join(map(str, self.input_shape))}); got {tuple(batch.shape)}"
             )
         array = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
@@ -210,8 +221,8 @@ class OnnxRuntimePredictor(_ExportedPredictor):
         num_threads: int | None = None,
     ) -> None:
         """Open an inference session; ``num_threads`` defaults to ``torch.get_num_threads()``."""
-        super().__init__(onnx_path=onnx_path, patch_size=patch_size, in_channels=in_channels)
-        onnxruntime = _require("onnxruntime", purpose="backend 'onnxruntime'")
+        super().__init__(model_path=onnx_path, patch_size=patch_size, in_channels=in_channels)
+        onnxruntime = require_package("onnxruntime", purpose="backend 'onnxruntime'")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = num_threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
@@ -226,12 +237,13 @@ class OnnxRuntimePredictor(_ExportedPredictor):
 
 
 class OpenVinoPredictor(_ExportedPredictor):
-    """Runs an exported network with OpenVINO on the CPU."""
+    """Runs an exported network (ONNX, or OpenVINO IR such as an int8 one) with OpenVINO on
+    the CPU."""
 
     def __init__(
         self,
         *,
-        onnx_path: Path,
+        model_path: Path,
         patch_size: Sequence[int],
         in_channels: int,
         precision: Precision = Precision.FP32,
@@ -243,8 +255,8 @@ class OpenVinoPredictor(_ExportedPredictor):
             MissingDependencyError: ``openvino`` missing.
             BackendError: bf16 requested on a CPU without bf16 support.
         """
-        super().__init__(onnx_path=onnx_path, patch_size=patch_size, in_channels=in_channels)
-        openvino = _require("openvino", purpose="backend 'openvino'")
+        super().__init__(model_path=model_path, patch_size=patch_size, in_channels=in_channels)
+        openvino = require_package("openvino", purpose="backend 'openvino'")
         core = openvino.Core()
         if precision == Precision.BF16:
             capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -258,7 +270,7 @@ class OpenVinoPredictor(_ExportedPredictor):
             "PERFORMANCE_HINT": "LATENCY",
         }
         self.precision = precision
-        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
+        self.compiled = core.compile_model(str(model_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def _run(self, array: np.ndarray) -> np.ndarray:
@@ -275,6 +287,7 @@ def make_predictor(
     batch_size: int,
     cache_dir: Path | None = None,
     precision: Precision | str = Precision.FP32,
+    exports: Mapping[str, Path] | None = None,
 ) -> nn.Module:
     """A module usable in place of ``network`` by ``sliding_window_predict``.
 
@@ -286,21 +299,26 @@ def make_predictor(
         batch_size: windows per call in the sliding window; any batch size works (the batch
             axis of the export is dynamic), this one is only checked.
         cache_dir: folder of ONNX exports (default ``default_cache_dir()``).
-        precision: ``"fp32"``, or ``"bf16"`` (OpenVINO only; 2-3x faster than its fp32 on a
+        precision: ``"fp32"``; ``"bf16"`` (OpenVINO only; 2-3x faster than its fp32 on a
             CPU with bf16 units, but logits differ by ~0.1, so check argmax agreement for the
-            model at hand before using it).
+            model at hand before using it); ``"int8"`` (OpenVINO only, the quantized network
+            of ``exports``).
+        exports: the network's exports stored with its package (``EXPORT_ONNX``: the fp32
+            ONNX graph at ``patch_size``; ``EXPORT_INT8``: the int8 OpenVINO IR), used instead
+            of exporting again.
 
     Returns:
         Module whose ``forward`` maps ``(B, C, *patch)`` float32 to logits ``(B, K, *patch)``.
 
     Raises:
         UnknownChoiceError: unknown backend or precision.
-        BackendError: ``auto`` (unresolved), bf16 with another backend than OpenVINO, a
-            batch size below 1, or the export failed.
+        BackendError: ``auto`` (unresolved), bf16 or int8 with another backend than
+            OpenVINO, int8 without an int8 export, a batch size below 1, or the export failed.
         MissingDependencyError: the backend package is not installed.
     """
     backend = look_up_option(backend, Backend)
     precision = look_up_option(precision, Precision)
+    exports = exports or {}
     if Backend.AUTO in (backend, precision) or precision is Precision.AUTO:
         raise BackendError("'auto' is resolved per model first: medseg.infer.auto.resolve_options")
     if precision != Precision.FP32 and backend != Backend.OPENVINO:
@@ -311,14 +329,25 @@ def make_predictor(
     if backend == Backend.TORCH:
         return network
     # Import the runtime before exporting so a missing package fails fast.
-    _require(backend.value, purpose=f"backend {backend.value!r}")
-    onnx_path = export_onnx(
-        network, patch_size=patch_size, in_channels=in_channels, cache_dir=cache_dir
-    )
+    require_package(backend.value, purpose=f"backend {backend.value!r}")
+    if precision == Precision.INT8:
+        if EXPORT_INT8 not in exports:
+            raise BackendError(
+                "precision 'int8' runs the quantized network stored with the model, and this "
+                "model has none (train it with --int8)"
+            )
+        model_path = Path(exports[EXPORT_INT8])
+    elif EXPORT_ONNX in exports:
+        model_path = Path(exports[EXPORT_ONNX])
+        logger.debug("running the export stored with the model, %s", model_path.name)
+    else:
+        model_path = export_onnx(
+            network, patch_size=patch_size, in_channels=in_channels, cache_dir=cache_dir
+        )
     if backend == Backend.ONNXRUNTIME:
         return OnnxRuntimePredictor(
-            onnx_path=onnx_path, patch_size=patch_size, in_channels=in_channels
+            onnx_path=model_path, patch_size=patch_size, in_channels=in_channels
         )
     return OpenVinoPredictor(
-        onnx_path=onnx_path, patch_size=patch_size, in_channels=in_channels, precision=precision
+        model_path=model_path, patch_size=patch_size, in_channels=in_channels, precision=precision
     )

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medseg.errors import ConfigError, UnknownChoiceError
-from medseg.infer.choices import Backend, Precision
+from medseg.infer.choices import Backend, Precision, runs_on
 from medseg.ingest.non_finite import NonFinitePolicy
 from medseg.lookup import unknown_choice
 
@@ -78,7 +78,7 @@ class PredictionOptions(BaseModel):
     keep_largest: list[Annotated[int, Field(ge=1)]] | Literal["all"] | None = None
     crf: CrfSettings | None = None  # dense CRF on the probabilities before the argmax
     backend: Backend = Backend.AUTO  # the engine (medseg.infer.backends; auto: medseg.infer.auto)
-    precision: Precision = Precision.AUTO  # bf16: OpenVINO only, for a model that tolerates it
+    precision: Precision = Precision.AUTO  # bf16, int8: OpenVINO only, for a model tolerating it
     non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # NaN/Inf voxels: refuse or replace
     # apply the per-structure post-processing a model carries (decided by medseg select)
     model_postprocessing: bool = True
@@ -116,8 +116,7 @@ class PredictionOptions(BaseModel):
 
     @model_validator(mode="after")
     def _precision_of_backend(self) -> PredictionOptions:
-        openvino_or_auto = self.backend in (Backend.OPENVINO, Backend.AUTO)
-        if self.precision is Precision.BF16 and not openvino_or_auto:
+        if not runs_on(self.precision, self.backend):
             raise ValueError(
                 f"precision {self.precision.value} needs backend openvino "
                 f"(not {self.backend.value})"

@@ -44,6 +44,8 @@ class ModelMember:
     mirror_axes: list[int] | None = None  # axes training mirrored (None: all)
     info: dict = field(default_factory=dict)  # model.json: factory, factory_kwargs...
     origin: dict = field(default_factory=dict)  # an ensemble member's source URI and run id
+    # exports stored with the package (medseg.infer.backends.EXPORT_ONNX, EXPORT_INT8)
+    exports: dict[str, Path] = field(default_factory=dict)
 
     @property
     def in_channels(self) -> int:
@@ -191,6 +193,7 @@ def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> Package
             mirror_axes=list(member.mirror_axes) if member.mirror_axes is not None else None,
             info=dict(member.model_info),
             origin=dict(member.origin),
+            exports=dict(member.exports),
         )
         for member in loaded.members
     ]

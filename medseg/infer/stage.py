@@ -243,8 +243,9 @@ def scan_predictors(
     model: PackagedModel, options: PredictionOptions, *, cache_dir: Path
 ) -> list[nn.Module]:
     """What ``predict_scan`` runs, one module per member: the torch networks, or their exports
-    for ``options.backend`` (cached in ``cache_dir``; build them once per process, not per
-    scan). ``auto`` options are resolved first (``resolve_model_options``).
+    for ``options.backend`` (those stored with the model, else exported into ``cache_dir``;
+    build them once per process, not per scan). ``auto`` options are resolved first
+    (``resolve_model_options``).
 
     Raises:
         PrecisionRefusedError: see ``resolve_model_options``.
@@ -263,6 +264,7 @@ def scan_predictors(
             batch_size=options.batch_size,
             cache_dir=cache_dir,
             precision=options.precision,
+            exports=member.exports,
         )
         for member in model.members
     ]

@@ -6,7 +6,10 @@ format, which freezes the spatial shape that sliding-window inference needs to v
 Two layouts load the same way, as a ``LoadedModel`` with one or more members:
 
 - one network (``log_segmentation_model``): ``weights.pt``, ``model.json``, ``plan.json``
-  (holding the network's ``train_configuration`` and ``mirror_axes``), ``labels.json``;
+  (holding the network's ``train_configuration`` and ``mirror_axes``), ``labels.json``, and
+  when it was exported at packaging its exports (``export_onnx``: the fp32 ONNX graph;
+  ``export_int8``: a folder with the int8 OpenVINO IR), which prediction runs instead of
+  exporting again;
 - an ensemble (``medseg.tracking.ensemble``): ``plan.json`` (the plan the members share),
   ``labels.json``, ``ensemble.json`` (one entry per member: its configuration, mirror axes,
   where it came from and the names of its ``member_<i>_weights.pt``/``member_<i>_model.json``
@@ -37,6 +40,8 @@ from mlflow.types import Schema, TensorSpec
 
 from medseg import __version__
 from medseg.errors import TrackingError
+from medseg.infer.backends import EXPORT_INT8, EXPORT_ONNX
+from medseg.infer.quantize import INT8_NETWORK
 from medseg.infer.sliding_window import ACTIVATIONS
 from medseg.tracking.client import activate
 from medseg.tracking.store import require_store_for_model
@@ -44,6 +49,8 @@ from medseg.tracking.store import require_store_for_model
 MODEL_NAME_IN_RUN = "model"
 PRECISION_AGREEMENT = "precision_agreement"
 """``MLmodel`` metadata key: argmax agreement with fp32 per reduced precision."""
+EXPORT_ARTIFACTS = {EXPORT_ONNX: "export_onnx", EXPORT_INT8: "export_int8"}
+"""Artifact name of each export a one-network package may carry (the int8 one is a folder)."""
 MEMBER_PLAN_KEYS = ("train_configuration", "mirror_axes")
 """Plan keys that belong to one network, not to the plan the members of an ensemble share."""
 
@@ -57,6 +64,8 @@ class LoadedMember:
     configuration: str  # the plan configuration it was trained on ("2d", "3d")
     mirror_axes: list[int] | None  # axes training mirrored (None: all)
     origin: dict[str, Any] = field(default_factory=dict)  # source URI, run id (ensembles)
+    # exports stored with the package, by key (medseg.infer.backends.EXPORT_ONNX, EXPORT_INT8)
+    exports: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,16 @@ def _member_probabilities(
     return np.moveaxis(restored, 1, slice_axis + 2)
 
 
+def _stored_exports(artifacts: Mapping[str, str]) -> dict[str, Path]:
+    """The exports of a one-network package, by key, from its artifact paths."""
+    exports = {
+        key: Path(artifacts[name]) for key, name in EXPORT_ARTIFACTS.items() if name in artifacts
+    }
+    if EXPORT_INT8 in exports:
+        exports[EXPORT_INT8] /= INT8_NETWORK
+    return exports
+
+
 def _read_json(path: str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -199,6 +218,7 @@ class SegmentationPyfuncModel(PythonModel):
                     configuration=entry["configuration"],
                     mirror_axes=entry["mirror_axes"],
                     origin=origin if ensemble is not None else {},
+                    exports=_stored_exports(paths) if ensemble is None else {},
                 )
             )
         self.loaded = LoadedModel(
@@ -273,13 +293,16 @@ def log_segmentation_model(
     input_example: np.ndarray,
     registered_model_name: str | None = None,
     precision_agreement: Mapping[str, float] | None = None,
+    exports: Mapping[str, Path] | None = None,
 ) -> ModelInfo:
     """Log ``network`` as the pyfunc model ``model`` of the active run; register it if named.
 
     ``precision_agreement`` (argmax agreement with fp32 per reduced precision, measured on the
     validation cases: ``medseg.infer.agreement``) is stored in the ``MLmodel`` metadata, where
-    ``--precision`` finds it. Before logging, the network is rebuilt from ``factory`` and
-    loaded with the weights, so a package that could not be loaded later fails now. The
+    ``--precision`` finds it; ``exports`` (``medseg.infer.agreement.export_for_package``) are
+    stored beside the weights (the int8 network with its folder). Before logging, the network
+    is rebuilt from ``factory`` and loaded with the weights, so a package that could not be
+    loaded later fails now. The
     signature has variable batch and spatial dims; ``input_example`` only fixes channels and
     dtype and is not stored. Pip requirements are pinned from the running versions so nothing
     is resolved or downloaded.
@@ -326,13 +349,21 @@ def log_segmentation_model(
     }
     with tempfile.TemporaryDirectory(prefix="medseg-model-") as folder:
         torch.save(state, Path(folder) / "weights.pt")
-        artifacts = {"weights": Path(folder) / "weights.pt"} | write_json_artifacts(
-            Path(folder),
-            {
-                "plan": dict(plan),
-                "model": model_info,
-                "labels": {str(index): name for index, name in labels.items()},
-            },
+        stored = {
+            EXPORT_ARTIFACTS[key]: path.parent if key == EXPORT_INT8 else path
+            for key, path in (exports or {}).items()
+        }
+        artifacts = (
+            {"weights": Path(folder) / "weights.pt"}
+            | stored
+            | write_json_artifacts(
+                Path(folder),
+                {
+                    "plan": dict(plan),
+                    "model": model_info,
+                    "labels": {str(index): name for index, name in labels.items()},
+                },
+            )
         )
         return log_package(
             artifacts,

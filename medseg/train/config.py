@@ -75,6 +75,9 @@ class TrainConfig(BaseModel):
     deterministic: bool = False
     amp: bool = True
     cpu_bf16: bool = False
+    # quantize the packaged model to int8 with OpenVINO's NNCF, calibrated on training patches
+    # (opt-in: `predict --precision int8` then runs it if it agrees with fp32 on >= 99.9%)
+    int8: bool = False
     augmentation: AugmentationConfig = Field(default_factory=AugmentationConfig)
     validation: ValidationOptions = ValidationOptions()
     experiment: str = "medseg"
@@ -85,6 +88,16 @@ class TrainConfig(BaseModel):
     def _registered_architecture(cls, architecture: str) -> str:
         look_up_option(architecture, ARCHITECTURES, what="architecture")
         return architecture
+
+    @field_validator("int8")
+    @classmethod
+    def _quantization_installed(cls, int8: bool) -> bool:
+        """int8 is refused before training, not after, when NNCF or OpenVINO is missing."""
+        if int8:
+            from medseg.infer.quantize import require_quantization
+
+            require_quantization()
+        return int8
 
     @field_validator("network")
     @classmethod

@@ -35,6 +35,20 @@ class BatchSpec:
     with_weights: bool
 
 
+def training_sources(
+    cache_dir: Path, case_ids: list[str], *, with_weights: bool
+) -> list[SampleSource]:
+    """The cached cases as the batch sampler reads them (their border weights only when the
+    loss uses them)."""
+    sources = []
+    for case in load_cache(cache_dir, case_ids):
+        source = SampleSource.from_cached_case(case)
+        if not with_weights:
+            source.weights = None
+        sources.append(source)
+    return sources
+
+
 class CacheBatches(IterableDataset):
     """An endless stream of training batches (dicts of tensors) from cached cases."""
 
@@ -47,21 +61,12 @@ class CacheBatches(IterableDataset):
         self.spec = spec
         self.seed = seed
 
-    def _sources(self) -> list[SampleSource]:
-        sources = []
-        for case in load_cache(self.cache_dir, self.case_ids):
-            source = SampleSource.from_cached_case(case)
-            if not self.spec.with_weights:
-                source.weights = None
-            sources.append(source)
-        return sources
-
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         worker = get_worker_info()
         worker_id = worker.id if worker is not None else 0
         seed = int(np.random.SeedSequence([*self.seed, worker_id]).generate_state(1)[0])
         sampler = BatchSampler(
-            self._sources(),
+            training_sources(self.cache_dir, self.case_ids, with_weights=self.spec.with_weights),
             patch_size=self.spec.patch_size,
             batch_size=self.spec.batch_size,
             foreground_fraction=self.spec.foreground_fraction,

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from medseg import shutdown
 from medseg.errors import ConfigError
 from medseg.infer.agreement import AGREEMENT_CASES
+from medseg.infer.quantize import CALIBRATION_PATCHES
 from medseg.io.atomic import write_json_atomic
 from medseg.losses import DeepSupervisionLoss, LossSpec, SegmentationLoss, build_loss
 from medseg.manifest import read_manifest
@@ -44,7 +45,7 @@ from medseg.progress import ProgressCallback
 from medseg.train.augment import Augmenter
 from medseg.train.checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from medseg.train.config import TrainConfig
-from medseg.train.data import BatchSpec, make_loader
+from medseg.train.data import BatchSpec, make_loader, training_sources
 from medseg.train.distributed import (
     DistributedContext,
     any_rank,
@@ -55,6 +56,7 @@ from medseg.train.distributed import (
     teardown_distributed,
 )
 from medseg.train.reporting import TrainedNetwork, TrainingReporter
+from medseg.train.sampling import BatchSampler
 from medseg.train.validation import ValidationResult, validate
 
 logger = logging.getLogger(__name__)
@@ -210,7 +212,21 @@ class _Job:
             validation_images=[
                 case.image for case in load_cache(self.cache_dir, self.split.val[:AGREEMENT_CASES])
             ],
+            calibration_patches=self.calibration_patches() if self.config.int8 else (),
         )
+
+    def calibration_patches(self) -> list[np.ndarray]:
+        """``CALIBRATION_PATCHES`` training patches ``(1, C, *patch)`` for int8 quantization,
+        drawn as training draws them (foreground oversampled), without augmentation."""
+        sampler = BatchSampler(
+            training_sources(self.cache_dir, self.split.train, with_weights=False),
+            patch_size=self.configuration.patch_size,
+            batch_size=1,
+            foreground_fraction=self.plan.foreground_fraction,
+            slice_axis=self.configuration.slice_axis,
+            seed=self.config.seed,
+        )
+        return [sampler.next_batch().image for _ in range(CALIBRATION_PATCHES)]
 
     def model(self) -> nn.Module:
         if self.context.distributed:

@@ -7,7 +7,9 @@ are the medseg version, the git commit and the manifest's SHA-256.
 
 from __future__ import annotations
 
+import logging
 import math
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import nn
 
+from medseg.errors import BackendError
 from medseg.io.atomic import atomic_path, write_json_atomic
 from medseg.manifest import sha256_file
 from medseg.models.pretrained import EncoderTransfer, describe_source
@@ -25,7 +28,10 @@ from medseg.train.config import TrainConfig
 from medseg.train.validation import ValidationResult
 
 if TYPE_CHECKING:
+    from medseg.infer.agreement import PackageExports
     from medseg.tracking.runs import RunTracker
+
+logger = logging.getLogger(__name__)
 
 MODEL_FACTORY = "medseg.models:build_network"
 
@@ -43,6 +49,8 @@ class TrainedNetwork:
         slice_axis: the axis a 2D network's slices are perpendicular to (None: 3D).
         validation_images: the first validation cases' images, on which the agreement of
             reduced precisions with fp32 is measured (``medseg.infer.agreement``).
+        calibration_patches: training patches the network is quantized to int8 on (none:
+            no int8; ``medseg train --int8``).
     """
 
     network: nn.Module
@@ -51,6 +59,7 @@ class TrainedNetwork:
     mirror_axes: Sequence[int] | None
     slice_axis: int | None = None
     validation_images: Sequence[np.ndarray] = ()
+    calibration_patches: Sequence[np.ndarray] = ()
 
 
 @dataclass
@@ -160,7 +169,6 @@ class TrainingReporter:
         name is configured."""
         if self.tracker is None:
             return None
-        from medseg.infer.agreement import measure_precision_agreement
         from medseg.tracking.packaging import log_segmentation_model
         from medseg.tracking.registry import register_and_promote
         from medseg.train.checkpoint import load_checkpoint
@@ -172,34 +180,28 @@ class TrainingReporter:
         self.tracker.set_tags({"stopped_by": stopped_by})
         load_checkpoint(best_checkpoint, network=trained.network)
         trained.network.eval()
-        agreement = measure_precision_agreement(
-            trained.network.cpu(),
-            trained.validation_images,
-            patch_size=trained.patch_size,
-            num_classes=self.plan.num_outputs,
-            overlap=self.config.validation.overlap,
-            slice_axis=trained.slice_axis,
-            activation=self.plan.activation,
-        )
-        if agreement:
-            metrics = {f"precision_agreement_{name}": value for name, value in agreement.items()}
-            self.tracker.log_metrics(metrics, step=0)
-        channels = trained.arguments["in_channels"]
-        example = np.zeros((1, channels, *trained.patch_size), np.float32)
-        info = log_segmentation_model(
-            trained.network.cpu(),
-            factory=MODEL_FACTORY,
-            factory_kwargs=trained.arguments,
-            plan=self.plan.model_dump(mode="json")
-            | {
-                "train_configuration": self.config.configuration,
-                "mirror_axes": trained.mirror_axes,
-            },
-            labels=self.plan.label_names,
-            input_example=example,
-            registered_model_name=self.config.registered_model_name,
-            precision_agreement=agreement,
-        )
+        with tempfile.TemporaryDirectory(prefix="medseg-exports-") as folder:
+            exports = self._exports(trained, Path(folder))
+            if exports.agreement:
+                metrics = {f"precision_agreement_{k}": v for k, v in exports.agreement.items()}
+                self.tracker.log_metrics(metrics, step=0)
+            channels = trained.arguments["in_channels"]
+            example = np.zeros((1, channels, *trained.patch_size), np.float32)
+            info = log_segmentation_model(
+                trained.network.cpu(),
+                factory=MODEL_FACTORY,
+                factory_kwargs=trained.arguments,
+                plan=self.plan.model_dump(mode="json")
+                | {
+                    "train_configuration": self.config.configuration,
+                    "mirror_axes": trained.mirror_axes,
+                },
+                labels=self.plan.label_names,
+                input_example=example,
+                registered_model_name=self.config.registered_model_name,
+                precision_agreement=exports.agreement,
+                exports=exports.files,
+            )
         version = getattr(info, "registered_model_version", None)
         if self.config.registered_model_name and version is not None:
             scores = [
@@ -213,6 +215,29 @@ class TrainingReporter:
             )
         self.tracker.end()
         return str(version) if version is not None else None
+
+    def _exports(self, trained: TrainedNetwork, folder: Path) -> PackageExports:
+        """The exports packaged with the model and their agreement with fp32. A failed export
+        does not lose the trained model: it is packaged without exports (prediction then
+        exports, or runs torch) and the failure is logged."""
+        from medseg.infer.agreement import PackageExports, export_for_package
+
+        try:
+            return export_for_package(
+                trained.network.cpu(),
+                trained.validation_images,
+                folder=folder,
+                patch_size=trained.patch_size,
+                in_channels=trained.arguments["in_channels"],
+                num_classes=self.plan.num_outputs,
+                overlap=self.config.validation.overlap,
+                slice_axis=trained.slice_axis,
+                activation=self.plan.activation,
+                calibration_patches=trained.calibration_patches,
+            )
+        except BackendError as error:
+            logger.warning("the model is packaged without exports: %s", error)
+            return PackageExports()
 
     def close(self, *, failed: bool) -> None:
         """End the run (e.g. after an error) if ``finish`` did not."""

@@ -79,16 +79,18 @@ def test_auto_picks_bf16_only_with_a_stored_agreement_of_at_least_999(
 
 
 @pytest.mark.parametrize(
-    ("agreement", "problem"),
+    ("precision", "agreement", "problem"),
     [
-        ({"bf16": 0.9985}, "measured at export is 99.85%, below 99.90%"),
-        ({}, "no argmax agreement of bf16 with fp32 was measured at export"),
+        ("bf16", {"bf16": 0.9985}, "measured at export is 99.85%, below 99.90%"),
+        ("bf16", {}, "no argmax agreement of bf16 with fp32 was measured at export"),
+        ("int8", {"int8": 0.997, "bf16": 1.0}, "of int8 with fp32 measured at export is 99.70%"),
+        ("int8", {"bf16": 1.0}, "no argmax agreement of int8 .* model trained with --int8"),
     ],
 )
-def test_explicit_bf16_without_enough_agreement_is_refused(
-    agreement: dict[str, float], problem: str
+def test_explicit_reduced_precision_without_enough_agreement_is_refused(
+    precision: str, agreement: dict[str, float], problem: str
 ) -> None:
-    options = PredictionOptions(backend="openvino", precision="bf16")
+    options = PredictionOptions(backend="openvino", precision=precision)
     with pytest.raises(PrecisionRefusedError, match=problem) as refused:
         resolve_options(options, agreement=agreement, model="models:/liver/3")
     assert refused.value.where == "models:/liver/3"

@@ -11,8 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from medseg.errors import MedsegError
-from medseg.infer.backends import Backend, export_onnx, make_predictor
+from medseg.errors import BackendError, MedsegError
+from medseg.infer.agreement import export_for_package
+from medseg.infer.auto import cpu_supports_bf16
+from medseg.infer.backends import EXPORT_INT8, EXPORT_ONNX, Backend, export_onnx, make_predictor
+from medseg.infer.choices import Precision
 from medseg.infer.sliding_window import sliding_window_predict
 from medseg.models import build_network
 from tests.phantoms import small_phantom
@@ -285,3 +288,73 @@ def test_wrong_window_shape_is_rejected(network: nn.Module, cache_dir: Path) -> 
     )
     with pytest.raises(MedsegError, match=r"takes batches of shape \(B, 1, 24, 32, 24\)"):
         predictor(torch.zeros((2, 1, 16, 32, 24)))
+
+
+def _calibration_patches(image: torch.Tensor, count: int) -> list[np.ndarray]:
+    """``count`` windows of the phantom image at seeded random places, ``(1, 1, *PATCH_SIZE)``."""
+    generator = np.random.default_rng(0)
+    patches = []
+    for _ in range(count):
+        starts = [generator.integers(0, size - patch + 1) for size, patch in
+                  zip(image.shape[1:], PATCH_SIZE, strict=True)]  # fmt: skip
+        window = tuple(slice(s, s + p) for s, p in zip(starts, PATCH_SIZE, strict=True))
+        patches.append(image[(slice(None), *window)][None].numpy())
+    return patches
+
+
+def test_packaging_exports_quantizes_and_measures_each_precision(
+    network: nn.Module,
+    phantom_image: torch.Tensor,
+    torch_probabilities: torch.Tensor,
+    tmp_path: Path,
+) -> None:
+    """``medseg train --int8``'s packaging step: the fp32 ONNX graph and an int8 OpenVINO
+    network calibrated on patches, with the argmax agreement of bf16 (on a CPU with bf16
+    units) and int8 with fp32; the int8 network runs from the stored file and tracks fp32."""
+    _require_package(Backend.OPENVINO)
+    pytest.importorskip("nncf", reason="nncf is not installed: pip install 'medseg[cpu-inference]'")
+    exports = export_for_package(
+        network,
+        [phantom_image.numpy()],
+        folder=tmp_path,
+        patch_size=PATCH_SIZE,
+        in_channels=1,
+        num_classes=NUM_CLASSES,
+        overlap=0.25,
+        calibration_patches=_calibration_patches(phantom_image, 16),
+    )
+    int8 = exports.files[EXPORT_INT8]
+    assert exports.files[EXPORT_ONNX].parent == tmp_path
+    assert int8.name == "network.xml" and int8.with_suffix(".bin").is_file()
+    assert "FakeQuantize" in int8.read_text()  # quantized, not a copy of the fp32 network
+    expected = {"bf16", "int8"} if cpu_supports_bf16() else {"int8"}
+    assert set(exports.agreement) == expected
+    predictor = make_predictor(
+        network,
+        backend=Backend.OPENVINO,
+        precision=Precision.INT8,
+        patch_size=PATCH_SIZE,
+        in_channels=1,
+        batch_size=2,
+        exports=exports.files,
+    )
+    probabilities = _predict(predictor, phantom_image)
+    agreement = (probabilities.argmax(0) == torch_probabilities.argmax(0)).double().mean().item()
+    correlation = np.corrcoef(probabilities.flatten(), torch_probabilities.flatten())[0, 1]
+    logger.info("int8: argmax agreement %.5f, stored %.5f, probability correlation %.5f",
+                agreement, exports.agreement["int8"], correlation)  # fmt: skip
+    assert agreement == pytest.approx(exports.agreement["int8"], abs=0.02)
+    assert agreement >= 0.9 and correlation >= 0.99
+
+
+def test_int8_without_a_quantized_network_is_refused(network: nn.Module) -> None:
+    _require_package(Backend.OPENVINO)
+    with pytest.raises(BackendError, match="has none \\(train it with --int8\\)"):
+        make_predictor(
+            network,
+            backend=Backend.OPENVINO,
+            precision=Precision.INT8,
+            patch_size=PATCH_SIZE,
+            in_channels=1,
+            batch_size=2,
+        )

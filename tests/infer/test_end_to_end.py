@@ -26,7 +26,7 @@ def test_registered_model_predicts_scans_and_evaluation_matches_validation(
     mlflow_server: str,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    config = learning_config(registered_model_name="phantoms-e2e", experiment="e2e")
+    config = learning_config(registered_model_name="phantoms-e2e", experiment="e2e", int8=True)
     trained = train(
         manifest_path=tiny_dataset.manifest,
         plan=tiny_dataset.plan,
@@ -62,6 +62,7 @@ def test_registered_model_predicts_scans_and_evaluation_matches_validation(
     )
     assert predicted.exit_code == 0, predicted.output
     _auto_agrees_with_torch(scans, tmp_path, mlflow_server, [r.case_id for r in val])
+    _int8_runs_the_quantized_network_or_is_refused(scans, tmp_path, mlflow_server, val)
     for record in val:
         output = read_nifti(tmp_path / "pred" / f"{record.case_id}.nii.gz")
         scan = read_nifti(scans / f"{record.case_id}.nii.gz")
@@ -133,7 +134,36 @@ def _auto_agrees_with_torch(scans: Path, tmp_path: Path, tracking_uri: str, case
          tracking_uri, "--case-ids", "folder"],
     )  # fmt: skip
     assert predicted.exit_code == 0, predicted.output
+    assert not list(out.glob(".model_cache/*")), "the export stored with the model was not used"
     for case_id in cases:
         auto = read_nifti(out / f"{case_id}.nii.gz").array
         torch_fp32 = read_nifti(tmp_path / "pred" / f"{case_id}.nii.gz").array
         assert (auto == torch_fp32).mean() >= 0.999
+
+
+def _int8_runs_the_quantized_network_or_is_refused(
+    scans: Path, tmp_path: Path, tracking_uri: str, cases: list
+) -> None:
+    """Trained with ``int8``: the package carries the int8 network and its agreement with
+    fp32 on the validation cases; ``--precision int8`` runs it when that agreement is >= 99.9%
+    (labels then as torch fp32's on >= 99% of the voxels) and is refused, exit 2, otherwise."""
+    from medseg.tracking.packaging import stored_precision_agreement
+
+    uri = "models:/phantoms-e2e@champion"
+    agreement = stored_precision_agreement(uri, tracking_uri=tracking_uri)["int8"]
+    assert 0.9 <= agreement <= 1.0, agreement
+    out = tmp_path / "pred_int8"
+    predicted = CliRunner().invoke(
+        app,
+        ["predict", str(scans), "--model", uri, "--out", str(out), "--tracking-uri",
+         tracking_uri, "--case-ids", "folder", "--precision", "int8"],
+    )  # fmt: skip
+    if agreement < 0.999:
+        assert predicted.exit_code == 2, predicted.output
+        assert "precision int8 refused: the argmax agreement of int8" in predicted.output
+        return
+    assert predicted.exit_code == 0, predicted.output
+    for record in cases:
+        int8 = read_nifti(out / f"{record.case_id}.nii.gz").array
+        torch_fp32 = read_nifti(tmp_path / "pred" / f"{record.case_id}.nii.gz").array
+        assert (int8 == torch_fp32).mean() >= 0.99

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
+from medseg.errors import MissingDependencyError
 from medseg.models import build_network, network_arguments
 from medseg.train.config import load_train_config
 
@@ -38,3 +41,21 @@ def test_config_builds_a_network_with_logits_of_the_patch_size(path: Path) -> No
     with torch.no_grad():
         logits = network(torch.zeros(1, 1, *patch))
     assert tuple(logits.shape) == (1, 3, *patch)
+
+
+def test_int8_without_nncf_is_refused_when_the_config_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before anything is preprocessed or trained, not when the model is packaged."""
+    import_module = importlib.import_module
+
+    def without_nncf(name: str, package: str | None = None) -> ModuleType:
+        if name == "nncf":
+            raise ImportError("No module named 'nncf'")
+        return import_module(name, package)
+
+    assert load_train_config(None, int8=True).int8  # installed here
+    monkeypatch.setattr(importlib, "import_module", without_nncf)
+    with pytest.raises(MissingDependencyError, match=r"int8 quantization .* package 'nncf'"):
+        load_train_config(None, int8=True)
+    assert not load_train_config(None).int8

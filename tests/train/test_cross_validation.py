@@ -150,6 +150,11 @@ def test_one_fold_trained_alone_is_skipped_by_the_cross_validation(
     beyond = run_medseg("train", *common, "--fold", FOLDS)
     assert beyond.exit_code == 2
     assert beyond.output.strip() == "error: --fold: 2 is not a fold of 0..1"
+    int8 = run_medseg("train", *common, "--fold", 0, "--int8")
+    assert int8.exit_code == 2
+    assert int8.output.strip() == (
+        "error: --int8: the folds' ensemble (medseg ensemble) runs at fp32 or bf16, not int8"
+    )
 
 
 def test_a_fold_trains_under_torchrun_and_rank_0_alone_records_it(
