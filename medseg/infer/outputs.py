@@ -14,6 +14,7 @@ from medseg.evaluate.radiomics import FEATURE_NAMES, RadiomicsSettings, structur
 from medseg.io.atomic import write_json_atomic, write_text_atomic
 from medseg.io.formats import output_name
 from medseg.io.meshes import structure_meshes, write_obj, write_stl
+from medseg.io.probabilities import PROBABILITIES_SUFFIX
 from medseg.volume import Volume
 
 MESHES_SUFFIX = ".meshes"
@@ -53,7 +54,7 @@ def output_names(case_id: str, output_format: str = "nifti") -> list[str]:
     suffixes = (
         ".volumes.json",
         "_seg.dcm",
-        ".probabilities.npz",
+        PROBABILITIES_SUFFIX,
         MESHES_SUFFIX,
         RTSTRUCT_SUFFIX,
         *RADIOMICS_SUFFIXES,

@@ -27,7 +27,13 @@ from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_largest_component
 from medseg.infer.probability_store import ClassProbabilities
 from medseg.infer.sliding_window import probability_slabs
-from medseg.preprocess.case import ClassMaps, preprocess_case, restore_argmax, restore_regions
+from medseg.preprocess.case import (
+    ClassMaps,
+    ClassMapSink,
+    preprocess_case,
+    restore_argmax,
+    restore_regions,
+)
 from medseg.preprocess.plan import Configuration, Plan
 from medseg.volume import Volume
 
@@ -217,7 +223,7 @@ def predict_scan(
     predictors: Sequence[torch.nn.Module] | None = None,
     case_id: str = "scan",
     on_windows: Callable[[int], None] | None = None,
-    probabilities_out: list[np.ndarray] | None = None,
+    probabilities_out: ClassMapSink | None = None,
 ) -> Volume:
     """Label map of ``volume`` on its own grid (same shape and affine).
 
@@ -226,8 +232,9 @@ def predict_scan(
     they are refined by a dense CRF on the preprocessed grid (with the normalised image and the
     plan's target spacing) before they go back onto the scan; when every member is 2D, the CRF
     is one 3D CRF over the volume, or a 2D CRF per slice along their slice axis with
-    ``crf.per_slice``. When ``probabilities_out`` is a list, the class probabilities resampled
-    onto the scan's (closest-RAS) grid are appended to it as float16 ``(K, X, Y, Z)``.
+    ``crf.per_slice``. With ``probabilities_out`` (a list, or a ``ProbabilityWriter`` that
+    streams them to disk), each class probability map resampled onto the scan's (closest-RAS)
+    grid is appended to it as float16 ``(X, Y, Z)``, in class order, one at a time.
 
     With ``options.structures``, the label map holds only those structures, voxel for voxel
     as without it, and only the part of the scan where they can win is resampled (every

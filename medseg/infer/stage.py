@@ -21,6 +21,7 @@ runs the same per-scan work in worker processes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -30,8 +31,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from medseg import __version__, shutdown
 from medseg.errors import ConfigError, MedsegError
@@ -53,8 +52,9 @@ from medseg.infer.predictor import (
 )
 from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.discovery import ScanTask, discover_scans
-from medseg.io.atomic import TEMPORARY_PREFIX, atomic_path, write_json_atomic
+from medseg.io.atomic import TEMPORARY_PREFIX, write_json_atomic
 from medseg.io.formats import format_named, output_name, registered_formats, write_volume
+from medseg.io.probabilities import PROBABILITIES_SUFFIX, ProbabilityWriter
 from medseg.progress import ProgressCallback
 from medseg.volume import Volume
 
@@ -232,11 +232,17 @@ def _write_rtstruct(
     return [path]
 
 
-def _write_probabilities(path: Path, probabilities: np.ndarray, scan: Volume) -> Path:
+def _probability_writer(
+    path: Path | None, scan: Volume, model: PackagedModel
+) -> contextlib.AbstractContextManager[ProbabilityWriter | None]:
+    """Where ``predict_scan`` streams the class probability maps: ``path`` (float16 ``(K, X,
+    Y, Z)`` on the scan's closest-RAS grid with its affine), or nowhere when ``path`` is None."""
+    if path is None:
+        return contextlib.nullcontext()
     ras = scan.to_closest_ras()
-    with atomic_path(path) as tmp:
-        np.savez_compressed(tmp, probabilities=probabilities, affine_ras=ras.affine_ras)
-    return path
+    return ProbabilityWriter(
+        path, classes=model.plan.num_outputs, shape=ras.array.shape[:3], affine_ras=ras.affine_ras
+    )
 
 
 def scan_predictors(
@@ -297,7 +303,8 @@ def predict_task(
 
     Writes ``<case_id>.nii.gz`` (or ``.nrrd``, ``.mha``... for ``outputs.output_format``),
     ``<case_id>.volumes.json`` and what else ``outputs`` asks for: ``<case_id>_seg.dcm``
-    (DICOM input), ``<case_id>.probabilities.npz``, ``<case_id>.meshes/``,
+    (DICOM input), ``<case_id>.probabilities.npz`` (streamed class by class),
+    ``<case_id>.meshes/``,
     ``<case_id>_rtstruct.dcm`` (DICOM input; other inputs: a warning);
     ``<case_id>.radiomics.json`` and ``.csv``. Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
@@ -309,22 +316,23 @@ def predict_task(
     source = task.source if task.paths_shown else None
     try:
         volume = task.read(options.non_finite)
-        kept: list | None = [] if outputs.probabilities else None
-        labels = predict_scan(
-            volume,
-            model,
-            options=options,
-            predictors=predictors,
-            case_id=task.case_id,
-            on_windows=on_windows,
-            probabilities_out=kept,
-        )
+        probabilities = out_dir / f"{task.case_id}{PROBABILITIES_SUFFIX}"
+        kept = probabilities if outputs.probabilities else None
+        with _probability_writer(kept, volume, model) as writer:
+            labels = predict_scan(
+                volume,
+                model,
+                options=options,
+                predictors=predictors,
+                case_id=task.case_id,
+                on_windows=on_windows,
+                probabilities_out=writer,
+            )
         label_names = options.selected_structures(model.label_names) or model.label_names
         label_path = out_dir / output_name(task.case_id, outputs.output_format)
         written = [write_volume(labels, label_path, outputs.output_format)]
-        if kept:
-            path = out_dir / f"{task.case_id}.probabilities.npz"
-            written.append(_write_probabilities(path, kept[0], volume))
+        if kept is not None:
+            written.append(kept)
         statistics = structure_statistics(labels, label_names=label_names, image=volume)
         spread = intensity_spread(labels, volume, label_names=label_names)
         volumes: dict[str, dict] = {k: v | spread[k] for k, v in statistics.items()}

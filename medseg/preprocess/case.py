@@ -196,6 +196,13 @@ def _onto_original_scan(cropped: np.ndarray, properties: CaseProperties) -> Volu
     return restored.to_orientation_of(np.array(properties.original_affine))
 
 
+class ClassMapSink(Protocol):
+    """Where restored class maps go, one at a time in class order: a list, or a writer that
+    streams them to disk (:class:`medseg.io.probabilities.ProbabilityWriter`)."""
+
+    def append(self, channel: np.ndarray, /) -> None: ...
+
+
 class ClassMaps(Protocol):
     """Per-class (or per-region) maps on the preprocessed grid, read one at a time: an array
     ``(K, *grid)``, or a store that keeps them elsewhere
@@ -210,7 +217,7 @@ def restore_argmax(
     probabilities: ClassMaps,
     properties: CaseProperties,
     *,
-    keep: list[np.ndarray] | None = None,
+    keep: ClassMapSink | None = None,
     classes: Sequence[int] | None = None,
 ) -> Volume:
     """Label map on the original scan of per-class probabilities ``(K, *preprocessed grid)``.
@@ -223,9 +230,9 @@ def restore_argmax(
     class (away from its structure), the class cannot be the argmax there
     (:func:`_where_it_can_win`). The result is the same as resampling every class everywhere,
     in a fraction of the time for many small structures. Outside the crop box is background.
-    With ``keep``, the restored probabilities (closest-RAS order, float16, background 1 outside
-    the crop box) are appended to it as one ``(K, *ras_shape)`` array (every class resampled
-    everywhere).
+    With ``keep``, each restored class probability map (closest-RAS order, float16, background
+    1 outside the crop box) is appended to it in class order as it is made (every class
+    resampled everywhere), so no more than one is held.
 
     With ``classes`` (label values), only they are kept (every other voxel is background) and
     only :func:`where_classes_can_win` is restored: their voxels are the same as without it.
@@ -238,7 +245,6 @@ def restore_argmax(
     cropped_shape = _cropped_shape(properties)
     box = as_box(properties.crop_box)
     ras_shape = _shape3(properties.ras_shape)
-    channels: list[np.ndarray] = []
     count = len(probabilities)
     best = torch.full(cropped_shape, -1.0)
     labels = torch.zeros(cropped_shape, dtype=torch.uint8 if count <= 256 else torch.int32)
@@ -260,13 +266,8 @@ def restore_argmax(
         held.copy_(torch.maximum(held, value))
         labels[region].masked_fill_(better, index)
         if keep is not None:
-            channels.append(
-                uncrop(
-                    resampled.astype(np.float16), box, ras_shape, fill=1.0 if index == 0 else 0.0
-                )
-            )
-    if keep is not None:
-        keep.append(np.stack(channels))
+            fill = 1.0 if index == 0 else 0.0
+            keep.append(uncrop(resampled.astype(np.float16), box, ras_shape, fill=fill))
     if classes is not None:
         labels[~torch.isin(labels, torch.tensor(list(classes), dtype=labels.dtype))] = 0
     array = labels.numpy() if count <= 256 else labels.numpy().astype(np.uint16)
@@ -327,14 +328,14 @@ def restore_regions(
     properties: CaseProperties,
     *,
     regions_class_order: Sequence[int],
-    keep: list[np.ndarray] | None = None,
+    keep: ClassMapSink | None = None,
 ) -> Volume:
     """Label map on the original scan of sigmoid region probabilities ``(R, *preprocessed
     grid)``: each region's probability is resampled (linear) onto the cropped original grid,
     thresholded at 0.5 there and painted in ``regions_class_order`` (later regions overwrite),
     so region boundaries are decided at the scan's resolution as :func:`restore_argmax` does.
-    Outside the crop box no region is present. With ``keep``, the restored probabilities
-    (closest-RAS order, float16, 0 outside the crop box) are appended to it."""
+    Outside the crop box no region is present. With ``keep``, each restored region probability
+    map (closest-RAS order, float16, 0 outside the crop box) is appended to it in order."""
     cropped_shape = _cropped_shape(properties)
     box = as_box(properties.crop_box)
     restored = np.stack(
@@ -345,7 +346,6 @@ def restore_regions(
     )
     if keep is not None:
         ras_shape = _shape3(properties.ras_shape)
-        keep.append(
-            np.stack([uncrop(c.astype(np.float16), box, ras_shape, fill=0.0) for c in restored])
-        )
+        for channel in restored:
+            keep.append(uncrop(channel.astype(np.float16), box, ras_shape, fill=0.0))
     return _onto_original_scan(paint_regions(restored, regions_class_order), properties)

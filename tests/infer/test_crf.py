@@ -517,8 +517,8 @@ def test_predict_scan_refines_the_network_probabilities_and_labels_the_refined_o
     }
     normalised = preprocess_case(scan, None, phantom_plan, case_id="scan").image
     np.testing.assert_array_equal(call.image, normalised)
-    np.testing.assert_allclose(call.probabilities, kept_plain[0], atol=1e-3)  # float16 kept
-    np.testing.assert_allclose(kept_crf[0], call.refined, atol=1e-3)
+    np.testing.assert_allclose(call.probabilities, np.stack(kept_plain), atol=1e-3)  # float16 kept
+    np.testing.assert_allclose(np.stack(kept_crf), call.refined, atol=1e-3)
     np.testing.assert_array_equal(labels.array, call.refined.argmax(0))
     assert labels.same_grid(scan)
     assert (labels.array != plain.array).mean() > 0.001  # the CRF changed labels

@@ -145,7 +145,7 @@ def test_predict_scan_of_a_one_member_model_is_the_networks_own_argmax(
     assert model.description == "one network (3d)"
     expected: list[np.ndarray] = []
     restore_argmax(alone.numpy(), case.properties, keep=expected)
-    np.testing.assert_array_equal(kept[0], expected[0])
+    np.testing.assert_array_equal(np.stack(kept), np.stack(expected))
 
 
 def test_members_with_different_input_channels_are_refused(phantom_plan: Plan) -> None:

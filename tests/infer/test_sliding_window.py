@@ -417,7 +417,7 @@ def _scan_probabilities(
     kept: list[np.ndarray] = []
     scan, _ = small_phantom(0)
     predict_scan(scan, model, options=PredictionOptions(mirror=mirror), probabilities_out=kept)
-    return kept[0].astype(np.float32)
+    return np.stack(kept).astype(np.float32)
 
 
 @pytest.mark.parametrize(

@@ -263,7 +263,7 @@ def test_a_one_network_package_of_the_old_layout_loads_and_predicts_as_before(
     predict_scan(
         read_nifti(scan_path), in_memory, options=PredictionOptions(), probabilities_out=expected
     )
-    np.testing.assert_array_equal(kept[0], expected[0])
+    np.testing.assert_array_equal(np.stack(kept), np.stack(expected))
 
 
 def test_pyfunc_runs_a_2d_member_slice_by_slice_along_its_slice_axis() -> None:
