@@ -92,7 +92,7 @@ def start_worker(settings: WorkerSettings) -> None:
     torch.set_num_threads(settings.threads)
     try:
         model = load_packaged_model(settings.model_uri, tracking_uri=settings.tracking_uri)
-        model = model.fast() if settings.options.fast else model
+        model = model.for_prediction(fast=settings.options.fast)
         _check_kept_structures(settings, model)
         predictors = scan_predictors(
             model, settings.options, cache_dir=model_cache_folder(settings.out_dir)

@@ -28,7 +28,8 @@ CONFIG = typer.Option(
 CACHE = typer.Option(
     None,
     callback=output_folder,
-    help="Preprocessing cache (default: 'cache' beside the plan; built if missing).",
+    help="Preprocessing cache (default: 'cache' beside the plan; the low-resolution "
+    "configuration's cases in CACHE/3d_lowres; built if missing).",
 )
 MAX_MINUTES = typer.Option(
     None, callback=interval("(0, inf)"), help="Time budget (overrides the config)."
@@ -68,12 +69,20 @@ def _prepare(
     plan_model = Plan.load(plan_file)
     check_against_plan(settings, plan_model, source=config)
     read_manifest(manifest)
-    cache_dir = cache or plan_file.parent / "cache"
-    if "RANK" not in os.environ:  # under torchrun the cache must exist beforehand
-        from medseg.preprocess.stage import preprocess_manifest
+    from medseg.preprocess.stage import configuration_cache_dir, preprocess_configuration
 
-        preprocess_manifest(manifest, plan=plan_model, cache_dir=cache_dir, data_root=data_root)
-    return _Prepared(settings, plan_model, cache_dir)
+    cache_dir = cache or plan_file.parent / "cache"
+    if "RANK" in os.environ:  # under torchrun the cache must exist beforehand
+        folder = configuration_cache_dir(cache_dir, plan_model, settings.configuration)
+    else:
+        folder = preprocess_configuration(
+            manifest,
+            plan=plan_model,
+            configuration=settings.configuration,
+            cache_dir=cache_dir,
+            data_root=data_root,
+        )
+    return _Prepared(settings, plan_model, folder)
 
 
 def train(

@@ -82,7 +82,7 @@ class PredictionOptions(BaseModel):
     non_finite: NonFinitePolicy = NonFinitePolicy.ERROR  # NaN/Inf voxels: refuse or replace
     # apply the per-structure post-processing a model carries (decided by medseg select)
     model_postprocessing: bool = True
-    # only the model's low-resolution members, at their spacing (PackagedModel.fast)
+    # only the model's low-resolution members, at their spacing (PackagedModel.for_prediction)
     fast: bool = False
     # only these structures (names or label values) are written and measured
     structures: list[str] | None = None

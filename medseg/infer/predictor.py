@@ -66,7 +66,7 @@ class PackagedModel:
 
     The plan's ``target_spacing`` is that of the members' configurations when they share one
     (a low-resolution configuration has its own: ``Plan.for_configuration``); members at
-    different spacings are predicted apart (``fast``), not together.
+    different spacings are predicted apart (``for_prediction``), not together.
 
     Raises:
         ConfigError: no member, members that take different input channels, or invalid
@@ -98,18 +98,24 @@ class PackagedModel:
             self.plan = self.plan.for_configuration(self.members[0].configuration)
         self.spacings = sorted(spacings)
 
-    def fast(self) -> PackagedModel:
-        """The model of only its low-resolution members (``predict --fast``).
+    def for_prediction(self, *, fast: bool) -> PackagedModel:
+        """The members ``predict`` runs: with ``fast`` the low-resolution ones
+        (``predict --fast``); else the others, so a model that carries a low-resolution
+        configuration beside its full-resolution one predicts at full resolution (a model of
+        only low-resolution members runs them).
 
         Raises:
-            ConfigError: the model has no low-resolution configuration.
+            ConfigError: ``fast`` and the model has no low-resolution configuration.
         """
         lowres = set(self.plan.low_resolution)
-        members = [m for m in self.members if m.configuration in lowres]
-        if not members:
+        coarse = [m for m in self.members if m.configuration in lowres]
+        if fast and not coarse:
             raise ConfigError(
                 f"--fast: model {self.source or 'model'} has no low-resolution configuration"
             )
+        members = coarse if fast else [m for m in self.members if m.configuration not in lowres]
+        if not members or len(members) == len(self.members):
+            return self
         return PackagedModel(
             members=members,
             plan=self.plan,
@@ -244,7 +250,7 @@ def predict_scan(
         ScanChannelsError: the scan has another number of channels (4th axis) than the model.
         UnknownChoiceError: ``options.structures`` names a structure the model lacks.
         ValueError: ``options.structures`` with ``probabilities_out``.
-        ConfigError: members at different spacings (see ``PackagedModel.fast``).
+        ConfigError: members at different spacings (see ``PackagedModel.for_prediction``).
     """
     check_channels(volume, model, where=case_id)
     if len(model.spacings) > 1:

@@ -120,7 +120,7 @@ def predict_path(
             and a model without a low-resolution configuration.
     """
     format_named(outputs.output_format)
-    model = model.fast() if options.fast else model
+    model = model.for_prediction(fast=options.fast)
     selected = options.selected_structures(model.label_names)
     if selected and outputs.probabilities:
         raise ConfigError(

@@ -65,6 +65,38 @@ class PreprocessReport:
         return 1 if self.with_status(CaseStatus.FAILED) else 0
 
 
+def configuration_cache_dir(cache_dir: Path, plan: Plan, configuration: str) -> Path:
+    """Where ``configuration`` trains from: ``cache_dir`` (the plan's spacing), or for a
+    configuration with a spacing of its own (``3d_lowres``) ``cache_dir/<configuration>``
+    (the same layout, cases at that spacing)."""
+    cache_dir = Path(cache_dir)
+    if configuration in plan.low_resolution:
+        return cache_dir / configuration
+    return cache_dir
+
+
+def preprocess_configuration(
+    manifest_path: Path,
+    *,
+    plan: Plan,
+    configuration: str,
+    cache_dir: Path,
+    data_root: Path | None = None,
+    workers: int = 1,
+) -> Path:
+    """Preprocess every case for ``configuration`` (at its own spacing) into its cache
+    (``configuration_cache_dir``; cases already current are kept); returns that folder."""
+    folder = configuration_cache_dir(cache_dir, plan, configuration)
+    preprocess_manifest(
+        manifest_path,
+        plan=plan.for_configuration(configuration),
+        cache_dir=folder,
+        data_root=data_root,
+        workers=workers,
+    )
+    return folder
+
+
 def preprocess_manifest(
     manifest_path: Path,
     *,

@@ -52,7 +52,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    configuration: Literal["3d", "2d"] = "3d"
+    # a plan configuration; 3d_lowres trains from its own cache at its spacing
+    configuration: Literal["3d", "2d", "3d_lowres"] = "3d"
     architecture: str = "unet"
     # options of the architecture's builder (medseg/models), as given and converted to the
     # builder's types; each builder has its own defaults

@@ -22,6 +22,7 @@ from medseg.pipeline.stages.base import (
 from medseg.train.folds import DEFAULT_FOLDS
 
 if TYPE_CHECKING:
+    from medseg.preprocess.plan import Plan
     from medseg.tracking.runs import RunTracker
 
 
@@ -43,6 +44,22 @@ def _train_inputs(ctx: StageContext, options: TrainStageOptions) -> dict[str, Pa
     return {"config": config}
 
 
+def _configuration_cache(ctx: StageContext, plan: Plan, configuration: str) -> Path:
+    """The preprocess stage's cache, or for a configuration with a spacing of its own
+    (``3d_lowres``) its cache beside it, preprocessed here (cases already current are kept)."""
+    from medseg.preprocess.stage import preprocess_configuration
+
+    if configuration not in plan.low_resolution:
+        return ctx.need("cache")
+    return preprocess_configuration(
+        ctx.need("manifest"),
+        plan=plan,
+        configuration=configuration,
+        cache_dir=ctx.need("cache"),
+        data_root=ctx.provided.get("manifest_data_root"),
+    )
+
+
 def _train(ctx: StageContext, options: TrainStageOptions, run: RunTracker | None) -> StageResult:
     from medseg.preprocess.plan import Plan
     from medseg.train.config import load_train_config
@@ -62,10 +79,11 @@ def _train(ctx: StageContext, options: TrainStageOptions, run: RunTracker | None
     if not resume and checkpoints.exists():  # a new training must not pick up an old best.pt
         shutil.rmtree(checkpoints)
     steps = settings.epochs * settings.steps_per_epoch
+    plan = Plan.load(ctx.need("plan"))
     result = train(
         manifest_path=ctx.need("manifest"),
-        plan=Plan.load(ctx.need("plan")),
-        cache_dir=ctx.need("cache"),
+        plan=plan,
+        cache_dir=_configuration_cache(ctx, plan, settings.configuration),
         config=settings,
         run_dir=ctx.folder,
         resume=resume,
@@ -121,7 +139,7 @@ def _cross_validate(
         ),
         manifest_path=ctx.need("manifest"),
         plan=plan,
-        cache_dir=ctx.need("cache"),
+        cache_dir=_configuration_cache(ctx, plan, settings.configuration),
         config=settings,
         run_dir=ctx.folder,
         tracking_uri=ctx.tracking_uri,
