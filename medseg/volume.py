@@ -20,6 +20,7 @@ resampling, so it loses nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +100,14 @@ class Volume:
                 f"spatial shape {array.shape[:3]} differs from {self.array.shape[:3]}"
             )
         return Volume(array, self.affine_ras.copy(), dict(self.metadata))
+
+    def crop(self, box: Sequence[tuple[int, int]]) -> Volume:
+        """The voxels of ``box`` (``(start, stop)`` per spatial axis), with the affine of its
+        first voxel: every kept voxel stays where it was in scanner space."""
+        region = tuple(slice(int(start), int(stop)) for start, stop in box)
+        affine = self.affine_ras.copy()
+        affine[:3, 3] = self.affine_ras[:3, :3] @ [start for start, _ in box] + affine[:3, 3]
+        return Volume(self.array[region], affine, dict(self.metadata))
 
     def to_closest_ras(self) -> Volume:
         """Permute/flip axes (no resampling) so indices increase towards R, A and S."""

@@ -11,10 +11,11 @@ nothing is guessed here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 from pydantic import ValidationError
 
 from medseg.errors import ConfigError, ScanChannelsError
+from medseg.infer.cascade import CASCADE_MARGIN_MM, box_fraction, paste, structures_box
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_largest_component
@@ -80,6 +82,9 @@ class PackagedModel:
     postprocessing: dict | None = None  # postprocessing.json of an ensemble package
     # argmax agreement with fp32 per reduced precision, measured at export ({"bf16": 0.9997})
     precision_agreement: dict[str, float] = field(default_factory=dict)
+    # the low-resolution members kept beside the full-resolution ones (for_prediction): they
+    # find the box of --structures first (medseg.infer.cascade)
+    coarse: PackagedModel | None = None
     rules: PostprocessingRules = field(init=False)  # its "rules", parsed when the model loads
     spacings: list[str] = field(init=False)  # of the members' configurations
 
@@ -101,8 +106,9 @@ class PackagedModel:
     def for_prediction(self, *, fast: bool) -> PackagedModel:
         """The members ``predict`` runs: with ``fast`` the low-resolution ones
         (``predict --fast``); else the others, so a model that carries a low-resolution
-        configuration beside its full-resolution one predicts at full resolution (a model of
-        only low-resolution members runs them).
+        configuration beside its full-resolution one predicts at full resolution, with the
+        low-resolution members as its ``coarse`` model for the ``--structures`` cascade (a
+        model of only low-resolution members runs them).
 
         Raises:
             ConfigError: ``fast`` and the model has no low-resolution configuration.
@@ -113,16 +119,30 @@ class PackagedModel:
             raise ConfigError(
                 f"--fast: model {self.source or 'model'} has no low-resolution configuration"
             )
-        members = coarse if fast else [m for m in self.members if m.configuration not in lowres]
-        if not members or len(members) == len(self.members):
+        full = [m for m in self.members if m.configuration not in lowres]
+        if not coarse or not full:
             return self
+        if fast:
+            return self._of_members(coarse)
+        return self._of_members(full, coarse=self._of_members(coarse))
+
+    def _of_members(
+        self, members: list[ModelMember], *, coarse: PackagedModel | None = None
+    ) -> PackagedModel:
         return PackagedModel(
             members=members,
             plan=self.plan,
             label_names=self.label_names,
             source=self.source,
             postprocessing=self.postprocessing,
+            coarse=coarse,
         )
+
+    def members_to_run(self, options: PredictionOptions) -> list[ModelMember]:
+        """The members ``predict_scan`` takes predictors for, in order: the model's, then with
+        ``--structures`` the low-resolution ones of its cascade."""
+        cascade = self.coarse is not None and bool(options.selected_structures(self.label_names))
+        return [*self.members, *(self.coarse.members if cascade and self.coarse else [])]
 
     @classmethod
     def of_network(
@@ -244,7 +264,10 @@ def predict_scan(
 
     With ``options.structures``, the label map holds only those structures, voxel for voxel
     as without it, and only the part of the scan where they can win is resampled (every
-    network still runs on the whole scan: the argmax needs every class).
+    network still runs on the whole scan: the argmax needs every class). A model with a
+    ``coarse`` model runs the cascade instead (``_predict_in_box``): its full-resolution
+    networks run only on the box where the low-resolution ones found the structures;
+    ``predictors`` then follow ``model.members_to_run(options)``.
 
     Raises:
         ScanChannelsError: the scan has another number of channels (4th axis) than the model.
@@ -253,6 +276,17 @@ def predict_scan(
         ConfigError: members at different spacings (see ``PackagedModel.for_prediction``).
     """
     check_channels(volume, model, where=case_id)
+    selected = options.selected_structures(model.label_names)
+    if selected and model.coarse is not None:
+        return _predict_in_box(
+            volume,
+            model,
+            selected,
+            options=options,
+            predictors=predictors,
+            case_id=case_id,
+            on_windows=on_windows,
+        )
     if len(model.spacings) > 1:
         raise ConfigError(
             f"{model.source or 'model'}: members at different spacings {model.spacings} cannot "
@@ -264,7 +298,6 @@ def predict_scan(
             f"{model.source or 'model'}: the dense CRF refines softmax classes; this model "
             "predicts overlapping regions (sigmoid per region): predict without --crf"
         )
-    selected = options.selected_structures(model.label_names)
     case = preprocess_case(volume, None, model.plan, case_id=case_id)
     image = torch.from_numpy(case.image)
     with member_probabilities(
@@ -301,6 +334,43 @@ def predict_scan(
         labels = labels.with_array(apply_rules(labels.array, model.rules, voxel_mm3=voxel_mm3))
     labels.metadata = {"case_id": case_id, "model": model.source}
     return labels
+
+
+def _predict_in_box(
+    volume: Volume,
+    model: PackagedModel,
+    selected: dict[int, str],
+    *,
+    options: PredictionOptions,
+    predictors: Sequence[torch.nn.Module] | None,
+    case_id: str,
+    on_windows: Callable[[int], None] | None,
+) -> Volume:
+    """The ``--structures`` cascade: ``model.coarse`` segments the whole scan, ``model``'s
+    networks only the box of the structures it found plus ``CASCADE_MARGIN_MM`` (the whole
+    scan when it found none of them, so a structure the coarse pass missed is still looked
+    for); background outside the box."""
+    assert model.coarse is not None
+    count = len(model.members)
+    run = functools.partial(predict_scan, options=options, case_id=case_id, on_windows=on_windows)
+    full = replace(model, coarse=None)
+    found = run(volume, model.coarse, predictors=None if predictors is None else predictors[count:])
+    box = structures_box(found, list(selected), margin_mm=CASCADE_MARGIN_MM)
+    full_predictors = None if predictors is None else predictors[:count]
+    if box is None:
+        logger.warning(
+            "%s: the low-resolution networks found none of %s: the full-resolution ones run "
+            "on the whole scan",
+            case_id,
+            ", ".join(selected.values()),
+        )
+        return run(volume, full, predictors=full_predictors)
+    logger.info(
+        "%s: cascade: the full-resolution networks run on %.0f%% of the scan",
+        case_id,
+        100 * box_fraction(box, volume.shape),
+    )
+    return paste(run(volume.crop(box), full, predictors=full_predictors), volume, box)
 
 
 def ensemble_probabilities(

@@ -248,7 +248,8 @@ def _probability_writer(
 def scan_predictors(
     model: PackagedModel, options: PredictionOptions, *, cache_dir: Path
 ) -> list[nn.Module]:
-    """What ``predict_scan`` runs, one module per member: the torch networks, or their exports
+    """What ``predict_scan`` runs, one module per member (``model.members_to_run``: with the
+    cascade's low-resolution members for ``--structures``): the torch networks, or their exports
     for ``options.backend`` (those stored with the model, else exported into ``cache_dir``;
     build them once per process, not per scan). ``auto`` options are resolved first
     (``resolve_model_options``).
@@ -258,7 +259,7 @@ def scan_predictors(
     """
     options = resolve_model_options(options, model)
     if options.backend == "torch":
-        return [member.network for member in model.members]
+        return [member.network for member in model.members_to_run(options)]
     from medseg.infer.backends import make_predictor
 
     return [
@@ -272,7 +273,7 @@ def scan_predictors(
             precision=options.precision,
             exports=member.exports,
         )
-        for member in model.members
+        for member in model.members_to_run(options)
     ]
 
 
