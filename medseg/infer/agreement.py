@@ -11,7 +11,7 @@ precision only when that fraction is at least 99.9%.
 Example:
     >>> exports = export_for_package(
     ...     network, [case.image for case in validation_cases], folder=Path("exports"),
-    ...     patch_size=(32, 32, 32), num_classes=6,
+    ...     patch_size=(32, 32, 32), in_channels=1, num_classes=6,
     ... )
     >>> exports.agreement
     {'bf16': 0.99971}

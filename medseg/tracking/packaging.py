@@ -302,10 +302,9 @@ def log_segmentation_model(
     ``--precision`` finds it; ``exports`` (``medseg.infer.agreement.export_for_package``) are
     stored beside the weights (the int8 network with its folder). Before logging, the network
     is rebuilt from ``factory`` and loaded with the weights, so a package that could not be
-    loaded later fails now. The
-    signature has variable batch and spatial dims; ``input_example`` only fixes channels and
-    dtype and is not stored. Pip requirements are pinned from the running versions so nothing
-    is resolved or downloaded.
+    loaded later fails now. The signature has variable batch and spatial dims;
+    ``input_example`` only fixes channels and dtype and is not stored. Pip requirements are
+    pinned from the running versions so nothing is resolved or downloaded.
 
     Returns:
         MLflow's ``ModelInfo``; ``registered_model_version`` is set when a name was given.

@@ -98,6 +98,15 @@ class CrossValidationResult:
     trained: tuple[int, ...] = ()  # folds trained by this call (the others were finished)
 
 
+def _refuse_int8(config: TrainConfig) -> None:
+    """Folds are not quantized: their ensemble runs at fp32 or bf16."""
+    if config.int8:
+        raise ConfigError(
+            "int8: the folds' ensemble (medseg ensemble) runs at fp32 or bf16; quantize a "
+            "model trained alone (medseg train --int8)"
+        )
+
+
 def fold_folder(run_dir: Path, fold: int) -> Path:
     """``run_dir/fold_K``: the training folder of fold ``K``."""
     return Path(run_dir) / f"fold_{fold}"
@@ -173,6 +182,7 @@ def train_fold(
     """
     if not 0 <= fold < len(folds):
         raise ConfigError(f"--fold: {fold} is not a fold of 0..{len(folds) - 1}")
+    _refuse_int8(config)
     claim_folder(run_dir, config=config, plan=plan, folds=folds)
     folder = fold_folder(run_dir, fold)
     record_path = folder / FOLD_RECORD
@@ -302,6 +312,7 @@ def cross_validate(
             "cross-validate trains its folds one after the other in one process; under "
             "torchrun, train each fold with medseg train --fold K"
         )
+    _refuse_int8(config)
     run_dir = Path(run_dir)
     config = config_for_plan(config, plan)
     claimed = claim_folder(run_dir, config=config, plan=plan, folds=folds)

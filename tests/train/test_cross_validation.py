@@ -187,3 +187,9 @@ def test_cross_validate_under_torchrun_is_refused(
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="under torchrun, train each fold with medseg train"):
         _run(tiny_dataset, tmp_path)
+
+
+def test_a_cross_validation_is_not_quantized(tiny_dataset: TinyDataset, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"int8: the folds' ensemble .* runs at fp32 or bf16"):
+        _run(tiny_dataset, tmp_path, int8=True)
+    assert not (tmp_path / "cv").exists()  # refused before anything was claimed or trained
