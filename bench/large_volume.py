@@ -34,6 +34,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -257,11 +258,14 @@ def compare(arguments: argparse.Namespace) -> None:
         medseg_labels: Path | None = None
         for backend in arguments.backends:
             out = work / f"medseg_{classes}_{backend}"
-            command = [sys.executable, "-m", "medseg", "predict", "--model", uri, str(dicom)]
+            # --verbose: the log says how long the DICOM SEG took (dicom_seg_timing)
+            command = [sys.executable, "-m", "medseg", "--verbose", "predict", "--model", uri]
+            command += [str(dicom)]
             command += ["--out", str(out), "--tracking-uri", tracking, "--overlap", "0.5"]
             command += ["--backend", backend, "--batch-size", "1", "--case-ids", "folder"]
             row = {"path": "medseg", "classes": classes, "backend": backend}
             row |= measured(command, log=out.with_suffix(".log"), cap_mb=cap)
+            row |= dicom_seg_timing(out.with_suffix(".log"))
             found = sorted(out.glob("*.nii.gz"))
             if found and backend == "torch":
                 medseg_labels = found[0]
@@ -302,6 +306,15 @@ def compare(arguments: argparse.Namespace) -> None:
     print(table)
 
 
+def dicom_seg_timing(log: Path) -> dict[str, Any]:
+    """Segments and seconds of the DICOM SEG a ``medseg --verbose predict`` log reports."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    found = re.search(r"wrote DICOM SEG with (\d+) segment\(s\).* in ([\d.]+) s", text)
+    if found is None:
+        return {}
+    return {"dicom_seg_segments": int(found[1]), "dicom_seg_seconds": float(found[2])}
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """One line per run, with the time and memory ratios of MONAI's best to medseg's."""
     lines = [
@@ -314,6 +327,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         note = "stopped at the memory cap" if row["stopped_at_cap"] else ""
         if row["exit_code"] not in (0, None) and not note:
             note = f"exit {row['exit_code']}"
+        if "dicom_seg_seconds" in row:
+            note = (
+                f"DICOM SEG: {row['dicom_seg_segments']} segments, {row['dicom_seg_mb']} MB, "
+                f"{row['dicom_seg_seconds']} s {note}"
+            ).strip()
         lines.append(
             f"| {row['classes']} | {row['path']} | {setting} | {row['seconds']} | "
             f"{row['peak_mb']} | {agree} | {note} |"

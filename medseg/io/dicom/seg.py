@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,6 +169,7 @@ def write_dicom_seg(
         ...     predict(image), source_files=series.files, label_names={1: "liver"},
         ...     out_path=Path("out/seg.dcm"), algorithm_version="1.2.0")
     """
+    started = time.perf_counter()
     _check_text("algorithm_name", algorithm_name)
     _check_text("algorithm_version", algorithm_version)
     _check_text("series_description", series_description)
@@ -213,10 +215,11 @@ def write_dicom_seg(
     with atomic_path(out_path) as tmp:
         segmentation.save_as(tmp, enforce_file_format=True)
     logger.info(
-        "wrote DICOM SEG with %d segment(s) over %d source image(s) to %s",
+        "wrote DICOM SEG with %d segment(s) over %d source image(s) to %s in %.1f s",
         len(descriptions),
         len(sources),
         out_path,
+        time.perf_counter() - started,
     )
     return out_path
 
