@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo provision test test-slow lint bench-ingest bench-quality bench-architectures clean
+.PHONY: demo provision test test-slow lint bench-ingest bench-quality bench-architectures \
+	bench-large-volume bench-plan-memory clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +51,14 @@ bench-quality: $(VENV)/.installed-dev
 
 bench-architectures: $(VENV)/.installed-dev
 	$(BIN)/python bench/architectures.py --minutes 6
+
+# Full-size CT (512 x 512 x 400) with 16 and 118 classes: medseg vs the MONAI path (time, memory).
+bench-large-volume: $(VENV)/.installed-dev
+	$(BIN)/python bench/large_volume.py --classes 16 118 --backends torch openvino
+
+# plan + preprocess of 50 full-size CTs: peak memory of each command's process tree.
+bench-plan-memory: $(VENV)/.installed-dev
+	$(BIN)/python bench/plan_memory.py --cases 50
 
 # nnU-Net v2 lives in its own venv (bench/.venv, gitignored) so it never touches .venv. torch is
 # installed first and pinned again beside nnunetv2 so pip keeps the CPU build; constraints.txt

@@ -35,54 +35,18 @@ import json
 import logging
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from measure import measured
 
 LOG = logging.getLogger("large_volume")
 REPOSITORY = Path(__file__).resolve().parents[1]
 FIELD_OF_VIEW_MM = (409.6, 409.6, 400.0)  # 512 x 512 x 400 voxels of 0.8 x 0.8 x 1.0 mm
 BASE_FILTERS = 16
-
-
-def status_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory (MB) of a process, 0 once it is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def measured(command: list[str], *, log: Path, cap_mb: float) -> dict[str, Any]:
-    """Run ``command``: wall seconds, peak resident MB (polled), exit code, and whether it
-    was stopped at ``cap_mb``."""
-    start = time.perf_counter()
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    peak, capped = 0.0, False
-    while process.poll() is None:
-        rss = status_mb(process.pid)
-        peak = max(peak, rss)
-        if rss > cap_mb:
-            capped = True
-            process.send_signal(signal.SIGKILL)
-        time.sleep(0.2)
-    seconds = time.perf_counter() - start
-    LOG.info("%s: %.1f s, peak %.0f MB, exit %s", log.stem, seconds, peak, process.returncode)
-    return {
-        "seconds": round(seconds, 1),
-        "peak_mb": round(peak),
-        "exit_code": process.returncode,
-        "stopped_at_cap": capped,
-    }
 
 
 def prepare_scan(work: Path, shape: tuple[int, int, int]) -> tuple[Path, Path, float]:
