@@ -81,7 +81,11 @@ def _refusal(precision: Precision, agreement: Mapping[str, float]) -> str | None
     """Why the model's stored agreement forbids ``precision`` (None: it allows it)."""
     measured = agreement.get(precision.value)
     if measured is None:
-        hint = " (int8 needs a model trained with --int8)" if precision is Precision.INT8 else ""
+        hint = (
+            " (int8 needs a model trained with --int8 and a validation split)"
+            if precision is Precision.INT8
+            else ""
+        )
         return f"no argmax agreement of {precision.value} with fp32 was measured at export{hint}"
     if measured < MIN_AGREEMENT:
         return (
