@@ -78,7 +78,7 @@ class ProbabilityWriter:
         if self.written == self.classes:
             raise ValueError(f"{self.path.name}: more than {self.classes} class maps")
         data = np.ascontiguousarray(channel, dtype=DTYPE)
-        self._member.write(memoryview(data).cast("B"))
+        self._member.write(data.data.cast("B"))  # the bytes, without a copy
         self.written += 1
 
     def __exit__(

@@ -153,7 +153,8 @@ def test_one_fold_trained_alone_is_skipped_by_the_cross_validation(
     int8 = run_medseg("train", *common, "--fold", 0, "--int8")
     assert int8.exit_code == 2
     assert int8.output.strip() == (
-        "error: --int8: the folds' ensemble (medseg ensemble) runs at fp32 or bf16, not int8"
+        "error: medseg train --int8: the folds' ensemble (medseg ensemble) runs at fp32 or bf16, "
+        "not int8"
     )
 
 
