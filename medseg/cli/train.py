@@ -41,13 +41,13 @@ FOLDS = typer.Option(
 
 
 @dataclass(frozen=True)
-class _Prepared:
+class PreparedTraining:
     settings: TrainConfig
     plan: Plan
     cache_dir: Path
 
 
-def _prepare(
+def prepare_training(
     *,
     manifest: Path,
     plan_file: Path,
@@ -56,7 +56,7 @@ def _prepare(
     data_root: Path | None,
     tracking_uri: str | None,
     **overrides: object,
-) -> _Prepared:
+) -> PreparedTraining:
     """Check everything before the (long) preprocessing, then build the cache if needed."""
     from medseg.tracking.store import require_tracking_store
 
@@ -82,7 +82,7 @@ def _prepare(
             cache_dir=cache_dir,
             data_root=data_root,
         )
-    return _Prepared(settings, plan_model, folder)
+    return PreparedTraining(settings, plan_model, folder)
 
 
 def train(
@@ -129,7 +129,7 @@ def train(
             "the folds' ensemble (medseg ensemble) runs at fp32 or bf16, not int8",
             param_hint="--int8",
         )
-    ready = _prepare(
+    ready = prepare_training(
         manifest=manifest,
         plan_file=plan_file,
         config=config,
@@ -162,7 +162,7 @@ def train(
 def _train_one_fold(
     fold: int,
     folds: int,
-    ready: _Prepared,
+    ready: PreparedTraining,
     manifest: Path,
     plan_file: Path,
     run_dir: Path,
@@ -190,60 +190,6 @@ def _train_one_fold(
         f"{record.mean_dice:.4f} on {len(record.val)} cases; {fold_folder(run_dir, fold)}   "
         f"MLflow run: {record.run_id}"
     )
-
-
-def cross_validate(
-    manifest: Path = MANIFEST,
-    plan_file: Path = PLAN,
-    config: Path | None = CONFIG,
-    cache: Path | None = CACHE,
-    run_dir: Path = typer.Option(
-        Path("runs/cv"), callback=output_folder, help="One folder per fold, summary.json."
-    ),
-    data_root: Path | None = DATA_ROOT,
-    folds: int = FOLDS,
-    max_minutes: float | None = typer.Option(
-        None, callback=interval("(0, inf)"), help="Time budget of each fold (overrides the config)."
-    ),
-    epochs: int | None = EPOCHS,
-    tracking_uri: str | None = tracking_uri_option(),
-) -> None:
-    """Train every cross-validation fold in sequence and report the per-structure CV Dice.
-
-    Resumable: run it again and finished folds are skipped, a killed fold continues from its
-    last checkpoint. One MLflow parent run, a child run per fold.
-    """
-    ready = _prepare(
-        manifest=manifest,
-        plan_file=plan_file,
-        config=config,
-        cache=cache,
-        data_root=data_root,
-        tracking_uri=tracking_uri,
-        max_minutes=max_minutes,
-        epochs=epochs,
-    )
-    from medseg.train.cross_validation import cross_validate as run_cross_validation
-    from medseg.train.folds import load_or_make_folds
-
-    result = run_cross_validation(
-        folds=load_or_make_folds(plan_file, manifest, folds=folds, seed=ready.plan.seed),
-        manifest_path=manifest,
-        plan=ready.plan,
-        cache_dir=ready.cache_dir,
-        config=ready.settings,
-        run_dir=run_dir,
-        tracking_uri=tracking_uri,
-    )
-    skipped = len(result.folds) - len(result.trained)
-    console.print(
-        f"[bold]Cross-validation of {len(result.folds)} folds[/bold] "
-        f"({len(result.trained)} trained now, {skipped} finished earlier): CV mean Dice "
-        f"{result.mean_dice:.4f}"
-    )
-    for name, dice in result.dice.items():
-        console.print(f"  {name}: {dice:.4f}")
-    console.print(f"folder: {result.run_dir}   MLflow parent run: {result.run_id}")
 
 
 def train_summary(result: TrainResult) -> None:
