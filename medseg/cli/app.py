@@ -11,18 +11,8 @@ import logging
 import typer
 
 from medseg import __version__, shutdown
-from medseg.cli import (
-    batch,
-    cross_validate,
-    data,
-    ensemble,
-    evaluate,
-    pipeline,
-    predict,
-    preprocess,
-    select,
-    train,
-)
+from medseg.cli import batch, data, ensemble, evaluate, pipeline, predict, preprocess, select, train
+from medseg.cli.cross_validate import cross_validate
 from medseg.cli.errors import MedsegGroup
 from medseg.cli.pacs import pacs_app
 
@@ -60,7 +50,7 @@ app.command("validate-manifest")(data.validate_manifest)
 app.command()(preprocess.plan)
 app.command()(preprocess.preprocess)
 app.command()(train.train)
-app.command("cross-validate")(cross_validate.cross_validate)
+app.command("cross-validate")(cross_validate)
 app.command()(select.select)
 app.command()(predict.predict)
 app.command()(ensemble.ensemble)
