@@ -58,6 +58,9 @@ def test_leaving_a_pool_by_an_exception_kills_its_busy_workers(
     assert len(list(tmp_path.iterdir())) == 2  # the queued items never started
 
 
+# In the serial slow suite: it sends SIGTERM to its own process, and twice (CI of 2026-12-07,
+# each time after another test had failed in the same worker) a pytest-xdist worker died of it.
+@pytest.mark.slow
 def test_a_stop_while_the_pool_starts_its_manager_thread_stays_a_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
