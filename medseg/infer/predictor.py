@@ -141,8 +141,9 @@ class PackagedModel:
     def members_to_run(self, options: PredictionOptions) -> list[ModelMember]:
         """The members ``predict_scan`` takes predictors for, in order: the model's, then with
         ``--structures`` the low-resolution ones of its cascade."""
-        cascade = self.coarse is not None and bool(options.selected_structures(self.label_names))
-        return [*self.members, *(self.coarse.members if cascade and self.coarse else [])]
+        if self.coarse is None or not options.selected_structures(self.label_names):
+            return list(self.members)
+        return [*self.members, *self.coarse.members]
 
     @classmethod
     def of_network(
