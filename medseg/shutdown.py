@@ -71,6 +71,7 @@ class _StopState:
     signum: int | None = None  # the stop signal received, if any
     raised: bool = False  # ShutdownRequested was raised already: raise it once only
     redelivered: bool = False  # the signal is sent again because its exception was swallowed
+    active: bool = True  # False once ``stop_signals`` ended: nothing is sent again then
     holding: list[bool] = field(default_factory=list)  # deferred (True) / interruptible (False)
     unraisablehook: Callable[[sys.UnraisableHookArgs], object] = sys.__unraisablehook__
 
@@ -78,7 +79,8 @@ class _StopState:
         return bool(self.holding) and self.holding[-1]
 
 
-_state = _StopState()
+_state = _StopState(active=False)
+_redelivery_lock = threading.Lock()  # a redelivery never lands after the handlers are restored
 _stopped_by: int | None = None  # the signal that stopped this process (kept after the command)
 
 
@@ -102,11 +104,19 @@ def _on_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
         _state.raised = False
         _state.redelivered = True
         # from another thread, a moment later: the handler must not run inside this hook
-        again = threading.Timer(REDELIVER_SECONDS, os.kill, (os.getpid(), stopped.signum))
+        again = threading.Timer(REDELIVER_SECONDS, _redeliver, (_state, stopped.signum))
         again.daemon = True
         again.start()
     else:
         _state.unraisablehook(unraisable)
+
+
+def _redeliver(state: _StopState, signum: int) -> None:
+    """Send ``signum`` again, unless the ``stop_signals`` block that swallowed it has ended
+    (the default handler would then kill the process)."""
+    with _redelivery_lock:
+        if state.active:
+            os.kill(os.getpid(), signum)
 
 
 def stop(signum: int = signal.SIGTERM) -> None:
@@ -140,6 +150,8 @@ def stop_signals() -> Iterator[None]:
     try:
         yield
     finally:
+        with _redelivery_lock:
+            _state.active = False
         sys.unraisablehook = _state.unraisablehook
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -110,8 +110,25 @@ class _SignalledInFinalizer:
         time.sleep(0.2)  # the handler raises here, where Python can only ignore the exception
 
 
+def _wait_for_a_stop(seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # generous: a loaded machine starts threads late
+        time.sleep(0.05)
+
+
 def test_a_stop_that_lands_where_exceptions_are_ignored_is_delivered_again() -> None:
     with shutdown.stop_signals(), pytest.raises(shutdown.ShutdownRequested):
         _SignalledInFinalizer()  # dropped at once: __del__ runs
-        time.sleep(1)
+        _wait_for_a_stop(30)
         raise AssertionError("the stop was lost")
+
+
+def test_a_redelivery_still_pending_when_the_block_ends_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sent after the handlers were restored, it would kill the process (pytest's worker)."""
+    monkeypatch.setattr(shutdown, "REDELIVER_SECONDS", 0.5)
+    with shutdown.stop_signals():
+        _SignalledInFinalizer()  # swallowed; sent again in 0.5 s, after the block
+    _wait_for_a_stop(1.5)  # still alive: the pending redelivery was dropped
+    assert shutdown.requested() is None
