@@ -80,34 +80,41 @@ def register_model(
 ) -> str:
     """A random 3D U-Net (seed 0) with ``classes`` outputs for the phantom's CT plan, logged
     and registered; its ``models:/`` URI."""
-    import torch
-
     from medseg.demo.large_phantom import phantom_ct_plan
-    from medseg.models import build_network, network_arguments
-    from medseg.tracking.packaging import log_segmentation_model
-    from medseg.tracking.runs import RunTracker
 
     names = {value: f"structure_{value:03d}" for value in range(classes)}
     names[0] = "background"
     plan = phantom_ct_plan(names, patch, target_spacing_mm=spacing_mm)
+    return register_random_unet(plan, "3d", f"bench-large-{classes}", tracking)
+
+
+def register_random_unet(plan: Any, configuration: str, name: str, tracking: str) -> str:
+    """A random 3D U-Net (seed 0) for ``plan``'s ``configuration``, logged and registered as
+    ``name``; its ``models:/`` URI."""
+    import torch
+
+    from medseg.models import build_network, network_arguments
+    from medseg.tracking.packaging import log_segmentation_model
+    from medseg.tracking.runs import RunTracker
+
     torch.manual_seed(0)
+    layout = plan.configurations[configuration]
     arguments = network_arguments(
         architecture="unet",
         in_channels=1,
-        num_classes=classes,
-        configuration=plan.configurations["3d"].model_dump(),
+        num_classes=len(plan.label_names),
+        configuration=layout.model_dump(),
         base_filters=BASE_FILTERS,
     )
     network = build_network(**arguments).eval()
-    name = f"bench-large-{classes}"
     with RunTracker(tracking).start(experiment="bench-large", run_name=name, tags={}):
         info = log_segmentation_model(
             network,
             factory="medseg.models:build_network",
             factory_kwargs=arguments,
-            plan=plan.model_dump(mode="json") | {"train_configuration": "3d"},
-            labels=names,
-            input_example=np.zeros((1, 1, *patch), np.float32),
+            plan=plan.model_dump(mode="json") | {"train_configuration": configuration},
+            labels=plan.label_names,
+            input_example=np.zeros((1, 1, *layout.patch_size), np.float32),
             registered_model_name=name,
         )
     return f"models:/{name}/{info.registered_model_version}"

@@ -19,6 +19,7 @@ from tests.faults.processes import (
     wait_until_gone,
     wait_until_session_ends,
 )
+from tests.forked import in_forked_child
 from tests.parallel_tasks import sleep_after_saying_so
 
 ManagerThread = concurrent.futures.process._ExecutorManagerThread
@@ -58,9 +59,7 @@ def test_leaving_a_pool_by_an_exception_kills_its_busy_workers(
     assert len(list(tmp_path.iterdir())) == 2  # the queued items never started
 
 
-# In the serial slow suite: it sends SIGTERM to its own process, and twice (CI of 2026-12-07,
-# each time after another test had failed in the same worker) a pytest-xdist worker died of it.
-@pytest.mark.slow
+@in_forked_child  # it sends SIGTERM to its own process (tests/forked.py says why)
 def test_a_stop_while_the_pool_starts_its_manager_thread_stays_a_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
