@@ -19,7 +19,7 @@ from tests.faults.processes import (
     wait_until_gone,
     wait_until_session_ends,
 )
-from tests.forked import in_forked_child
+from tests.fresh_interpreter import in_fresh_interpreter
 from tests.parallel_tasks import sleep_after_saying_so
 
 ManagerThread = concurrent.futures.process._ExecutorManagerThread
@@ -59,7 +59,7 @@ def test_leaving_a_pool_by_an_exception_kills_its_busy_workers(
     assert len(list(tmp_path.iterdir())) == 2  # the queued items never started
 
 
-@in_forked_child  # it sends SIGTERM to its own process (tests/forked.py says why)
+@in_fresh_interpreter  # it sends SIGTERM to its own process (tests/fresh_interpreter.py: why)
 def test_a_stop_while_the_pool_starts_its_manager_thread_stays_a_stop(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from medseg import shutdown
 from medseg.cli.errors import MedsegGroup
-from tests.forked import in_forked_child
+from tests.fresh_interpreter import in_fresh_interpreter
 
 
 def _signal_myself(signum: int = signal.SIGTERM) -> None:
@@ -22,7 +22,7 @@ def _signal_myself(signum: int = signal.SIGTERM) -> None:
 
 
 @pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-@in_forked_child
+@in_fresh_interpreter
 def test_a_stop_signal_raises_in_the_main_thread(signum: int, exit_code: int) -> None:
     with shutdown.stop_signals(), pytest.raises(shutdown.ShutdownRequested) as raised:
         _signal_myself(signum)
@@ -40,7 +40,7 @@ def test_the_previous_handlers_come_back() -> None:
     assert shutdown.requested() is None
 
 
-@in_forked_child
+@in_fresh_interpreter
 def test_a_deferred_block_finishes_and_raises_at_its_end() -> None:
     steps = []
     with shutdown.stop_signals(), pytest.raises(shutdown.ShutdownRequested):
@@ -53,7 +53,7 @@ def test_a_deferred_block_finishes_and_raises_at_its_end() -> None:
     assert steps == ["after the signal"]
 
 
-@in_forked_child
+@in_fresh_interpreter
 def test_an_interruptible_part_of_a_deferred_block_raises_at_once() -> None:
     with shutdown.stop_signals(), shutdown.deferred():
         with pytest.raises(shutdown.ShutdownRequested), shutdown.interruptible():
@@ -61,7 +61,7 @@ def test_an_interruptible_part_of_a_deferred_block_raises_at_once() -> None:
         shutdown.raise_if_requested()  # raised once only: cleaning up goes on
 
 
-@in_forked_child
+@in_fresh_interpreter
 def test_a_signal_held_by_a_deferred_block_raises_on_entering_an_interruptible_part() -> None:
     with shutdown.stop_signals(), shutdown.deferred():
         os.kill(os.getpid(), signal.SIGTERM)
@@ -78,7 +78,7 @@ def _app_with(command) -> typer.Typer:
     return cli
 
 
-@in_forked_child
+@in_fresh_interpreter
 def test_the_cli_maps_a_stop_to_its_exit_code_and_one_line() -> None:
     result = CliRunner().invoke(_app_with(_signal_myself), ["work"])
     assert result.exit_code == 143, result.output
@@ -87,7 +87,7 @@ def test_the_cli_maps_a_stop_to_its_exit_code_and_one_line() -> None:
     ]
 
 
-@in_forked_child
+@in_fresh_interpreter
 def test_an_error_while_stopping_is_part_of_the_stop() -> None:
     """E.g. a DDP peer that left first: the collective fails on this rank."""
 
@@ -123,7 +123,7 @@ def _wait_for_a_stop(seconds: float) -> None:
         time.sleep(0.05)
 
 
-@in_forked_child
+@in_fresh_interpreter
 def test_a_stop_that_lands_where_exceptions_are_ignored_is_delivered_again() -> None:
     with shutdown.stop_signals(), pytest.raises(shutdown.ShutdownRequested):
         _SignalledInFinalizer()  # dropped at once: __del__ runs
@@ -131,7 +131,7 @@ def test_a_stop_that_lands_where_exceptions_are_ignored_is_delivered_again() -> 
         raise AssertionError("the stop was lost")
 
 
-@in_forked_child
+@in_fresh_interpreter
 def test_a_redelivery_still_pending_when_the_block_ends_is_dropped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
