@@ -37,9 +37,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, path: str = "/health") -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+        with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError):
         return False
@@ -116,3 +116,37 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of one real MLflow tracking + registry + artifact server shared by the session."""
     with running_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as url:
         yield url
+
+
+@contextlib.contextmanager
+def running_model_server(
+    model_uri: str, *, tracking_uri: str, log_path: Path, timeout_s: float = 180.0
+) -> Iterator[str]:
+    """Start ``mlflow models serve -m MODEL_URI --env-manager local`` on a free loopback port
+    (the registry at ``tracking_uri``); yield its URL once ``/ping`` answers; stop it.
+
+    Raises:
+        RuntimeError: the server exited or did not answer within ``timeout_s`` (with its log).
+    """
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(MLFLOW_EXECUTABLE), "models", "serve", "-m", model_uri, "--env-manager"]
+    command += ["local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # it runs `uvicorn` by name: the venv's, also when the venv is not activated
+    path = os.pathsep.join([str(MLFLOW_EXECUTABLE.parent), os.environ.get("PATH", "")])
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _healthy(url, "/ping"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-3000:]
+                state = "exited" if process.poll() is not None else f"silent for {timeout_s} s"
+                raise RuntimeError(f"mlflow models serve at {url} {state}; log ends:\n{tail}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        _stop(process)

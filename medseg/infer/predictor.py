@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -38,6 +39,9 @@ from medseg.preprocess.case import (
 )
 from medseg.preprocess.plan import Configuration, Plan
 from medseg.volume import Volume
+
+if TYPE_CHECKING:
+    from medseg.tracking.packaging import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +222,13 @@ def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> Package
     """
     from medseg.tracking.packaging import load_segmentation_model
 
-    loaded = load_segmentation_model(uri, tracking_uri=tracking_uri)
+    model = packaged_model(load_segmentation_model(uri, tracking_uri=tracking_uri), source=uri)
+    logger.info("%s: %s", uri, model.description)
+    return model
+
+
+def packaged_model(loaded: LoadedModel, *, source: str) -> PackagedModel:
+    """The ``PackagedModel`` of a loaded package (``medseg.tracking.packaging``)."""
     members = [
         ModelMember(
             network=member.network.eval(),
@@ -230,16 +240,14 @@ def load_packaged_model(uri: str, *, tracking_uri: str | None = None) -> Package
         )
         for member in loaded.members
     ]
-    model = PackagedModel(
+    return PackagedModel(
         members=members,
         plan=Plan.model_validate(loaded.plan),
         label_names={int(k): v for k, v in loaded.labels.items()},
-        source=uri,
+        source=source,
         postprocessing=loaded.postprocessing,
         precision_agreement=loaded.precision_agreement,
     )
-    logger.info("%s: %s", uri, model.description)
-    return model
 
 
 def predict_scan(

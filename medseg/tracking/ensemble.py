@@ -35,12 +35,12 @@ from mlflow.tracking import MlflowClient
 
 from medseg import __version__
 from medseg.errors import ConfigError, TrackingError
+from medseg.infer.serving import serving_metadata
 from medseg.tracking.client import activate
 from medseg.tracking.packaging import (
     LoadedModel,
     load_segmentation_model,
     log_package,
-    tensor_signature,
     write_json_artifacts,
 )
 from medseg.tracking.registry import pin_model_uri
@@ -183,7 +183,7 @@ def _log_members(
         info = log_package(
             artifacts,
             folder=folder,
-            signature=tensor_signature(
+            io=serving_metadata(
                 in_channels=_in_channels(first),
                 num_classes=len(first.plan.get("regions") or first.labels),  # one per region
                 spatial_dims=3,

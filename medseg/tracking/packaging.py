@@ -33,15 +33,15 @@ import numpy as np
 import torch
 import yaml
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
-from mlflow.models.model import Model, ModelInfo
+from mlflow.models.model import MLMODEL_FILE_NAME, Model, ModelInfo
 from mlflow.pyfunc import PythonModel, PythonModelContext
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import TensorSpec
 
 from medseg import __version__
-from medseg.errors import TrackingError
+from medseg.errors import ConfigError, TrackingError
 from medseg.infer.backends import EXPORT_INT8, EXPORT_ONNX
 from medseg.infer.quantize import INT8_NETWORK
+from medseg.infer.serving import SERVING_METADATA, serving_metadata, serving_signature
 from medseg.infer.sliding_window import ACTIVATIONS
 from medseg.tracking.client import activate
 from medseg.tracking.store import require_store_for_model
@@ -167,6 +167,12 @@ def _stored_exports(artifacts: Mapping[str, str]) -> dict[str, Path]:
     return exports
 
 
+def _packaged_agreement(plan_artifact: Path) -> dict[str, float]:
+    """The stored precision agreement, from the ``MLmodel`` beside ``artifacts/plan.json``."""
+    mlmodel = plan_artifact.parent.parent / MLMODEL_FILE_NAME
+    return _stored_agreement(Model.load(mlmodel)) if mlmodel.is_file() else {}
+
+
 def _read_json(path: str) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -227,21 +233,34 @@ class SegmentationPyfuncModel(PythonModel):
             labels={int(index): name for index, name in labels.items()},
             postprocessing=postprocessing,
             ensemble=ensemble,
+            precision_agreement=_packaged_agreement(Path(paths["plan"])),
         )
+        self.packaged: Any = None
 
     def predict(
         self,
         context: PythonModelContext,
-        model_input: np.ndarray,
+        model_input: np.ndarray,  # or a scan request's DataFrame: MLflow warns on a Union hint
         params: dict[str, Any] | None = None,
-    ) -> np.ndarray:
-        """Softmax probabilities (the mean over the members), float32, same batch and spatial
-        shape as ``model_input``.
+    ) -> Any:
+        """A tensor request: softmax probabilities (the mean over the members), float32, same
+        batch and spatial shape as ``model_input``. A scan request (rows with ``nifti_base64``
+        or ``path``): a DataFrame with each scan's label map and volumes
+        (``medseg.infer.serving``).
 
         Raises:
-            TrackingError: ``model_input`` is not ``(B, C, *spatial)``.
+            TrackingError: a tensor that is not ``(B, C, *spatial)``.
+            ConfigError: a scan request with bad ``params`` or a row without a scan.
         """
-        array = np.asarray(model_input)
+        from medseg.infer.serving import predict_scans, scan_records
+
+        records = scan_records(model_input)
+        if records is not None:
+            try:
+                return predict_scans(self._packaged_model(), records, params)
+            except ConfigError as error:  # the server answers 400 with the message
+                raise MlflowException.invalid_parameter_value(str(error)) from error
+        array = np.asarray(model_input, dtype=np.float32)
         if array.ndim < 3:
             raise TrackingError(f"model input must be (B, C, *spatial), got shape {array.shape}")
         members = self.loaded.members
@@ -249,6 +268,14 @@ class SegmentationPyfuncModel(PythonModel):
         for member in members[1:]:
             total += _member_probabilities(member, self.loaded.plan, array)
         return total / len(members)
+
+    def _packaged_model(self) -> Any:
+        """The package as ``medseg predict`` runs it (built once)."""
+        from medseg.infer.predictor import packaged_model
+
+        if self.packaged is None:
+            self.packaged = packaged_model(self.loaded, source="served model")
+        return self.packaged
 
     def unwrap(self) -> LoadedModel:
         """The torch networks and metadata, for sliding-window inference outside pyfunc."""
@@ -302,8 +329,9 @@ def log_segmentation_model(
     ``--precision`` finds it; ``exports`` (``medseg.infer.agreement.export_for_package``) are
     stored beside the weights (the int8 network with its folder). Before logging, the network
     is rebuilt from ``factory`` and loaded with the weights, so a package that could not be
-    loaded later fails now. The signature has variable batch and spatial dims;
-    ``input_example`` only fixes channels and dtype and is not stored. Pip requirements are
+    loaded later fails now. The package answers tensor and scan requests
+    (``medseg.infer.serving``); ``input_example`` only fixes the tensors' channels and is not
+    stored. Pip requirements are
     pinned from the running versions so nothing is resolved or downloaded.
 
     Returns:
@@ -330,7 +358,7 @@ def log_segmentation_model(
         raise TrackingError(f"the network has {n_channels} outputs for {len(regions)} regions")
     if not regions and sorted(labels) != list(range(n_channels)):
         raise TrackingError(f"labels {sorted(labels)} must be the channels 0..{n_channels - 1}")
-    signature = tensor_signature(
+    io = serving_metadata(
         in_channels=input_example.shape[1],
         num_classes=n_channels,
         spatial_dims=probabilities.ndim - 2,
@@ -367,7 +395,7 @@ def log_segmentation_model(
         return log_package(
             artifacts,
             folder=Path(folder),
-            signature=signature,
+            io=io,
             registered_model_name=registered_model_name,
             precision_agreement=precision_agreement,
         )
@@ -393,12 +421,13 @@ def log_package(
     artifacts: Mapping[str, Path],
     *,
     folder: Path,
-    signature: ModelSignature,
+    io: Mapping[str, Any],
     registered_model_name: str | None,
     precision_agreement: Mapping[str, float] | None = None,
 ) -> ModelInfo:
     """Log ``artifacts`` as the pyfunc model ``model`` of the active run (code in ``folder``),
-    with ``precision_agreement`` in its metadata when given.
+    with its request formats (``io``: ``medseg.infer.serving.serving_metadata``) and
+    ``precision_agreement`` in its metadata.
 
     Pip requirements are pinned from the running versions so nothing is resolved or downloaded.
     """
@@ -412,7 +441,7 @@ def log_package(
             name=MODEL_NAME_IN_RUN,
             python_model=str(code),
             artifacts={key: str(path) for key, path in artifacts.items()},
-            signature=signature,
+            signature=serving_signature(),
             pip_requirements=[
                 f"mlflow=={mlflow.__version__}",
                 f"torch=={torch.__version__.split('+')[0]}",
@@ -420,18 +449,9 @@ def log_package(
             ],
             registered_model_name=registered_model_name,
             metadata={"medseg_version": __version__}
+            | dict(io)
             | ({PRECISION_AGREEMENT: dict(precision_agreement)} if precision_agreement else {}),
         )
-
-
-def tensor_signature(*, in_channels: int, num_classes: int, spatial_dims: int) -> ModelSignature:
-    """float32 ``(B, in_channels, *spatial)`` in, ``(B, num_classes, *spatial)`` out; the batch
-    and spatial sizes vary."""
-    spatial = (-1,) * spatial_dims
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, in_channels, *spatial))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, num_classes, *spatial))]),
-    )
 
 
 # What loading a missing, incomplete or corrupt model package raises (MLmodel YAML, JSON
@@ -485,15 +505,20 @@ def _stored_agreement(mlmodel: Model) -> dict[str, float]:
 
 
 def model_input_channels(model_uri: str, *, tracking_uri: str | None = None) -> int:
-    """The input channels of a packaged model, read from its signature (``tensor_signature``)
-    without loading its networks: the ``MLmodel`` file alone is fetched.
+    """The input channels of a packaged model, read from its ``MLmodel`` file alone (its
+    networks stay unloaded): the serving metadata, or the tensor signature of a model
+    registered before scan requests existed.
 
     Raises:
         TrackingUnavailableError: a registry or run URI and a store that cannot be reached.
-        TrackingError: no such model, or its ``MLmodel`` has no tensor input signature.
+        TrackingError: no such model, or its ``MLmodel`` says nothing of its input.
     """
-    signature = _mlmodel(model_uri, tracking_uri).signature
-    inputs = signature.inputs.inputs if signature is not None else []
+    mlmodel = _mlmodel(model_uri, tracking_uri)
+    serving = (mlmodel.metadata or {}).get(SERVING_METADATA)
+    if serving is not None:
+        return int(serving["in_channels"])
+    signature = mlmodel.signature
+    inputs = signature.inputs.inputs if signature is not None and signature.inputs else []
     if len(inputs) != 1 or not isinstance(inputs[0], TensorSpec) or len(inputs[0].shape) < 3:
         raise TrackingError(f"{model_uri}: not a medseg segmentation model (input signature)")
     return int(inputs[0].shape[1])
