@@ -136,6 +136,7 @@ def monai_path(arguments: argparse.Namespace) -> None:
     from medseg.infer.predictor import load_packaged_model
 
     torch.set_num_threads(os.cpu_count() or 1)
+    step = StepLog()
     model = load_packaged_model(arguments.model, tracking_uri=arguments.tracking_uri)
     network, plan = model.members[0].network, model.plan
     norm = plan.normalization
@@ -154,8 +155,10 @@ def monai_path(arguments: argparse.Namespace) -> None:
         b_max=(norm.clip_high - norm.mean) / norm.std,
         clip=True,
     )
+    step("loaded", tuple(image.shape))
     resampled = spatial(image)
     inputs = scale(resampled)
+    step("resampled and scaled", tuple(inputs.shape))
     with torch.inference_mode():
         logits = sliding_window_inference(
             inputs[None],
@@ -166,16 +169,40 @@ def monai_path(arguments: argparse.Namespace) -> None:
             mode="gaussian",
             sigma_scale=0.125,
         )
+        step("sliding window", tuple(logits.shape))
         probabilities = torch.softmax(logits[0], dim=0)
         del logits
+        step("softmax")
         probabilities.applied_operations = list(resampled.applied_operations)
         probabilities.meta = dict(resampled.meta)
         restored = spatial.inverse(probabilities)
         del probabilities
+        step("inverse spacing", tuple(restored.shape))
         labels = torch.argmax(restored, dim=0, keepdim=True).to(torch.uint8)
+        step("argmax")
     SaveImage(output_dir=arguments.out, output_postfix="", separate_folder=False, print_log=False)(
         labels, meta_data=restored.meta
     )
+    step("saved")
+
+
+class StepLog:
+    """Logs each step of the MONAI path: seconds since the start, resident MB now and at peak."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __call__(self, name: str, shape: tuple[int, ...] | None = None) -> None:
+        status = Path("/proc/self/status").read_text()
+        rss = {k: int(v.split()[0]) // 1024 for k, v in re.findall(r"(VmRSS|VmHWM):(.*)", status)}
+        LOG.info(
+            "%s%s: %.1f s, %d MB resident, peak %d MB",
+            name,
+            f" {shape}" if shape else "",
+            time.perf_counter() - self.start,
+            rss["VmRSS"],
+            rss["VmHWM"],
+        )
 
 
 def agreement(first: Path, second: Path) -> float:

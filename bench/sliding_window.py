@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
+from torch.nn import functional
 from torch.utils.flop_counter import FlopCounterMode
 
 from medseg.infer.auto import MIN_AGREEMENT, cpu_supports_bf16, fastest_backend
@@ -112,8 +113,11 @@ def costliest_convolution(
     found: list[tuple[int, torch.nn.Module, tuple[int, ...]]] = []
 
     def record(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
-        with FlopCounterMode(display=False) as counter:
-            module(inputs[0])
+        with FlopCounterMode(display=False) as counter:  # not module(...): it would hook again
+            functional.conv3d(
+                inputs[0], module.weight, module.bias, module.stride, module.padding,
+                module.dilation, module.groups,
+            )  # fmt: skip
         found.append((int(counter.get_total_flops()), module, tuple(inputs[0].shape)))
 
     hooks = [m.register_forward_hook(record) for m in network.modules() if isinstance(m, nn.Conv3d)]

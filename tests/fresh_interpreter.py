@@ -36,7 +36,8 @@ def in_fresh_interpreter(test: Callable[..., None]) -> Callable[..., None]:
         if os.environ.get(INNER) == node:
             test(*args, **kwargs)
             return
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:xdist", "-p", "no:cacheprovider"]
+        command = [sys.executable, "-m", "pytest", "-q", "--noconftest", "-p", "no:xdist"]
+        command += ["-p", "no:cacheprovider"]  # conftest's session fixtures are not needed
         result = subprocess.run(
             [*command, node],
             cwd=REPOSITORY,

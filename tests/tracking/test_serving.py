@@ -29,6 +29,9 @@ from tests.packaged_model import log_tiny_unet
 from tests.phantoms import write_phantom_nifti
 from tests.tiny_dataset import TinyDataset
 
+# In the slow suite (CI runs it): a tracking server and a model server start, about 40 s.
+pytestmark = pytest.mark.slow
+
 MODEL = "served-phantom"
 URI = f"models:/{MODEL}@champion"
 
