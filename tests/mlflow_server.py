@@ -94,19 +94,39 @@ def running_mlflow_server(
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = tmp_path / "server.log"
+    with _running(command, env=env, log_path=log_path, url=url, timeout_s=timeout_s):
+        yield url
+
+
+@contextlib.contextmanager
+def _running(
+    command: list[str],
+    *,
+    env: dict[str, str],
+    log_path: Path,
+    url: str,
+    timeout_s: float,
+    health: str = "/health",
+) -> Iterator[None]:
+    """Run ``command`` in a session of its own until the block ends, once ``url + health``
+    answers; stop it (and its children) afterwards.
+
+    Raises:
+        RuntimeError: it exited or did not answer within ``timeout_s`` (with its log's end).
+    """
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
         deadline = time.monotonic() + timeout_s
-        while not _healthy(url):
+        while not _healthy(url, health):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace")[-3000:]
-                state = "exited" if process.poll() is not None else f"not healthy in {timeout_s} s"
-                raise RuntimeError(f"mlflow server at {url} {state}; log ends:\n{tail}")
+                state = "exited" if process.poll() is not None else f"silent for {timeout_s} s"
+                raise RuntimeError(f"{command[1]} at {url} {state}; log ends:\n{tail}")
             time.sleep(0.25)
-        yield url
+        yield
     finally:
         _stop(process)
 
@@ -135,18 +155,7 @@ def running_model_server(
     # it runs `uvicorn` by name: the venv's, also when the venv is not activated
     path = os.pathsep.join([str(MLFLOW_EXECUTABLE.parent), os.environ.get("PATH", "")])
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not _healthy(url, "/ping"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                state = "exited" if process.poll() is not None else f"silent for {timeout_s} s"
-                raise RuntimeError(f"mlflow models serve at {url} {state}; log ends:\n{tail}")
-            time.sleep(0.25)
+    with _running(
+        command, env=env, log_path=log_path, url=url, timeout_s=timeout_s, health="/ping"
+    ):
         yield url
-    finally:
-        _stop(process)
