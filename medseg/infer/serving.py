@@ -21,6 +21,7 @@ The package's signature therefore declares the ``params`` only; the tensor shape
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -139,7 +140,10 @@ def predict_scans(
 def _scan_of(record: Mapping[str, Any], number: int, folder: Path) -> Path:
     encoded, path = record.get("nifti_base64"), record.get("path")
     if isinstance(encoded, str) and encoded:
-        data = base64.b64decode(encoded, validate=True)
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except binascii.Error as error:
+            raise ConfigError(f"row {number}: nifti_base64 is not base64: {error}") from error
         suffix = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
         scan = folder / f"scan_{number}{suffix}"
         scan.write_bytes(data)

@@ -117,6 +117,8 @@ def test_params_select_structures_and_a_bad_request_is_refused_naming_its_fault(
     )
     status, answer = _post(url, {"dataframe_records": [{"path": ""}]})
     assert status >= 400 and "row 0: give nifti_base64" in answer["message"]
+    status, answer = _post(url, {"dataframe_records": [{"nifti_base64": "@@"}]})
+    assert status >= 400 and "row 0: nifti_base64 is not base64" in answer["message"]
     status, answer = _post(url, {"dataframe_records": [record], "params": {"backend": "tpu"}})
     assert status >= 400 and "params: backend: Input should be 'auto'" in answer["message"]
 
