@@ -331,8 +331,8 @@ def log_segmentation_model(
     is rebuilt from ``factory`` and loaded with the weights, so a package that could not be
     loaded later fails now. The package answers tensor and scan requests
     (``medseg.infer.serving``); ``input_example`` only fixes the tensors' channels and is not
-    stored. Pip requirements are
-    pinned from the running versions so nothing is resolved or downloaded.
+    stored. Pip requirements are pinned from the running versions so nothing is resolved or
+    downloaded.
 
     Returns:
         MLflow's ``ModelInfo``; ``registered_model_version`` is set when a name was given.
