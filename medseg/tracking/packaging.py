@@ -24,7 +24,7 @@ import pickle
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -542,6 +542,4 @@ def load_segmentation_model(model_uri: str, *, tracking_uri: str | None = None) 
         raise _cannot_load(model_uri, error) from error
     if not isinstance(python_model, SegmentationPyfuncModel):
         raise TrackingError(f"{model_uri}: not a medseg segmentation model")
-    return replace(
-        python_model.unwrap(), precision_agreement=_stored_agreement(pyfunc_model.metadata)
-    )
+    return python_model.unwrap()  # load_context read the stored agreement from the MLmodel
