@@ -226,7 +226,7 @@ def main() -> None:
     inner.add_argument("--out", required=True)
     parser.add_argument("--classes", type=int, nargs="+", default=[16, 118])
     parser.add_argument("--backends", nargs="+", default=["torch", "openvino"])
-    parser.add_argument("--monai-batch", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--monai-batch", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 400])
     parser.add_argument("--patch", type=int, nargs=3, default=[96, 96, 96])
     parser.add_argument("--target-spacing-mm", type=float, default=1.5)

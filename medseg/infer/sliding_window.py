@@ -56,12 +56,25 @@ def window_starts(size: int, patch: int, *, overlap: float, placement: str = "ev
     return [round(i * (size - patch) / (count - 1)) for i in range(count)]
 
 
+def _softmax_in_place(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (1) computed in the logits' own memory."""
+    logits -= logits.amax(dim=1, keepdim=True)
+    logits.exp_()
+    logits /= logits.sum(dim=1, keepdim=True)
+    return logits
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "softmax": lambda logits: torch.softmax(logits, dim=1),
-    "sigmoid": torch.sigmoid,
+    "softmax": _softmax_in_place,
+    "sigmoid": torch.sigmoid_,
 }
-"""How logits ``(B, K, *patch)`` become probabilities: a softmax over classes, or a sigmoid
-per region channel."""
+"""How float32 logits ``(B, K, *patch)`` become probabilities, in the logits' memory (they are
+overwritten): a softmax over classes, or a sigmoid per region channel. With 118 classes one
+window's logits are 400 MB, so a copy would count."""
+
+SLAB_CHUNK_BYTES = 64 * 2**20
+"""Finished slices are handed on in float32 chunks of about this size (at least one slice), so
+a row of windows' finished slices is never copied whole."""
 
 
 def _forward(network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
@@ -193,8 +206,8 @@ def sliding_window_slabs(
                     # [0, 1], so float16 keeps its precision where the Gaussian weights are tiny
                     mean = means[(slice(None), *local)]
                     weight_sum[local] += importance
-                    change = probability.movedim(axis + 1, -1) - mean
-                    mean.add_(change.mul_(importance / weight_sum[local]))
+                    change = probability.movedim(axis + 1, -1)  # overwritten: no copy
+                    mean.add_(change.sub_(mean).mul_(importance / weight_sum[local]))
                     del change
                 del probabilities
                 if on_windows:
@@ -240,20 +253,24 @@ def _complete(
     """The finished slices ``[low, high)`` of the means, without the padding, with the
     streaming axis back in its place."""
     first, last = max(low, keep[-1].start), min(high, keep[-1].stop)
-    if first >= last:
-        return
-    part = (slice(None), *keep[:-1], slice(first - low, last - low))
-    slab = means[part].to(torch.float32, copy=True)
-    yield first - keep[-1].start, slab.movedim(-1, axis + 1)
+    slice_bytes = 4 * means[0].numel() // means.shape[-1] * means.shape[0]
+    chunk = max(1, SLAB_CHUNK_BYTES // slice_bytes)
+    for start in range(first, last, chunk):
+        stop = min(last, start + chunk)
+        part = (slice(None), *keep[:-1], slice(start - low, stop - low))
+        slab = means[part].to(torch.float32, copy=True)
+        yield start - keep[-1].start, slab.movedim(-1, axis + 1)
 
 
 def _shift(means: torch.Tensor, weight_sum: torch.Tensor, by: int) -> None:
     """Move the means and weights ``by`` slices towards the start of their last axis (in
-    place), zeros after."""
+    place, no copy of them: in steps of at most ``by`` slices, whose source and destination
+    never overlap), zeros after."""
     for held in (means, weight_sum):
         depth = held.shape[-1]
-        if by < depth:
-            held[..., : depth - by] = held[..., by:].clone()
+        for first in range(0, depth - by, by):
+            width = min(by, depth - by - first)
+            held[..., first : first + width] = held[..., first + by : first + by + width]
         held[..., max(0, depth - by) :] = 0
 
 

@@ -263,7 +263,7 @@ def restore_argmax(
         region = tuple(slice(first, last) for first, last in part)
         value, held = torch.from_numpy(resampled), best[region]
         better = value > held
-        held.copy_(torch.maximum(held, value))
+        torch.maximum(held, value, out=held)
         labels[region].masked_fill_(better, index)
         if keep is not None:
             fill = 1.0 if index == 0 else 0.0

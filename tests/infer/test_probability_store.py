@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from medseg.infer import sliding_window
 from medseg.infer.predictor import accumulator_dtype
 from medseg.infer.probability_store import ClassProbabilities
 from medseg.infer.sliding_window import (
@@ -94,6 +95,33 @@ def test_sliding_window_slabs_give_each_slice_once_in_order_and_the_whole_predic
     if shape[axis] > 8:
         assert len(slabs) > 1 and max(lengths) <= 8  # finished rows leave before the end
     torch.testing.assert_close(torch.cat([s for _, s in slabs], dim=axis + 1), whole)
+
+
+def test_finished_slices_leave_in_chunks_of_the_chunk_size_with_the_same_prediction(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = torch.randn(1, 20, 17, 33)
+    network = _Classes(3, dims=3)
+    options = {"patch_size": (8, 8, 16), "num_classes": 3, "overlap": 0.5}
+    whole = sliding_window_predict(network, image, **options)  # type: ignore[arg-type]
+    slice_bytes = 4 * 3 * 20 * 17
+    monkeypatch.setattr(sliding_window, "SLAB_CHUNK_BYTES", 3 * slice_bytes)
+    slabs = list(sliding_window_slabs(network, image, **options))  # type: ignore[arg-type]
+    lengths = [slab.shape[3] for _, slab in slabs]
+    # a row of windows finishes 8 slices (16 x 0.5): they leave 3 at a time, never 8
+    assert max(lengths) == 3 and sum(lengths) == 33 and len(slabs) >= 11
+    torch.testing.assert_close(torch.cat([s for _, s in slabs], dim=3), whole)
+    monkeypatch.setattr(sliding_window, "SLAB_CHUNK_BYTES", 1)  # below one slice: one each
+    assert {s.shape[3] for _, s in sliding_window_slabs(network, image, **options)} == {1}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid"])
+def test_activations_overwrite_the_logits_with_the_probabilities(activation: str) -> None:
+    logits = 30 * torch.randn(2, 118, 4, 5, 6)  # large logits: the softmax must not overflow
+    expected = torch.softmax(logits, 1) if activation == "softmax" else torch.sigmoid(logits)
+    probabilities = sliding_window.ACTIVATIONS[activation](logits)
+    assert probabilities.data_ptr() == logits.data_ptr()  # no window-sized copy
+    torch.testing.assert_close(probabilities, expected)
 
 
 def test_a_2d_network_streams_slice_by_slice_along_its_slice_axis() -> None:
