@@ -30,10 +30,23 @@ have_orthanc() {
     [[ -f ${ORTHANC_PLUGINS_DIR:-/usr/share/orthanc/plugins}/libOrthancDicomWeb.so ]]
 }
 
+# tests/slurm_cluster.py: the daemons (munged, slurmctld, slurmd) in /usr/sbin or on PATH, the
+# client commands on PATH.
+have_slurm() {
+  local name
+  for name in munged slurmctld slurmd; do
+    command -v "$name" >/dev/null || [[ -x /usr/sbin/$name ]] || return 1
+  done
+  for name in sbatch squeue scontrol scancel srun sinfo; do
+    command -v "$name" >/dev/null || return 1
+  done
+}
+
 # service:debian packages (space separated)
 SERVICES=(
   "postgres:postgresql"
   "orthanc:orthanc orthanc-dicomweb"
+  "slurm:slurm-wlm munge"
 )
 
 missing_services=()

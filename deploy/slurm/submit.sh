@@ -8,7 +8,7 @@
 #
 # A models:/NAME@ALIAS URI is resolved here, once, to models:/NAME/VERSION, so every shard uses
 # the same model even if the alias moves while the array runs. Other variables: see
-# medseg-batch.sbatch.
+# medseg-batch.sbatch (CONTAINER_RUNTIME=none: no container, the medseg and python on PATH).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -30,8 +30,10 @@ if [[ -z $RUNTIME ]]; then
 fi
 if [[ $MODEL_URI =~ ^models:/([^/@]+)@(.+)$ ]]; then
   : "${MLFLOW_TRACKING_URI:?set MLFLOW_TRACKING_URI to the team MLflow server}"
+  python=("$RUNTIME" exec --env PYTHONNOUSERSITE=1 "$MEDSEG_IMAGE" python)
+  [[ $RUNTIME == none ]] && python=(python) # medseg's venv on PATH, no container
   version=$(
-    "$RUNTIME" exec --env PYTHONNOUSERSITE=1 "$MEDSEG_IMAGE" python -c \
+    "${python[@]}" -c \
       'import sys; from mlflow import MlflowClient
 print(MlflowClient().get_model_version_by_alias(sys.argv[1], sys.argv[2]).version)' \
       "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}"
