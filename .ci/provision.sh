@@ -30,15 +30,12 @@ have_orthanc() {
     [[ -f ${ORTHANC_PLUGINS_DIR:-/usr/share/orthanc/plugins}/libOrthancDicomWeb.so ]]
 }
 
-# tests/slurm_cluster.py: the daemons (munged, slurmctld, slurmd) in /usr/sbin or on PATH, the
-# client commands on PATH.
+# tests/slurm_cluster.py: the daemons (munged, slurmctld, slurmd) and the client commands on
+# PATH or in /usr/sbin, /usr/bin (where it looks too).
 have_slurm() {
   local name
-  for name in munged slurmctld slurmd; do
-    command -v "$name" >/dev/null || [[ -x /usr/sbin/$name ]] || return 1
-  done
-  for name in sbatch squeue scontrol scancel srun sinfo; do
-    command -v "$name" >/dev/null || return 1
+  for name in munged slurmctld slurmd sbatch squeue scontrol scancel srun sinfo; do
+    command -v "$name" >/dev/null || [[ -x /usr/sbin/$name || -x /usr/bin/$name ]] || return 1
   done
 }
 
