@@ -61,12 +61,19 @@ def _stop(process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def running_mlflow_server(
-    tmp_path: Path, *, backend_store_uri: str | None = None, timeout_s: float = 60.0
+    tmp_path: Path,
+    *,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 60.0,
 ) -> Iterator[str]:
     """Start ``mlflow server`` on a free port under ``tmp_path``; yield its URL; stop it.
 
-    ``backend_store_uri`` defaults to ``sqlite:///<tmp_path>/mlflow.db``. Artifacts always go
-    to ``<tmp_path>/artifacts`` through the server; the log is ``<tmp_path>/server.log``.
+    ``backend_store_uri`` defaults to ``sqlite:///<tmp_path>/mlflow.db``. Artifacts go through
+    the server to ``artifacts_destination`` (default ``<tmp_path>/artifacts``; an
+    ``s3://BUCKET/...`` URI with the store's variables in ``env``, see
+    ``tests/object_store.py``); the log is ``<tmp_path>/server.log``.
 
     Raises:
         RuntimeError: the server exited or was not healthy within ``timeout_s``; the message
@@ -82,7 +89,7 @@ def running_mlflow_server(
         backend_store_uri or f"sqlite:///{tmp_path / 'mlflow.db'}",
         "--serve-artifacts",
         "--artifacts-destination",
-        str(tmp_path / "artifacts"),
+        artifacts_destination or str(tmp_path / "artifacts"),
         "--host",
         "127.0.0.1",
         "--port",
@@ -91,10 +98,10 @@ def running_mlflow_server(
         "1",
     ]
     # The job runner (a second process) serves MLflow's GenAI jobs, which tests do not use.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    server_env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+    server_env.pop("MLFLOW_TRACKING_URI", None)
     log_path = tmp_path / "server.log"
-    with _running(command, env=env, log_path=log_path, url=url, timeout_s=timeout_s):
+    with _running(command, env=server_env, log_path=log_path, url=url, timeout_s=timeout_s):
         yield url
 
 
