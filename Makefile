@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 
 .PHONY: demo provision test test-slow lint bench-ingest bench-quality bench-architectures \
-	bench-large-volume bench-plan-memory clean
+	bench-large-volume bench-plan-memory bench-slurm-throughput clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,11 @@ bench-large-volume: $(VENV)/.installed-dev
 # plan + preprocess of 50 full-size CTs: peak memory of each command's process tree.
 bench-plan-memory: $(VENV)/.installed-dev
 	$(BIN)/python bench/plan_memory.py --cases 50
+
+# Scans per hour of the Slurm test's 24 phantoms: 1 and 2 workers, 2 array tasks on the test
+# cluster (the services make test-slow provisions).
+bench-slurm-throughput: provision $(VENV)/.installed-dev
+	$(BIN)/python bench/slurm_throughput.py --repeats 2
 
 # nnU-Net v2 lives in its own venv (bench/.venv, gitignored) so it never touches .venv. torch is
 # installed first and pinned again beside nnunetv2 so pip keeps the CPU build; constraints.txt
