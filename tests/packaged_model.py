@@ -36,8 +36,9 @@ def log_tiny_unet(
     registered_model_name: str | None = None,
     seed: int = 0,
     in_channels: int = 1,
+    base_filters: int = 4,
 ) -> TinyUnet:
-    """Log a U-Net (4 base filters, random weights of ``seed``, ``in_channels`` input
+    """Log a U-Net (``base_filters``, random weights of ``seed``, ``in_channels`` input
     channels) for ``plan``'s labels in a new run, with its ONNX export as training packages it
     (no agreement: there are no validation cases); register it under ``registered_model_name``
     when given."""
@@ -47,7 +48,7 @@ def log_tiny_unet(
         in_channels=in_channels,
         num_classes=max(plan.label_names) + 1,
         configuration=plan.configurations["3d"].model_dump(),
-        base_filters=4,
+        base_filters=base_filters,
     )
     network = build_network(**arguments).eval()
     with (

@@ -228,3 +228,72 @@ def test_a_cancelled_task_leaves_nothing_partial_and_its_resubmission_finishes_t
     log = (tmp_path / "logs" / f"medseg-batch-{again}_{task}.out").read_text()
     assert shard_totals(log) == (len(mine - done_before), len(done_before), 0), log
     assert processes_using(out) == []
+
+
+SLOW_SCANS = 12
+SLOW_FILTERS = 24  # a wider network: seconds per scan, so the task is still running at its limit
+
+
+@pytest.fixture(scope="module")
+def slow_model(tiny_dataset: TinyDataset, mlflow_server: str) -> str:  # noqa: F811
+    """A wider U-Net registered as ``slurm-slow``: each phantom takes seconds."""
+    name = "slurm-slow"
+    log_tiny_unet(
+        tiny_dataset.plan, mlflow_server, registered_model_name=name, base_filters=SLOW_FILTERS
+    )
+    return f"models:/{name}/1"
+
+
+def test_a_task_past_its_time_limit_stops_cleanly_and_its_resubmission_finishes_the_shard(
+    slurm_cluster: SlurmCluster,  # noqa: F811
+    registered: Registered,
+    slow_model: str,
+    tmp_path: Path,
+) -> None:
+    tree = ScanTree(tmp_path / "scans")
+    for seed in range(100, 100 + SLOW_SCANS):
+        tree.dicom(f"series_{seed}", seed)
+    out = tmp_path / "out"
+    env = _submit_env(registered, tree.root, out) | {"MODEL_URI": slow_model}
+
+    def submit_one_task(*options: str) -> str:
+        return slurm_cluster.run(
+            "sbatch",
+            "--parsable",
+            "--array=0",
+            *ARRAY_OPTIONS,
+            *options,
+            str(SUBMIT.parent / "medseg-batch.sbatch"),
+            cwd=tmp_path,
+            **env,
+        ).strip()
+
+    (tmp_path / "logs").mkdir()
+    limited = submit_one_task("--time=10")
+    deadline = time.monotonic() + 300
+    while not finished(out):  # once it has finished a scan, its limit drops to one minute
+        assert time.monotonic() < deadline, slurm_cluster.job_states(limited)
+        time.sleep(0.1)
+    slurm_cluster.run("scontrol", "update", f"JobId={limited}_0", "TimeLimit=1")
+    # under a minute left: the script's --signal=B:TERM@60 has Slurm send SIGTERM at its next
+    # time-limit check (slurmctld checks every 30 s)
+    slurm_cluster.wait_for(limited, timeout_s=300)
+    log = (tmp_path / "logs" / f"medseg-batch-{limited}_0.out").read_text()
+    state = slurm_cluster.run("scontrol", "show", "job", f"{limited}_0", "-o")
+    assert "JobState=COMPLETED" not in state and "ExitCode=143:0" in state, (state, log)
+    assert "stopped by SIGTERM" in log, log
+    assert processes_using(out) == []
+    before = finished(out)
+    assert len(before) < SLOW_SCANS, "the limit came after the last scan"
+    case_folders = {p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert case_folders == set(before)
+    staging = out / ".staging"
+    assert not staging.exists() or not any(staging.iterdir())
+
+    again = submit_one_task()
+    slurm_cluster.wait_for(again, timeout_s=600)
+    after = finished(out)
+    assert sorted(after) == sorted(tree.good)
+    assert {case: after[case] for case in before} == before  # not redone
+    log = (tmp_path / "logs" / f"medseg-batch-{again}_0.out").read_text()
+    assert shard_totals(log) == (SLOW_SCANS - len(before), len(before), 0), log
