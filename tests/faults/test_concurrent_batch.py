@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.batch.conftest import BatchModel, batch_command
@@ -14,6 +15,7 @@ from tests.faults.scan_trees import write_phantom_scans
 SCANS = 16
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_two_batches_on_one_folder_do_each_scan_once(
     batch_model: BatchModel, tmp_path: Path
 ) -> None:

@@ -203,6 +203,7 @@ def _search(work: Path) -> tuple[dict[str, list[str]], int, list[Path]]:
     return leaks, searched, patient_objects
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_no_patient_identifier_reaches_an_output_a_log_or_mlflow(phi_work: Path) -> None:
     work = phi_work
     # every command did its work on the two good scans: the search is not vacuous

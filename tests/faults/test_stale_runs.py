@@ -124,6 +124,7 @@ def project(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_a_pipeline_killed_in_training_is_marked_failed_and_its_training_resumes(
     project: Path, mlflow_server: str
 ) -> None:

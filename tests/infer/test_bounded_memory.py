@@ -9,6 +9,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.infer.memory_probe import PATCH
 
 
@@ -39,6 +41,7 @@ def _full_copy_mb(classes: int, grid: list[int]) -> float:
     return classes * voxels * 4 / 2**20
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_peak_memory_does_not_grow_with_the_classes_or_the_scan_length() -> None:
     few, many = _growth_mb(8, 600), _growth_mb(64, 600, runs=2)
     shorter = _growth_mb(64, 300, runs=2)  # both sides of a tight bound: the least of two

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from medseg.pipeline.runner import RunSelection, run_pipeline
@@ -31,6 +32,7 @@ stages:
 """
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_cross_validation_stage_trains_every_fold_once(tmp_path: Path) -> None:
     write_tiny_dataset(tmp_path / "data" / "phantoms")
     (tmp_path / "plan.yaml").write_text("patch_size_3d: [32, 32, 32]\n")

@@ -97,6 +97,7 @@ def test_finished_folds_are_skipped_and_another_config_is_refused(
         _run(tiny_dataset, tmp_path, learning_rate=0.5)
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_a_killed_cross_validation_continues_its_fold_and_skips_the_finished_ones(
     tiny_dataset: TinyDataset, tmp_path: Path
 ) -> None:
