@@ -71,8 +71,11 @@ def through_slurm(cluster: SlurmCluster, env: dict[str, str], work: Path) -> flo
         "bash", str(SUBMIT), "--array=0-1", "--cpus-per-task=1", "--mem=2G", cwd=work, **env
     )
     array = printed.split("array job ")[1].split()[0]
+    summary = printed.split("summary job ")[1].split()[0].rstrip(";")
     cluster.wait_for(array)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    cluster.wait_for(summary)  # not timed: the scans are done; it must end before the next run
+    return elapsed
 
 
 def empty_array(cluster: SlurmCluster, work: Path) -> float:

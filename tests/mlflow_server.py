@@ -45,7 +45,7 @@ def _healthy(url: str, path: str = "/health") -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process_group(process: subprocess.Popen) -> None:
     """SIGTERM the server's process group (uvicorn worker, job runner), SIGKILL if it lingers."""
     if process.poll() is not None:
         return
@@ -135,7 +135,7 @@ def _running(
             time.sleep(0.25)
         yield
     finally:
-        _stop(process)
+        stop_process_group(process)
 
 
 @pytest.fixture(scope="session")

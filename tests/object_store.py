@@ -20,7 +20,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.mlflow_server import stop_process_group
 
 WEED = Path(sys.executable).parent / "weed"
 BUCKET = "mlflow-artifacts"
@@ -88,16 +89,6 @@ class ObjectStore:
             .paginate(Bucket=self.bucket, Prefix=prefix)
         )
         return [item["Key"] for page in pages for item in page.get("Contents", [])]
-
-
-def _stop(process: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        if process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=wait_s)
 
 
 @contextlib.contextmanager
@@ -157,7 +148,7 @@ def running_object_store(*, timeout_s: float = 90.0) -> Iterator[ObjectStore]:
                 time.sleep(0.5)
         yield store
     finally:
-        _stop(process)
+        stop_process_group(process)
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -9,9 +9,10 @@ Everything the cluster needs lives in its folder: a fresh munge key and socket (
 points Slurm at it, so a system munged, if any, is left alone), ``slurm.conf`` with free ports,
 state, spool and logs. Commands reach it through ``SLURM_CONF`` (:meth:`SlurmCluster.env`).
 Processes are tracked without cgroups (``proctrack/linuxproc``), which containers often lack.
-The nodes get the machine's CPUs; with ``MULTIPLE_SLURMD`` builds two nodes would run, Debian's
-build allows one slurmd per host, so there is one node. The daemons run in the foreground as
-children of the test process and are stopped (SIGTERM, then SIGKILL) at the end.
+Two nodes, ``node1`` and ``node2``, run as two slurmd on this host (each on its own port, with
+half the machine's CPUs), so array tasks and multi-node jobs really spread over nodes. The
+daemons run in the foreground as children of the test process and are stopped (SIGTERM, then
+SIGKILL) at the end.
 
 Binaries: ``munged``, ``slurmctld``, ``slurmd`` and the client commands (``sbatch``,
 ``squeue``, ``scontrol``, ``scancel``, ``srun``). When they are missing the fixture FAILS (it
@@ -22,10 +23,10 @@ installs them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -35,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.mlflow_server import stop_process_group
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "srun", "sinfo")
@@ -64,7 +67,8 @@ def _tail(path: Path, size: int = 3000) -> str:
 
 @dataclass(frozen=True)
 class SlurmCluster:
-    """A running cluster: its folder, ``slurm.conf``, one partition of one node."""
+    """A running cluster: its folder, ``slurm.conf``, one partition of its nodes (``cpus``
+    each)."""
 
     folder: Path
     conf: Path
@@ -169,16 +173,6 @@ def _start(command: list[str], *, log: Path, env: dict[str, str]) -> subprocess.
         )
 
 
-def _stop(process: subprocess.Popen) -> None:
-    for sig, wait_s in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        if process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=wait_s)
-
-
 def _wait(
     check: Callable[[], bool], what: str, processes: list[subprocess.Popen], log: Path
 ) -> None:
@@ -187,6 +181,18 @@ def _wait(
         if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not ready; log ends:\n{_tail(log)}")
         time.sleep(0.25)
+
+
+def _cancel_every_job(binaries: dict[str, Path], env: dict[str, str]) -> None:
+    """Cancel the jobs still queued or running and wait (up to KillWait and more) until they
+    are gone, so no job step outlives the daemons that would stop it."""
+    run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=30)
+    run([str(binaries["scancel"]), "--user", getpass.getuser()])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not run([str(binaries["squeue"]), "--noheader"]).stdout.strip():
+            return
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager
@@ -260,13 +266,15 @@ def running_slurm(*, cpus: int | None = None) -> Iterator[SlurmCluster]:
         _wait(idle, "slurmd", processes, node_log)
         yield cluster
     finally:
+        if len(processes) == 1 + 1 + len(NODES):
+            _cancel_every_job(binaries, {**os.environ, "SLURM_CONF": str(folder / "slurm.conf")})
         for process in reversed(processes):
-            _stop(process)
+            stop_process_group(process)
         shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
-    """One real Slurm cluster (controller + one node) shared by the session."""
+    """One real Slurm cluster (controller + two nodes) shared by the session."""
     with running_slurm() as cluster:
         yield cluster

@@ -42,6 +42,7 @@ def tree(tmp_path: Path) -> ScanTree:
     return tree
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_batch_writes_metaimage_label_maps_equal_to_the_nifti_ones_and_resumes(
     batch_model: BatchModel, tree: ScanTree, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from medseg.batch.runner import BatchSettings, run_batch
 from medseg.io.nifti import read_nifti
 from medseg.phi import hash_identifier
@@ -24,6 +26,7 @@ def _complete(out: Path) -> set[str]:
     return {p.parent.name for p in out.glob("*/result.json")}
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_a_batch_killed_at_any_moment_ends_with_every_scan_done_once(
     batch_model: BatchModel, tmp_path: Path
 ) -> None:

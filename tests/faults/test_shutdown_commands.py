@@ -63,6 +63,7 @@ TRAIN = {
 }
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_sigterm_stops_training_after_a_step_with_a_checkpoint_of_that_step(
     tiny_dataset: TinyDataset, tmp_path: Path
 ) -> None:

@@ -178,6 +178,7 @@ def test_a_pipeline_killed_in_training_is_marked_failed_and_its_training_resumes
         other.wait()
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_a_training_killed_and_started_afresh_marks_the_old_run_failed(
     tiny_dataset: TinyDataset, mlflow_server: str, tmp_path: Path
 ) -> None:

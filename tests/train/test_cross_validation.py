@@ -159,6 +159,7 @@ def test_one_fold_trained_alone_is_skipped_by_the_cross_validation(
     )
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_a_fold_trains_under_torchrun_and_rank_0_alone_records_it(
     tiny_dataset: TinyDataset, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
@@ -60,6 +61,7 @@ def _checkpoint_step(path: Path) -> int:
         return -1
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_training_killed_with_sigkill_resumes_where_it_stopped(
     tiny_dataset: TinyDataset, tmp_path: Path
 ) -> None:
@@ -100,6 +102,7 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow  # minutes of commands: the serial slow suite, so make test stays < 15 min
 def test_two_ddp_processes_on_cpu_keep_identical_replicas(
     tiny_dataset: TinyDataset, tmp_path: Path
 ) -> None:
