@@ -53,7 +53,8 @@ def test_peak_memory_does_not_grow_with_the_classes_or_the_scan_length() -> None
     # ... and 56 more classes cost far less than one map per class over the grid (measured
     # 67 MB, against 166 MB for one such copy: the network's outputs and one row of sums)
     assert many["growth_mb"] - few["growth_mb"] < 0.6 * _full_copy_mb(56, grid)
-    # twice the slices: the same (measured -5 MB; one copy of the added slices is 45 MB)
+    # twice the slices: the same (measured -27 to +35 MB; one copy of the added slices: 90 MB)
     added = _full_copy_mb(64, [grid[0], grid[1], grid[2] - shorter["grid"][2]])
-    assert many["growth_mb"] - shorter["growth_mb"] < 0.25 * added
+    # (half a copy: identical runs differ by up to 35 MB here; the old path held about three)
+    assert many["growth_mb"] - shorter["growth_mb"] < 0.5 * added
     assert many["labels"] > 1 and few["labels"] > 1

@@ -230,8 +230,8 @@ def test_a_cancelled_task_leaves_nothing_partial_and_its_resubmission_finishes_t
     assert processes_using(out) == []
 
 
-SLOW_SCANS = 12
-SLOW_FILTERS = 24  # a wider network: seconds per scan, so the task is still running at its limit
+SLOW_SCANS = 24
+SLOW_FILTERS = 48  # a wider network: seconds per scan, so the task is still running at its limit
 
 
 @pytest.fixture(scope="module")
