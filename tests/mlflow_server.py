@@ -31,7 +31,8 @@ import pytest
 MLFLOW_EXECUTABLE = Path(sys.executable).parent / "mlflow"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -80,7 +81,7 @@ def running_mlflow_server(
             carries the end of its log.
     """
     tmp_path.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
         str(MLFLOW_EXECUTABLE),
@@ -155,7 +156,7 @@ def running_model_server(
     Raises:
         RuntimeError: the server exited or did not answer within ``timeout_s`` (with its log).
     """
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     command = [str(MLFLOW_EXECUTABLE), "models", "serve", "-m", model_uri, "--env-manager"]
     command += ["local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]

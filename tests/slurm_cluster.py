@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflow_server import stop_process_group
+from tests.mlflow_server import free_port, stop_process_group
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "srun", "sinfo")
@@ -53,12 +53,6 @@ def find_binary(name: str) -> Path:
     if found is None:
         pytest.fail(f"{name} is not installed (Slurm tests); on Debian/Ubuntu: {INSTALL_HINT}")
     return Path(found)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _tail(path: Path, size: int = 3000) -> str:
@@ -124,7 +118,7 @@ def _slurm_conf(folder: Path, *, cpus: int, memory_mb: int) -> str:
         [
             "ClusterName=medseg-test",
             f"SlurmctldHost={host}(127.0.0.1)",
-            f"SlurmctldPort={_free_port()}",
+            f"SlurmctldPort={free_port()}",
             f"SlurmUser={user}",
             f"SlurmdUser={user}",
             "AuthType=auth/munge",
@@ -155,7 +149,7 @@ def _slurm_conf(folder: Path, *, cpus: int, memory_mb: int) -> str:
             "InactiveLimit=0",
             "SlurmdParameters=config_overrides",
             *(
-                f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+                f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} "
                 f"CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN"
                 for node in NODES
             ),

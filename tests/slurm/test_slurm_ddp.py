@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 import yaml
 from mlflow import MlflowClient
 
+from tests.mlflow_server import free_port
 from tests.slurm_cluster import SlurmCluster, slurm_cluster  # noqa: F401  (session fixture)
 from tests.tiny_dataset import TinyDataset
 
@@ -30,12 +30,6 @@ TINY = {
     "network": {"deep_supervision": True, "base_filters": 4},
     "validation": {"max_cases": 1, "overlay_pictures": 0},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_ddp_training_submitted_with_sbatch_trains_two_identical_replicas(
@@ -61,7 +55,7 @@ def test_ddp_training_submitted_with_sbatch_trains_two_identical_replicas(
         cwd=tmp_path,
         CONTAINER_RUNTIME="none",  # torchrun and medseg from this venv, on PATH
         PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-        MASTER_PORT=str(_free_port()),
+        MASTER_PORT=str(free_port()),
         MLFLOW_ENV_FILE="/nonexistent",
         MEDSEG_HOME="/nonexistent-unused",
     ).strip()
