@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,7 +24,16 @@ import torch
 from pydantic import ValidationError
 
 from medseg.errors import ConfigError, ScanChannelsError
-from medseg.infer.cascade import CASCADE_MARGIN_MM, box_fraction, paste, structures_box
+from medseg.infer.cascade import (
+    CASCADE_MARGIN_MM,
+    Box,
+    box_fraction,
+    box_onto_grid,
+    grown_box,
+    paste,
+    tight_box,
+    where_structures_win,
+)
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_largest_component
@@ -355,17 +364,30 @@ def _predict_in_box(
     case_id: str,
     on_windows: Callable[[int], None] | None,
 ) -> Volume:
-    """The ``--structures`` cascade: ``model.coarse`` segments the whole scan, ``model``'s
-    networks only the box of the structures it found plus ``CASCADE_MARGIN_MM`` (the whole
-    scan when it found none of them, so a structure the coarse pass missed is still looked
-    for); background outside the box."""
+    """The ``--structures`` cascade: ``model``'s networks run only on the box where
+    ``model.coarse`` found the structures (:func:`cascade_box`); the whole scan when it found
+    none of them, so a structure the coarse pass missed is still looked for; background outside
+    the box."""
     assert model.coarse is not None
     count = len(model.members)
-    run = functools.partial(predict_scan, options=options, case_id=case_id, on_windows=on_windows)
+    box = cascade_box(
+        volume,
+        model.coarse,
+        selected,
+        options=options,
+        predictors=None if predictors is None else predictors[count:],
+        case_id=case_id,
+        on_windows=on_windows,
+    )
     full = replace(model, coarse=None)
-    found = run(volume, model.coarse, predictors=None if predictors is None else predictors[count:])
-    box = structures_box(found, list(selected), margin_mm=CASCADE_MARGIN_MM)
-    full_predictors = None if predictors is None else predictors[:count]
+    run = functools.partial(
+        predict_scan,
+        model=full,
+        options=options,
+        predictors=None if predictors is None else predictors[:count],
+        case_id=case_id,
+        on_windows=on_windows,
+    )
     if box is None:
         logger.warning(
             "%s: the low-resolution networks found none of %s: the full-resolution ones run "
@@ -373,13 +395,50 @@ def _predict_in_box(
             case_id,
             ", ".join(selected.values()),
         )
-        return run(volume, full, predictors=full_predictors)
+        return run(volume)
     logger.info(
         "%s: cascade: the full-resolution networks run on %.0f%% of the scan",
         case_id,
         100 * box_fraction(box, volume.shape),
     )
-    return paste(run(volume.crop(box), full, predictors=full_predictors), volume, box)
+    return paste(run(volume.crop(box)), volume, box)
+
+
+def cascade_box(
+    volume: Volume,
+    coarse: PackagedModel,
+    selected: Collection[int],
+    *,
+    options: PredictionOptions,
+    predictors: Sequence[torch.nn.Module] | None = None,
+    case_id: str,
+    on_windows: Callable[[int], None] | None = None,
+) -> Box | None:
+    """The box of ``volume``'s voxels where ``coarse``'s networks put the ``selected``
+    structures, grown by ``CASCADE_MARGIN_MM``; None when they found none.
+
+    The structures are found on the networks' own grid (argmax, or region thresholds), and only
+    that box goes onto the scan's voxels: no class probability is resampled onto the scan.
+    """
+    case = preprocess_case(volume, None, coarse.plan, case_id=case_id)
+    regions = coarse.plan.region_set
+    with member_probabilities(
+        coarse,
+        torch.from_numpy(case.image),
+        options=options,
+        predictors=predictors,
+        on_windows=on_windows,
+    ) as probabilities:
+        present = where_structures_win(
+            probabilities,
+            selected,
+            regions_class_order=None if regions is None else regions.regions_class_order,
+        )
+    box = tight_box(present)
+    if box is None:
+        return None
+    on_scan = box_onto_grid(box, np.array(case.properties.resampled_affine), volume)
+    return grown_box(on_scan, volume, margin_mm=CASCADE_MARGIN_MM)
 
 
 def ensemble_probabilities(

@@ -15,7 +15,7 @@ from torch import nn
 from medseg.errors import ConfigError
 from medseg.infer.cascade import CASCADE_MARGIN_MM, structures_box
 from medseg.infer.options import PredictionOptions
-from medseg.infer.predictor import ModelMember, PackagedModel, predict_scan
+from medseg.infer.predictor import ModelMember, PackagedModel, cascade_box, predict_scan
 from medseg.preprocess.case import preprocess_case
 from medseg.preprocess.plan import Plan
 from tests.phantoms import small_phantom
@@ -95,9 +95,15 @@ def test_structures_cascade_runs_the_full_resolution_networks_on_the_box_alone(
     everywhere = predict_scan(ct, replace(model, coarse=None), options=liver)
     whole_scan, full.voxels = full.voxels, 0
     cascade = predict_scan(ct, model, options=liver)
-    found = predict_scan(ct, model.coarse, options=liver)
-    box = structures_box(found, [1], margin_mm=CASCADE_MARGIN_MM)
+    box = cascade_box(ct, model.coarse, [1], options=liver, case_id="s")
     assert box is not None and cascade.same_grid(ct) and coarse.voxels > 0
+    # the box, found on the coarse grid, holds the liver the coarse pass puts on the scan's
+    # grid with its margin (but a voxel: the two grids' boundaries differ by part of a voxel)
+    found = predict_scan(ct, model.coarse, options=liver)
+    on_scan = structures_box(found, [1], margin_mm=CASCADE_MARGIN_MM)
+    assert on_scan is not None
+    for (start, stop), (scan_start, scan_stop) in zip(box, on_scan, strict=True):
+        assert start <= scan_start + 1 and stop >= scan_stop - 1, (box, on_scan)
     assert 0 < full.voxels < 0.8 * whole_scan, (full.voxels, whole_scan, box)
     # pointwise networks: inside the box the cascade labels the voxels as the whole-scan
     # prediction does (but where other window overlaps round the float16 means across the
