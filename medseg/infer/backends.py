@@ -188,7 +188,11 @@ class _FirstOutput(nn.Module):
 
 class _ExportedPredictor(nn.Module):
     """Shared input checks and numpy<->torch conversion of the predictors of exported networks
-    (ONNX graphs, OpenVINO IR)."""
+    (ONNX graphs, OpenVINO IR).
+
+    The logits a call returns may live in the engine's own output memory (OpenVINO's), which
+    its next call overwrites: use them, or copy them, before calling again (the sliding window
+    does)."""
 
     def __init__(self, *, model_path: Path, patch_size: Sequence[int], in_channels: int) -> None:
         super().__init__()
@@ -274,8 +278,9 @@ class OpenVinoPredictor(_ExportedPredictor):
         self.request = self.compiled.create_infer_request()
 
     def _run(self, array: np.ndarray) -> np.ndarray:
-        # infer() copies the outputs (share_outputs=False), so the next call cannot clobber them.
-        return self.request.infer({0: array})[0]
+        # the logits stay in the request's own output memory (a copy is 400 MB a window at 118
+        # classes): valid until the next call, as _ExportedPredictor says
+        return self.request.infer({0: array}, share_inputs=True, share_outputs=True)[0]
 
 
 def make_predictor(

@@ -72,6 +72,19 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 overwritten): a softmax over classes, or a sigmoid per region channel. With 118 classes one
 window's logits are 400 MB, so a copy would count."""
 
+BATCH_OUTPUT_BYTES = 256 * 2**20
+"""A batch of windows holds fewer windows when its float32 output would pass this size (118
+classes over a 96^3 window: 400 MB a window), beside the network's own activations."""
+
+
+def windows_per_call(batch_size: int, num_classes: int, patch_size: Sequence[int]) -> int:
+    """``batch_size``, or fewer (at least 1) so that a batch's output stays within
+    :data:`BATCH_OUTPUT_BYTES`: with many classes a larger batch only adds memory, the CPU
+    is as busy with one window."""
+    window_bytes = 4 * num_classes * math.prod(patch_size)
+    return max(1, min(batch_size, BATCH_OUTPUT_BYTES // window_bytes))
+
+
 SLAB_CHUNK_BYTES = 64 * 2**20
 """Finished slices are handed on in float32 chunks of about this size (at least one slice), so
 a row of windows' finished slices is never copied whole."""
@@ -107,7 +120,7 @@ def sliding_window_predict(
         patch_size: window size (the network's training patch).
         num_classes: K.
         overlap: fraction of a window shared with its neighbour (0.5 default).
-        batch_size: windows evaluated together.
+        batch_size: windows evaluated together, at most (see :func:`windows_per_call`).
         mirror_axes: spatial axes (0-based) to flip for test-time augmentation.
         sigma_scale: Gaussian sigma as a fraction of the window size.
         on_windows: called with the number of windows just evaluated (progress bars).
@@ -157,6 +170,7 @@ def sliding_window_slabs(
     as :func:`sliding_window_predict`.
     """
     to_probabilities = ACTIVATIONS[activation]
+    batch_size = windows_per_call(batch_size, num_classes, patch_size)
     spatial = tuple(image.shape[1:])
     axis = range(len(spatial))[axis]
     padding = [max(0, p - s) for p, s in zip(patch_size, spatial, strict=True)]
@@ -233,7 +247,8 @@ def _mean_over_flips(
         if dims:
             probabilities = torch.flip(probabilities, dims)
         if total is None:
-            total = probabilities
+            # the network's next call may reuse its output memory (an exported predictor's)
+            total = probabilities.clone() if len(flips) > 1 and not dims else probabilities
         else:
             total += probabilities
         del probabilities

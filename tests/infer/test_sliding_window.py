@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from medseg.infer import sliding_window
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import PackagedModel, predict_scan
 from medseg.infer.sliding_window import (
@@ -23,6 +24,7 @@ from medseg.infer.sliding_window import (
     predict_probabilities,
     sliding_window_predict,
     window_starts,
+    windows_per_call,
 )
 from medseg.preprocess.plan import Plan
 from tests.phantom_plan import plan_phantoms
@@ -306,6 +308,31 @@ def test_each_window_is_mirrored_on_its_own(
     assert (plain - mirrored).abs().max() > 0.02
 
 
+class ReusedOutput(nn.Module):
+    """``network`` returning its logits in one buffer that each call overwrites, as an
+    OpenVINO request's shared output memory does."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+        self.buffer = torch.empty(0)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.network(batch)
+        if self.buffer.shape != logits.shape:
+            self.buffer = torch.empty_like(logits)
+        return self.buffer.copy_(logits)
+
+
+def test_an_output_buffer_the_next_call_overwrites_gives_the_same_mirrored_mean() -> None:
+    network = _fixed_conv(3, classes=2, seed=3)
+    image = torch.randn((1, 20, 13, 11), generator=torch.Generator().manual_seed(4))
+    settings = {"patch_size": (8, 8, 8), "num_classes": 2, "batch_size": 2}
+    expected = sliding_window_predict(network, image, mirror_axes=(0, 2), **settings)
+    reused = sliding_window_predict(ReusedOutput(network), image, mirror_axes=(0, 2), **settings)
+    torch.testing.assert_close(reused, expected, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("mirror", "mirror_axes", "flip_sets"),
     [
@@ -458,3 +485,28 @@ def test_predict_scan_mirrors_only_along_the_model_s_mirror_axes(
     )
     np.testing.assert_array_equal(not_asked, plain)
     assert np.abs(plain - mirrored).max() > 0.05
+
+
+def test_a_batch_of_windows_holds_fewer_when_its_output_would_be_too_large(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert windows_per_call(2, 3, (40, 56, 40)) == 2  # 1 MB a window
+    assert windows_per_call(8, 16, (96, 96, 96)) == 4  # 57 MB a window: 4 fit in 256 MB
+    assert windows_per_call(2, 118, (96, 96, 96)) == 1  # 417 MB a window: one at a time
+    sizes: list[int] = []
+
+    class Recording(nn.Module):
+        def forward(self, batch: torch.Tensor) -> torch.Tensor:
+            sizes.append(batch.shape[0])
+            return ThresholdNet()(batch)
+
+    image = torch.randn((1, 16, 16, 16), generator=torch.Generator().manual_seed(0))
+    settings = {"patch_size": (8, 8, 8), "num_classes": 2, "batch_size": 4}
+    expected = sliding_window_predict(Recording(), image, **settings)
+    assert max(sizes) == 4
+    sizes.clear()
+    # a window's output is 4 KB: with 9 KB allowed, two windows per call
+    monkeypatch.setattr(sliding_window, "BATCH_OUTPUT_BYTES", 9 * 1024)
+    smaller = sliding_window_predict(Recording(), image, **settings)
+    assert max(sizes) == 2
+    torch.testing.assert_close(smaller, expected, atol=1e-6, rtol=0)
