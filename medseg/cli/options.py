@@ -36,7 +36,12 @@ TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./
 
 # Prediction options (predict, batch): see medseg.infer.predictor.PredictionOptions.
 OVERLAP = typer.Option(0.5, callback=interval("[0, 1)"), help="Sliding-window overlap, in [0, 1).")
-BATCH_SIZE = typer.Option(2, min=1, help="Windows per forward pass.")
+BATCH_SIZE = typer.Option(
+    2,
+    min=1,
+    help="Windows per forward pass, at most: fewer when their output would pass 256 MB "
+    "(one window at 118 classes over 96^3 voxels).",
+)
 MIRROR = typer.Option(False, "--mirror", help="Mirroring test-time augmentation.")
 KEEP_LARGEST = typer.Option(
     None,

@@ -219,6 +219,7 @@ def write_dicom_series(
     name_prefix: str = "IM",
     name_suffix: str = ".dcm",
     uid_seed: str | None = None,
+    shuffle_instance_numbers: bool = True,
     workers: int = 1,
 ) -> list[Path]:
     """Write ``volume`` (values in HU) as a CT Image Storage series, one file per slice.
@@ -241,6 +242,9 @@ def write_dicom_series(
         uid_seed: when given, UIDs and the InstanceNumber shuffle derive from it, so the same
             call writes byte-identical files; when None they are fresh and random. Use one
             seed per series: two series written with the same seed share their UIDs.
+        shuffle_instance_numbers: InstanceNumber out of spatial order (the default, as some
+            archive exports are: readers must sort by position); False numbers the slices in
+            spatial order, as scanners do (readers that stack by InstanceNumber need it).
         workers: processes that encode and write slices. Pays off only for JPEG 2000 (about
             1.3x with 2 workers for 200 x 512 x 512); workers are spawned, so a calling
             script needs the usual ``if __name__ == "__main__":`` guard.
@@ -262,7 +266,11 @@ def write_dicom_series(
     n_slices = volume.shape[2]
     geometry = series_geometry(volume.affine_ras, n_slices=n_slices)
     uids = _UidSource(uid_seed)
-    instance_numbers = _shuffled_instance_numbers(n_slices, uid_seed)
+    instance_numbers = (
+        _shuffled_instance_numbers(n_slices, uid_seed)
+        if shuffle_instance_numbers
+        else np.arange(1, n_slices + 1)
+    )
     common = _common_header(
         volume,
         geometry=geometry,

@@ -178,6 +178,17 @@ def test_instance_numbers_are_a_permutation_not_in_spatial_order(tmp_path: Path)
     assert numbers != sorted(numbers)
     assert numbers != sorted(numbers, reverse=True)
     assert [p.name for p in paths] == [f"IM{n:04d}.dcm" for n in numbers]
+    in_order = write_dicom_series(
+        Volume(random_hu((4, 3, 12)), GEOMETRY_CASES["axial_lps"]),
+        tmp_path / "scanner_order",
+        series_description="order",
+        patient_id="FAKE-1",
+        shuffle_instance_numbers=False,
+    )
+    datasets = [pydicom.dcmread(p) for p in in_order]
+    assert [int(ds.InstanceNumber) for ds in datasets] == list(range(1, 13))
+    positions = [float(ds.ImagePositionPatient[2]) for ds in datasets]
+    assert positions == sorted(positions) or positions == sorted(positions, reverse=True)
 
 
 def test_phi_fields_hold_the_fake_values(tmp_path: Path) -> None:
