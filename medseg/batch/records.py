@@ -32,6 +32,8 @@ class ScanResult:
     structures: list[str]  # the structure names written, in label order: all of the model's
     volumes_ml: dict[str, float]
     model: str
+    # each structure's mean largest class probability (medseg.infer.confidence; None: not found)
+    confidence: dict[str, float | None] | None = None
     finished_at: str = field(default_factory=now_utc)
     model_version: str | None = None
     model_run_id: str | None = None

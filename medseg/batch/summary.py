@@ -8,8 +8,10 @@ so the last shard to finish writes a summary with every scan (where the file sys
 run ``medseg batch-summary`` after the array).
 
 ``summary.csv``: one row per scan, by case id: ``case_id, status, source, seconds, model,
-finished_at`` and one ``<structure>_ml`` column per structure, in the model's label order
-(empty for failed scans); ``source`` is empty unless the batch used ``--case-ids folder``.
+finished_at``, one ``<structure>_ml`` column per structure, in the model's label order, and,
+when the scans have confidence scores, one ``<structure>_confidence`` column per structure
+(empty for failed scans and for structures not found); ``source`` is empty unless the batch
+used ``--case-ids folder``.
 ``failures.jsonl``: one JSON object per failed scan (``case_id``, ``source`` when allowed,
 ``reason``, ``error_type``, ``time``, ``seconds``, ``status``).
 """
@@ -57,23 +59,31 @@ def structure_columns(results: list[ScanResult]) -> list[str]:
 
 
 def summary_csv_text(results: list[ScanResult], failures: list[ScanFailure]) -> str:
-    """The CSV: one row per scan, volume columns ``<structure>_ml`` (full float precision)."""
+    """The CSV: one row per scan, volume columns ``<structure>_ml`` (full float precision),
+    then ``<structure>_confidence`` columns when any scan has confidence scores."""
     structures = structure_columns(results)
+    scored = structures if any(r.confidence for r in results) else []
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(FIXED_COLUMNS + [f"{name}_ml" for name in structures])
+    header = [f"{name}_ml" for name in structures] + [f"{name}_confidence" for name in scored]
+    writer.writerow(FIXED_COLUMNS + header)
     rows = [
         [r.case_id, r.status, r.source or "", repr(r.seconds), r.model, r.finished_at]
         + [repr(r.volumes_ml[name]) if name in r.volumes_ml else "" for name in structures]
+        + [_number((r.confidence or {}).get(name)) for name in scored]
         for r in results
     ]
     rows += [
-        [f.case_id, f.status, f.source or "", repr(f.seconds), "", f.time] + [""] * len(structures)
+        [f.case_id, f.status, f.source or "", repr(f.seconds), "", f.time] + [""] * len(header)
         for f in failures
     ]
     rows.sort(key=lambda row: row[0])
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else repr(value)
 
 
 def failures_jsonl_text(failures: list[ScanFailure]) -> str:

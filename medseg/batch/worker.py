@@ -184,6 +184,7 @@ def _predict_and_publish(
             structures_selected=list(selected.values()) if selected else None,
             fast=settings.options.fast or None,
             volumes_ml=outcome.volumes_ml,
+            confidence=outcome.confidence or None,
             model=settings.model_uri,
             ensemble_members=len(model.members) if len(model.members) > 1 else None,
             source=source,

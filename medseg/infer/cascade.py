@@ -18,6 +18,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
+from medseg.infer.confidence import argmax_and_max
 from medseg.preprocess.case import ClassMaps
 from medseg.regions import SIGMOID_THRESHOLD
 from medseg.volume import Volume
@@ -42,13 +43,7 @@ def where_structures_win(
             if value in values:
                 present |= maps[index] > SIGMOID_THRESHOLD
         return present
-    best = np.array(maps[0], np.float32)  # a copy: the maps stay as they were
-    winner = np.zeros(best.shape, np.uint16)
-    for index in range(1, len(maps)):
-        probability = maps[index]
-        better = probability > best
-        best[better] = probability[better]
-        winner[better] = index
+    winner, _ = argmax_and_max(maps)
     return np.isin(winner, list(values))
 
 

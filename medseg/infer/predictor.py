@@ -34,6 +34,7 @@ from medseg.infer.cascade import (
     tight_box,
     where_structures_win,
 )
+from medseg.infer.confidence import argmax_and_max, structure_confidence
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_largest_component
@@ -280,6 +281,9 @@ def predict_scan(
     streams them to disk), each class probability map resampled onto the scan's (closest-RAS)
     grid is appended to it as float16 ``(X, Y, Z)``, in class order, one at a time.
 
+    The label map's ``metadata["confidence"]`` holds each structure's confidence scores
+    (:mod:`medseg.infer.confidence`; not for a region-based model).
+
     With ``options.structures``, the label map holds only those structures, voxel for voxel
     as without it, and only the part of the scan where they can win is resampled (every
     network still runs on the whole scan: the argmax needs every class). A model with a
@@ -344,6 +348,8 @@ def predict_scan(
                 )
         else:
             classes = list(selected) if selected else None
+            named = selected or {v: name for v, name in model.label_names.items() if v > 0}
+            confidence = structure_confidence(*argmax_and_max(maps), named)
             labels = restore_argmax(maps, case.properties, keep=probabilities_out, classes=classes)
     if kept := options.kept_structures(model.label_names):
         labels = labels.with_array(keep_largest_component(labels.array, kept))
@@ -351,6 +357,8 @@ def predict_scan(
         voxel_mm3 = float(np.prod(labels.spacing_mm))
         labels = labels.with_array(apply_rules(labels.array, model.rules, voxel_mm3=voxel_mm3))
     labels.metadata = {"case_id": case_id, "model": model.source}
+    if regions is None:
+        labels.metadata["confidence"] = confidence
     return labels
 
 

@@ -78,6 +78,8 @@ class ScanOutcome:
     error_type: str = ""  # class name of the error of a failed scan
     outputs: list[str] = field(default_factory=list)
     volumes_ml: dict[str, float] = field(default_factory=dict)
+    # each structure's confidence (medseg.infer.confidence; None: not found; empty: none made)
+    confidence: dict[str, float | None] = field(default_factory=dict)
     corrections: list[str] = field(default_factory=list)  # what was done to the scan's voxels
     non_finite_replaced: dict | None = None  # counts and value, with --non-finite replace-min
 
@@ -336,7 +338,10 @@ def predict_task(
             written.append(kept)
         statistics = structure_statistics(labels, label_names=label_names, image=volume)
         spread = intensity_spread(labels, volume, label_names=label_names)
-        volumes: dict[str, dict] = {k: v | spread[k] for k, v in statistics.items()}
+        scores = labels.metadata.get("confidence", {})
+        volumes: dict[str, dict] = {
+            k: v | spread[k] | scores.get(k, {}) for k, v in statistics.items()
+        }
         if outputs.meshes:
             folder = out_dir / f"{task.case_id}{MESHES_SUFFIX}"
             areas = write_meshes(labels, label_names, folder)
@@ -381,6 +386,7 @@ def predict_task(
             seconds=time.perf_counter() - start,
             outputs=[Path(p).name for p in written],
             volumes_ml={name: s["volume_ml"] for name, s in statistics.items()},
+            confidence={name: s["confidence"] for name, s in scores.items() if name in statistics},
             corrections=list(volume.metadata.get("corrections", [])),
             non_finite_replaced=volume.metadata.get("non_finite_replaced"),
         )

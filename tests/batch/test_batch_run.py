@@ -96,10 +96,21 @@ def test_a_batch_writes_every_scan_records_the_corrupt_ones_and_resumes(
     assert structure_columns == [f"{name}_ml" for value, name in PHANTOM_LABELS.items() if value]
     for case_id in ids.values():
         volumes = json.loads((out / case_id / f"{case_id}.volumes.json").read_text())
+        record = json.loads((out / case_id / "result.json").read_text())
         for name, statistics in volumes.items():
             assert float(rows[case_id][f"{name}_ml"]) == pytest.approx(
                 statistics["volume_ml"], abs=1e-6
             )
+            # confidence: the same in volumes.json, result.json and summary.csv, a probability
+            # of the largest class (>= 1/K) where the structure was found, else none
+            confidence = statistics["confidence"]
+            assert record["confidence"][name] == confidence
+            if statistics["voxels"]:
+                assert 1 / len(PHANTOM_LABELS) <= confidence <= 1
+                assert float(rows[case_id][f"{name}_confidence"]) == confidence
+                assert 1 / len(PHANTOM_LABELS) <= statistics["boundary_confidence"] <= 1
+            else:
+                assert confidence is None and rows[case_id][f"{name}_confidence"] == ""
         assert rows[case_id]["status"] == "done" and float(rows[case_id]["seconds"]) > 0
     assert {rows[c]["status"] for c in failures} == {"failed"}
 
