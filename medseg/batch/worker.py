@@ -31,7 +31,7 @@ from medseg.errors import ConfigError, MedsegError, ModelLoadError
 from medseg.infer.options import PredictionOptions
 from medseg.infer.outputs import ScanOutputs
 from medseg.infer.predictor import PackagedModel, load_packaged_model, model_cache_folder
-from medseg.infer.stage import predict_task, scan_predictors
+from medseg.infer.stage import check_outputs, predict_task, scan_predictors
 from medseg.phi import redact_scan
 
 
@@ -93,7 +93,7 @@ def start_worker(settings: WorkerSettings) -> None:
     try:
         model = load_packaged_model(settings.model_uri, tracking_uri=settings.tracking_uri)
         model = model.for_prediction(fast=settings.options.fast)
-        _check_kept_structures(settings, model)
+        _check_choices(settings, model)
         predictors = scan_predictors(
             model, settings.options, cache_dir=model_cache_folder(settings.out_dir)
         )
@@ -109,9 +109,9 @@ def start_worker(settings: WorkerSettings) -> None:
     _worker = _Worker(settings, model, predictors)
 
 
-def _check_kept_structures(settings: WorkerSettings, model: PackagedModel) -> None:
-    """Refuse ``keep_largest`` values or ``structures`` the model has no structure for: no
-    scan can be done."""
+def _check_choices(settings: WorkerSettings, model: PackagedModel) -> None:
+    """Refuse ``keep_largest`` values or ``structures`` the model has no structure for, and
+    outputs it cannot make (``check_outputs``): no scan can be done."""
     try:
         settings.options.kept_structures(model.label_names)
     except ConfigError as error:
@@ -120,6 +120,7 @@ def _check_kept_structures(settings: WorkerSettings, model: PackagedModel) -> No
         settings.options.selected_structures(model.label_names)
     except ConfigError as error:
         raise ConfigError(f"{settings.model_uri}: structures: {error}") from error
+    check_outputs(model, settings.options, settings.outputs)
 
 
 def process_scan(

@@ -30,8 +30,10 @@ from medseg.cli.options import (
     RTSTRUCT,
     STRUCTURES,
     TO_PACS,
+    UNCERTAINTY,
     case_ids_option,
     prediction_options,
+    refuse_with_structures,
     tracking_uri_option,
 )
 from medseg.cli.render import console, phase_progress
@@ -75,6 +77,7 @@ def batch(
     meshes: bool = MESHES,
     rtstruct: bool = RTSTRUCT,
     radiomics: bool = RADIOMICS,
+    uncertainty: bool = UNCERTAINTY,
     non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = tracking_uri_option("MLflow tracking URI (models, batch run)."),
     experiment: str = typer.Option("medseg-batch", help="MLflow experiment of the batch run."),
@@ -117,6 +120,7 @@ def batch(
         model_postprocessing=model_postprocessing,
         structures=structures,
     )
+    refuse_with_structures(structures, uncertainty=uncertainty)
     if from_pacs is None and scans_root is None:
         raise typer.BadParameter("give SCANS_ROOT or --from-pacs", param_hint="SCANS_ROOT")
     settings = BatchSettings(
@@ -125,7 +129,12 @@ def batch(
         options=options,
         case_ids=case_ids,
         outputs=ScanOutputs(
-            output_format, dicom_seg, meshes=meshes, rtstruct=rtstruct, radiomics=radiomics
+            output_format,
+            dicom_seg,
+            meshes=meshes,
+            rtstruct=rtstruct,
+            radiomics=radiomics,
+            uncertainty=uncertainty,
         ),
         force=force,
         tracking_uri=tracking_uri,

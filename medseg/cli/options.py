@@ -80,6 +80,12 @@ MESHES = typer.Option(
     "--meshes",
     help="Also write <case>.meshes/<structure>.stl and .obj (LPS mm) and surface areas.",
 )
+UNCERTAINTY = typer.Option(
+    False,
+    "--uncertainty",
+    help="Also write <case>.uncertainty.nii.gz: the voxel-wise entropy of the class "
+    "probabilities over its maximum (0 sure, 1 all classes alike), in steps of 1/255.",
+)
 RTSTRUCT = typer.Option(
     False, "--rtstruct", help="Also write <case>_rtstruct.dcm (RT Structure Set) for DICOM inputs."
 )
@@ -151,3 +157,18 @@ def prediction_options(
         fast=fast,
         structures=structures,  # type: ignore[arg-type]  # "a,b": a before-validator parses it
     )
+
+
+def refuse_with_structures(structures: str | None, **asked: bool) -> None:
+    """Refuse ``--structures`` beside outputs that need every class (``asked``: option name
+    without dashes -> given).
+
+    Raises:
+        typer.BadParameter: both given.
+    """
+    given = [f"--{name}" for name, on in asked.items() if on]
+    if structures and given:
+        raise typer.BadParameter(
+            f"{' and '.join(given)} need every class; ask for them or for --structures",
+            param_hint="--structures",
+        )

@@ -28,8 +28,10 @@ from medseg.cli.options import (
     RADIOMICS,
     RTSTRUCT,
     STRUCTURES,
+    UNCERTAINTY,
     case_ids_option,
     prediction_options,
+    refuse_with_structures,
     tracking_uri_option,
 )
 from medseg.cli.render import console, phase_progress
@@ -65,6 +67,7 @@ def predict(
     meshes: bool = MESHES,
     rtstruct: bool = RTSTRUCT,
     radiomics: bool = RADIOMICS,
+    uncertainty: bool = UNCERTAINTY,
     case_ids: CaseIdScheme = case_ids_option(),
     non_finite: NonFinitePolicy = NON_FINITE,
     tracking_uri: str | None = tracking_uri_option("MLflow tracking URI for models:/ URIs."),
@@ -94,11 +97,7 @@ def predict(
         structures=structures,
         fast=fast,
     )
-    if structures and probabilities:
-        raise typer.BadParameter(
-            "--probabilities writes every class; ask for one or the other",
-            param_hint="--structures",
-        )
+    refuse_with_structures(structures, probabilities=probabilities, uncertainty=uncertainty)
     packaged = load_packaged_model(model, tracking_uri=tracking_uri)
     try:
         options.kept_structures(packaged.label_names)
@@ -123,6 +122,7 @@ def predict(
                 meshes,
                 rtstruct=rtstruct,
                 radiomics=radiomics,
+                uncertainty=uncertainty,
             ),
             on_progress=progress,
         )

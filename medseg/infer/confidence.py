@@ -6,6 +6,9 @@ argmax gives the structure, and ``boundary_confidence``, the same mean over its 
 (the voxels within ``BAND_VOXELS`` of its surface, on both sides), where most errors are. Both
 lie in [1/K, 1]; a structure the argmax gives no voxel has neither (None). They are the
 model's own estimates: calibrated only as far as the model is (``docs/qc.md``).
+
+With ``--uncertainty``, the voxel-wise entropy of the class probabilities, divided by its
+largest value ``log K`` (0: one class is certain; 1: all K equally likely), goes onto the scan.
 """
 
 from __future__ import annotations
@@ -59,3 +62,15 @@ def structure_confidence(
             "boundary_confidence": round(float(probability[band].mean()), 6),
         }
     return scores
+
+
+def normalised_entropy(maps: ClassMaps) -> np.ndarray:
+    """Entropy of the class probabilities of every voxel over ``log K``, in [0, 1], reading one
+    class map at a time."""
+    total: np.ndarray | None = None
+    for index in range(len(maps)):
+        probability = np.clip(np.asarray(maps[index], np.float32), 1e-12, 1.0)
+        term = probability * np.log(probability)
+        total = term if total is None else total + term
+    assert total is not None
+    return np.clip(-total / np.log(max(len(maps), 2)), 0.0, 1.0)

@@ -20,6 +20,7 @@ from medseg.volume import Volume
 MESHES_SUFFIX = ".meshes"
 RTSTRUCT_SUFFIX = "_rtstruct.dcm"
 RADIOMICS_SUFFIXES = (".radiomics.json", ".radiomics.csv")
+UNCERTAINTY_SUFFIX = ".uncertainty.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class ScanOutputs:
             (``medseg.io.dicom.rtstruct``); a warning for other inputs.
         radiomics: ``<case_id>.radiomics.json`` and ``.radiomics.csv``, the shape and
             first-order radiomics features of every structure (``medseg.evaluate.radiomics``).
+        uncertainty: ``<case_id>.uncertainty.nii.gz``, the voxel-wise normalised entropy of
+            the class probabilities on the scan's grid (``medseg.infer.confidence``), 8-bit
+            with scl_slope 1/255 (NIfTI has no float16).
     """
 
     output_format: str = "nifti"
@@ -46,6 +50,7 @@ class ScanOutputs:
     meshes: bool = False
     rtstruct: bool = False
     radiomics: bool = False
+    uncertainty: bool = False
 
 
 def output_names(case_id: str, output_format: str = "nifti") -> list[str]:
@@ -58,6 +63,7 @@ def output_names(case_id: str, output_format: str = "nifti") -> list[str]:
         MESHES_SUFFIX,
         RTSTRUCT_SUFFIX,
         *RADIOMICS_SUFFIXES,
+        UNCERTAINTY_SUFFIX,
     )
     return [*(f"{case_id}{suffix}" for suffix in suffixes), output_name(case_id, output_format)]
 

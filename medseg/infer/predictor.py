@@ -34,7 +34,7 @@ from medseg.infer.cascade import (
     tight_box,
     where_structures_win,
 )
-from medseg.infer.confidence import argmax_and_max, structure_confidence
+from medseg.infer.confidence import argmax_and_max, normalised_entropy, structure_confidence
 from medseg.infer.crf import dense_crf
 from medseg.infer.options import PredictionOptions
 from medseg.infer.postprocess import PostprocessingRules, apply_rules, keep_largest_component
@@ -45,6 +45,7 @@ from medseg.preprocess.case import (
     ClassMapSink,
     preprocess_case,
     restore_argmax,
+    restore_map,
     restore_regions,
 )
 from medseg.preprocess.plan import Configuration, Plan
@@ -269,6 +270,7 @@ def predict_scan(
     case_id: str = "scan",
     on_windows: Callable[[int], None] | None = None,
     probabilities_out: ClassMapSink | None = None,
+    uncertainty_out: list[Volume] | None = None,
 ) -> Volume:
     """Label map of ``volume`` on its own grid (same shape and affine).
 
@@ -280,6 +282,9 @@ def predict_scan(
     ``crf.per_slice``. With ``probabilities_out`` (a list, or a ``ProbabilityWriter`` that
     streams them to disk), each class probability map resampled onto the scan's (closest-RAS)
     grid is appended to it as float16 ``(X, Y, Z)``, in class order, one at a time.
+
+    With ``uncertainty_out``, the voxel-wise normalised entropy of the class probabilities
+    (:func:`medseg.infer.confidence.normalised_entropy`) on the scan's grid is appended to it.
 
     The label map's ``metadata["confidence"]`` holds each structure's confidence scores
     (:mod:`medseg.infer.confidence`; not for a region-based model).
@@ -295,10 +300,16 @@ def predict_scan(
         ScanChannelsError: the scan has another number of channels (4th axis) than the model.
         UnknownChoiceError: ``options.structures`` names a structure the model lacks.
         ValueError: ``options.structures`` with ``probabilities_out``.
-        ConfigError: members at different spacings (see ``PackagedModel.for_prediction``).
+        ConfigError: members at different spacings (see ``PackagedModel.for_prediction``);
+            ``uncertainty_out`` with a region-based model or the ``--structures`` cascade.
     """
     check_channels(volume, model, where=case_id)
     selected = options.selected_structures(model.label_names)
+    if uncertainty_out is not None and (model.plan.region_set or (selected and model.coarse)):
+        raise ConfigError(
+            f"{model.source or 'model'}: the uncertainty map needs every class's softmax over "
+            "the whole scan: not with a region-based model, nor with --structures' cascade"
+        )
     if selected and model.coarse is not None:
         return _predict_in_box(
             volume,
@@ -350,6 +361,9 @@ def predict_scan(
             classes = list(selected) if selected else None
             named = selected or {v: name for v, name in model.label_names.items() if v > 0}
             confidence = structure_confidence(*argmax_and_max(maps), named)
+            if uncertainty_out is not None:
+                entropy = normalised_entropy(maps)
+                uncertainty_out.append(restore_map(entropy, case.properties))
             labels = restore_argmax(maps, case.properties, keep=probabilities_out, classes=classes)
     if kept := options.kept_structures(model.label_names):
         labels = labels.with_array(keep_largest_component(labels.array, kept))

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from medseg import __version__, shutdown
 from medseg.errors import ConfigError, MedsegError
 from medseg.evaluate.volumes import intensity_spread, structure_statistics
@@ -39,6 +41,7 @@ from medseg.infer.auto import resolve_options
 from medseg.infer.outputs import (
     MESHES_SUFFIX,
     RTSTRUCT_SUFFIX,
+    UNCERTAINTY_SUFFIX,
     ScanOutputs,
     output_names,
     write_meshes,
@@ -54,6 +57,7 @@ from medseg.ingest.case_ids import CaseIdScheme
 from medseg.ingest.discovery import ScanTask, discover_scans
 from medseg.io.atomic import TEMPORARY_PREFIX, write_json_atomic
 from medseg.io.formats import format_named, output_name, registered_formats, write_volume
+from medseg.io.nifti import write_nifti
 from medseg.io.probabilities import PROBABILITIES_SUFFIX, ProbabilityWriter
 from medseg.progress import ProgressCallback
 from medseg.volume import Volume
@@ -118,17 +122,13 @@ def predict_path(
         UnknownFormatError: ``outputs.output_format`` is not a registered format (before any
             work).
         UnknownChoiceError: ``options.structures`` names a structure the model lacks.
-        ConfigError: ``options.structures`` with ``outputs.probabilities``; ``options.fast``
-            and a model without a low-resolution configuration.
+        ConfigError: see :func:`check_outputs`; ``options.fast`` and a model without a
+            low-resolution configuration.
     """
     format_named(outputs.output_format)
     model = model.for_prediction(fast=options.fast)
+    check_outputs(model, options, outputs)
     selected = options.selected_structures(model.label_names)
-    if selected and outputs.probabilities:
-        raise ConfigError(
-            "structures: the probabilities are written for every class; "
-            "ask for them without structures"
-        )
     out_dir = Path(out_dir)
     staging = out_dir / STAGING_FOLDER
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's
@@ -184,6 +184,26 @@ def predict_path(
     return report
 
 
+def check_outputs(model: PackagedModel, options: PredictionOptions, outputs: ScanOutputs) -> None:
+    """Refuse outputs that cannot be made with these options and this model.
+
+    Raises:
+        ConfigError: ``options.structures`` with ``outputs.probabilities`` or
+            ``outputs.uncertainty`` (both need every class); ``outputs.uncertainty`` with a
+            region-based model (no softmax over classes).
+    """
+    if options.structures and (outputs.probabilities or outputs.uncertainty):
+        raise ConfigError(
+            "structures: the probabilities and the uncertainty map need every class; "
+            "ask for them without structures"
+        )
+    if outputs.uncertainty and model.plan.region_set is not None:
+        raise ConfigError(
+            f"{model.source or 'model'}: the uncertainty map is the entropy of a softmax over "
+            "classes; this model predicts overlapping regions"
+        )
+
+
 def _publish(
     staging: Path, out_dir: Path, case_id: str, outcome: ScanOutcome, output_format: str
 ) -> None:
@@ -213,6 +233,14 @@ class _WindowCounter:
         self.done += count
         if self.on_progress:
             self.on_progress("Windows", self.done, max(self.done, 1))
+
+
+def _write_uncertainty(entropy: Volume, out_dir: Path, case_id: str) -> Path:
+    """``<case_id>.uncertainty.nii.gz``: 8-bit steps of 1/255 (scl_slope), as NIfTI has no
+    float16."""
+    steps = np.rint(np.clip(entropy.array, 0.0, 1.0) * 255).astype(np.uint8)
+    path = out_dir / f"{case_id}{UNCERTAINTY_SUFFIX}"
+    return write_nifti(entropy.with_array(steps), path, slope=1 / 255)
 
 
 def _write_rtstruct(
@@ -309,7 +337,7 @@ def predict_task(
     (DICOM input), ``<case_id>.probabilities.npz`` (streamed class by class),
     ``<case_id>.meshes/``,
     ``<case_id>_rtstruct.dcm`` (DICOM input; other inputs: a warning);
-    ``<case_id>.radiomics.json`` and ``.csv``. Any
+    ``<case_id>.radiomics.json`` and ``.csv``; ``<case_id>.uncertainty.nii.gz``. Any
     error becomes a failed ``ScanOutcome`` with the reason and the error's type (files
     already written stay: write into a staging folder). ``predictors`` come from
     ``scan_predictors`` (None: the members' own networks). Reasons and log lines name the scan
@@ -321,6 +349,7 @@ def predict_task(
         volume = task.read(options.non_finite)
         probabilities = out_dir / f"{task.case_id}{PROBABILITIES_SUFFIX}"
         kept = probabilities if outputs.probabilities else None
+        uncertainty: list[Volume] | None = [] if outputs.uncertainty else None
         with _probability_writer(kept, volume, model) as writer:
             labels = predict_scan(
                 volume,
@@ -330,12 +359,15 @@ def predict_task(
                 case_id=task.case_id,
                 on_windows=on_windows,
                 probabilities_out=writer,
+                uncertainty_out=uncertainty,
             )
         label_names = options.selected_structures(model.label_names) or model.label_names
         label_path = out_dir / output_name(task.case_id, outputs.output_format)
         written = [write_volume(labels, label_path, outputs.output_format)]
         if kept is not None:
             written.append(kept)
+        if uncertainty:
+            written.append(_write_uncertainty(uncertainty.pop(), out_dir, task.case_id))
         statistics = structure_statistics(labels, label_names=label_names, image=volume)
         spread = intensity_spread(labels, volume, label_names=label_names)
         scores = labels.metadata.get("confidence", {})

@@ -26,8 +26,12 @@ def is_nifti_path(path: str | os.PathLike[str]) -> bool:
 
 
 def _scaled_dtype(image: nib.Nifti1Image) -> np.dtype:
-    """The dtype that holds the stored values after scl_slope/scl_inter without rounding."""
-    slope, inter = image.header.get_slope_inter()
+    """The dtype that holds the stored values after scl_slope/scl_inter without rounding.
+
+    The scaling is read from the image's data proxy: once loaded, nibabel's header reports
+    none (it moved the scaling to the proxy)."""
+    slope = getattr(image.dataobj, "slope", None)
+    inter = getattr(image.dataobj, "inter", None)
     stored = image.get_data_dtype()
     if slope is None or (slope == 1 and inter in (None, 0)):
         return np.dtype(stored)
@@ -77,10 +81,11 @@ def read_nifti(path: str | os.PathLike[str]) -> Volume:
     return Volume(array, affine, metadata)
 
 
-def write_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
+def write_nifti(volume: Volume, path: str | os.PathLike[str], *, slope: float = 1.0) -> Path:
     """Write ``volume`` to ``path`` (``.nii`` or ``.nii.gz``) atomically; return the path.
 
     Both sform and qform carry the affine (code 1, scanner coordinates); spatial units mm.
+    ``slope`` is the header's scl_slope: readers see the stored values times it.
 
     Raises:
         NiftiError: ``path`` does not end in ``.nii`` or ``.nii.gz``.
@@ -97,7 +102,7 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str]) -> Path:
     image.header.set_xyzt_units(xyz="mm")
     image.set_sform(volume.affine_ras, code=1)
     image.set_qform(volume.affine_ras, code=1)
-    image.header.set_slope_inter(1.0, 0.0)
+    image.header.set_slope_inter(slope, 0.0)
     with atomic_path(path) as tmp:
         nib.save(image, str(tmp))
     return path

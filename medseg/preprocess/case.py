@@ -179,6 +179,13 @@ def restore_label_map(labels: np.ndarray, properties: CaseProperties) -> Volume:
     return _onto_original_scan(resample_nearest(labels, _cropped_shape(properties)), properties)
 
 
+def restore_map(values: np.ndarray, properties: CaseProperties) -> Volume:
+    """Map a float map on the preprocessed grid back onto the original scan (linear), 0
+    outside the crop box."""
+    resampled = resample_image(np.asarray(values, np.float32), _cropped_shape(properties), order=1)
+    return _onto_original_scan(resampled, properties)
+
+
 def _cropped_shape(properties: CaseProperties) -> tuple[int, ...]:
     return tuple(hi - lo for lo, hi in properties.crop_box)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from medseg.infer.confidence import argmax_and_max, structure_confidence
+from medseg.infer.confidence import argmax_and_max, normalised_entropy, structure_confidence
 from medseg.infer.options import PredictionOptions
 from medseg.infer.predictor import PackagedModel, predict_scan
 from tests.phantoms import small_phantom
@@ -25,6 +25,12 @@ def test_the_argmax_and_the_largest_probability_of_every_voxel() -> None:
     np.testing.assert_array_equal(winner[:, 0, 0], [0, 1, 1, 2])  # a tie: the first class
     np.testing.assert_allclose(best[:, 0, 0], [0.5, 0.5, 0.35, 0.7])
     np.testing.assert_array_equal(maps, before)
+
+
+def test_the_normalised_entropy_is_0_when_sure_and_1_when_every_class_is_alike() -> None:
+    maps = np.array([[1.0, 0.25, 0.5], [0.0, 0.25, 0.5], [0.0, 0.25, 0.0], [0.0, 0.25, 0.0]])
+    entropy = normalised_entropy(maps.astype(np.float32)[:, :, None, None])[:, 0, 0]
+    np.testing.assert_allclose(entropy, [0.0, 1.0, 0.5], atol=1e-6)  # ln 2 / ln 4 = 0.5
 
 
 def test_inside_and_boundary_band_means_of_a_cube() -> None:

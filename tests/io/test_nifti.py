@@ -154,3 +154,34 @@ def test_real_big_endian_nifti_reads_in_native_byte_order(shared_data: Path) -> 
 def test_truncated_real_file_gives_an_error_naming_it(tmp_path: Path, shared_data: Path) -> None:
     source = (shared_data / "monai_testing_data/tests/testing_data/anatomical.nii").read_bytes()
     _assert_truncated_copy_is_refused(source, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("stored", "slope", "inter", "expected", "dtype"),
+    [
+        # fractional scaling (MR, PET, a probability map in 8 bits): read as float, not rounded
+        (np.int16, 0.5, 0.25, [5.25, 10.25, 15.25], np.float32),
+        (np.uint8, 1 / 255, 0.0, [10 / 255, 20 / 255, 30 / 255], np.float32),
+        # unsigned storage with a negative intercept (CT in HU): no wrap-around
+        (np.uint16, 1.0, -1024.0, [-1014, -1004, -994], np.int32),
+        (np.int16, 2.0, 0.0, [20, 40, 60], np.int32),
+        (np.int16, 1.0, 0.0, [10, 20, 30], np.int16),  # no scaling: the stored type
+    ],
+)
+def test_the_header_scaling_is_applied_without_rounding_or_overflow(
+    tmp_path: Path, stored: type, slope: float, inter: float, expected: list, dtype: type
+) -> None:
+    image = nib.Nifti1Image(np.array([10, 20, 30], stored).reshape(3, 1, 1), np.eye(4))
+    image.header.set_slope_inter(slope, inter)
+    nib.save(image, tmp_path / "scaled.nii.gz")
+    volume = read_nifti(tmp_path / "scaled.nii.gz")
+    assert volume.array.dtype == dtype
+    np.testing.assert_allclose(volume.array.ravel(), expected, rtol=1e-6)
+
+
+def test_a_slope_written_is_read_back(tmp_path: Path) -> None:
+    steps = Volume(np.array([0, 128, 255], np.uint8).reshape(3, 1, 1), np.eye(4))
+    write_nifti(steps, tmp_path / "steps.nii.gz", slope=1 / 255)
+    np.testing.assert_allclose(
+        read_nifti(tmp_path / "steps.nii.gz").array.ravel(), [0, 128 / 255, 1], rtol=1e-6
+    )
