@@ -54,7 +54,7 @@ bench-architectures: $(VENV)/.installed-dev
 
 # Full-size CT (512 x 512 x 400) with 16 and 118 classes: medseg vs the MONAI path (time, memory).
 bench-large-volume: $(VENV)/.installed-dev
-	$(BIN)/python bench/large_volume.py --classes 16 118 --backends torch openvino
+	$(BIN)/python bench/large_volume.py --classes 4 16 118 --backends torch openvino --monai-batch 1 2 4
 
 # plan + preprocess of 50 full-size CTs: peak memory of each command's process tree.
 bench-plan-memory: $(VENV)/.installed-dev

@@ -26,7 +26,7 @@ is low (near-ties everywhere, which any difference in window placement or resamp
 ``<work>/results.json`` and ``results.md``, with the load average before and after: run it on
 an idle machine.
 
-    .venv/bin/python bench/large_volume.py [--classes 16 118] [--backends torch openvino]
+    .venv/bin/python bench/large_volume.py [--classes 4 16 118] [--backends torch openvino]
         [--shape 512 512 400] [--work bench/_work/large_volume]
 """
 
@@ -233,7 +233,7 @@ def main() -> None:
     inner.add_argument("--tracking-uri", required=True)
     inner.add_argument("--sw-batch-size", type=int, default=1)
     inner.add_argument("--out", required=True)
-    parser.add_argument("--classes", type=int, nargs="+", default=[16, 118])
+    parser.add_argument("--classes", type=int, nargs="+", default=[4, 16, 118])
     parser.add_argument("--backends", nargs="+", default=["torch", "openvino"])
     parser.add_argument("--monai-batch", type=int, nargs="*", default=[1, 4])
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 400])
