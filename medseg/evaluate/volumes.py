@@ -33,26 +33,30 @@ def structure_statistics(
     Raises:
         GeometryMismatchError: ``image`` is not on the label map's grid.
     """
-    values = np.asarray(labels.array).astype(np.int64, copy=False).ravel()
-    if values.size and values.min() < 0:
+    array = np.asarray(labels.array)
+    if array.size and array.min() < 0:
         raise GeometryMismatchError("label map holds negative values")
-    size = max(int(values.max(initial=0)), *label_names) + 1
-    counts = np.bincount(values, minlength=size)
-    sums = None
+    size = max(int(array.max(initial=0)), *label_names) + 1
+    if image is not None and not image.same_grid(labels):
+        raise GeometryMismatchError("the scan and the label map are on different grids")
+    first_channel = None
     if image is not None:
-        if not image.same_grid(labels):
-            raise GeometryMismatchError("the scan and the label map are on different grids")
         first_channel = image.array if image.array.ndim == 3 else image.array[..., 0]
-        sums = np.bincount(
-            values, weights=np.asarray(first_channel, np.float64).ravel(), minlength=size
-        )
+    counts = np.zeros(size, np.int64)
+    sums = np.zeros(size)
+    for part in _slabs(array.shape):
+        values = array[part].astype(np.int64).ravel()
+        counts += np.bincount(values, minlength=size)
+        if first_channel is not None:
+            weights = np.asarray(first_channel[part], np.float64).ravel()
+            sums += np.bincount(values, weights=weights, minlength=size)
     voxel_mm3 = labels.voxel_volume_ml * 1000.0
     statistics = {}
     for value, name in sorted(label_names.items()):
         if value == 0:
             continue
         count = int(counts[value])
-        mean = float(sums[value] / count) if sums is not None and count else 0.0
+        mean = float(sums[value] / count) if first_channel is not None and count else 0.0
         statistics[name] = {
             "volume": round(count * voxel_mm3, 4),
             "volume_ml": round(count * voxel_mm3 / 1000.0, 6),
@@ -60,6 +64,17 @@ def structure_statistics(
             "intensity": round(mean, 5),
         }
     return statistics
+
+
+SLAB_VOXELS = 2**22
+"""Voxels counted at a time: 64-bit copies of a slab, not of a 100 M-voxel scan (1.7 GB)."""
+
+
+def _slabs(shape: tuple[int, ...]) -> Iterator[slice]:
+    """Slices of the first axis covering at most about :data:`SLAB_VOXELS` voxels each."""
+    rows = max(1, SLAB_VOXELS // max(1, int(np.prod(shape[1:3]))))
+    for start in range(0, shape[0], rows):
+        yield slice(start, start + rows)
 
 
 SPREAD = ("intensity_std", "intensity_median", "intensity_p5", "intensity_p95")
@@ -88,7 +103,8 @@ def structure_regions(
         raise GeometryMismatchError("the scan and the label map are on different grids")
     values = np.asarray(labels.array)
     channel = np.asarray(image.array if image.array.ndim == 3 else image.array[..., 0])
-    boxes = ndimage.find_objects(values.astype(np.int32, copy=False))
+    # any integer type as it is (a 32-bit copy of a 100 M-voxel uint8 label map is 400 MB)
+    boxes = ndimage.find_objects(values if values.dtype.kind in "iu" else values.astype(np.int32))
     for value, name in sorted(label_names.items()):
         if value == 0:
             continue

@@ -42,7 +42,7 @@ def structure_confidence(
 ) -> dict[str, dict[str, float | None]]:
     """``confidence`` and ``boundary_confidence`` (see the module) per structure name, from
     :func:`argmax_and_max`'s two arrays; None for a structure with no voxel."""
-    boxes = ndimage.find_objects(winner.astype(np.int32, copy=False))
+    boxes = ndimage.find_objects(winner)
     scores: dict[str, dict[str, float | None]] = {}
     for value, name in structures.items():
         box = boxes[value - 1] if 0 < value <= len(boxes) else None

@@ -11,6 +11,7 @@ import pytest
 
 from medseg.demo.phantom import PHANTOM_LABELS, TISSUE_HU, make_phantom, sample_anatomy
 from medseg.errors import GeometryMismatchError
+from medseg.evaluate import volumes
 from medseg.evaluate.volumes import intensity_spread, structure_statistics
 from medseg.io.nifti import read_nifti
 from medseg.volume import Volume
@@ -104,6 +105,24 @@ def test_intensity_of_a_multi_channel_scan_is_channel_0s() -> None:
         Volume(labels, np.eye(4)), label_names={1: "a"}, image=Volume(image, np.eye(4))
     )
     assert stats["a"] == {"volume": 32.0, "volume_ml": 0.032, "voxels": 32, "intensity": 40.0}
+
+
+def test_counting_slab_by_slab_gives_the_whole_volume_s_counts_and_means(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (9, 5, 6)).astype(np.uint8)
+    image = rng.normal(0, 100, (9, 5, 6, 2))
+    names = {1: "a", 2: "b", 3: "c", 7: "absent"}
+    monkeypatch.setattr(volumes, "SLAB_VOXELS", 40)  # slabs of one 5 x 6 row: 9 of them
+    stats = structure_statistics(
+        Volume(labels, np.eye(4)), label_names=names, image=Volume(image, np.eye(4))
+    )
+    for value, name in names.items():
+        inside = labels == value
+        assert stats[name]["voxels"] == int(inside.sum())
+        expected = float(image[..., 0][inside].mean()) if inside.any() else 0.0
+        assert stats[name]["intensity"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_scan_on_another_grid_is_refused() -> None:
