@@ -141,6 +141,29 @@ def test_argmax_agrees_with_torch_on_a_phantom_scan(
     assert difference < 1e-3
 
 
+@pytest.mark.parametrize("backend", EXPORTED_BACKENDS)
+def test_mirrored_probabilities_match_torch(
+    backend: Backend, network: nn.Module, cache_dir: Path, phantom_image: torch.Tensor
+) -> None:
+    """Mirroring calls the engine several times per window: an engine that hands back its own
+    output memory (OpenVINO) must not overwrite the flips already taken."""
+    _require_package(backend)
+    predictor = make_predictor(
+        network,
+        backend=backend,
+        patch_size=PATCH_SIZE,
+        in_channels=1,
+        batch_size=2,
+        cache_dir=cache_dir,
+    )
+    settings = {"patch_size": PATCH_SIZE, "num_classes": NUM_CLASSES, "mirror_axes": (0, 2)}
+    with torch.inference_mode():
+        expected = sliding_window_predict(network, phantom_image, **settings)
+        mirrored = sliding_window_predict(predictor, phantom_image, **settings)
+    difference = (mirrored - expected).abs().max().item()
+    assert difference < 1e-3, f"{backend}: max abs probability difference {difference:.2e}"
+
+
 def test_cached_export_is_reused(
     network: nn.Module, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
