@@ -31,6 +31,12 @@ def batch_model(tiny_dataset: TinyDataset, tmp_path_factory: pytest.TempPathFact
     return BatchModel(uri, tracking, Path(folder))
 
 
+def predict_command(scan: Path, model: BatchModel, out: Path, *options: str) -> list[str]:
+    """``medseg predict`` arguments for ``model`` (its registry URI and tracking store)."""
+    command = ["predict", str(scan), "--model", model.uri, "--tracking-uri", model.tracking_uri]
+    return [*command, "--out", str(out), *options]
+
+
 def batch_command(scans: Path, model: BatchModel, out: Path, *options: str) -> list[str]:
     """``medseg batch`` arguments for ``model`` (its registry URI and tracking store)."""
     return [

@@ -12,7 +12,7 @@ import trimesh
 from typer.testing import CliRunner
 
 from medseg.cli import app
-from tests.batch.conftest import BatchModel, batch_command
+from tests.batch.conftest import BatchModel, batch_command, predict_command
 from tests.batch.trees import ScanTree
 
 
@@ -45,9 +45,7 @@ def test_batch_and_predict_write_a_mesh_per_structure_found(
     assert "a.meshes" in json.loads((out / "a" / "result.json").read_text())["outputs"]
 
     predicted = tmp_path / "predict"
-    common = ["predict", str(tree.root / "a.nii.gz"), "--model", batch_model.uri]
-    common += ["--tracking-uri", batch_model.tracking_uri, "--out", str(predicted)]
-    common += ["--case-ids", "folder"]
+    common = predict_command(tree.root / "a.nii.gz", batch_model, predicted, "--case-ids", "folder")
     result = CliRunner().invoke(app, [*common, "--meshes"])
     assert result.exit_code == 0, result.output
     _check_meshes(predicted / "a.meshes", json.loads((predicted / "a.volumes.json").read_text()))

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.evaluate.radiomics import FEATURE_NAMES
-from tests.batch.conftest import BatchModel, batch_command
+from tests.batch.conftest import BatchModel, batch_command, predict_command
 from tests.batch.trees import ScanTree
 
 
@@ -63,9 +63,7 @@ def test_batch_and_predict_write_radiomics_features_per_structure(
     assert {"a.radiomics.json", "a.radiomics.csv"} <= set(listed)
 
     predicted = tmp_path / "predict"
-    common = ["predict", str(tree.root / "a.nii.gz"), "--model", batch_model.uri]
-    common += ["--tracking-uri", batch_model.tracking_uri, "--out", str(predicted)]
-    common += ["--case-ids", "folder"]
+    common = predict_command(tree.root / "a.nii.gz", batch_model, predicted, "--case-ids", "folder")
     result = CliRunner().invoke(app, [*common, "--radiomics"])
     assert result.exit_code == 0, result.output
     _check_radiomics(predicted, "a")

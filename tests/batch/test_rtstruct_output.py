@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from medseg.cli import app
 from medseg.io.dicom.rtstruct import read_rtstruct
 from medseg.io.nifti import read_nifti
-from tests.batch.conftest import BatchModel, batch_command
+from tests.batch.conftest import BatchModel, batch_command, predict_command
 from tests.batch.trees import ScanTree
 
 MIN_DICE = 0.95
@@ -54,13 +54,14 @@ def test_batch_and_predict_write_an_rtstruct_for_dicom_inputs_only(
     assert not list((out / "a").glob("*rtstruct*"))
 
     predicted = tmp_path / "predict"
-    common = ["predict", "--model", batch_model.uri, "--tracking-uri", batch_model.tracking_uri]
-    common += ["--out", str(predicted), "--case-ids", "folder", "--rtstruct"]
-    result = CliRunner().invoke(app, [*common[:1], str(tree.root / "series"), *common[1:]])
+    options = ("--case-ids", "folder", "--rtstruct")
+    command = predict_command(tree.root / "series", batch_model, predicted, *options)
+    result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     _check_rtstruct(predicted, "series", source_files)
     with caplog.at_level(logging.WARNING, logger="medseg"):
-        result = CliRunner().invoke(app, [*common[:1], str(tree.root / "a.nii.gz"), *common[1:]])
+        command = predict_command(tree.root / "a.nii.gz", batch_model, predicted, *options)
+        result = CliRunner().invoke(app, command)
     assert result.exit_code == 0, result.output
     assert "a.nii.gz: not a DICOM series: no RTSTRUCT written" in caplog.text
     assert not list(predicted.glob("a_rtstruct*"))

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from medseg.cli import app
 from medseg.io.nifti import read_nifti
-from tests.batch.conftest import BatchModel, batch_command
+from tests.batch.conftest import BatchModel, batch_command, predict_command
 from tests.batch.trees import ScanTree
 
 
@@ -53,9 +53,7 @@ def test_batch_and_predict_write_the_uncertainty_map(
     assert "a.uncertainty.nii.gz" in json.loads((out / "a" / "result.json").read_text())["outputs"]
 
     predicted = tmp_path / "predict"
-    common = ["predict", str(tree.root / "a.nii.gz"), "--model", batch_model.uri]
-    common += ["--tracking-uri", batch_model.tracking_uri, "--out", str(predicted)]
-    common += ["--case-ids", "folder"]
+    common = predict_command(tree.root / "a.nii.gz", batch_model, predicted, "--case-ids", "folder")
     result = CliRunner().invoke(app, [*common, "--uncertainty"])
     assert result.exit_code == 0, result.output
     _check_uncertainty(predicted / "a.uncertainty.nii.gz", predicted / "a.nii.gz")
