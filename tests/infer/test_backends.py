@@ -70,6 +70,19 @@ def torch_probabilities(network: nn.Module, phantom_image: torch.Tensor) -> torc
     return _predict(network, phantom_image)
 
 
+def _exported(backend: Backend, network: nn.Module, cache_dir: Path) -> nn.Module:
+    """The network on ``backend`` for 1-channel ``PATCH_SIZE`` windows (exported once)."""
+    _require_package(backend)
+    return make_predictor(
+        network,
+        backend=backend,
+        patch_size=PATCH_SIZE,
+        in_channels=1,
+        batch_size=2,
+        cache_dir=cache_dir,
+    )
+
+
 def _predict(predictor: nn.Module, image: torch.Tensor) -> torch.Tensor:
     # 2x2x2 windows in batches of 3: the last batch has two (the batch axis is dynamic).
     return sliding_window_predict(
@@ -93,15 +106,7 @@ def test_torch_backend_is_the_network_in_eval_mode(network: nn.Module) -> None:
 
 @pytest.mark.parametrize("backend", EXPORTED_BACKENDS)
 def test_logits_match_torch(backend: Backend, network: nn.Module, cache_dir: Path) -> None:
-    _require_package(backend)
-    predictor = make_predictor(
-        network,
-        backend=backend,
-        patch_size=PATCH_SIZE,
-        in_channels=1,
-        batch_size=2,
-        cache_dir=cache_dir,
-    )
+    predictor = _exported(backend, network, cache_dir)
     batch = torch.randn((3, 1, *PATCH_SIZE), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         expected = network(batch)
@@ -121,15 +126,7 @@ def test_argmax_agrees_with_torch_on_a_phantom_scan(
     phantom_image: torch.Tensor,
     torch_probabilities: torch.Tensor,
 ) -> None:
-    _require_package(backend)
-    predictor = make_predictor(
-        network,
-        backend=backend,
-        patch_size=PATCH_SIZE,
-        in_channels=1,
-        batch_size=2,
-        cache_dir=cache_dir,
-    )
+    predictor = _exported(backend, network, cache_dir)
     assert phantom_image.shape == (1, 56, 40, 40)
     probabilities = _predict(predictor, phantom_image)
     agreement = (probabilities.argmax(0) == torch_probabilities.argmax(0)).double().mean().item()
@@ -147,15 +144,7 @@ def test_mirrored_probabilities_match_torch(
 ) -> None:
     """Mirroring calls the engine several times per window: an engine that hands back its own
     output memory (OpenVINO) must not overwrite the flips already taken."""
-    _require_package(backend)
-    predictor = make_predictor(
-        network,
-        backend=backend,
-        patch_size=PATCH_SIZE,
-        in_channels=1,
-        batch_size=2,
-        cache_dir=cache_dir,
-    )
+    predictor = _exported(backend, network, cache_dir)
     settings = {"patch_size": PATCH_SIZE, "num_classes": NUM_CLASSES, "mirror_axes": (0, 2)}
     with torch.inference_mode():
         expected = sliding_window_predict(network, phantom_image, **settings)
